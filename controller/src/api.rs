@@ -1,0 +1,246 @@
+//! The HTTP JSON API (axum). The CLI's client commands use exactly this API; so will the
+//! dashboard. Every request is untrusted: errors come back as `{"error": "…"}` with a 4xx
+//! status and a sentence saying what to change.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use edgefleet_protocol::event::DeviceEvent;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::core::{ApplyError, ApplyRequest, Controller};
+use crate::fleet::DeviceSummary;
+use crate::selector::Selector;
+use crate::store::{RevisionRow, StoreError};
+
+/// Base path of every API route.
+pub const BASE: &str = "/api/v1";
+
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    NotFound(String),
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, msg) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+        };
+        (status, Json(json!({ "error": msg }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!("store error: {e}");
+        ApiError::Internal(format!("{e}; the gateway log has details"))
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Store(s) => s.into(),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::BadRequest(format!("request body: {}", e.body_text()))
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+type Ctx = State<Arc<Controller>>;
+
+pub fn router(ctrl: Arc<Controller>) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/devices", get(devices))
+        .route("/api/v1/devices/{id}", get(device))
+        .route("/api/v1/deployments", get(deployments).post(apply))
+        .route(
+            "/api/v1/deployments/{name}",
+            get(deployment).delete(delete_deployment),
+        )
+        .route(
+            "/api/v1/deployments/{name}/revisions/{revision}",
+            get(revision),
+        )
+        .fallback(|| async { ApiError::NotFound("no such API route; see /api/v1/health".into()) })
+        .with_state(ctrl)
+}
+
+async fn health(State(ctrl): Ctx) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "devices": ctrl.fleet.devices.len(),
+        "uptime_s": ctrl.started.elapsed().as_secs(),
+    }))
+}
+
+#[derive(Serialize)]
+struct DeviceList {
+    devices: Vec<DeviceSummary>,
+}
+
+async fn devices(State(ctrl): Ctx) -> Json<DeviceList> {
+    Json(DeviceList {
+        devices: ctrl.fleet.summaries(),
+    })
+}
+
+#[derive(Serialize)]
+struct DeviceDetail {
+    #[serde(flatten)]
+    summary: DeviceSummary,
+    presence: Option<edgefleet_protocol::presence::DevicePresence>,
+    status: Option<edgefleet_protocol::status::DeviceStatus>,
+    desired: Option<edgefleet_protocol::desired::DesiredState>,
+    events: Vec<DeviceEvent>,
+}
+
+async fn device(State(ctrl): Ctx, Path(id): Path<String>) -> ApiResult<DeviceDetail> {
+    let view = ctrl.fleet.get(&id).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no device '{id}' has connected yet; list devices with 'edgefleet get devices'"
+        ))
+    })?;
+    let mut events: Vec<DeviceEvent> = view.events.iter().cloned().collect();
+    if events.is_empty() {
+        events = ctrl
+            .store()
+            .events(&id, 50)?
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect();
+    }
+    Ok(Json(DeviceDetail {
+        summary: view.summary(),
+        presence: view.presence,
+        status: view.status,
+        desired: view.desired,
+        events,
+    }))
+}
+
+#[derive(Serialize)]
+struct DeploymentSummary {
+    name: String,
+    target: String,
+    revision: u64,
+    updated_at: String,
+    devices: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct DeploymentList {
+    deployments: Vec<DeploymentSummary>,
+}
+
+fn summarize(ctrl: &Controller, d: crate::store::DeploymentRow) -> DeploymentSummary {
+    let devices = Selector::parse(&d.target)
+        .map(|s| ctrl.targets(&s))
+        .unwrap_or_default();
+    DeploymentSummary {
+        name: d.name,
+        target: d.target,
+        revision: d.revision,
+        updated_at: d.updated_at,
+        devices,
+    }
+}
+
+async fn deployments(State(ctrl): Ctx) -> ApiResult<DeploymentList> {
+    let rows = ctrl.store().deployments()?;
+    Ok(Json(DeploymentList {
+        deployments: rows.into_iter().map(|d| summarize(&ctrl, d)).collect(),
+    }))
+}
+
+async fn apply(
+    State(ctrl): Ctx,
+    body: Result<Json<ApplyRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    let outcome = ctrl.apply(&req, "api")?;
+    let status = if outcome.changed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(outcome)).into_response())
+}
+
+#[derive(Serialize)]
+struct DeploymentDetail {
+    #[serde(flatten)]
+    summary: DeploymentSummary,
+    compose: Option<String>,
+    revisions: Vec<RevisionRow>,
+}
+
+async fn deployment(State(ctrl): Ctx, Path(name): Path<String>) -> ApiResult<DeploymentDetail> {
+    let (row, revisions) = {
+        let store = ctrl.store();
+        let row = store
+            .deployment(&name)?
+            .ok_or_else(|| not_found_deployment(&name))?;
+        (row, store.revisions(&name)?)
+    };
+    let compose = revisions
+        .iter()
+        .find(|r| r.revision == row.revision)
+        .and_then(|r| r.compose.clone());
+    let revisions = revisions
+        .into_iter()
+        .map(|r| RevisionRow { compose: None, ..r })
+        .collect();
+    Ok(Json(DeploymentDetail {
+        summary: summarize(&ctrl, row),
+        compose,
+        revisions,
+    }))
+}
+
+fn not_found_deployment(name: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "no deployment '{name}'; list them with 'edgefleet get deployments'"
+    ))
+}
+
+async fn delete_deployment(
+    State(ctrl): Ctx,
+    Path(name): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let devices = ctrl
+        .delete(&name)?
+        .ok_or_else(|| not_found_deployment(&name))?;
+    Ok(Json(
+        json!({ "name": name, "deleted": true, "devices": devices }),
+    ))
+}
+
+async fn revision(
+    State(ctrl): Ctx,
+    Path((name, revision)): Path<(String, u64)>,
+) -> ApiResult<serde_json::Value> {
+    let row = ctrl.store().revision(&name, revision)?.ok_or_else(|| {
+        ApiError::NotFound(format!("deployment '{name}' has no revision {revision}"))
+    })?;
+    let spec: serde_json::Value = serde_json::from_str(&row.spec_json).unwrap_or_default();
+    Ok(Json(json!({ "revision": row, "spec": spec })))
+}

@@ -1,0 +1,229 @@
+//! The controller's MQTT link: one task owns the rumqttc event loop; another drains the
+//! publish queue. Works the same against the embedded broker or any external MQTT 3.1.1
+//! broker: nothing here depends on sharing a process with the broker.
+//!
+//! On every CONNACK the controller subscribes to the device topics, announces itself on its
+//! presence topic (agents answer a new session with a full "rebirth") and republishes every
+//! device's desired document, since a restarted broker holds no retained messages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefleet_protocol::codec::encode;
+use edgefleet_protocol::presence::{ControllerPresence, PresenceState};
+use edgefleet_protocol::topics::{self, TopicKind};
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{Controller, Outgoing};
+
+/// Where the broker is: `mqtt://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for BrokerAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest = s.strip_prefix("mqtt://").ok_or_else(|| {
+            format!(
+                "broker URL '{s}' must look like mqtt://HOST:PORT (mqtts:// comes with TLS support)"
+            )
+        })?;
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("broker URL '{s}' has no port: use mqtt://{rest}:1883"))?;
+        let port = port
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|_| format!("broker URL '{s}': '{port}' is not a port"))?;
+        if host.is_empty() {
+            return Err(format!("broker URL '{s}' has no host"));
+        }
+        Ok(BrokerAddr {
+            host: host.trim_matches(['[', ']']).to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for BrokerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mqtt://{}:{}", self.host, self.port)
+    }
+}
+
+/// Client id of the controller on the bus.
+pub const CLIENT_ID: &str = "edgefleet-controller";
+
+fn presence(session: u64, state: PresenceState) -> Vec<u8> {
+    encode(&ControllerPresence {
+        schema: edgefleet_protocol::SCHEMA_VERSION,
+        state,
+        session,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        since: edgefleet_protocol::now_rfc3339(),
+    })
+}
+
+/// Creates the MQTT client for the controller, with its last will.
+pub fn client(broker: &BrokerAddr, keepalive: Duration, session: u64) -> (AsyncClient, EventLoop) {
+    let mut opts = MqttOptions::new(CLIENT_ID, broker.host.clone(), broker.port);
+    opts.set_keep_alive(keepalive);
+    opts.set_clean_session(true);
+    let max = edgefleet_protocol::MAX_PAYLOAD_BYTES + 64 * 1024;
+    opts.set_max_packet_size(max, max);
+    opts.set_last_will(LastWill::new(
+        topics::controller_presence(),
+        presence(session, PresenceState::Offline),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    AsyncClient::new(opts, 1024)
+}
+
+/// Owns the event loop until shutdown: dispatches incoming messages, re-announces on every
+/// CONNACK, and backs off (jittered, exponential) after connection errors.
+pub async fn run_link(
+    ctrl: Arc<Controller>,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    session: u64,
+    broker: BrokerAddr,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = eventloop.poll() => ev,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                tracing::info!(%broker, session, "connected to the broker");
+                backoff = Duration::from_millis(200);
+                tokio::spawn(announce(ctrl.clone(), client.clone(), session));
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => ctrl.on_message(&p.topic, &p.payload),
+            Ok(_) => {}
+            Err(e) => {
+                let wait = jitter(backoff);
+                tracing::warn!(%broker, "broker connection lost: {e}; retrying in {wait:?}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    // Clean goodbye: mark ourselves offline (the will only fires on an unclean loss).
+    let _ = client.try_publish(
+        topics::controller_presence(),
+        QoS::AtLeastOnce,
+        true,
+        presence(session, PresenceState::Offline),
+    );
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(ev) = eventloop.poll().await {
+            if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+fn jitter(d: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.7..1.3);
+    d.mul_f64(factor)
+}
+
+async fn announce(ctrl: Arc<Controller>, client: AsyncClient, session: u64) {
+    let filters = [
+        TopicKind::DevicePresence,
+        TopicKind::DeviceStatus,
+        TopicKind::DeviceEvents,
+        TopicKind::DeviceSync,
+    ]
+    .map(|k| rumqttc::SubscribeFilter::new(k.all_devices_filter(), QoS::AtLeastOnce));
+    if let Err(e) = client.subscribe_many(filters).await {
+        tracing::error!("cannot subscribe to device topics: {e}");
+        return;
+    }
+    if let Err(e) = client
+        .publish(
+            topics::controller_presence(),
+            QoS::AtLeastOnce,
+            true,
+            presence(session, PresenceState::Online),
+        )
+        .await
+    {
+        tracing::error!("cannot publish controller presence: {e}");
+    }
+    ctrl.queue_all_desired();
+}
+
+/// Drains the publish queue into the client until shutdown.
+pub async fn run_publisher(
+    ctrl: Arc<Controller>,
+    client: AsyncClient,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let job = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            job = queue.recv() => match job { Some(j) => j, None => break },
+        };
+        match job {
+            Outgoing::Desired(id) => {
+                let Some(doc) = ctrl.take_queued_desired(&id) else {
+                    continue;
+                };
+                let topic = TopicKind::DeviceDesired.for_device(&id);
+                tracing::debug!(device = %id, revision = doc.revision, "publishing desired state");
+                if let Err(e) = client
+                    .publish(topic, QoS::AtLeastOnce, true, encode(&doc))
+                    .await
+                {
+                    tracing::warn!(device = %id, "cannot hand desired state to the MQTT client: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let a: BrokerAddr = "mqtt://127.0.0.1:1883".parse().unwrap();
+        assert_eq!(
+            a,
+            BrokerAddr {
+                host: "127.0.0.1".into(),
+                port: 1883
+            }
+        );
+        assert_eq!(a.to_string(), "mqtt://127.0.0.1:1883");
+        for bad in [
+            "127.0.0.1:1883",
+            "mqtt://host",
+            "mqtt://:1883",
+            "mqtt://h:x",
+            "http://h:1",
+        ] {
+            assert!(bad.parse::<BrokerAddr>().is_err(), "{bad}");
+        }
+    }
+}

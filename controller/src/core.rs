@@ -1,0 +1,423 @@
+//! The controller's state and the operations on it: applying and deleting deployments,
+//! recomputing desired documents, and taking in what devices report.
+//!
+//! Everything here is synchronous and quick; I/O to the bus goes through the publish queue
+//! (drained by [`crate::bus`]) so no caller ever waits on the broker.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use dashmap::DashSet;
+use edgefleet_protocol::codec::{self, DecodeError};
+use edgefleet_protocol::desired::DesiredState;
+use edgefleet_protocol::event::DeviceEvent;
+use edgefleet_protocol::ids::validate_stack_name;
+use edgefleet_protocol::presence::DevicePresence;
+use edgefleet_protocol::spec::{ServiceSpec, StackSpec};
+use edgefleet_protocol::status::DeviceStatus;
+use edgefleet_protocol::sync::SyncRequest;
+use edgefleet_protocol::topics::{self, TopicKind};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::book::{ActiveDeployment, Book, next_document};
+use crate::compose::{self, ComposeError};
+use crate::fleet::{Connection, Fleet};
+use crate::selector::{Selector, SelectorError};
+use crate::store::{Store, StoreError};
+
+/// Device events kept in the store per device.
+const STORED_EVENTS_PER_DEVICE: u64 = 500;
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Name(String),
+    #[error(transparent)]
+    Target(#[from] SelectorError),
+    #[error(transparent)]
+    Compose(#[from] ComposeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `apply` takes (the HTTP body of `POST /api/v1/deployments`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApplyRequest {
+    pub name: String,
+    pub target: String,
+    /// The Compose file, as text.
+    pub compose: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyOutcome {
+    pub name: String,
+    pub revision: u64,
+    /// False when the file and target equal the latest revision (nothing was recorded).
+    pub changed: bool,
+    pub target: String,
+    /// Known devices the deployment targets now.
+    pub devices: Vec<String>,
+}
+
+/// The stored form of a revision's spec: what `changed` compares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StoredSpec {
+    volumes: Vec<String>,
+    services: BTreeMap<String, ServiceSpec>,
+}
+
+/// Something to put on the bus.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// The device's current desired document (read when sent, so bursts coalesce).
+    Desired(String),
+}
+
+pub struct Controller {
+    store: Mutex<Store>,
+    pub fleet: Fleet,
+    book: RwLock<Book>,
+    /// Serializes desired-document computation (revision numbers must not race).
+    refresh_lock: Mutex<()>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    queued: DashSet<String>,
+    events: Mutex<Vec<(String, String, String)>>,
+    pub started: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Controller {
+    /// Opens the controller over a store: loads deployments and the last-known fleet.
+    pub fn new(
+        store: Store,
+    ) -> Result<(Controller, mpsc::UnboundedReceiver<Outgoing>), StoreError> {
+        let mut book = Book::default();
+        for dep in store.deployments()? {
+            let Some(rev) = store.revision(&dep.name, dep.revision)? else {
+                continue;
+            };
+            let spec: StoredSpec = match serde_json::from_str(&rev.spec_json) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(deployment = %dep.name, "stored revision {} unreadable, deployment skipped: {e}", dep.revision);
+                    continue;
+                }
+            };
+            let selector = match Selector::parse(&dep.target) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(deployment = %dep.name, "stored target unreadable, deployment skipped: {e}");
+                    continue;
+                }
+            };
+            book.deployments.insert(
+                dep.name.clone(),
+                ActiveDeployment {
+                    name: dep.name.clone(),
+                    selector,
+                    revision: dep.revision,
+                    stack: StackSpec {
+                        deployment: dep.name.clone(),
+                        deployment_revision: dep.revision,
+                        volumes: spec.volumes,
+                        services: spec.services,
+                    },
+                },
+            );
+        }
+        let fleet = Fleet::load(&store.devices()?);
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok((
+            Controller {
+                store: Mutex::new(store),
+                fleet,
+                book: RwLock::new(book),
+                refresh_lock: Mutex::new(()),
+                outgoing: tx,
+                queued: DashSet::new(),
+                events: Mutex::new(Vec::new()),
+                started: Instant::now(),
+            },
+            rx,
+        ))
+    }
+
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    fn book(&self) -> std::sync::RwLockReadGuard<'_, Book> {
+        self.book.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a new revision of a deployment (or nothing, if unchanged) and recomputes the
+    /// desired documents of every device.
+    pub fn apply(&self, req: &ApplyRequest, by: &str) -> Result<ApplyOutcome, ApplyError> {
+        validate_stack_name(&req.name).map_err(|e| ApplyError::Name(e.to_string()))?;
+        let selector = Selector::parse(&req.target)?;
+        let parsed = compose::parse(&req.compose)?;
+        let spec = StoredSpec {
+            volumes: parsed.volumes.clone(),
+            services: parsed.services.clone(),
+        };
+        let spec_json = serde_json::to_string(&spec).unwrap_or_default();
+        let target = selector.to_string();
+        let now = edgefleet_protocol::now_rfc3339();
+        let (revision, changed) = {
+            let mut store = self.store();
+            let latest = store.deployment(&req.name)?;
+            let same = match &latest {
+                Some(d) if d.target == target => {
+                    store.revision(&req.name, d.revision)?.is_some_and(|r| {
+                        serde_json::from_str::<StoredSpec>(&r.spec_json).ok() == Some(spec.clone())
+                    })
+                }
+                _ => false,
+            };
+            match latest {
+                Some(d) if same => (d.revision, false),
+                _ => (
+                    store.insert_revision(
+                        &req.name,
+                        &target,
+                        &req.compose,
+                        &spec_json,
+                        by,
+                        &now,
+                    )?,
+                    true,
+                ),
+            }
+        };
+        if changed {
+            tracing::info!(deployment = %req.name, revision, %target, by, "deployment revision recorded");
+            let mut book = self.book.write().unwrap_or_else(|p| p.into_inner());
+            book.deployments.insert(
+                req.name.clone(),
+                ActiveDeployment {
+                    name: req.name.clone(),
+                    selector: selector.clone(),
+                    revision,
+                    stack: parsed.into_stack_spec(&req.name, revision),
+                },
+            );
+        }
+        self.refresh_all()?;
+        Ok(ApplyOutcome {
+            name: req.name.clone(),
+            revision,
+            changed,
+            target,
+            devices: self.targets(&selector),
+        })
+    }
+
+    /// Deletes a deployment: its stacks leave every device's desired document. Returns the
+    /// devices it was targeting, or `None` if there was no such deployment.
+    pub fn delete(&self, name: &str) -> Result<Option<Vec<String>>, StoreError> {
+        if !self
+            .store()
+            .delete_deployment(name, &edgefleet_protocol::now_rfc3339())?
+        {
+            return Ok(None);
+        }
+        let removed = self
+            .book
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .deployments
+            .remove(name);
+        tracing::info!(deployment = name, "deployment deleted");
+        self.refresh_all()?;
+        Ok(Some(
+            removed
+                .map(|d| self.targets(&d.selector))
+                .unwrap_or_default(),
+        ))
+    }
+
+    /// Known devices a selector matches.
+    pub fn targets(&self, selector: &Selector) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .fleet
+            .devices
+            .iter()
+            .filter(|d| selector.matches(d.key(), &d.labels))
+            .map(|d| d.key().clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Recomputes every device's desired document.
+    pub fn refresh_all(&self) -> Result<(), StoreError> {
+        self.refresh(&self.fleet.ids())
+    }
+
+    /// Recomputes the desired documents of these devices; changed ones get a new revision,
+    /// are persisted before anything is published, and are queued for publishing.
+    pub fn refresh(&self, ids: &[String]) -> Result<(), StoreError> {
+        let _serial = lock(&self.refresh_lock);
+        let mut changed = Vec::new();
+        {
+            let book = self.book();
+            for id in ids {
+                let Some(view) = self.fleet.get(id) else {
+                    continue;
+                };
+                let stacks = book.stacks_for(id, &view.labels);
+                if let Some(doc) = next_document(id, view.desired.as_ref(), stacks) {
+                    tracing::info!(device = %id, revision = doc.revision, stacks = doc.stacks.len(), "new desired revision");
+                    changed.push(self.fleet.update(id, |d| {
+                        d.desired = Some(doc);
+                        d.to_row()
+                    }));
+                }
+            }
+        }
+        if !changed.is_empty() {
+            self.store()
+                .save_devices(&changed, &edgefleet_protocol::now_rfc3339())?;
+            for row in &changed {
+                self.queue_desired(&row.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a (re)publish of a device's desired document; repeated requests coalesce.
+    pub fn queue_desired(&self, id: &str) {
+        if self.queued.insert(id.to_owned()) {
+            let _ = self.outgoing.send(Outgoing::Desired(id.to_owned()));
+        }
+    }
+
+    /// Called by the publisher when it takes a device off the queue: the document to send.
+    pub fn take_queued_desired(&self, id: &str) -> Option<DesiredState> {
+        self.queued.remove(id);
+        let mut d = self.fleet.devices.get_mut(id)?;
+        d.desired_published_at = Some(Instant::now());
+        d.desired.clone()
+    }
+
+    /// Queues every device's desired document (after every connect to the broker).
+    pub fn queue_all_desired(&self) {
+        for id in self.fleet.ids() {
+            self.queue_desired(&id);
+        }
+    }
+
+    /// Takes in one message from the bus. Payloads are untrusted: anything that does not
+    /// decode, or names another device than its topic, is logged and dropped.
+    pub fn on_message(&self, topic: &str, payload: &[u8]) {
+        let Some(parsed) = topics::parse(topic) else {
+            tracing::debug!(topic, "message on a topic we do not handle");
+            return;
+        };
+        let Some(device) = parsed.device else { return };
+        let result = match parsed.kind {
+            TopicKind::DevicePresence => self.on_presence(device, payload),
+            TopicKind::DeviceStatus => {
+                decode_for::<DeviceStatus>(device, payload, |s| &s.device).map(|s| self.fleet.on_status(s))
+            }
+            TopicKind::DeviceEvents => decode_for::<DeviceEvent>(device, payload, |e| &e.device).map(|e| {
+                if let Ok(json) = serde_json::to_string(&e) {
+                    lock(&self.events).push((e.device.clone(), e.ts.clone(), json));
+                }
+                self.fleet.on_event(e);
+            }),
+            TopicKind::DeviceSync => decode_for::<SyncRequest>(device, payload, |s| &s.device).map(|s| {
+                tracing::debug!(device, have = s.have_revision, reason = %s.reason, "sync requested");
+                if self.fleet.devices.contains_key(device) {
+                    self.queue_desired(device);
+                }
+            }),
+            TopicKind::DeviceDesired | TopicKind::ControllerPresence => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(device, topic, "refused a message from the bus: {e}");
+        }
+    }
+
+    fn on_presence(&self, device: &str, payload: &[u8]) -> Result<(), DecodeError> {
+        let p = decode_for::<DevicePresence>(device, payload, |p| &p.device)?;
+        for (k, v) in &p.labels {
+            if let Err(e) = edgefleet_protocol::ids::validate_label(k, v) {
+                tracing::warn!(device, "presence with an invalid label refused: {e}");
+                return Ok(());
+            }
+        }
+        tracing::info!(device, state = ?p.state, session = p.session, "presence");
+        if self.fleet.on_presence(p) {
+            if let Err(e) = self.refresh(&[device.to_owned()]) {
+                tracing::error!(device, "cannot compute desired state: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Devices whose last report shows they never received their current desired revision,
+    /// although it was published at least `after` ago: the convergence watchdog republishes.
+    pub fn lagging(&self, after: std::time::Duration) -> Vec<String> {
+        self.fleet
+            .devices
+            .iter()
+            .filter(|d| d.connection == Connection::Online)
+            .filter(|d| {
+                let want = d.desired_revision();
+                want > 0
+                    && d.status.as_ref().is_none_or(|s| s.desired_revision < want)
+                    && d.desired_published_at.is_none_or(|t| t.elapsed() >= after)
+            })
+            .map(|d| d.key().clone())
+            .collect()
+    }
+
+    /// After a controller restart: devices not heard from within the grace period are
+    /// marked offline (their last will may not be replayed to us).
+    pub fn expire_unknown(&self) {
+        let unknown: Vec<String> = self
+            .fleet
+            .devices
+            .iter()
+            .filter(|d| d.connection == Connection::Unknown)
+            .map(|d| d.key().clone())
+            .collect();
+        for id in unknown {
+            tracing::info!(device = %id, "no presence since controller start: marked offline");
+            self.fleet
+                .update(&id, |d| d.connection = Connection::Offline);
+        }
+    }
+
+    /// Writes changed devices and buffered events to the store.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let rows = self.fleet.take_dirty();
+        let events = std::mem::take(&mut *lock(&self.events));
+        if rows.is_empty() && events.is_empty() {
+            return Ok(());
+        }
+        let mut store = self.store();
+        let now = edgefleet_protocol::now_rfc3339();
+        store.save_devices(&rows, &now)?;
+        store.append_events(&events, STORED_EVENTS_PER_DEVICE)?;
+        Ok(())
+    }
+}
+
+fn decode_for<T: serde::de::DeserializeOwned>(
+    device: &str,
+    payload: &[u8],
+    field: impl Fn(&T) -> &String,
+) -> Result<T, DecodeError> {
+    let value: T = codec::decode(payload)?;
+    codec::check_device(device, field(&value))?;
+    Ok(value)
+}

@@ -1,0 +1,179 @@
+//! # edgefleet-controller
+//!
+//! The control plane: holds deployments and their revisions, computes and publishes each
+//! device's desired document, aggregates what agents report into a live fleet view, and
+//! serves the HTTP API. `edgefleet gateway` runs it next to the embedded broker; `edgefleet
+//! controller` runs it against any external MQTT broker.
+//!
+//! ## Layout
+//! - [`compose`]: Compose files → normalized service specs (the supported subset).
+//! - [`selector`]: deployment targets (`site=lyon,line=3`, `id=a|b`, `*`).
+//! - [`store`]: SQLite store with migrations (deployments, revisions, devices, events).
+//! - [`book`]: which stacks each device should run; new desired revisions.
+//! - [`fleet`]: the live fleet view (DashMap), flushed to the store.
+//! - [`core`]: the controller's operations (apply, delete, refresh, take in bus messages).
+//! - [`bus`]: the MQTT link and publish queue.
+//! - [`api`]: the HTTP JSON API.
+//! - [`cli`]: the `edgefleet` client commands (talk to the API).
+//! - [`run`] / [`run_gateway`]: start everything; return when `shutdown` is cancelled.
+
+pub mod api;
+pub mod book;
+pub mod bus;
+pub mod cli;
+pub mod compose;
+pub mod core;
+pub mod fleet;
+pub mod selector;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::BrokerAddr;
+use crate::core::Controller;
+
+/// Everything the controller needs, validated before [`run`].
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub data_dir: PathBuf,
+    pub broker: BrokerAddr,
+    pub http_listen: SocketAddr,
+    /// MQTT keepalive of the controller's own connection.
+    pub keepalive: Duration,
+    /// A device that reports an older desired revision than the one published this long ago
+    /// gets its document again (convergence never rests on one delivery).
+    pub republish_after: Duration,
+    /// After a controller start, devices not heard from within this time are shown offline.
+    pub presence_grace: Duration,
+}
+
+impl ControllerConfig {
+    pub fn new(data_dir: PathBuf, broker: BrokerAddr, http_listen: SocketAddr) -> Self {
+        ControllerConfig {
+            data_dir,
+            broker,
+            http_listen,
+            keepalive: Duration::from_secs(10),
+            republish_after: Duration::from_secs(10),
+            presence_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs the controller until `shutdown` is cancelled or an essential task fails.
+pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    let store = store::Store::open(&config.data_dir.join("edgefleet.db"))?;
+    let session = store.next_counter("controller_session")?;
+    let (ctrl, queue) = Controller::new(store)?;
+    let ctrl = Arc::new(ctrl);
+    let http = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for HTTP on {}: choose another address with --http-listen",
+                config.http_listen
+            )
+        })?;
+    let http_addr = http.local_addr()?;
+
+    let (client, eventloop) = bus::client(&config.broker, config.keepalive, session);
+    let mut tasks = JoinSet::new();
+    let token = shutdown.child_token();
+    tasks.spawn(bus::run_link(
+        ctrl.clone(),
+        client.clone(),
+        eventloop,
+        session,
+        config.broker.clone(),
+        token.clone(),
+    ));
+    tasks.spawn(bus::run_publisher(
+        ctrl.clone(),
+        client,
+        queue,
+        token.clone(),
+    ));
+    tasks.spawn(housekeeping(ctrl.clone(), config.clone(), token.clone()));
+    let app = api::router(ctrl.clone());
+    let http_token = token.clone();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(http, app)
+            .with_graceful_shutdown(http_token.cancelled_owned())
+            .await
+        {
+            tracing::error!("HTTP server failed: {e}");
+        }
+    });
+    tracing::info!(http = %http_addr, broker = %config.broker, data_dir = %config.data_dir.display(), session, "controller running");
+
+    // Any task ending (they only end on shutdown or fatal error) stops the rest.
+    tasks.join_next().await;
+    token.cancel();
+    let drained = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some tasks did not stop within 5 s");
+    }
+    ctrl.flush().context("final flush of the fleet view")?;
+    Ok(())
+}
+
+/// Periodic work: flush the fleet view, republish to lagging devices, expire stale presence.
+async fn housekeeping(
+    ctrl: Arc<Controller>,
+    config: ControllerConfig,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut expired = false;
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        if let Err(e) = ctrl.flush() {
+            tracing::error!("cannot save the fleet view: {e}");
+        }
+        if n % 5 == 0 {
+            for id in ctrl.lagging(config.republish_after) {
+                tracing::info!(device = %id, "device has not reported its desired revision: republishing");
+                ctrl.queue_desired(&id);
+            }
+        }
+        if !expired && ctrl.started.elapsed() >= config.presence_grace {
+            ctrl.expire_unknown();
+            expired = true;
+        }
+    }
+}
+
+/// The gateway: embedded broker plus controller in one process.
+pub async fn run_gateway(
+    broker: edgefleet_broker::BrokerConfig,
+    config: ControllerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let handle = tokio::task::spawn_blocking(move || edgefleet_broker::start(&broker)).await??;
+    let addr = handle.connect_addr();
+    let config = ControllerConfig {
+        broker: BrokerAddr {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        },
+        ..config
+    };
+    run(config, shutdown).await
+}

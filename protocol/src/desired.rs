@@ -1,0 +1,32 @@
+//! The desired-state document: everything one device should run, as one retained message.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::StackSpec;
+
+/// Full desired state of one device (`edgefleet/v1/devices/{device}/desired`, retained).
+/// `revision` increases by one each time the content changes; an agent never applies a
+/// revision lower than the one it already applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub schema: u32,
+    pub device: String,
+    pub revision: u64,
+    pub issued_at: String,
+    /// Stacks by deployment name. An empty map means "run nothing managed".
+    pub stacks: BTreeMap<String, StackSpec>,
+}
+
+impl DesiredState {
+    pub fn new(device: &str, revision: u64, stacks: BTreeMap<String, StackSpec>) -> Self {
+        DesiredState {
+            schema: crate::SCHEMA_VERSION,
+            device: device.to_owned(),
+            revision,
+            issued_at: crate::now_rfc3339(),
+            stacks,
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Identifiers that end up inside topic names or container names: device ids, stack and
+//! service names. Anything that could break a topic (`/`, `+`, `#`, NUL) or a Docker name is
+//! refused here, before it reaches the bus or the engine.
+
+use thiserror::Error;
+
+/// Why an identifier was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum IdError {
+    #[error("{what} is empty")]
+    Empty { what: &'static str },
+    #[error("{what} '{value}' is longer than {max} characters")]
+    TooLong {
+        what: &'static str,
+        value: String,
+        max: usize,
+    },
+    #[error(
+        "{what} '{value}' contains '{ch}': use only letters, digits, '-', '_' and '.' (not first)"
+    )]
+    BadChar {
+        what: &'static str,
+        value: String,
+        ch: char,
+    },
+}
+
+/// Maximum length of a device id.
+pub const MAX_DEVICE_ID: usize = 64;
+/// Maximum length of a stack (deployment) or service name.
+pub const MAX_NAME: usize = 63;
+
+fn check(what: &'static str, value: &str, max: usize) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty { what });
+    }
+    if value.chars().count() > max {
+        return Err(IdError::TooLong {
+            what,
+            value: value.to_owned(),
+            max,
+        });
+    }
+    for (i, ch) in value.chars().enumerate() {
+        let ok = ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || (ch == '.' && i > 0);
+        if !ok {
+            return Err(IdError::BadChar {
+                what,
+                value: value.to_owned(),
+                ch,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Validates a device id (`press-07`, `lyon.line3.cam-2`).
+pub fn validate_device_id(id: &str) -> Result<(), IdError> {
+    check("device id", id, MAX_DEVICE_ID)
+}
+
+/// Validates a deployment/stack name.
+pub fn validate_stack_name(name: &str) -> Result<(), IdError> {
+    check("deployment name", name, MAX_NAME)
+}
+
+/// Validates a Compose service name.
+pub fn validate_service_name(name: &str) -> Result<(), IdError> {
+    check("service name", name, MAX_NAME)
+}
+
+/// Validates a label key or value used for targeting (`site=lyon`).
+pub fn validate_label(key: &str, value: &str) -> Result<(), IdError> {
+    check("label key", key, MAX_NAME)?;
+    check("label value", value, MAX_NAME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plant_style_ids() {
+        for id in ["press-07", "lyon.line3.cam_2", "A1"] {
+            assert_eq!(validate_device_id(id), Ok(()), "{id}");
+        }
+    }
+
+    #[test]
+    fn refuses_topic_breaking_ids() {
+        for id in ["", "a/b", "+", "#", ".hidden", "a b", "é"] {
+            assert!(validate_device_id(id).is_err(), "{id:?} should be refused");
+        }
+        assert!(validate_device_id(&"x".repeat(65)).is_err());
+    }
+}

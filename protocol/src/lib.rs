@@ -1,0 +1,37 @@
+//! # edgefleet-protocol
+//!
+//! The wire contract between the controller, the agents and anyone else on the bus (SCADA,
+//! integrators). `topics.md` at the repository root is the public description of everything
+//! here; a test keeps the two in step.
+//!
+//! ## Layout
+//! - [`topics`]: the topic tree. The only place in the workspace that knows topic strings.
+//! - [`ids`]: device ids and label keys/values that are safe to put in a topic.
+//! - [`spec`]: the normalized service/stack spec the controller derives from Compose.
+//! - [`desired`], [`status`], [`presence`], [`event`], [`sync`]: payloads (JSON, versioned).
+//! - [`codec`]: decoding untrusted bytes into payloads, with errors that say what is wrong.
+//!
+//! No I/O happens in this crate.
+
+pub mod codec;
+pub mod desired;
+pub mod event;
+pub mod ids;
+pub mod presence;
+pub mod spec;
+pub mod status;
+pub mod sync;
+pub mod topics;
+
+/// Schema version carried by every payload this crate defines (`"schema": 1`).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Largest payload the agent and controller accept from the bus (1 MiB). Brokers and MQTT
+/// clients must be configured to carry at least this much.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// Current time as an RFC 3339 UTC timestamp with millisecond precision, the format of every
+/// `ts`/`*_at` field on the wire.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

@@ -1,0 +1,181 @@
+//! The topic tree. Every topic string in the workspace is built and parsed here.
+//!
+//! Everything a device may touch lives under its own prefix `edgefleet/v1/devices/{device}/`,
+//! so a broker front (or a Mosquitto ACL with `%c`) can confine a device to that prefix. The
+//! controller's own presence lives outside it and is read-only for devices.
+
+use crate::ids::validate_device_id;
+
+/// Root of every edgefleet topic; the `v1` is the topic-tree version (payloads carry their own
+/// `schema`).
+pub const ROOT: &str = "edgefleet/v1";
+
+/// Who publishes on a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ControllerToAgent,
+    AgentToAll,
+    AgentToController,
+    ControllerToAll,
+}
+
+/// Every kind of topic the code builds. `topics.md` documents each [`TopicKind::template`];
+/// `tests/topics_doc.rs` fails if one is missing there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicKind {
+    DeviceDesired,
+    DeviceStatus,
+    DevicePresence,
+    DeviceEvents,
+    DeviceSync,
+    ControllerPresence,
+}
+
+impl TopicKind {
+    pub const ALL: [TopicKind; 6] = [
+        TopicKind::DeviceDesired,
+        TopicKind::DeviceStatus,
+        TopicKind::DevicePresence,
+        TopicKind::DeviceEvents,
+        TopicKind::DeviceSync,
+        TopicKind::ControllerPresence,
+    ];
+
+    /// The topic with `{device}` as placeholder, as written in topics.md.
+    pub fn template(self) -> &'static str {
+        match self {
+            TopicKind::DeviceDesired => "edgefleet/v1/devices/{device}/desired",
+            TopicKind::DeviceStatus => "edgefleet/v1/devices/{device}/status",
+            TopicKind::DevicePresence => "edgefleet/v1/devices/{device}/presence",
+            TopicKind::DeviceEvents => "edgefleet/v1/devices/{device}/events",
+            TopicKind::DeviceSync => "edgefleet/v1/devices/{device}/sync",
+            TopicKind::ControllerPresence => "edgefleet/v1/controller/presence",
+        }
+    }
+
+    /// Whether messages on this topic are published with the retain flag.
+    pub fn retained(self) -> bool {
+        matches!(
+            self,
+            TopicKind::DeviceDesired
+                | TopicKind::DeviceStatus
+                | TopicKind::DevicePresence
+                | TopicKind::ControllerPresence
+        )
+    }
+
+    pub fn direction(self) -> Direction {
+        match self {
+            TopicKind::DeviceDesired => Direction::ControllerToAgent,
+            TopicKind::DeviceStatus | TopicKind::DevicePresence | TopicKind::DeviceEvents => {
+                Direction::AgentToAll
+            }
+            TopicKind::DeviceSync => Direction::AgentToController,
+            TopicKind::ControllerPresence => Direction::ControllerToAll,
+        }
+    }
+
+    fn leaf(self) -> Option<&'static str> {
+        match self {
+            TopicKind::DeviceDesired => Some("desired"),
+            TopicKind::DeviceStatus => Some("status"),
+            TopicKind::DevicePresence => Some("presence"),
+            TopicKind::DeviceEvents => Some("events"),
+            TopicKind::DeviceSync => Some("sync"),
+            TopicKind::ControllerPresence => None,
+        }
+    }
+
+    /// The concrete topic for one device. `device` must be a valid device id; kinds that are
+    /// not per-device ignore it.
+    pub fn for_device(self, device: &str) -> String {
+        debug_assert!(
+            validate_device_id(device).is_ok(),
+            "invalid device id {device:?}"
+        );
+        match self.leaf() {
+            Some(leaf) => format!("{ROOT}/devices/{device}/{leaf}"),
+            None => self.template().to_owned(),
+        }
+    }
+
+    /// Subscription filter matching this kind for every device (`…/devices/+/status`).
+    pub fn all_devices_filter(self) -> String {
+        match self.leaf() {
+            Some(leaf) => format!("{ROOT}/devices/+/{leaf}"),
+            None => self.template().to_owned(),
+        }
+    }
+}
+
+/// Topic of the controller's presence.
+pub fn controller_presence() -> String {
+    TopicKind::ControllerPresence.template().to_owned()
+}
+
+/// A parsed topic: its kind and, for per-device topics, the device id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedTopic<'a> {
+    pub kind: TopicKind,
+    pub device: Option<&'a str>,
+}
+
+/// Parses a topic received from the bus. Returns `None` for anything that is not an edgefleet
+/// topic or carries an invalid device id.
+pub fn parse(topic: &str) -> Option<ParsedTopic<'_>> {
+    if topic == TopicKind::ControllerPresence.template() {
+        return Some(ParsedTopic {
+            kind: TopicKind::ControllerPresence,
+            device: None,
+        });
+    }
+    let rest = topic.strip_prefix(ROOT)?.strip_prefix("/devices/")?;
+    let (device, leaf) = rest.split_once('/')?;
+    validate_device_id(device).ok()?;
+    let kind = TopicKind::ALL
+        .into_iter()
+        .find(|k| k.leaf() == Some(leaf))?;
+    Some(ParsedTopic {
+        kind,
+        device: Some(device),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_and_parse_round_trip() {
+        for kind in TopicKind::ALL {
+            let topic = kind.for_device("press-07");
+            let parsed = parse(&topic).expect("parses");
+            assert_eq!(parsed.kind, kind);
+            if kind != TopicKind::ControllerPresence {
+                assert_eq!(parsed.device, Some("press-07"));
+                assert_eq!(topic, kind.template().replace("{device}", "press-07"));
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_foreign_and_malformed_topics() {
+        for t in [
+            "edgefleet/v1/devices/a/b/status",
+            "edgefleet/v1/devices/+/status",
+            "edgefleet/v1/devices/x/unknown",
+            "other/v1/devices/x/status",
+            "edgefleet/v1/devices//status",
+        ] {
+            assert_eq!(parse(t), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn wildcard_filters() {
+        assert_eq!(
+            TopicKind::DeviceStatus.all_devices_filter(),
+            "edgefleet/v1/devices/+/status"
+        );
+    }
+}
