@@ -1,1 +1,40 @@
-//! placeholder
+//! # edgefleet-tests
+//!
+//! The end-to-end harness: starts the real `edgefleet` and `edgefleet-agent` binaries, a real
+//! Mosquitto when asked, builds its own container images (no registry here), and talks to
+//! the gateway over HTTP and MQTT like a user or an integrator would.
+//!
+//! ## Layout
+//! - [`bins`]: builds the binaries once per test process and finds them.
+//! - [`procs`]: child processes (gateway, controller, broker, agent, Mosquitto) that die with
+//!   the test, logs kept under the test's temp dir and printed on failure.
+//! - [`images`]: test images imported from a busybox rootfs tarball.
+//! - [`docker`]: what the engine really runs, and cleanup of a test's containers.
+//! - [`api`]: the gateway's HTTP API and the `edgefleet` CLI.
+//! - [`wait`]: polling with a deadline and a useful failure message.
+
+pub mod api;
+pub mod bins;
+pub mod docker;
+pub mod images;
+pub mod procs;
+pub mod wait;
+
+/// A device id unique to this test run: `<tag>-<pid>-<n>`.
+pub fn unique_id(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}

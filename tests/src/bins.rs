@@ -1,0 +1,55 @@
+//! Builds `edgefleet` and `edgefleet-agent` once per test process (so `cargo test` alone is
+//! enough) and returns their paths.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub struct Bins {
+    pub edgefleet: PathBuf,
+    pub agent: PathBuf,
+}
+
+fn target_dir() -> PathBuf {
+    // Test executables live in target/<profile>/deps/.
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/debug"))
+}
+
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let dir = target_dir();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--bins",
+            "-p",
+            "edgefleet-controller",
+            "-p",
+            "edgefleet-agent",
+        ]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("cannot run cargo to build the binaries under test");
+        assert!(status.success(), "building the binaries under test failed");
+        let bins = Bins {
+            edgefleet: dir.join("edgefleet"),
+            agent: dir.join("edgefleet-agent"),
+        };
+        assert!(
+            bins.edgefleet.exists(),
+            "{} missing",
+            bins.edgefleet.display()
+        );
+        assert!(bins.agent.exists(), "{} missing", bins.agent.display());
+        bins
+    })
+}

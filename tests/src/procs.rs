@@ -1,0 +1,268 @@
+//! Child processes under test. Each is killed when its handle drops (also when a test
+//! panics), and its log file is kept in the test's temp dir; [`Proc::log`] reads it for
+//! failure messages.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::bins::bins;
+use crate::free_port;
+
+pub struct Proc {
+    name: String,
+    cmd: Vec<String>,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Starts `program args…`, appending stdout and stderr to `<dir>/<name>.log`.
+    pub fn spawn(name: &str, dir: &Path, program: &Path, args: &[String]) -> Proc {
+        let mut cmd = vec![program.display().to_string()];
+        cmd.extend(args.iter().cloned());
+        let mut p = Proc {
+            name: name.to_owned(),
+            cmd,
+            log_path: dir.join(format!("{name}.log")),
+            child: None,
+        };
+        p.start();
+        p
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let child = Command::new(&self.cmd[0])
+            .args(&self.cmd[1..])
+            .env("RUST_LOG", "info,rumqttd=warn,rumqttd::server::broker=off")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.cmd.join(" ")));
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the process gets no chance to say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 10 s.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            for _ in 0..100 {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.start();
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The last `lines` lines of the log.
+    pub fn log(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- last log lines of {} -----\n{}\n-----",
+                self.name,
+                self.log(40)
+            );
+        }
+        self.kill9();
+    }
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_port(port: u16, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A gateway (embedded broker + controller) on its own ports and data dir.
+pub struct Gateway {
+    pub proc: Proc,
+    pub mqtt_port: u16,
+    pub http_port: u16,
+}
+
+impl Gateway {
+    pub fn start(dir: &Path) -> Gateway {
+        let (mqtt_port, http_port) = (free_port(), free_port());
+        let args = vec![
+            "gateway".into(),
+            "--data-dir".into(),
+            dir.join("gateway-data").display().to_string(),
+            "--mqtt-listen".into(),
+            format!("127.0.0.1:{mqtt_port}"),
+            "--http-listen".into(),
+            format!("127.0.0.1:{http_port}"),
+            "--keepalive".into(),
+            "5".into(),
+        ];
+        let proc = Proc::spawn("gateway", dir, &bins().edgefleet, &args);
+        let gw = Gateway {
+            proc,
+            mqtt_port,
+            http_port,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    pub fn wait_ready(&self) {
+        assert!(
+            wait_port(self.http_port, Duration::from_secs(30)),
+            "gateway HTTP did not come up:\n{}",
+            self.proc.log(30)
+        );
+        assert!(
+            wait_port(self.mqtt_port, Duration::from_secs(10)),
+            "gateway MQTT did not come up"
+        );
+    }
+
+    pub fn broker_url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.mqtt_port)
+    }
+
+    pub fn api(&self) -> crate::api::Api {
+        crate::api::Api::new(self.http_port)
+    }
+}
+
+/// A controller process against a broker at `mqtt_port` (external-broker deployment).
+pub fn controller(dir: &Path, mqtt_port: u16, http_port: u16) -> Proc {
+    let args = vec![
+        "controller".into(),
+        "--broker".into(),
+        format!("mqtt://127.0.0.1:{mqtt_port}"),
+        "--data-dir".into(),
+        dir.join("controller-data").display().to_string(),
+        "--http-listen".into(),
+        format!("127.0.0.1:{http_port}"),
+        "--keepalive".into(),
+        "5".into(),
+    ];
+    let p = Proc::spawn("controller", dir, &bins().edgefleet, &args);
+    assert!(
+        wait_port(http_port, Duration::from_secs(30)),
+        "controller HTTP did not come up:\n{}",
+        p.log(30)
+    );
+    p
+}
+
+/// The embedded broker alone (`edgefleet broker`).
+pub fn embedded_broker(dir: &Path, port: u16) -> Proc {
+    let args = vec![
+        "broker".into(),
+        "--mqtt-listen".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    let p = Proc::spawn("broker", dir, &bins().edgefleet, &args);
+    assert!(
+        wait_port(port, Duration::from_secs(20)),
+        "broker did not come up:\n{}",
+        p.log(30)
+    );
+    p
+}
+
+/// Debian's Mosquitto on loopback, anonymous, with a packet limit large enough for desired
+/// documents.
+pub fn mosquitto(dir: &Path, port: u16) -> Proc {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 2000000\n"),
+    )
+    .expect("write mosquitto.conf");
+    let p = Proc::spawn(
+        "mosquitto",
+        dir,
+        Path::new("mosquitto"),
+        &["-c".into(), conf.display().to_string()],
+    );
+    assert!(
+        wait_port(port, Duration::from_secs(10)),
+        "mosquitto did not come up (is the mosquitto package installed?):\n{}",
+        p.log(30)
+    );
+    p
+}
+
+/// An agent process for one device.
+pub struct Agent {
+    pub id: String,
+    pub proc: Proc,
+}
+
+impl Agent {
+    pub fn start(dir: &Path, id: &str, labels: &str, broker_url: &str) -> Agent {
+        let mut args = vec![
+            "--id".into(),
+            id.to_owned(),
+            "--broker".into(),
+            broker_url.to_owned(),
+            "--data-dir".into(),
+            dir.join(format!("agent-{id}")).display().to_string(),
+            "--keepalive".into(),
+            "4".into(),
+        ];
+        if !labels.is_empty() {
+            args.extend(["--labels".into(), labels.to_owned()]);
+        }
+        let proc = Proc::spawn(&format!("agent-{id}"), dir, &bins().agent, &args);
+        Agent {
+            id: id.to_owned(),
+            proc,
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Acceptance: faults and bad input with the real engine — agent SIGKILL, gateway restart,
+//! malformed desired payloads, unsupported Compose keys, and drift made by hand.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use edgefleet_tests::api::{Api, service};
+use edgefleet_tests::docker::{self, Cleanup};
+use edgefleet_tests::images::{self, APP_V1, APP_V2};
+use edgefleet_tests::procs::{Agent, Gateway};
+use edgefleet_tests::{unique_id, wait};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(60);
+/// The agents' keepalive in the harness (`--keepalive 4`).
+const KEEPALIVE: Duration = Duration::from_secs(4);
+
+fn stack(image: &str) -> String {
+    format!("services:\n  app:\n    image: {image}\n    restart: unless-stopped\n")
+}
+
+async fn wait_converged_running(api: &Api, id: &str, image: &str) -> (Value, String) {
+    wait::until(&format!("{id} converged running {image}"), T, || async {
+        let d = api.device(id).await?;
+        let svc = service(&d, "web", "app").ok_or("no web/app")?.clone();
+        let running: Vec<_> = docker::containers(id)
+            .into_iter()
+            .filter(|c| c.state == "running")
+            .collect();
+        match running.as_slice() {
+            [c] if d["online"] == true
+                && d["converged"] == true
+                && svc["image"] == image
+                && c.image == image =>
+            {
+                Ok((d.clone(), c.id.clone()))
+            }
+            _ => Err(format!("{} / {running:?}", d["status"])),
+        }
+    })
+    .await
+}
+
+async fn events_of(api: &Api, id: &str, kind: &str) -> Vec<Value> {
+    api.device(id)
+        .await
+        .map(|d| d["events"].as_array().cloned().unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_agent_goes_offline_within_keepalive_and_comes_back_converged() {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let id = unique_id("kill");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let gw = Gateway::start(dir);
+    let api = gw.api();
+    let mut agent = Agent::start(dir, &id, "site=a", &gw.broker_url());
+    api.apply(dir, "web", &format!("id={id}"), &stack(APP_V1));
+    let (_, container) = wait_converged_running(&api, &id, APP_V1).await;
+
+    agent.proc.kill9();
+    let killed = Instant::now();
+    wait::until(
+        "controller shows the killed agent offline",
+        KEEPALIVE * 3,
+        || async {
+            let d = api.device(&id).await?;
+            if d["connection"] == "offline" {
+                Ok(())
+            } else {
+                Err(d["connection"].to_string())
+            }
+        },
+    )
+    .await;
+    let took = killed.elapsed();
+    assert!(
+        took <= KEEPALIVE.mul_f64(1.5),
+        "offline after {took:?}, more than 1.5 × keepalive"
+    );
+    // The container keeps running while its agent is dead.
+    assert_eq!(
+        docker::containers(&id)
+            .iter()
+            .filter(|c| c.state == "running")
+            .count(),
+        1
+    );
+
+    agent.proc.start();
+    let (_, again) = wait_converged_running(&api, &id, APP_V1).await;
+    assert_eq!(
+        again, container,
+        "nothing may be recreated by an agent restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_restart_republishes_desired_state_and_recreates_nothing() {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let (a, b) = (unique_id("gwa"), unique_id("gwb"));
+    let _cleanup = Cleanup(vec![a.clone(), b.clone()]);
+    let mut gw = Gateway::start(dir);
+    let api = gw.api();
+    let _agents = [
+        Agent::start(dir, &a, "site=x", &gw.broker_url()),
+        Agent::start(dir, &b, "site=x", &gw.broker_url()),
+    ];
+    api.apply(dir, "web", "site=x", &stack(APP_V1));
+    let (da, ca) = wait_converged_running(&api, &a, APP_V1).await;
+    let (db, cb) = wait_converged_running(&api, &b, APP_V1).await;
+
+    gw.proc.kill9();
+    gw.proc.start();
+    gw.wait_ready();
+
+    // The restarted broker held nothing; a retained desired document there now means the
+    // controller republished it.
+    let topic = edgefleet_protocol::topics::TopicKind::DeviceDesired.for_device(&a);
+    let port = gw.mqtt_port.to_string();
+    let desired: Value = wait::until("desired republished after gateway restart", T, || async {
+        let out = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-t",
+                &topic,
+                "-C",
+                "1",
+                "-W",
+                "2",
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {out:?}"))
+    })
+    .await;
+    assert_eq!(
+        desired["revision"], da["desired_revision"],
+        "same desired revision after restart"
+    );
+
+    for (id, before, container) in [(&a, &da, &ca), (&b, &db, &cb)] {
+        let after = wait::until("agent reconnected with a new session", T, || async {
+            let d = api.device(id).await?;
+            if d["online"] == true && d["session"].as_u64() > before["session"].as_u64() {
+                Ok(d)
+            } else {
+                Err(d.to_string())
+            }
+        })
+        .await;
+        assert_eq!(
+            after["desired_revision"], before["desired_revision"],
+            "a restart is not a change"
+        );
+        let (_, now) = wait_converged_running(&api, id, APP_V1).await;
+        assert_eq!(&now, container, "a gateway restart must recreate nothing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_desired_payloads_and_unsupported_compose_keys_change_nothing() {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let id = unique_id("bad");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let gw = Gateway::start(dir);
+    let api = gw.api();
+    let _agent = Agent::start(dir, &id, "site=a", &gw.broker_url());
+    api.apply(dir, "web", &format!("id={id}"), &stack(APP_V1));
+    let (before, container) = wait_converged_running(&api, &id, APP_V1).await;
+
+    let topic = edgefleet_protocol::topics::TopicKind::DeviceDesired.for_device(&id);
+    let garbage = [
+        "{not json".to_owned(),
+        r#"{"schema":99,"device":"x"}"#.to_owned(),
+        format!(
+            r#"{{"schema":1,"device":"someone-else","revision":999,"issued_at":"t","stacks":{{}}}}"#
+        ),
+        format!(r#"{{"schema":1,"device":"{id}","revision":"many","stacks":[]}}"#),
+    ];
+    for payload in &garbage {
+        let st = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &gw.mqtt_port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                &topic,
+                "-m",
+                payload,
+            ])
+            .status()
+            .expect("mosquitto_pub");
+        assert!(st.success());
+    }
+    wait::until("a desired_rejected event per bad payload", T, || async {
+        let n = events_of(&api, &id, "desired_rejected").await.len();
+        if n >= garbage.len() {
+            Ok(())
+        } else {
+            Err(format!("{n} rejections"))
+        }
+    })
+    .await;
+    let d = api.device(&id).await.expect("device");
+    assert_eq!(d["online"], true, "the agent must stay connected");
+    assert_eq!(
+        d["session"], before["session"],
+        "the agent must not have reconnected"
+    );
+    let (_, still) = wait_converged_running(&api, &id, APP_V1).await;
+    assert_eq!(
+        still, container,
+        "bad input must not touch the running container"
+    );
+
+    // An unsupported Compose key is refused at apply, naming service and key; nothing changes.
+    let bad = format!("services:\n  app:\n    image: {APP_V2}\n    privileged: true\n");
+    let out = api.try_apply(dir, "web", &format!("id={id}"), &bad);
+    assert!(!out.success, "apply must fail: {out:?}");
+    let msg = out.json()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        msg.contains("service 'app'") && msg.contains("'privileged'"),
+        "unclear message: {msg}"
+    );
+    let human = api.cli(&[
+        "apply",
+        "-f",
+        &dir.join("web.yml").display().to_string(),
+        "--name",
+        "web",
+        "--target",
+        "*",
+    ]);
+    assert!(
+        !human.success && human.stderr.contains("'privileged' is not supported"),
+        "{human:?}"
+    );
+    let dep = api
+        .get("/api/v1/deployments/web")
+        .await
+        .expect("deployment");
+    assert_eq!(
+        dep["revision"], 1,
+        "a refused apply must not record a revision"
+    );
+    assert_eq!(
+        api.device(&id).await.expect("device")["desired_revision"],
+        before["desired_revision"]
+    );
+
+    // And the agent still takes a good change.
+    api.apply(dir, "web", &format!("id={id}"), &stack(APP_V2));
+    wait_converged_running(&api, &id, APP_V2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_by_hand_is_reported_and_restored() {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let id = unique_id("drift");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let gw = Gateway::start(dir);
+    let api = gw.api();
+    let _agent = Agent::start(dir, &id, "site=a", &gw.broker_url());
+    api.apply(dir, "web", &format!("id={id}"), &stack(APP_V1));
+    let (_, container) = wait_converged_running(&api, &id, APP_V1).await;
+
+    docker::stop(&container);
+    wait::until("drift reported", T, || async {
+        let n = events_of(&api, &id, "drift_detected").await.len();
+        if n >= 1 {
+            Ok(())
+        } else {
+            Err("no drift_detected event".into())
+        }
+    })
+    .await;
+    let (_, restored) = wait_converged_running(&api, &id, APP_V1).await;
+    assert_eq!(
+        restored, container,
+        "a stopped container is restarted, not replaced"
+    );
+
+    docker::remove(&container);
+    wait::until("second drift reported", T, || async {
+        let n = events_of(&api, &id, "drift_detected").await.len();
+        if n >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} drift events"))
+        }
+    })
+    .await;
+    let (_, recreated) = wait_converged_running(&api, &id, APP_V1).await;
+    assert_ne!(recreated, container, "a removed container is recreated");
+}
