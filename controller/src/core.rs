@@ -355,10 +355,10 @@ impl Controller {
             }
         }
         tracing::info!(device, state = ?p.state, session = p.session, "presence");
-        if self.fleet.on_presence(p) {
-            if let Err(e) = self.refresh(&[device.to_owned()]) {
-                tracing::error!(device, "cannot compute desired state: {e}");
-            }
+        if self.fleet.on_presence(p)
+            && let Err(e) = self.refresh(&[device.to_owned()])
+        {
+            tracing::error!(device, "cannot compute desired state: {e}");
         }
         Ok(())
     }

@@ -147,7 +147,7 @@ async fn housekeeping(
         if let Err(e) = ctrl.flush() {
             tracing::error!("cannot save the fleet view: {e}");
         }
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             for id in ctrl.lagging(config.republish_after) {
                 tracing::info!(device = %id, "device has not reported its desired revision: republishing");
                 ctrl.queue_desired(&id);

@@ -75,9 +75,32 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), IdError> {
     check("label value", value, MAX_NAME)
 }
 
+/// A short, stable hash (8 hex chars) of several identifiers, for Docker object names built
+/// from them. Ids may contain `-`, so `ef-a-b-c` alone would not tell device `a-b` + stack
+/// `c` from device `a` + stack `b-c`; the suffix does.
+pub fn names_hash(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    h.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_hash_separates_ambiguous_joins() {
+        assert_ne!(names_hash(&["a-b", "c"]), names_hash(&["a", "b-c"]));
+        assert_eq!(names_hash(&["a", "b"]), names_hash(&["a", "b"]));
+        assert_eq!(names_hash(&["a"]).len(), 8);
+    }
 
     #[test]
     fn accepts_plant_style_ids() {

@@ -117,11 +117,12 @@ async fn fake_agent(id: String, port: u16, stop: Stop) {
                         true,
                         status(&id, revision),
                     );
-                } else if let Ok(c) = decode::<ControllerPresence>(&p.payload) {
-                    if c.state == PresenceState::Online && c.session != controller_session {
-                        controller_session = c.session;
-                        publish_all(revision);
-                    }
+                } else if let Ok(c) = decode::<ControllerPresence>(&p.payload)
+                    && c.state == PresenceState::Online
+                    && c.session != controller_session
+                {
+                    controller_session = c.session;
+                    publish_all(revision);
                 }
             }
             Ok(_) => {}

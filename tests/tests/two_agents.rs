@@ -63,7 +63,7 @@ fn documented_example(topic: &str) -> Value {
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../topics.md"))
         .expect("topics.md");
     let at = doc
-        .find(&format!("`{topic}`"))
+        .find(&format!("### `{topic}`"))
         .unwrap_or_else(|| panic!("topics.md does not document {topic}"));
     let rest = &doc[at..];
     let start = rest.find("```json").expect("example block") + "```json".len();

@@ -1,0 +1,380 @@
+//! Agent configuration: the command line, the optional TOML file, and the validated [`Config`]
+//! that `run` receives. Everything is checked here, once, at start-up; nothing below reads the
+//! environment or the file again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use edgefleet_protocol::ids::{validate_device_id, validate_label};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Why the configuration was refused. Each message says which setting is wrong and how to fix it.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("no device id: pass --id ID (or set `id` in the config file)")]
+    MissingId,
+    #[error("invalid device id: {0}")]
+    DeviceId(edgefleet_protocol::ids::IdError),
+    #[error("no broker: pass --broker mqtt://HOST:PORT (or set `broker` in the config file)")]
+    MissingBroker,
+    #[error(
+        "invalid broker URL '{url}': {reason} (expected mqtt://HOST:PORT, e.g. mqtt://gateway:1883)"
+    )]
+    Broker { url: String, reason: String },
+    #[error("invalid label '{item}': expected key=value, e.g. site=lyon")]
+    LabelSyntax { item: String },
+    #[error("invalid label: {0}")]
+    Label(edgefleet_protocol::ids::IdError),
+    #[error("invalid keepalive {0} s: use 1 to 65535 seconds")]
+    Keepalive(u64),
+    #[error(
+        "cannot determine the current directory for the default data dir ({0}): pass --data-dir"
+    )]
+    CurrentDir(std::io::Error),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Command line of `edgefleet-agent`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgefleet-agent",
+    version,
+    about = "edgefleet edge agent: runs this device's desired containers on the local Docker engine",
+    long_about = "edgefleet edge agent.\n\n\
+        Connects outbound to the edgefleet gateway (or any MQTT 3.1.1 broker), receives this \
+        device's desired state, and reconciles it continuously against the local Docker engine. \
+        It keeps running the last applied state when the broker is unreachable and after a reboot.\n\n\
+        Settings come from flags, then EDGEFLEET_* environment variables, then the --config file \
+        (flags win). Log verbosity follows RUST_LOG (default: info).",
+    after_help = "Example:\n  edgefleet-agent --id press-07 --broker mqtt://gateway:1883 --labels site=lyon,line=3\n\n\
+        Config file (TOML), all keys optional:\n  id = \"press-07\"\n  broker = \"mqtt://gateway:1883\"\n  \
+        data_dir = \"/var/lib/edgefleet-agent\"\n  keepalive_secs = 10\n  log_format = \"text\"\n  \
+        [labels]\n  site = \"lyon\"\n  line = \"3\""
+)]
+pub struct Cli {
+    /// Device id (letters, digits, '-', '_', '.'; at most 64 characters), e.g. press-07.
+    #[arg(long, env = "EDGEFLEET_DEVICE_ID", value_name = "ID")]
+    pub id: Option<String>,
+
+    /// Broker to connect to, as mqtt://HOST:PORT (plain MQTT 3.1.1; TLS is not supported yet).
+    #[arg(long, env = "EDGEFLEET_BROKER", value_name = "URL")]
+    pub broker: Option<String>,
+
+    /// Targeting labels as key=value pairs separated by commas, e.g. site=lyon,line=3.
+    /// When given, they replace the labels of the config file.
+    #[arg(
+        long,
+        env = "EDGEFLEET_LABELS",
+        value_name = "K=V,...",
+        value_delimiter = ','
+    )]
+    pub labels: Option<Vec<String>>,
+
+    /// Directory for the agent's local state (last desired state, session counter).
+    /// Default: ./.edgefleet-agent/<ID> under the current directory.
+    #[arg(long, env = "EDGEFLEET_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// MQTT keepalive in seconds [default: 10].
+    #[arg(long, env = "EDGEFLEET_KEEPALIVE", value_name = "SECS")]
+    pub keepalive: Option<u64>,
+
+    /// TOML config file with the same settings (id, broker, data_dir, keepalive_secs,
+    /// log_format and a [labels] table).
+    #[arg(long, env = "EDGEFLEET_AGENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format [default: text].
+    #[arg(long, env = "EDGEFLEET_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The config file: the same settings as the flags, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub id: Option<String>,
+    pub broker: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub data_dir: Option<PathBuf>,
+    pub keepalive_secs: Option<u64>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Where the broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerAddr {
+    /// Parses `mqtt://HOST:PORT` (HOST may be a name, an IPv4 address or a bracketed IPv6).
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let err = |reason: &str| ConfigError::Broker {
+            url: url.to_owned(),
+            reason: reason.into(),
+        };
+        let rest = match url.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => rest,
+            Some(("mqtts" | "ssl", _)) => {
+                return Err(err(
+                    "TLS (mqtts://) is not supported by this agent build yet",
+                ));
+            }
+            Some((scheme, _)) => return Err(err(&format!("unsupported scheme '{scheme}'"))),
+            None => return Err(err("missing the mqtt:// scheme")),
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(err("a path, query or user name is not allowed"));
+        }
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, port) = v6.split_once("]:").ok_or_else(|| err("missing the port"))?;
+            (host, port)
+        } else {
+            rest.rsplit_once(':')
+                .ok_or_else(|| err("missing the port"))?
+        };
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(err("missing or invalid host"));
+        }
+        let port: u16 = port
+            .parse()
+            .map_err(|_| err("the port is not a number from 1 to 65535"))?;
+        if port == 0 {
+            return Err(err("the port is not a number from 1 to 65535"));
+        }
+        Ok(BrokerAddr {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for BrokerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "mqtt://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The validated configuration `run` works with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub device_id: String,
+    pub broker: BrokerAddr,
+    pub labels: BTreeMap<String, String>,
+    pub data_dir: PathBuf,
+    pub keepalive: Duration,
+}
+
+/// Default MQTT keepalive.
+pub const DEFAULT_KEEPALIVE_SECS: u64 = 10;
+
+impl Config {
+    /// Merges the command line over the config file (if any) and validates the result.
+    /// Returns the config and the chosen log format.
+    pub fn from_cli(cli: Cli) -> Result<(Config, LogFormat), ConfigError> {
+        let file = match &cli.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let labels = match cli.labels {
+            Some(items) => parse_labels(&items)?,
+            None => file.labels.unwrap_or_default(),
+        };
+        let log_format = cli.log_format.or(file.log_format).unwrap_or_default();
+        let config = Config::new(
+            cli.id.or(file.id).ok_or(ConfigError::MissingId)?,
+            &cli.broker
+                .or(file.broker)
+                .ok_or(ConfigError::MissingBroker)?,
+            labels,
+            cli.data_dir.or(file.data_dir),
+            cli.keepalive
+                .or(file.keepalive_secs)
+                .unwrap_or(DEFAULT_KEEPALIVE_SECS),
+        )?;
+        Ok((config, log_format))
+    }
+
+    /// Builds a validated config. `data_dir: None` picks `./.edgefleet-agent/<id>`.
+    pub fn new(
+        device_id: String,
+        broker: &str,
+        labels: BTreeMap<String, String>,
+        data_dir: Option<PathBuf>,
+        keepalive_secs: u64,
+    ) -> Result<Config, ConfigError> {
+        validate_device_id(&device_id).map_err(ConfigError::DeviceId)?;
+        for (k, v) in &labels {
+            validate_label(k, v).map_err(ConfigError::Label)?;
+        }
+        let broker = BrokerAddr::parse(broker)?;
+        if !(1..=u64::from(u16::MAX)).contains(&keepalive_secs) {
+            return Err(ConfigError::Keepalive(keepalive_secs));
+        }
+        let data_dir = match data_dir {
+            Some(dir) => dir,
+            None => std::env::current_dir()
+                .map_err(ConfigError::CurrentDir)?
+                .join(".edgefleet-agent")
+                .join(&device_id),
+        };
+        Ok(Config {
+            device_id,
+            broker,
+            labels,
+            data_dir,
+            keepalive: Duration::from_secs(keepalive_secs),
+        })
+    }
+}
+
+fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut labels = BTreeMap::new();
+    for item in items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::LabelSyntax {
+                item: item.to_owned(),
+            })?;
+        labels.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut all = vec!["edgefleet-agent"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn broker_urls() {
+        let ok = BrokerAddr::parse("mqtt://gw:1883").unwrap();
+        assert_eq!(
+            ok,
+            BrokerAddr {
+                host: "gw".into(),
+                port: 1883
+            }
+        );
+        assert_eq!(ok.to_string(), "mqtt://gw:1883");
+        let v6 = BrokerAddr::parse("mqtt://[::1]:1884/").unwrap();
+        assert_eq!(
+            v6,
+            BrokerAddr {
+                host: "::1".into(),
+                port: 1884
+            }
+        );
+        for (bad, why) in [
+            ("gw:1883", "scheme"),
+            ("mqtt://gw", "port"),
+            ("mqtt://gw:0", "port"),
+            ("mqtt://gw:99999", "port"),
+            ("mqtts://gw:8883", "TLS"),
+            ("http://gw:80", "scheme"),
+            ("mqtt://:1883", "host"),
+            ("mqtt://u@gw:1883", "user"),
+        ] {
+            let e = BrokerAddr::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(e.contains("mqtt://HOST:PORT"), "{e}");
+        }
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "id = \"from-file\"\nbroker = \"mqtt://file:1883\"\nkeepalive_secs = 30\n\
+             [labels]\nsite = \"lyon\"\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let (c, fmt) = Config::from_cli(cli(&["--config", p, "--id", "press-07"])).unwrap();
+        assert_eq!(c.device_id, "press-07");
+        assert_eq!(c.broker.host, "file");
+        assert_eq!(c.keepalive, Duration::from_secs(30));
+        assert_eq!(c.labels.get("site").map(String::as_str), Some("lyon"));
+        assert_eq!(fmt, LogFormat::Text);
+        assert!(c.data_dir.ends_with(".edgefleet-agent/press-07"));
+
+        let (c, _) =
+            Config::from_cli(cli(&["--config", p, "--labels", "line=3, area=stamping"])).unwrap();
+        assert_eq!(c.device_id, "from-file");
+        assert_eq!(c.labels.len(), 2);
+        assert_eq!(c.labels["area"], "stamping");
+    }
+
+    #[test]
+    fn refuses_bad_settings_with_clear_errors() {
+        let e = |args: &[&str]| Config::from_cli(cli(args)).unwrap_err().to_string();
+        assert!(e(&["--broker", "mqtt://gw:1"]).contains("--id"));
+        assert!(e(&["--id", "a/b", "--broker", "mqtt://gw:1"]).contains("device id"));
+        assert!(e(&["--id", "a"]).contains("--broker"));
+        assert!(
+            e(&["--id", "a", "--broker", "mqtt://gw:1", "--labels", "x"]).contains("key=value")
+        );
+        assert!(
+            e(&["--id", "a", "--broker", "mqtt://gw:1", "--labels", "x=a b"]).contains("label")
+        );
+        assert!(
+            e(&["--id", "a", "--broker", "mqtt://gw:1", "--keepalive", "0"]).contains("keepalive")
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "idd = \"x\"\n").unwrap();
+        let e = Config::from_cli(cli(&["--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(e.to_string().contains("idd"), "{e}");
+    }
+}

@@ -1,0 +1,199 @@
+//! How a desired service becomes a container on this device: container and volume names, the
+//! `io.edgefleet.*` labels that mark what an agent owns, and the runtime-neutral
+//! [`ContainerSpec`] handed to a [`crate::runtime::ContainerRuntime`].
+//!
+//! Several agents may share one Docker engine (tests, demos, a gateway that is also a device):
+//! the device label is what keeps each agent to its own containers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use edgefleet_protocol::spec::{
+    HealthCheck, PortMapping, RestartPolicy, ServiceSpec, StackSpec, VolumeKind,
+};
+
+/// Device that owns the container or volume.
+pub const LABEL_DEVICE: &str = "io.edgefleet.device";
+/// Stack (deployment) the container belongs to.
+pub const LABEL_STACK: &str = "io.edgefleet.stack";
+/// Compose service the container runs.
+pub const LABEL_SERVICE: &str = "io.edgefleet.service";
+/// [`ServiceSpec::config_hash`] the container was created from.
+pub const LABEL_CONFIG_HASH: &str = "io.edgefleet.config-hash";
+/// Deployment revision the container was created for (informational).
+pub const LABEL_REVISION: &str = "io.edgefleet.deployment-revision";
+
+/// Docker name of a service's container: `ef-<device>-<stack>-<service>-<hash of the three>`.
+pub fn container_name(device: &str, stack: &str, service: &str) -> String {
+    let h = edgefleet_protocol::ids::names_hash(&[device, stack, service]);
+    format!("ef-{device}-{stack}-{service}-{h}")
+}
+
+/// Docker name of a stack's named volume: `ef-<device>-<stack>-<volume>-<hash of the three>`.
+pub fn volume_name(device: &str, stack: &str, volume: &str) -> String {
+    let h = edgefleet_protocol::ids::names_hash(&[device, stack, volume]);
+    format!("ef-{device}-{stack}-{volume}-{h}")
+}
+
+/// Test helper: drops the `-<hash>` suffix of Docker names in a description
+/// (`create ef-dev-app-web-1a2b3c4d` → `create ef-dev-app-web`) so expectations stay readable.
+#[cfg(test)]
+pub(crate) fn unhash(s: &str) -> String {
+    s.split(' ')
+        .map(|w| match w.rsplit_once('-') {
+            Some((head, h))
+                if w.starts_with("ef-")
+                    && h.len() == 8
+                    && h.chars().all(|c| c.is_ascii_hexdigit()) =>
+            {
+                head
+            }
+            _ => w,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Named volumes a stack uses: the declared ones plus any a service mounts.
+pub fn stack_volumes(stack: &StackSpec) -> BTreeSet<&str> {
+    let mut names: BTreeSet<&str> = stack.volumes.iter().map(String::as_str).collect();
+    for svc in stack.services.values() {
+        for m in svc.volumes.iter().filter(|m| m.kind == VolumeKind::Named) {
+            names.insert(m.source.as_str());
+        }
+    }
+    names
+}
+
+/// A mount with its source resolved (Docker volume name or host path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub kind: VolumeKind,
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+impl Mount {
+    /// Docker `Binds` form: `source:target[:ro]`.
+    pub fn bind_string(&self) -> String {
+        let ro = if self.read_only { ":ro" } else { "" };
+        format!("{}:{}{ro}", self.source, self.target)
+    }
+}
+
+/// Everything needed to create one container, independent of the engine API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=value` pairs.
+    pub env: Vec<String>,
+    pub ports: Vec<PortMapping>,
+    pub mounts: Vec<Mount>,
+    pub restart: RestartPolicy,
+    pub healthcheck: Option<HealthCheck>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ContainerSpec {
+    /// The container for service `service` of stack `stack_name` on `device`. The user's labels
+    /// come first; the `io.edgefleet.*` labels always win.
+    pub fn for_service(
+        device: &str,
+        stack_name: &str,
+        stack: &StackSpec,
+        service: &str,
+        svc: &ServiceSpec,
+    ) -> ContainerSpec {
+        let mut labels = svc.labels.clone();
+        labels.insert(LABEL_DEVICE.into(), device.into());
+        labels.insert(LABEL_STACK.into(), stack_name.into());
+        labels.insert(LABEL_SERVICE.into(), service.into());
+        labels.insert(LABEL_CONFIG_HASH.into(), svc.config_hash());
+        labels.insert(LABEL_REVISION.into(), stack.deployment_revision.to_string());
+        let mounts = svc
+            .volumes
+            .iter()
+            .map(|m| Mount {
+                kind: m.kind,
+                source: match m.kind {
+                    VolumeKind::Named => volume_name(device, stack_name, &m.source),
+                    VolumeKind::Bind => m.source.clone(),
+                },
+                target: m.target.clone(),
+                read_only: m.read_only,
+            })
+            .collect();
+        ContainerSpec {
+            name: container_name(device, stack_name, service),
+            image: svc.image.clone(),
+            command: svc.command.clone(),
+            entrypoint: svc.entrypoint.clone(),
+            env: svc
+                .environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            ports: svc.ports.clone(),
+            mounts,
+            restart: svc.restart,
+            healthcheck: svc.healthcheck.clone(),
+            labels,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgefleet_protocol::spec::VolumeMount;
+
+    #[test]
+    fn spec_carries_names_labels_and_resolved_mounts() {
+        let mut svc: ServiceSpec = serde_json::from_str(r#"{"image":"app:1"}"#).unwrap();
+        svc.labels.insert(LABEL_DEVICE.into(), "spoofed".into());
+        svc.labels.insert("team".into(), "ot".into());
+        svc.environment.insert("MODE".into(), "fast".into());
+        svc.volumes = vec![
+            VolumeMount {
+                kind: VolumeKind::Named,
+                source: "data".into(),
+                target: "/data".into(),
+                read_only: false,
+            },
+            VolumeMount {
+                kind: VolumeKind::Bind,
+                source: "/etc/plant".into(),
+                target: "/etc/plant".into(),
+                read_only: true,
+            },
+        ];
+        let stack = StackSpec {
+            deployment: "hist".into(),
+            deployment_revision: 4,
+            volumes: vec!["data".into()],
+            services: [("db".to_string(), svc.clone())].into(),
+        };
+        let spec = ContainerSpec::for_service("press-07", "hist", &stack, "db", &svc);
+        assert_eq!(
+            spec.name,
+            crate::container::container_name("press-07", "hist", "db")
+        );
+        assert_eq!(spec.labels[LABEL_DEVICE], "press-07");
+        assert_eq!(spec.labels[LABEL_CONFIG_HASH], svc.config_hash());
+        assert_eq!(spec.labels[LABEL_REVISION], "4");
+        assert_eq!(spec.labels["team"], "ot");
+        assert_eq!(spec.env, vec!["MODE=fast"]);
+        assert_eq!(
+            spec.mounts[0].bind_string(),
+            format!("{}:/data", volume_name("press-07", "hist", "data"))
+        );
+        assert_eq!(spec.mounts[1].bind_string(), "/etc/plant:/etc/plant:ro");
+        assert_eq!(
+            stack_volumes(&stack).into_iter().collect::<Vec<_>>(),
+            vec!["data"]
+        );
+    }
+}

@@ -1,0 +1,620 @@
+//! Receiving desired-state documents. Every payload on the desired topic is untrusted: it is
+//! decoded, checked against this device, validated (names, mounts, dependency order) and
+//! compared with the revision held. A rejected document changes nothing — the agent keeps its
+//! current desired state, keeps running and stays connected — and says why in an event.
+//!
+//! The intake task also asks the controller for the document (a [`SyncRequest`]) when none
+//! arrived within a few seconds of a (re)connect, so convergence never rests on one retained
+//! delivery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefleet_protocol::SCHEMA_VERSION;
+use edgefleet_protocol::codec::{DecodeError, check_device, decode};
+use edgefleet_protocol::desired::DesiredState;
+use edgefleet_protocol::event::{DeviceEvent, EventKind, Severity};
+use edgefleet_protocol::ids::{validate_service_name, validate_stack_name};
+use edgefleet_protocol::spec::{OrderError, ServiceSpec, StackSpec, VolumeKind};
+use edgefleet_protocol::sync::SyncRequest;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::outbox::Outbox;
+use crate::state_file::StateStore;
+
+/// First sync request this long after a ConnAck without a desired document.
+pub const SYNC_AFTER_CONNECT: Duration = Duration::from_secs(5);
+/// Then again at this interval while still none.
+pub const SYNC_REPEAT: Duration = Duration::from_secs(15);
+
+/// The desired state the agent holds (`None`: never received one — touch nothing).
+pub type HeldDesired = Option<Arc<DesiredState>>;
+
+/// What the link forwards to the intake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A ConnAck: a new connection (and subscription) is up.
+    Connected,
+    Disconnected,
+    /// A payload from this device's desired topic.
+    Desired(Vec<u8>),
+}
+
+/// Why a desired document was rejected.
+#[derive(Debug, Error)]
+pub enum Rejection {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("revision 0 is not a valid desired revision (revisions start at 1)")]
+    ZeroRevision,
+    #[error("stack '{stack}': {reason}")]
+    Stack { stack: String, reason: String },
+    #[error("stack '{stack}', service '{service}': {reason}")]
+    Service {
+        stack: String,
+        service: String,
+        reason: String,
+    },
+    #[error("stack '{stack}': {source}")]
+    Order { stack: String, source: OrderError },
+}
+
+/// What to do with a well-formed document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Newer than what is held: apply it.
+    Accept(DesiredState),
+    /// The revision already held (a retained replay on reconnect).
+    Replay,
+    /// Older than what is held.
+    Stale { got: u64, held: u64 },
+}
+
+/// Judges one payload from the desired topic of `device`, given the revision held.
+pub fn judge(device: &str, payload: &[u8], held: Option<u64>) -> Result<Verdict, Rejection> {
+    let doc: DesiredState = decode(payload)?;
+    check_device(device, &doc.device)?;
+    if doc.revision == 0 {
+        return Err(Rejection::ZeroRevision);
+    }
+    match held {
+        Some(held) if doc.revision == held => return Ok(Verdict::Replay),
+        Some(held) if doc.revision < held => {
+            return Ok(Verdict::Stale {
+                got: doc.revision,
+                held,
+            });
+        }
+        _ => {}
+    }
+    for (name, stack) in &doc.stacks {
+        validate_stack(name, stack)?;
+    }
+    Ok(Verdict::Accept(doc))
+}
+
+fn validate_stack(name: &str, stack: &StackSpec) -> Result<(), Rejection> {
+    let stack_err = |reason: String| Rejection::Stack {
+        stack: name.to_owned(),
+        reason,
+    };
+    validate_stack_name(name).map_err(|e| stack_err(e.to_string()))?;
+    if stack.deployment != name {
+        return Err(stack_err(format!(
+            "carries deployment '{}'",
+            stack.deployment
+        )));
+    }
+    for volume in &stack.volumes {
+        validate_stack_name(volume).map_err(|e| stack_err(format!("volume name: {e}")))?;
+    }
+    for (service, svc) in &stack.services {
+        validate_service(stack, service, svc).map_err(|reason| Rejection::Service {
+            stack: name.to_owned(),
+            service: service.clone(),
+            reason,
+        })?;
+    }
+    stack.start_order().map_err(|source| Rejection::Order {
+        stack: name.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
+fn validate_service(stack: &StackSpec, name: &str, svc: &ServiceSpec) -> Result<(), String> {
+    validate_service_name(name).map_err(|e| e.to_string())?;
+    if svc.image.trim().is_empty()
+        || svc
+            .image
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("image reference {:?} is not valid", svc.image));
+    }
+    for (key, value) in &svc.environment {
+        if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+            return Err(format!("environment variable {key:?} is not valid"));
+        }
+    }
+    for m in &svc.volumes {
+        if !m.target.starts_with('/') || m.target.contains(':') {
+            return Err(format!(
+                "mount target {:?} must be an absolute path without ':'",
+                m.target
+            ));
+        }
+        match m.kind {
+            VolumeKind::Named if !stack.volumes.contains(&m.source) => {
+                return Err(format!(
+                    "volume '{}' is not declared under the stack's top-level volumes",
+                    m.source
+                ));
+            }
+            VolumeKind::Bind if !m.source.starts_with('/') || m.source.contains(':') => {
+                return Err(format!(
+                    "bind mount source {:?} must be an absolute host path without ':'",
+                    m.source
+                ));
+            }
+            _ => {}
+        }
+    }
+    if let Some(p) = svc.ports.iter().find(|p| p.container_port == 0) {
+        return Err(format!("port mapping {p:?} has container port 0"));
+    }
+    if let Some(hc) = &svc.healthcheck {
+        match hc.test.first().map(String::as_str) {
+            Some("NONE") => {}
+            Some("CMD" | "CMD-SHELL") if hc.test.len() > 1 => {}
+            _ => {
+                return Err(format!(
+                    "healthcheck test {:?} must be [\"CMD\", prog, args…], [\"CMD-SHELL\", command] or [\"NONE\"]",
+                    hc.test
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The task that receives desired documents and asks for them when they do not come.
+pub struct Intake {
+    device: String,
+    held: watch::Sender<HeldDesired>,
+    store: Arc<StateStore>,
+    outbox: Arc<dyn Outbox>,
+    inbound: mpsc::Receiver<Inbound>,
+}
+
+impl Intake {
+    pub fn new(
+        device: String,
+        held: watch::Sender<HeldDesired>,
+        store: Arc<StateStore>,
+        outbox: Arc<dyn Outbox>,
+        inbound: mpsc::Receiver<Inbound>,
+    ) -> Self {
+        Intake {
+            device,
+            held,
+            store,
+            outbox,
+            inbound,
+        }
+    }
+
+    fn held_revision(&self) -> Option<u64> {
+        self.held.borrow().as_ref().map(|d| d.revision)
+    }
+
+    /// Runs until `shutdown` or until the link goes away.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        // Whether a usable desired document arrived on the current connection.
+        let mut received = false;
+        let mut sync_at: Option<Instant> = None;
+        loop {
+            let sync_due = async {
+                match sync_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                msg = self.inbound.recv() => match msg {
+                    None => return,
+                    Some(Inbound::Connected) => {
+                        received = false;
+                        sync_at = Some(Instant::now() + SYNC_AFTER_CONNECT);
+                    }
+                    Some(Inbound::Disconnected) => sync_at = None,
+                    Some(Inbound::Desired(payload)) => received |= self.handle(&payload),
+                },
+                _ = sync_due => {
+                    let held = self.held_revision();
+                    if received && held.is_some() {
+                        sync_at = None;
+                    } else {
+                        let reason = if held.is_none() {
+                            "the agent holds no desired state"
+                        } else {
+                            "no desired document received since connecting"
+                        };
+                        info!(have_revision = held.unwrap_or(0), reason, "requesting desired state");
+                        self.outbox.sync_request(SyncRequest {
+                            schema: SCHEMA_VERSION,
+                            device: self.device.clone(),
+                            have_revision: held.unwrap_or(0),
+                            reason: reason.to_owned(),
+                        });
+                        sync_at = Some(Instant::now() + SYNC_REPEAT);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one payload; returns whether it counts as having the desired document.
+    pub fn handle(&self, payload: &[u8]) -> bool {
+        let held = self.held_revision();
+        let event = |kind, severity, message: String| {
+            DeviceEvent::new(&self.device, kind, severity, message)
+        };
+        match judge(&self.device, payload, held) {
+            Ok(Verdict::Accept(doc)) => {
+                let revision = doc.revision;
+                info!(
+                    revision,
+                    stacks = doc.stacks.len(),
+                    "accepted desired state"
+                );
+                if let Err(e) = self.store.save_desired(&doc) {
+                    warn!(revision, error = %e, "could not persist desired state");
+                    self.outbox.event(
+                        event(
+                            EventKind::Failed,
+                            Severity::Warning,
+                            format!("desired revision {revision} is applied but could not be saved locally, so a restart without the broker would lose it: {e}"),
+                        )
+                        .with_revision(revision),
+                    );
+                }
+                self.outbox.event(
+                    event(
+                        EventKind::DesiredReceived,
+                        Severity::Info,
+                        format!(
+                            "desired revision {revision} received ({} stack(s))",
+                            doc.stacks.len()
+                        ),
+                    )
+                    .with_revision(revision),
+                );
+                self.held.send_replace(Some(Arc::new(doc)));
+                true
+            }
+            Ok(Verdict::Replay) => {
+                debug!(revision = held, "desired revision already held");
+                true
+            }
+            Ok(Verdict::Stale { got, held }) => {
+                warn!(got, held, "ignoring stale desired revision");
+                self.outbox.event(
+                    event(
+                        EventKind::DesiredRejected,
+                        Severity::Warning,
+                        format!("stale revision {got} < {held} ignored"),
+                    )
+                    .with_revision(got),
+                );
+                true
+            }
+            Err(rejection) => {
+                warn!(error = %rejection, "rejected desired document; keeping the current desired state");
+                let mut ev = event(
+                    EventKind::DesiredRejected,
+                    Severity::Error,
+                    format!(
+                        "desired document rejected: {rejection}; keeping the current desired state"
+                    ),
+                );
+                // The revision, when the payload had one worth naming.
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) {
+                    ev.revision = v.get("revision").and_then(|r| r.as_u64());
+                }
+                self.outbox.event(ev);
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::RecordingOutbox;
+    use serde_json::json;
+
+    fn doc(device: &str, revision: u64, stacks: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "schema": 1, "device": device, "revision": revision,
+            "issued_at": "2026-01-01T00:00:00.000Z", "stacks": stacks
+        }))
+        .unwrap()
+    }
+
+    fn app(services: serde_json::Value) -> serde_json::Value {
+        json!({"app": {"deployment": "app", "deployment_revision": 1, "volumes": ["data"], "services": services}})
+    }
+
+    #[test]
+    fn judge_table() {
+        let ok = app(json!({"web": {"image": "app:1"}}));
+        type Case = (
+            &'static str,
+            Vec<u8>,
+            Option<u64>,
+            Result<&'static str, &'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            ("new document", doc("d", 1, ok.clone()), None, Ok("accept")),
+            (
+                "newer revision",
+                doc("d", 3, ok.clone()),
+                Some(2),
+                Ok("accept"),
+            ),
+            (
+                "same revision",
+                doc("d", 2, ok.clone()),
+                Some(2),
+                Ok("replay"),
+            ),
+            (
+                "older revision",
+                doc("d", 1, ok.clone()),
+                Some(2),
+                Ok("stale"),
+            ),
+            ("empty payload", vec![], None, Err("empty")),
+            ("not JSON", b"{oops".to_vec(), None, Err("not valid JSON")),
+            (
+                "wrong schema",
+                br#"{"schema":2}"#.to_vec(),
+                None,
+                Err("schema 2"),
+            ),
+            (
+                "other device",
+                doc("other", 1, ok.clone()),
+                None,
+                Err("'other'"),
+            ),
+            (
+                "revision 0",
+                doc("d", 0, ok.clone()),
+                None,
+                Err("revision 0"),
+            ),
+            (
+                "bad stack name",
+                doc(
+                    "d",
+                    1,
+                    json!({"a/b": {"deployment": "a/b", "deployment_revision": 1, "services": {}}}),
+                ),
+                None,
+                Err("'/'"),
+            ),
+            (
+                "deployment mismatch",
+                doc(
+                    "d",
+                    1,
+                    json!({"a": {"deployment": "b", "deployment_revision": 1, "services": {}}}),
+                ),
+                None,
+                Err("carries deployment 'b'"),
+            ),
+            (
+                "bad service name",
+                doc("d", 1, app(json!({".x": {"image": "i"}}))),
+                None,
+                Err("service name"),
+            ),
+            (
+                "empty image",
+                doc("d", 1, app(json!({"web": {"image": " "}}))),
+                None,
+                Err("image reference"),
+            ),
+            (
+                "cycle",
+                doc(
+                    "d",
+                    1,
+                    app(
+                        json!({"a": {"image": "i", "depends_on": ["b"]}, "b": {"image": "i", "depends_on": ["a"]}}),
+                    ),
+                ),
+                None,
+                Err("cycle"),
+            ),
+            (
+                "unknown dependency",
+                doc(
+                    "d",
+                    1,
+                    app(json!({"a": {"image": "i", "depends_on": ["zz"]}})),
+                ),
+                None,
+                Err("'zz'"),
+            ),
+            (
+                "undeclared volume",
+                doc(
+                    "d",
+                    1,
+                    app(
+                        json!({"a": {"image": "i", "volumes": [{"kind": "named", "source": "other", "target": "/x"}]}}),
+                    ),
+                ),
+                None,
+                Err("not declared"),
+            ),
+            (
+                "relative bind",
+                doc(
+                    "d",
+                    1,
+                    app(
+                        json!({"a": {"image": "i", "volumes": [{"kind": "bind", "source": "etc", "target": "/x"}]}}),
+                    ),
+                ),
+                None,
+                Err("absolute host path"),
+            ),
+            (
+                "bad env",
+                doc(
+                    "d",
+                    1,
+                    app(json!({"a": {"image": "i", "environment": {"A=B": "1"}}})),
+                ),
+                None,
+                Err("environment"),
+            ),
+            (
+                "bad healthcheck",
+                doc(
+                    "d",
+                    1,
+                    app(json!({"a": {"image": "i", "healthcheck": {"test": ["true"]}}})),
+                ),
+                None,
+                Err("healthcheck"),
+            ),
+            (
+                "unknown field type",
+                doc("d", 1, app(json!({"a": {"image": 5}}))),
+                None,
+                Err("not valid JSON"),
+            ),
+        ];
+        for (name, payload, held, want) in cases {
+            let got = judge("d", &payload, held);
+            match (want, got) {
+                (Ok("accept"), Ok(Verdict::Accept(_)))
+                | (Ok("replay"), Ok(Verdict::Replay))
+                | (Ok("stale"), Ok(Verdict::Stale { .. })) => {}
+                (Err(needle), Err(e)) => {
+                    assert!(
+                        e.to_string().contains(needle),
+                        "{name}: {e} does not contain {needle:?}"
+                    )
+                }
+                (want, got) => panic!("{name}: want {want:?}, got {got:?}"),
+            }
+        }
+    }
+
+    fn intake(
+        dir: &std::path::Path,
+    ) -> (Intake, Arc<RecordingOutbox>, watch::Receiver<HeldDesired>) {
+        let (store, _) = StateStore::open(dir, "d").unwrap();
+        let outbox = Arc::new(RecordingOutbox::default());
+        let (tx, rx) = watch::channel(None);
+        let (_in_tx, in_rx) = mpsc::channel(4);
+        (
+            Intake::new("d".into(), tx, Arc::new(store), outbox.clone(), in_rx),
+            outbox,
+            rx,
+        )
+    }
+
+    #[test]
+    fn rejected_documents_keep_the_current_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (intake, outbox, held) = intake(dir.path());
+        let good = doc("d", 2, app(json!({"web": {"image": "app:1"}})));
+        assert!(intake.handle(&good));
+        assert_eq!(held.borrow().as_ref().map(|d| d.revision), Some(2));
+        assert!(!intake.handle(&doc("d", 3, app(json!({"web": {"image": ""}})))));
+        assert!(!intake.handle(b""));
+        assert!(intake.handle(&good));
+        assert!(intake.handle(&doc("d", 1, app(json!({})))));
+        assert_eq!(held.borrow().as_ref().map(|d| d.revision), Some(2));
+
+        let events = outbox.events();
+        let kinds: Vec<(EventKind, Severity)> =
+            events.iter().map(|e| (e.kind, e.severity)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (EventKind::DesiredReceived, Severity::Info),
+                (EventKind::DesiredRejected, Severity::Error),
+                (EventKind::DesiredRejected, Severity::Error),
+                (EventKind::DesiredRejected, Severity::Warning),
+            ]
+        );
+        assert_eq!(events[1].revision, Some(3));
+        assert_eq!(events[3].message, "stale revision 1 < 2 ignored");
+        // Persisted: a restarted agent finds revision 2.
+        let (_, loaded) = StateStore::open(dir.path(), "d").unwrap();
+        assert_eq!(loaded.desired.map(|d| d.revision), Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn asks_for_desired_state_when_none_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = StateStore::open(dir.path(), "d").unwrap();
+        let outbox = Arc::new(RecordingOutbox::default());
+        let (tx, _rx) = watch::channel(None);
+        let (in_tx, in_rx) = mpsc::channel(4);
+        let intake = Intake::new("d".into(), tx, Arc::new(store), outbox.clone(), in_rx);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(intake.run(shutdown.clone()));
+
+        in_tx.send(Inbound::Connected).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(outbox.syncs().is_empty());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(outbox.syncs().len(), 1);
+        assert_eq!(outbox.syncs()[0].have_revision, 0);
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(outbox.syncs().len(), 2);
+
+        in_tx
+            .send(Inbound::Desired(doc("d", 1, app(json!({})))))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            outbox.syncs().len(),
+            2,
+            "no more requests once a document is held"
+        );
+
+        // A reconnect whose retained replay brings the document: no request.
+        in_tx.send(Inbound::Connected).await.unwrap();
+        in_tx
+            .send(Inbound::Desired(doc("d", 1, app(json!({})))))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(outbox.syncs().len(), 2);
+
+        // A reconnect without it: one request, naming the revision held.
+        in_tx.send(Inbound::Connected).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(outbox.syncs().len(), 3);
+        assert_eq!(outbox.syncs()[2].have_revision, 1);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+}

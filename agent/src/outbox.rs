@@ -1,0 +1,66 @@
+//! What the agent tells the fleet, as a trait: events, its status document and sync requests.
+//! The MQTT link ([`crate::mqtt::Bus`]) implements it; [`RecordingOutbox`] keeps everything
+//! in memory for tests and the simulator. Implementations never block.
+
+use std::sync::{Mutex, MutexGuard};
+
+use edgefleet_protocol::event::DeviceEvent;
+use edgefleet_protocol::status::DeviceStatus;
+use edgefleet_protocol::sync::SyncRequest;
+
+/// Where the reconciler and the desired-state intake send what they have to say.
+pub trait Outbox: Send + Sync + 'static {
+    /// A non-retained event (best effort; buffered briefly while disconnected).
+    fn event(&self, event: DeviceEvent);
+    /// The current status document (retained; republished on every reconnect).
+    fn status(&self, status: &DeviceStatus);
+    /// Asks the controller to publish this device's desired document again.
+    fn sync_request(&self, request: SyncRequest);
+}
+
+/// An [`Outbox`] that records everything.
+#[derive(Debug, Default)]
+pub struct RecordingOutbox {
+    events: Mutex<Vec<DeviceEvent>>,
+    statuses: Mutex<Vec<DeviceStatus>>,
+    syncs: Mutex<Vec<SyncRequest>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl RecordingOutbox {
+    pub fn events(&self) -> Vec<DeviceEvent> {
+        lock(&self.events).clone()
+    }
+
+    pub fn statuses(&self) -> Vec<DeviceStatus> {
+        lock(&self.statuses).clone()
+    }
+
+    pub fn syncs(&self) -> Vec<SyncRequest> {
+        lock(&self.syncs).clone()
+    }
+
+    /// Forgets what was recorded so far.
+    pub fn clear(&self) {
+        lock(&self.events).clear();
+        lock(&self.statuses).clear();
+        lock(&self.syncs).clear();
+    }
+}
+
+impl Outbox for RecordingOutbox {
+    fn event(&self, event: DeviceEvent) {
+        lock(&self.events).push(event);
+    }
+
+    fn status(&self, status: &DeviceStatus) {
+        lock(&self.statuses).push(status.clone());
+    }
+
+    fn sync_request(&self, request: SyncRequest) {
+        lock(&self.syncs).push(request);
+    }
+}

@@ -1,0 +1,526 @@
+//! The reconciler: a level-triggered loop. A new desired document, an engine event about this
+//! device's containers, or the periodic timer only *wake* it; each pass then observes
+//! everything, asks the pure planner ([`crate::plan::plan`]) what to do, executes the actions
+//! in order (stopping at the first failure, retried later with backoff), and reports status
+//! and events. It is never told why it runs, so every pass is idempotent.
+//!
+//! Without any desired document the agent does nothing at all: it never removes containers
+//! it has no instructions about.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefleet_protocol::desired::DesiredState;
+use edgefleet_protocol::event::{DeviceEvent, EventKind, Severity};
+use edgefleet_protocol::status::{DeviceStatus, Health};
+use futures_util::StreamExt;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, instrument, warn};
+
+use crate::backoff::Backoff;
+use crate::desired::HeldDesired;
+use crate::outbox::Outbox;
+use crate::plan::{Action, Finding, Observed, Op, plan};
+use crate::runtime::{ContainerRuntime, RuntimeError};
+use crate::state_file::StateStore;
+use crate::status::{self, ServiceErrors, StatusInput, reported_container};
+
+/// A pass runs at least this often, to catch what no event announced.
+pub const PERIOD: Duration = Duration::from_secs(10);
+/// First retry after a failed pass; doubles up to [`RETRY_MAX`].
+pub const RETRY_MIN: Duration = Duration::from_secs(1);
+pub const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Grace period given to a container's main process on stop.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Observes what the engine holds for `desired.device`: its containers, its volumes and which
+/// desired images are present.
+pub async fn observe<R: ContainerRuntime>(
+    runtime: &R,
+    desired: &DesiredState,
+) -> Result<Observed, RuntimeError> {
+    let containers = runtime.list_containers(&desired.device).await?;
+    let volumes = runtime.list_volumes(&desired.device).await?;
+    let wanted: BTreeSet<&str> = desired
+        .stacks
+        .values()
+        .flat_map(|s| s.services.values().map(|svc| svc.image.as_str()))
+        .collect();
+    let mut images = BTreeSet::new();
+    for image in wanted {
+        if runtime.image_present(image).await? {
+            images.insert(image.to_owned());
+        }
+    }
+    Ok(Observed {
+        containers,
+        images,
+        volumes,
+    })
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassReport {
+    /// Actions planned (and attempted, up to the first failure).
+    pub actions: usize,
+    pub failed: bool,
+}
+
+/// The reconciler of one device.
+pub struct Reconciler<R> {
+    device: String,
+    runtime: Arc<R>,
+    desired: watch::Receiver<HeldDesired>,
+    outbox: Arc<dyn Outbox>,
+    store: Arc<StateStore>,
+    /// Revision of the last desired document for which every action succeeded.
+    observed_revision: u64,
+    /// Last revision announced as converged (persisted as "last applied").
+    converged_revision: u64,
+    last_observed: Option<Observed>,
+    health: BTreeMap<(String, String), Health>,
+    drift_reported: BTreeSet<String>,
+    last_failure: Option<String>,
+    last_status: Option<DeviceStatus>,
+}
+
+impl<R: ContainerRuntime> Reconciler<R> {
+    /// `last_applied_revision` comes from the state file, so that drift found right after a
+    /// restart is reported as drift and a converged revision is not announced twice.
+    pub fn new(
+        device: String,
+        runtime: Arc<R>,
+        desired: watch::Receiver<HeldDesired>,
+        outbox: Arc<dyn Outbox>,
+        store: Arc<StateStore>,
+        last_applied_revision: u64,
+    ) -> Self {
+        Reconciler {
+            device,
+            runtime,
+            desired,
+            outbox,
+            store,
+            observed_revision: last_applied_revision,
+            converged_revision: last_applied_revision,
+            last_observed: None,
+            health: BTreeMap::new(),
+            drift_reported: BTreeSet::new(),
+            last_failure: None,
+            last_status: None,
+        }
+    }
+
+    /// Runs passes until `shutdown`: after a wake-up (`wake`, a new desired document), every
+    /// [`PERIOD`], or sooner with backoff after a failure.
+    pub async fn run(mut self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        let mut retry = Backoff::new(RETRY_MIN, RETRY_MAX);
+        loop {
+            let report = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                report = self.pass() => report,
+            };
+            let delay = if report.failed {
+                retry.next_delay()
+            } else {
+                retry.reset();
+                PERIOD
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+                _ = wake.notified() => {}
+                changed = self.desired.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass: observe, plan, execute, report.
+    #[instrument(name = "reconcile", skip_all, fields(device = %self.device, revision = tracing::field::Empty))]
+    pub async fn pass(&mut self) -> PassReport {
+        let held = self.desired.borrow_and_update().clone();
+        let Some(desired) = held else {
+            debug!("no desired state held: nothing to do");
+            self.report_status(None, false, None, &ServiceErrors::new(), false);
+            return PassReport {
+                actions: 0,
+                failed: false,
+            };
+        };
+        tracing::Span::current().record("revision", desired.revision);
+        let observed = match observe(&*self.runtime, &desired).await {
+            Ok(observed) => observed,
+            Err(e) => {
+                let message = e.to_string();
+                warn!(error = %message, "cannot observe the container engine");
+                self.failure_event(&desired, None, &message);
+                self.report_status(
+                    Some(&desired),
+                    true,
+                    Some(message),
+                    &ServiceErrors::new(),
+                    false,
+                );
+                return PassReport {
+                    actions: 0,
+                    failed: true,
+                };
+            }
+        };
+        let actions = plan(&desired, &observed);
+        let was_converged = self.observed_revision == desired.revision;
+        if actions.is_empty() {
+            self.drift_reported.clear();
+        } else if was_converged {
+            self.report_drift(&desired, &actions);
+        } else if self.last_failure.is_none() {
+            info!(actions = actions.len(), "applying desired revision");
+            // Let the fleet see the work start before a long pull (not again on each retry).
+            self.last_observed = Some(observed.clone());
+            self.report_status(Some(&desired), false, None, &ServiceErrors::new(), true);
+        }
+
+        let mut service_errors = ServiceErrors::new();
+        let mut device_error = None;
+        let mut failed = false;
+        for action in &actions {
+            if let Err(e) = self.execute(&desired, action).await {
+                failed = true;
+                let message = e.to_string();
+                self.failure_event(&desired, Some(action), &message);
+                match &action.service {
+                    Some(service) if !matches!(e, RuntimeError::Unreachable(_)) => {
+                        service_errors.insert((action.stack.clone(), service.clone()), message);
+                    }
+                    _ => device_error = Some(message),
+                }
+                break;
+            }
+        }
+        if !failed {
+            self.last_failure = None;
+            self.observed_revision = desired.revision;
+            if self.converged_revision != desired.revision {
+                self.converged(&desired);
+            }
+        }
+        let observed = if actions.is_empty() {
+            observed
+        } else {
+            observe(&*self.runtime, &desired).await.unwrap_or(observed)
+        };
+        self.health_events(&desired, &observed);
+        // Something changed during the pass (the engine event has already woken the next one):
+        // do not claim convergence meanwhile.
+        let pending = !failed && !actions.is_empty() && !plan(&desired, &observed).is_empty();
+        self.last_observed = Some(observed);
+        self.report_status(
+            Some(&desired),
+            failed,
+            device_error,
+            &service_errors,
+            pending,
+        );
+        PassReport {
+            actions: actions.len(),
+            failed,
+        }
+    }
+
+    fn event(
+        &self,
+        desired: &DesiredState,
+        action: Option<&Action>,
+        kind: EventKind,
+        severity: Severity,
+        message: String,
+    ) {
+        let mut event =
+            DeviceEvent::new(&self.device, kind, severity, message).with_revision(desired.revision);
+        if let Some(action) = action {
+            event.stack = Some(action.stack.clone());
+            event.service = action.service.clone();
+        }
+        self.outbox.event(event);
+    }
+
+    /// Executes one action and reports it.
+    #[instrument(skip_all, err(Display), fields(stack = %action.stack, service = action.service.as_deref().unwrap_or(""), action = %action))]
+    async fn execute(&self, desired: &DesiredState, action: &Action) -> Result<(), RuntimeError> {
+        let rt = &*self.runtime;
+        let (kind, message) = match &action.op {
+            Op::EnsureVolume { name } => {
+                rt.ensure_volume(name, &self.device).await?;
+                (EventKind::Created, format!("created volume '{name}'"))
+            }
+            Op::Pull { image } => {
+                if !self.retrying(action) {
+                    let msg = format!("pulling image '{image}'");
+                    self.event(
+                        desired,
+                        Some(action),
+                        EventKind::Pulling,
+                        Severity::Info,
+                        msg,
+                    );
+                }
+                rt.pull(image).await?;
+                (EventKind::Pulled, format!("pulled image '{image}'"))
+            }
+            Op::Create(spec) => {
+                let id = rt.create(spec).await?;
+                let short: String = id.chars().take(12).collect();
+                (
+                    EventKind::Created,
+                    format!(
+                        "created container '{}' ({short}) from image '{}'",
+                        spec.name, spec.image
+                    ),
+                )
+            }
+            Op::Start { container, name } => {
+                rt.start(container).await?;
+                let message = match &action.finding {
+                    Finding::NotRunning(_) => {
+                        format!("started container '{name}' ({})", action.finding)
+                    }
+                    _ => format!("started container '{name}'"),
+                };
+                (EventKind::Started, message)
+            }
+            Op::Stop { container, name } => {
+                match rt.stop(container, STOP_TIMEOUT).await {
+                    Err(RuntimeError::NotFound { .. }) => return Ok(()),
+                    other => other?,
+                }
+                (
+                    EventKind::Stopped,
+                    format!("stopped container '{name}' ({})", action.finding),
+                )
+            }
+            Op::Remove { container, name } => {
+                match rt.remove(container).await {
+                    Err(RuntimeError::NotFound { .. }) => return Ok(()),
+                    other => other?,
+                }
+                (
+                    EventKind::Removed,
+                    format!("removed container '{name}' ({})", action.finding),
+                )
+            }
+        };
+        info!("{message}");
+        self.event(desired, Some(action), kind, Severity::Info, message);
+        Ok(())
+    }
+
+    /// Whether `action` is the one the previous pass failed on.
+    fn retrying(&self, action: &Action) -> bool {
+        self.last_failure
+            .as_deref()
+            .is_some_and(|k| k.starts_with(&format!("{action}|")))
+    }
+
+    /// A Failed event, unless the previous pass failed the same way (no event storm while
+    /// retrying a pull against an unreachable registry).
+    fn failure_event(&mut self, desired: &DesiredState, action: Option<&Action>, message: &str) {
+        let key = format!(
+            "{}|{message}",
+            action.map(|a| a.to_string()).unwrap_or_default()
+        );
+        if self.last_failure.as_deref() == Some(key.as_str()) {
+            debug!(error = message, "same failure as the last pass");
+            return;
+        }
+        self.last_failure = Some(key);
+        self.event(
+            desired,
+            action,
+            EventKind::Failed,
+            Severity::Error,
+            message.to_owned(),
+        );
+    }
+
+    /// DriftDetected events for what was found changed while the revision was converged, once
+    /// per finding until a pass finds nothing to do.
+    fn report_drift(&mut self, desired: &DesiredState, actions: &[Action]) {
+        let mut found: BTreeMap<(&str, Option<&str>), BTreeSet<String>> = BTreeMap::new();
+        for a in actions
+            .iter()
+            .filter(|a| a.finding != Finding::ImageMissing)
+        {
+            found
+                .entry((&a.stack, a.service.as_deref()))
+                .or_default()
+                .insert(a.finding.to_string());
+        }
+        for ((stack, service), findings) in found {
+            let what = findings.into_iter().collect::<Vec<_>>().join(", ");
+            let target = match service {
+                Some(service) => format!("{stack}/{service}"),
+                None => stack.to_owned(),
+            };
+            let key = format!("{target}: {what}");
+            if !self.drift_reported.insert(key) {
+                continue;
+            }
+            warn!(target = %target, found = %what, "drift detected; restoring");
+            let mut event = DeviceEvent::new(
+                &self.device,
+                EventKind::DriftDetected,
+                Severity::Warning,
+                format!(
+                    "drift on {target}: {what}; restoring desired revision {}",
+                    desired.revision
+                ),
+            )
+            .with_revision(desired.revision);
+            event.stack = Some(stack.to_owned());
+            event.service = service.map(str::to_owned);
+            self.outbox.event(event);
+        }
+    }
+
+    fn converged(&mut self, desired: &DesiredState) {
+        info!("desired revision converged");
+        self.converged_revision = desired.revision;
+        if let Err(e) = self.store.save_applied(desired.revision) {
+            warn!(error = %e, "could not persist the applied revision");
+        }
+        let msg = format!("desired revision {} applied", desired.revision);
+        self.event(desired, None, EventKind::Converged, Severity::Info, msg);
+    }
+
+    /// Healthy/Unhealthy events on health transitions of desired services.
+    fn health_events(&mut self, desired: &DesiredState, observed: &Observed) {
+        let mut seen = BTreeMap::new();
+        for (stack_name, stack) in &desired.stacks {
+            for (service, svc) in &stack.services {
+                let health = reported_container(
+                    observed,
+                    &self.device,
+                    stack_name,
+                    service,
+                    &svc.config_hash(),
+                )
+                .map_or(Health::None, |c| c.health);
+                let key = (stack_name.clone(), service.clone());
+                let before = self.health.get(&key).copied().unwrap_or(Health::None);
+                seen.insert(key, health);
+                let (kind, severity) = match health {
+                    Health::Healthy => (EventKind::Healthy, Severity::Info),
+                    Health::Unhealthy => (EventKind::Unhealthy, Severity::Warning),
+                    _ => continue,
+                };
+                if before != health {
+                    let event = DeviceEvent::new(
+                        &self.device,
+                        kind,
+                        severity,
+                        format!(
+                            "service {stack_name}/{service} is {}",
+                            if health == Health::Healthy {
+                                "healthy"
+                            } else {
+                                "unhealthy"
+                            }
+                        ),
+                    )
+                    .with_service(stack_name, service)
+                    .with_revision(desired.revision);
+                    self.outbox.event(event);
+                }
+            }
+        }
+        self.health = seen;
+    }
+
+    fn report_status(
+        &mut self,
+        desired: Option<&DesiredState>,
+        failed: bool,
+        last_error: Option<String>,
+        service_errors: &ServiceErrors,
+        pending: bool,
+    ) {
+        let status = status::build(StatusInput {
+            pending,
+            device: &self.device,
+            desired,
+            observed: self.last_observed.as_ref(),
+            observed_revision: self.observed_revision,
+            failed,
+            last_error: last_error.as_deref(),
+            service_errors,
+        });
+        if self
+            .last_status
+            .as_ref()
+            .is_some_and(|last| status::same_content(last, &status))
+        {
+            return;
+        }
+        debug!(state = ?status.state, observed_revision = status.observed_revision, "status changed");
+        self.outbox.status(&status);
+        self.last_status = Some(status);
+    }
+}
+
+/// Turns engine events about `device`'s containers into wake-ups, resubscribing with backoff
+/// when the engine connection drops (and waking once after each resubscription, since events
+/// may have been missed).
+pub async fn watch_engine<R: ContainerRuntime>(
+    runtime: Arc<R>,
+    device: String,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let span = info_span!("engine_events", device = %device);
+    async move {
+        loop {
+            match runtime.events(&device).await {
+                Ok(mut events) => {
+                    wake.notify_one();
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            item = events.next() => match item {
+                                Some(Ok(())) => {
+                                    backoff.reset();
+                                    wake.notify_one();
+                                }
+                                Some(Err(e)) => {
+                                    warn!(error = %e, "engine event stream failed");
+                                    break;
+                                }
+                                None => {
+                                    debug!("engine event stream ended");
+                                    break;
+                                }
+                            },
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot watch engine events"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,490 @@
+//! [`ContainerRuntime`] on the local Docker engine, through bollard.
+//!
+//! The client negotiates the API version with the engine on first use (the engine may be
+//! older than bollard's default, e.g. 20.10 speaks 1.41) and again after a failed
+//! negotiation, so an agent started before dockerd simply reports "engine unreachable" until
+//! the engine comes up.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, HealthConfig, HostConfig, PortBinding,
+    RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use edgefleet_protocol::spec::RestartPolicy;
+use edgefleet_protocol::status::{ContainerState, Health};
+use futures_util::{StreamExt, TryStreamExt};
+use tokio::sync::OnceCell;
+
+use super::{ContainerInfo, ContainerRuntime, EngineEvents, RuntimeError};
+use crate::container::{ContainerSpec, LABEL_DEVICE};
+
+/// The Docker engine behind the local socket (`DOCKER_HOST` is honoured).
+pub struct DockerRuntime {
+    docker: Docker,
+    negotiated: OnceCell<Docker>,
+}
+
+impl DockerRuntime {
+    /// Prepares a client for the local engine. Does no I/O: the engine may still be down.
+    pub fn connect() -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| RuntimeError::Unreachable(e.to_string()))?;
+        Ok(DockerRuntime {
+            docker,
+            negotiated: OnceCell::new(),
+        })
+    }
+
+    async fn client(&self) -> Result<&Docker, RuntimeError> {
+        self.negotiated
+            .get_or_try_init(|| async {
+                self.docker
+                    .clone()
+                    .negotiate_version()
+                    .await
+                    .map_err(|e| RuntimeError::Unreachable(e.to_string()))
+            })
+            .await
+    }
+}
+
+/// Whether a bollard error means the engine could not be reached at all.
+fn is_connection_error(e: &BollardError) -> bool {
+    matches!(
+        e,
+        BollardError::IOError { .. }
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::HyperResponseError { .. }
+            | BollardError::SocketNotFoundError(_)
+            | BollardError::RequestTimeoutError
+            | BollardError::APIVersionParseError {}
+    )
+}
+
+fn unreachable_or(e: BollardError, op: &'static str, target: &str) -> RuntimeError {
+    if is_connection_error(&e) {
+        return RuntimeError::Unreachable(e.to_string());
+    }
+    let message = match e {
+        BollardError::DockerResponseServerError { message, .. } => message,
+        other => other.to_string(),
+    };
+    RuntimeError::Engine {
+        op,
+        target: target.to_owned(),
+        message,
+    }
+}
+
+/// Maps an error of an operation on an existing container.
+fn container_err(e: BollardError, op: &'static str, target: &str) -> RuntimeError {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        } => RuntimeError::NotFound {
+            what: "container",
+            target: target.to_owned(),
+        },
+        other => unreachable_or(other, op, target),
+    }
+}
+
+/// Splits `repo[:tag]` for the pull API, which pulls *every* tag when none is given.
+fn pull_reference(image: &str) -> (&str, Option<&str>) {
+    if image.contains('@') {
+        return (image, None);
+    }
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if last.contains(':') {
+        (image, None)
+    } else {
+        (image, Some("latest"))
+    }
+}
+
+fn nanos(ms: Option<u64>) -> Option<i64> {
+    ms.map(|ms| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX))
+}
+
+/// The Docker create request for a [`ContainerSpec`].
+pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let mut exposed = Vec::new();
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &spec.ports {
+        let key = format!("{}/{}", p.container_port, p.protocol.as_str());
+        if !exposed.contains(&key) {
+            exposed.push(key.clone());
+        }
+        bindings
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_default()
+            .push(PortBinding {
+                host_ip: p.host_ip.clone(),
+                host_port: Some(p.host_port.map(|h| h.to_string()).unwrap_or_default()),
+            });
+    }
+    let restart = match spec.restart {
+        RestartPolicy::No => RestartPolicyNameEnum::NO,
+        RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
+        RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+    };
+    let binds: Vec<String> = spec.mounts.iter().map(|m| m.bind_string()).collect();
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: spec.command.clone(),
+        entrypoint: spec.entrypoint.clone(),
+        env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        labels: Some(
+            spec.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        healthcheck: spec.healthcheck.as_ref().map(|h| HealthConfig {
+            test: Some(h.test.clone()),
+            interval: nanos(h.interval_ms),
+            timeout: nanos(h.timeout_ms),
+            retries: h.retries.map(i64::from),
+            start_period: nanos(h.start_period_ms),
+            start_interval: None,
+        }),
+        host_config: Some(HostConfig {
+            binds: (!binds.is_empty()).then_some(binds),
+            port_bindings: (!bindings.is_empty()).then_some(bindings),
+            restart_policy: Some(DockerRestartPolicy {
+                name: Some(restart),
+                maximum_retry_count: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_info(c: ContainerInspectResponse) -> Option<ContainerInfo> {
+    let state = c.state.as_ref();
+    let config = c.config.as_ref();
+    Some(ContainerInfo {
+        id: c.id.clone()?,
+        name: c
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
+        image: config.and_then(|k| k.image.clone()).unwrap_or_default(),
+        image_id: c.image.clone(),
+        state: state
+            .and_then(|s| s.status)
+            .map(|s| ContainerState::from_docker(s.as_ref()))
+            .unwrap_or(ContainerState::Dead),
+        health: state
+            .and_then(|s| s.health.as_ref())
+            .and_then(|h| h.status)
+            .map(|s| Health::from_docker(s.as_ref()))
+            .unwrap_or(Health::None),
+        restart_count: c
+            .restart_count
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(0),
+        labels: config
+            .and_then(|k| k.labels.as_ref())
+            .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+    })
+}
+
+/// Engine events that can change what a pass observes.
+const STATE_EVENTS: [&str; 11] = [
+    "create",
+    "start",
+    "restart",
+    "die",
+    "stop",
+    "kill",
+    "destroy",
+    "pause",
+    "unpause",
+    "rename",
+    "health_status",
+];
+
+fn device_filter(device: &str) -> HashMap<&'static str, Vec<String>> {
+    HashMap::from([("label", vec![format!("{LABEL_DEVICE}={device}")])])
+}
+
+impl ContainerRuntime for DockerRuntime {
+    async fn list_containers(&self, device: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+        let docker = self.client().await?;
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&device_filter(device))
+            .build();
+        let summaries = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| unreachable_or(e, "list containers of device", device))?;
+        let mut out = Vec::with_capacity(summaries.len());
+        for id in summaries.into_iter().filter_map(|s| s.id) {
+            match docker.inspect_container(&id, None).await {
+                Ok(c) => out.extend(container_info(c)),
+                // Removed between list and inspect: it is gone, which is what we would see.
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(e) => return Err(unreachable_or(e, "inspect container", &id)),
+            }
+        }
+        // A container relabelled behind our back must not slip through the filter.
+        out.retain(|c| c.labels.get(LABEL_DEVICE).map(String::as_str) == Some(device));
+        Ok(out)
+    }
+
+    async fn list_volumes(&self, device: &str) -> Result<BTreeSet<String>, RuntimeError> {
+        let docker = self.client().await?;
+        let options = ListVolumesOptionsBuilder::default()
+            .filters(&device_filter(device))
+            .build();
+        let list = docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(|e| unreachable_or(e, "list volumes of device", device))?;
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect())
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        let docker = self.client().await?;
+        match docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(unreachable_or(e, "inspect image", image)),
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let (from_image, tag) = pull_reference(image);
+        let mut options = CreateImageOptionsBuilder::default().from_image(from_image);
+        if let Some(tag) = tag {
+            options = options.tag(tag);
+        }
+        let pull_err = |e: BollardError| {
+            let reason = match e {
+                BollardError::DockerResponseServerError { message, .. } => message,
+                BollardError::DockerStreamError { error } => error,
+                other => other.to_string(),
+            };
+            RuntimeError::Pull {
+                image: image.to_owned(),
+                reason,
+            }
+        };
+        docker
+            .create_image(Some(options.build()), None, None)
+            .try_for_each(|_| async { Ok(()) })
+            .await
+            .map_err(pull_err)
+    }
+
+    async fn ensure_volume(&self, name: &str, device: &str) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let request = VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            labels: Some(HashMap::from([(
+                LABEL_DEVICE.to_owned(),
+                device.to_owned(),
+            )])),
+            ..Default::default()
+        };
+        docker
+            .create_volume(request)
+            .await
+            .map_err(|e| unreachable_or(e, "create volume", name))?;
+        Ok(())
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let docker = self.client().await?;
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        match docker
+            .create_container(Some(options), create_body(spec))
+            .await
+        {
+            Ok(created) => Ok(created.id),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Err(RuntimeError::NameConflict {
+                name: spec.name.clone(),
+            }),
+            Err(e) => Err(unreachable_or(e, "create container", &spec.name)),
+        }
+    }
+
+    async fn start(&self, container: &str) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        docker
+            .start_container(container, None)
+            .await
+            .map_err(|e| container_err(e, "start", container))
+    }
+
+    async fn stop(&self, container: &str, timeout: Duration) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let secs = i32::try_from(timeout.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::default().t(secs).build();
+        docker
+            .stop_container(container, Some(options))
+            .await
+            .map_err(|e| container_err(e, "stop", container))
+    }
+
+    async fn remove(&self, container: &str) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(false)
+            .build();
+        docker
+            .remove_container(container, Some(options))
+            .await
+            .map_err(|e| container_err(e, "remove", container))
+    }
+
+    async fn events(&self, device: &str) -> Result<EngineEvents, RuntimeError> {
+        let docker = self.client().await?;
+        let mut filters = device_filter(device);
+        filters.insert("type", vec!["container".to_owned()]);
+        // Not exec_* (every healthcheck run is one) nor attach/resize/top: they change nothing.
+        filters.insert(
+            "event",
+            STATE_EVENTS.iter().map(|e| (*e).to_owned()).collect(),
+        );
+        let options = EventsOptionsBuilder::default().filters(&filters).build();
+        let device = device.to_owned();
+        Ok(docker
+            .events(Some(options))
+            .filter_map(move |item| {
+                let wake = match item {
+                    // `health_status: healthy` → `health_status`.
+                    Ok(msg) => msg
+                        .action
+                        .as_deref()
+                        .map(|a| a.split(':').next().unwrap_or(a))
+                        .is_some_and(|a| STATE_EVENTS.contains(&a))
+                        .then_some(Ok(())),
+                    Err(e) => Some(Err(unreachable_or(e, "watch events of", &device))),
+                };
+                std::future::ready(wake)
+            })
+            .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgefleet_protocol::spec::{HealthCheck, PortMapping, PortProtocol, VolumeKind};
+
+    use crate::container::Mount;
+
+    #[test]
+    fn create_body_maps_compose_fields() {
+        let spec = ContainerSpec {
+            name: "ef-d-s-web".into(),
+            image: "app:1".into(),
+            command: Some(vec!["serve".into()]),
+            entrypoint: None,
+            env: vec!["A=1".into()],
+            ports: vec![
+                PortMapping {
+                    host_ip: None,
+                    host_port: Some(8080),
+                    container_port: 80,
+                    protocol: PortProtocol::Tcp,
+                },
+                PortMapping {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: None,
+                    container_port: 80,
+                    protocol: PortProtocol::Tcp,
+                },
+                PortMapping {
+                    host_ip: None,
+                    host_port: Some(5353),
+                    container_port: 53,
+                    protocol: PortProtocol::Udp,
+                },
+            ],
+            mounts: vec![Mount {
+                kind: VolumeKind::Named,
+                source: "ef-d-s-data".into(),
+                target: "/data".into(),
+                read_only: true,
+            }],
+            restart: RestartPolicy::UnlessStopped,
+            healthcheck: Some(HealthCheck {
+                test: vec!["CMD-SHELL".into(), "true".into()],
+                interval_ms: Some(1500),
+                timeout_ms: None,
+                retries: Some(3),
+                start_period_ms: None,
+            }),
+            labels: [("k".to_string(), "v".to_string())].into(),
+        };
+        let body = create_body(&spec);
+        assert_eq!(
+            body.exposed_ports,
+            Some(vec!["80/tcp".to_string(), "53/udp".to_string()])
+        );
+        let host = body.host_config.unwrap();
+        let web = host.port_bindings.as_ref().unwrap()["80/tcp"]
+            .as_ref()
+            .unwrap();
+        assert_eq!(web.len(), 2);
+        assert_eq!(web[0].host_port.as_deref(), Some("8080"));
+        assert_eq!(web[1].host_port.as_deref(), Some(""));
+        assert_eq!(web[1].host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(host.binds, Some(vec!["ef-d-s-data:/data:ro".to_string()]));
+        assert_eq!(
+            host.restart_policy.unwrap().name,
+            Some(RestartPolicyNameEnum::UNLESS_STOPPED)
+        );
+        let hc = body.healthcheck.unwrap();
+        assert_eq!(hc.interval, Some(1_500_000_000));
+        assert_eq!(hc.retries, Some(3));
+        assert_eq!(body.env, Some(vec!["A=1".to_string()]));
+        assert_eq!(body.cmd, Some(vec!["serve".to_string()]));
+        assert_eq!(body.labels.unwrap()["k"], "v");
+    }
+
+    #[test]
+    fn pull_reference_never_pulls_all_tags() {
+        assert_eq!(pull_reference("app"), ("app", Some("latest")));
+        assert_eq!(
+            pull_reference("reg:5000/app"),
+            ("reg:5000/app", Some("latest"))
+        );
+        assert_eq!(pull_reference("reg:5000/app:2"), ("reg:5000/app:2", None));
+        assert_eq!(pull_reference("app@sha256:abc"), ("app@sha256:abc", None));
+    }
+}

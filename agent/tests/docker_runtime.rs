@@ -1,0 +1,363 @@
+//! `DockerRuntime` against the real Docker engine (no registry: the test builds its own image
+//! from a static busybox rootfs with `docker import`). Every container, volume and image it
+//! makes carries a unique name/label and is removed by a drop guard, even when a test fails.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use edgefleet_agent::container::{
+    ContainerSpec, LABEL_CONFIG_HASH, LABEL_DEVICE, LABEL_SERVICE, LABEL_STACK, Mount,
+};
+use edgefleet_agent::outbox::RecordingOutbox;
+use edgefleet_agent::reconcile::{PassReport, Reconciler};
+use edgefleet_agent::runtime::{ContainerRuntime, DockerRuntime, RuntimeError};
+use edgefleet_agent::state_file::StateStore;
+use edgefleet_protocol::desired::DesiredState;
+use edgefleet_protocol::event::EventKind;
+use edgefleet_protocol::spec::{HealthCheck, RestartPolicy, VolumeKind};
+use edgefleet_protocol::status::{ContainerState, ConvergenceState, Health};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+fn docker(args: &[&str]) -> std::process::Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI runs")
+}
+
+/// A unique device id and a freshly imported busybox image; removes everything on drop.
+struct Fixture {
+    device: String,
+    other_device: String,
+    image: String,
+    _root: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(test: &str) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let unique = format!("{test}-{}-{nanos}", std::process::id());
+        let root = tempfile::tempdir().unwrap();
+        let fixture = Fixture {
+            device: format!("rt-{unique}"),
+            other_device: format!("rt-other-{unique}"),
+            image: format!("edgefleet-test/agent-rt:{unique}"),
+            _root: root,
+        };
+        fixture.import_image(fixture._root.path());
+        fixture
+    }
+
+    fn import_image(&self, dir: &Path) {
+        let rootfs = dir.join("rootfs");
+        let bin = rootfs.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
+        for applet in ["sh", "sleep", "true", "echo", "cat"] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        let tar = dir.join("rootfs.tar");
+        let out = Command::new("tar")
+            .args([
+                "-C",
+                rootfs.to_str().unwrap(),
+                "-cf",
+                tar.to_str().unwrap(),
+                ".",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tar: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = docker(&[
+            "import",
+            "--change",
+            r#"CMD ["/bin/sh","-c","sleep 3600"]"#,
+            tar.to_str().unwrap(),
+            &self.image,
+        ]);
+        assert!(
+            out.status.success(),
+            "docker import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn spec(&self, device: &str, service: &str) -> ContainerSpec {
+        ContainerSpec {
+            name: format!("ef-{device}-app-{service}"),
+            image: self.image.clone(),
+            command: None,
+            entrypoint: None,
+            env: vec!["MODE=test".into()],
+            ports: vec![],
+            mounts: vec![],
+            restart: RestartPolicy::No,
+            healthcheck: None,
+            labels: [
+                (LABEL_DEVICE.to_string(), device.to_string()),
+                (LABEL_STACK.to_string(), "app".to_string()),
+                (LABEL_SERVICE.to_string(), service.to_string()),
+                (LABEL_CONFIG_HASH.to_string(), "test".to_string()),
+            ]
+            .into(),
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        for device in [&self.device, &self.other_device] {
+            let filter = format!("label={LABEL_DEVICE}={device}");
+            let ids = docker(&["ps", "-aq", "--filter", &filter]);
+            for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+                docker(&["rm", "-f", id]);
+            }
+            let vols = docker(&["volume", "ls", "-q", "--filter", &filter]);
+            for v in String::from_utf8_lossy(&vols.stdout).split_whitespace() {
+                docker(&["volume", "rm", "-f", v]);
+            }
+        }
+        docker(&["rmi", "-f", &self.image]);
+    }
+}
+
+async fn wait_for<F: Fn(&[edgefleet_agent::runtime::ContainerInfo]) -> bool>(
+    rt: &DockerRuntime,
+    device: &str,
+    what: &str,
+    done: F,
+) {
+    for _ in 0..300 {
+        let list = rt.list_containers(device).await.unwrap();
+        if done(&list) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn docker_runtime_lifecycle() {
+    let fx = Fixture::new("life");
+    let rt = DockerRuntime::connect().unwrap();
+
+    assert!(rt.image_present(&fx.image).await.unwrap());
+    let missing = "edgefleet-test/absent:nope";
+    assert!(!rt.image_present(missing).await.unwrap());
+    let err = rt.pull(missing).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::Pull { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("image 'edgefleet-test/absent:nope' not present and pull failed"),
+        "{msg}"
+    );
+    assert!(msg.contains("docker load"), "{msg}");
+
+    assert!(rt.list_containers(&fx.device).await.unwrap().is_empty());
+    let mut events = rt.events(&fx.device).await.unwrap();
+
+    let volume = format!("ef-{}-app-data", fx.device);
+    rt.ensure_volume(&volume, &fx.device).await.unwrap();
+    rt.ensure_volume(&volume, &fx.device).await.unwrap();
+    assert!(rt.list_volumes(&fx.device).await.unwrap().contains(&volume));
+
+    let mut spec = fx.spec(&fx.device, "web");
+    spec.restart = RestartPolicy::UnlessStopped;
+    spec.healthcheck = Some(HealthCheck {
+        test: vec!["CMD-SHELL".into(), "true".into()],
+        interval_ms: Some(500),
+        timeout_ms: Some(2000),
+        retries: Some(3),
+        start_period_ms: None,
+    });
+    spec.mounts = vec![Mount {
+        kind: VolumeKind::Named,
+        source: volume.clone(),
+        target: "/data".into(),
+        read_only: false,
+    }];
+    let id = rt.create(&spec).await.unwrap();
+    let conflict = rt.create(&spec).await.unwrap_err();
+    assert_eq!(
+        conflict,
+        RuntimeError::NameConflict {
+            name: spec.name.clone()
+        }
+    );
+
+    // Another device's container on the same engine is invisible to this device.
+    let other = fx.spec(&fx.other_device, "web");
+    let other_id = rt.create(&other).await.unwrap();
+
+    let list = rt.list_containers(&fx.device).await.unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].id, id);
+    assert_eq!(list[0].name, spec.name);
+    assert_eq!(list[0].state, ContainerState::Created);
+    assert_eq!(list[0].image, fx.image);
+    assert!(
+        list[0]
+            .image_id
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("sha256:")
+    );
+    assert_eq!(list[0].labels[LABEL_SERVICE], "web");
+
+    rt.start(&id).await.unwrap();
+    rt.start(&id).await.unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+    assert!(
+        matches!(woke, Ok(Some(Ok(())))),
+        "an engine event for this device: {woke:?}"
+    );
+    wait_for(&rt, &fx.device, "healthy", |l| {
+        l.first()
+            .is_some_and(|c| c.state == ContainerState::Running && c.health == Health::Healthy)
+    })
+    .await;
+
+    rt.stop(&id, Duration::from_secs(1)).await.unwrap();
+    rt.stop(&id, Duration::from_secs(1)).await.unwrap();
+    let list = rt.list_containers(&fx.device).await.unwrap();
+    assert_eq!(list[0].state, ContainerState::Exited);
+    rt.remove(&id).await.unwrap();
+    assert!(rt.list_containers(&fx.device).await.unwrap().is_empty());
+    assert!(matches!(
+        rt.remove(&id).await,
+        Err(RuntimeError::NotFound { .. })
+    ));
+    assert!(matches!(
+        rt.start(&id).await,
+        Err(RuntimeError::NotFound { .. })
+    ));
+
+    // The other device's container was never touched.
+    let others = rt.list_containers(&fx.other_device).await.unwrap();
+    assert_eq!(others.len(), 1);
+    assert_eq!(others[0].id, other_id);
+    assert_eq!(others[0].state, ContainerState::Created);
+}
+
+/// A main process that exits on SIGTERM (a shell as PID 1 ignores it and waits for the kill).
+const QUICK_STOP: &str = "trap 'exit 0' TERM; sleep 3600 & wait";
+
+fn desired(fx: &Fixture, revision: u64, with_stack: bool) -> DesiredState {
+    let doc = serde_json::json!({
+        "schema": 1, "device": fx.device, "revision": revision, "issued_at": "2026-01-01T00:00:00.000Z",
+        "stacks": if with_stack { serde_json::json!({"app": {
+            "deployment": "app", "deployment_revision": revision, "volumes": ["data"],
+            "services": {
+                "db": {"image": fx.image, "restart": "unless-stopped", "command": ["/bin/sh", "-c", QUICK_STOP],
+                       "volumes": [{"kind": "named", "source": "data", "target": "/data"}],
+                       "healthcheck": {"test": ["CMD-SHELL", "true"], "interval_ms": 500}},
+                "web": {"image": fx.image, "restart": "always", "depends_on": ["db"],
+                        "command": ["/bin/sh", "-c", QUICK_STOP],
+                        "environment": {"MODE": "test"}}
+            }}}) } else { serde_json::json!({}) }
+    });
+    serde_json::from_value(doc).unwrap()
+}
+
+#[tokio::test]
+async fn reconciler_converges_on_the_real_engine() {
+    let fx = Fixture::new("rec");
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = StateStore::open(dir.path(), &fx.device).unwrap();
+    let outbox = Arc::new(RecordingOutbox::default());
+    let (held, held_rx) = watch::channel(Some(Arc::new(desired(&fx, 1, true))));
+    let runtime = Arc::new(DockerRuntime::connect().unwrap());
+    let mut r = Reconciler::new(
+        fx.device.clone(),
+        runtime.clone(),
+        held_rx,
+        outbox.clone(),
+        Arc::new(store),
+        0,
+    );
+
+    assert_eq!(
+        r.pass().await,
+        PassReport {
+            actions: 5,
+            failed: false
+        }
+    );
+    let status = outbox.statuses().last().cloned().unwrap();
+    assert_eq!(status.state, ConvergenceState::Converged);
+    assert_eq!(
+        status.stacks["app"].services["web"].state,
+        ContainerState::Running
+    );
+    assert!(runtime.list_volumes(&fx.device).await.unwrap().contains(
+        &edgefleet_agent::container::volume_name(&fx.device, "app", "data")
+    ));
+
+    // Idempotent: nothing recreated.
+    let before = runtime.list_containers(&fx.device).await.unwrap();
+    assert_eq!(
+        r.pass().await,
+        PassReport {
+            actions: 0,
+            failed: false
+        }
+    );
+    let after = runtime.list_containers(&fx.device).await.unwrap();
+    let ids = |l: &[edgefleet_agent::runtime::ContainerInfo]| {
+        let mut v: Vec<String> = l.iter().map(|c| c.id.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&before), ids(&after));
+
+    // `docker stop` by hand: drift, restored.
+    let web = edgefleet_agent::container::container_name(&fx.device, "app", "web");
+    assert!(docker(&["stop", "-t", "1", &web]).status.success());
+    assert_eq!(
+        r.pass().await,
+        PassReport {
+            actions: 1,
+            failed: false
+        }
+    );
+    assert!(
+        outbox
+            .events()
+            .iter()
+            .any(|e| e.kind == EventKind::DriftDetected)
+    );
+    wait_for(&runtime, &fx.device, "web running again", |l| {
+        l.iter()
+            .any(|c| c.name == web && c.state == ContainerState::Running)
+    })
+    .await;
+
+    // The stack is removed from the desired state: containers go, the volume stays.
+    held.send_replace(Some(Arc::new(desired(&fx, 2, false))));
+    assert_eq!(
+        r.pass().await,
+        PassReport {
+            actions: 4,
+            failed: false
+        }
+    );
+    assert!(
+        runtime
+            .list_containers(&fx.device)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(runtime.list_volumes(&fx.device).await.unwrap().len(), 1);
+}
