@@ -27,10 +27,8 @@ pub enum ConfigError {
     DeviceId(edgefleet_protocol::ids::IdError),
     #[error("no broker: pass --broker mqtt://HOST:PORT (or set `broker` in the config file)")]
     MissingBroker,
-    #[error(
-        "invalid broker URL '{url}': {reason} (expected mqtt://HOST:PORT, e.g. mqtt://gateway:1883)"
-    )]
-    Broker { url: String, reason: String },
+    #[error(transparent)]
+    Broker(#[from] edgefleet_protocol::broker_url::BrokerUrlError),
     #[error("invalid label '{item}': expected key=value, e.g. site=lyon")]
     LabelSyntax { item: String },
     #[error("invalid label: {0}")]
@@ -134,66 +132,7 @@ impl FileConfig {
     }
 }
 
-/// Where the broker is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAddr {
-    pub host: String,
-    pub port: u16,
-}
-
-impl BrokerAddr {
-    /// Parses `mqtt://HOST:PORT` (HOST may be a name, an IPv4 address or a bracketed IPv6).
-    pub fn parse(url: &str) -> Result<Self, ConfigError> {
-        let err = |reason: &str| ConfigError::Broker {
-            url: url.to_owned(),
-            reason: reason.into(),
-        };
-        let rest = match url.split_once("://") {
-            Some(("mqtt" | "tcp", rest)) => rest,
-            Some(("mqtts" | "ssl", _)) => {
-                return Err(err(
-                    "TLS (mqtts://) is not supported by this agent build yet",
-                ));
-            }
-            Some((scheme, _)) => return Err(err(&format!("unsupported scheme '{scheme}'"))),
-            None => return Err(err("missing the mqtt:// scheme")),
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains(['/', '?', '#', '@']) {
-            return Err(err("a path, query or user name is not allowed"));
-        }
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, port) = v6.split_once("]:").ok_or_else(|| err("missing the port"))?;
-            (host, port)
-        } else {
-            rest.rsplit_once(':')
-                .ok_or_else(|| err("missing the port"))?
-        };
-        if host.is_empty() || host.contains(char::is_whitespace) {
-            return Err(err("missing or invalid host"));
-        }
-        let port: u16 = port
-            .parse()
-            .map_err(|_| err("the port is not a number from 1 to 65535"))?;
-        if port == 0 {
-            return Err(err("the port is not a number from 1 to 65535"));
-        }
-        Ok(BrokerAddr {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl std::fmt::Display for BrokerAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "mqtt://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "mqtt://{}:{}", self.host, self.port)
-        }
-    }
-}
+pub use edgefleet_protocol::broker_url::BrokerAddr;
 
 /// The validated configuration `run` works with.
 #[derive(Debug, Clone)]
@@ -289,41 +228,6 @@ mod tests {
         let mut all = vec!["edgefleet-agent"];
         all.extend_from_slice(args);
         Cli::try_parse_from(all).unwrap()
-    }
-
-    #[test]
-    fn broker_urls() {
-        let ok = BrokerAddr::parse("mqtt://gw:1883").unwrap();
-        assert_eq!(
-            ok,
-            BrokerAddr {
-                host: "gw".into(),
-                port: 1883
-            }
-        );
-        assert_eq!(ok.to_string(), "mqtt://gw:1883");
-        let v6 = BrokerAddr::parse("mqtt://[::1]:1884/").unwrap();
-        assert_eq!(
-            v6,
-            BrokerAddr {
-                host: "::1".into(),
-                port: 1884
-            }
-        );
-        for (bad, why) in [
-            ("gw:1883", "scheme"),
-            ("mqtt://gw", "port"),
-            ("mqtt://gw:0", "port"),
-            ("mqtt://gw:99999", "port"),
-            ("mqtts://gw:8883", "TLS"),
-            ("http://gw:80", "scheme"),
-            ("mqtt://:1883", "host"),
-            ("mqtt://u@gw:1883", "user"),
-        ] {
-            let e = BrokerAddr::parse(bad).unwrap_err().to_string();
-            assert!(e.contains(why), "{bad}: {e}");
-            assert!(e.contains("mqtt://HOST:PORT"), "{e}");
-        }
     }
 
     #[test]

@@ -19,44 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::{Controller, Outgoing};
 
-/// Where the broker is: `mqtt://host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAddr {
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::str::FromStr for BrokerAddr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s.strip_prefix("mqtt://").ok_or_else(|| {
-            format!(
-                "broker URL '{s}' must look like mqtt://HOST:PORT (mqtts:// comes with TLS support)"
-            )
-        })?;
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| format!("broker URL '{s}' has no port: use mqtt://{rest}:1883"))?;
-        let port = port
-            .trim_end_matches('/')
-            .parse()
-            .map_err(|_| format!("broker URL '{s}': '{port}' is not a port"))?;
-        if host.is_empty() {
-            return Err(format!("broker URL '{s}' has no host"));
-        }
-        Ok(BrokerAddr {
-            host: host.trim_matches(['[', ']']).to_owned(),
-            port,
-        })
-    }
-}
-
-impl std::fmt::Display for BrokerAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "mqtt://{}:{}", self.host, self.port)
-    }
-}
+pub use edgefleet_protocol::broker_url::BrokerAddr;
 
 /// Client id of the controller on the bus.
 pub const CLIENT_ID: &str = "edgefleet-controller";
@@ -197,33 +160,6 @@ pub async fn run_publisher(
                     tracing::warn!(device = %id, "cannot hand desired state to the MQTT client: {e}");
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broker_urls() {
-        let a: BrokerAddr = "mqtt://127.0.0.1:1883".parse().unwrap();
-        assert_eq!(
-            a,
-            BrokerAddr {
-                host: "127.0.0.1".into(),
-                port: 1883
-            }
-        );
-        assert_eq!(a.to_string(), "mqtt://127.0.0.1:1883");
-        for bad in [
-            "127.0.0.1:1883",
-            "mqtt://host",
-            "mqtt://:1883",
-            "mqtt://h:x",
-            "http://h:1",
-        ] {
-            assert!(bad.parse::<BrokerAddr>().is_err(), "{bad}");
         }
     }
 }

@@ -9,10 +9,12 @@
 //! - [`ids`]: device ids and label keys/values that are safe to put in a topic.
 //! - [`spec`]: the normalized service/stack spec the controller derives from Compose.
 //! - [`desired`], [`status`], [`presence`], [`event`], [`sync`]: payloads (JSON, versioned).
+//! - [`broker_url`]: `mqtt://HOST:PORT` broker addresses (agent and controller agree).
 //! - [`codec`]: decoding untrusted bytes into payloads, with errors that say what is wrong.
 //!
 //! No I/O happens in this crate.
 
+pub mod broker_url;
 pub mod codec;
 pub mod desired;
 pub mod event;

@@ -312,3 +312,50 @@ async fn drift_by_hand_is_reported_and_restored() {
     let (_, recreated) = wait_converged_running(&api, &id, APP_V1).await;
     assert_ne!(recreated, container, "a removed container is recreated");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_restarted_while_the_gateway_is_down_keeps_running_from_local_state() {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let id = unique_id("alone");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let mut gw = Gateway::start(dir);
+    let api = gw.api();
+    let mut agent = Agent::start(dir, &id, "site=a", &gw.broker_url());
+    api.apply(dir, "web", &format!("id={id}"), &stack(APP_V1));
+    let (_, container) = wait_converged_running(&api, &id, APP_V1).await;
+
+    gw.proc.kill9();
+    agent.proc.restart();
+    // Alone, the agent keeps the container and still restores drift from its local state.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        agent.proc.alive(),
+        "the agent must keep running without its gateway"
+    );
+    let running: Vec<_> = docker::containers(&id)
+        .into_iter()
+        .filter(|c| c.state == "running")
+        .collect();
+    assert_eq!(
+        running.len(),
+        1,
+        "nothing may be torn down while the gateway is away"
+    );
+    assert_eq!(running[0].id, container);
+    docker::stop(&container);
+    wait::until("drift restored without a gateway", T, || async {
+        let c = docker::containers(&id);
+        match c.as_slice() {
+            [c] if c.state == "running" && c.id == container => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    gw.proc.start();
+    gw.wait_ready();
+    let (_, after) = wait_converged_running(&api, &id, APP_V1).await;
+    assert_eq!(after, container);
+}
