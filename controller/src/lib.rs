@@ -24,6 +24,7 @@ pub mod cli;
 pub mod compose;
 pub mod core;
 pub mod fleet;
+pub mod rollout;
 pub mod selector;
 pub mod store;
 
