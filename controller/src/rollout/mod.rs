@@ -3,6 +3,7 @@
 //! drives them (persisted state, the periodic gated loop, the CLI and the rollout topic) comes
 //! next and calls these; nothing here does I/O.
 
+pub mod engine;
 pub mod gate;
 pub mod strategy;
 pub mod waves;

@@ -1,0 +1,660 @@
+//! The rollout state machine: one pure `step` per pass of the periodic, gated loop. Each pass
+//! looks at a fresh fleet snapshot, advances devices of the current wave through the gate,
+//! and returns the pins to make (device → deployment revision). Because the state it keeps is
+//! small and serializable, and `step` rebuilds every judgement from the snapshot, a controller
+//! that restarts mid-rollout resumes exactly where it was: no device is pinned twice, none is
+//! skipped. (The loop that persists [`Rollout`] and applies the pins comes next.)
+
+use std::collections::BTreeMap;
+
+use edgefleet_protocol::status::DeviceStatus;
+use serde::{Deserialize, Serialize};
+
+use super::gate::{Assignment, Verdict, judge};
+use super::strategy::{OfflinePolicy, OnFailure, Strategy};
+
+/// What the loop knows about one device at the time of a pass.
+#[derive(Debug, Clone)]
+pub struct DeviceSnapshot {
+    pub online: bool,
+    /// The device's current desired revision as the controller published it.
+    pub desired_revision: u64,
+    pub status: Option<DeviceStatus>,
+    /// Whether the maintenance window of the device's site is open (true if it has none).
+    pub window_open: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    Pending,
+    /// Offline when its wave came (policy `wait`), since this time.
+    WaitingOnline {
+        since_ms: u64,
+    },
+    Updating {
+        assigned_at_ms: u64,
+        restarts_at_start: u64,
+    },
+    Soaking {
+        assigned_at_ms: u64,
+        restarts_at_start: u64,
+        healthy_since_ms: u64,
+    },
+    Succeeded,
+    Failed {
+        reason: String,
+    },
+    Skipped {
+        reason: String,
+    },
+}
+
+impl Phase {
+    pub fn terminal(&self) -> bool {
+        matches!(
+            self,
+            Phase::Succeeded | Phase::Failed { .. } | Phase::Skipped { .. }
+        )
+    }
+
+    /// Whether the device was moved to the target revision (and so must be rolled back).
+    pub fn touched(&self) -> bool {
+        matches!(
+            self,
+            Phase::Updating { .. } | Phase::Soaking { .. } | Phase::Succeeded
+        ) || matches!(self, Phase::Failed { reason } if !reason.starts_with("offline"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RolloutState {
+    Running,
+    Paused {
+        reason: String,
+    },
+    Succeeded,
+    /// Stopped by failures; `rollback` tells whether a rollback rollout was started.
+    Failed {
+        reason: String,
+        rollback: bool,
+    },
+    Aborted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub deployment: String,
+    pub from_revision: u64,
+    pub to_revision: u64,
+    pub strategy: Strategy,
+    pub waves: Vec<Vec<String>>,
+    pub current_wave: usize,
+    pub devices: BTreeMap<String, Phase>,
+    pub state: RolloutState,
+    /// Why the current wave is not moving, for `rollout status` (maintenance window, offline
+    /// devices, soak…).
+    pub waiting: Option<String>,
+}
+
+/// What a pass asks the controller to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Make the device run this revision of the deployment.
+    Pin { device: String, revision: u64 },
+    /// Start a rollback rollout of these devices to `from_revision`.
+    Rollback { devices: Vec<String>, revision: u64 },
+}
+
+fn restarts(status: Option<&DeviceStatus>, deployment: &str) -> u64 {
+    status
+        .and_then(|s| s.stacks.get(deployment))
+        .map_or(0, |st| st.services.values().map(|s| s.restart_count).sum())
+}
+
+impl Rollout {
+    pub fn new(
+        deployment: &str,
+        from: u64,
+        to: u64,
+        strategy: Strategy,
+        waves: Vec<Vec<String>>,
+    ) -> Rollout {
+        let devices = waves
+            .iter()
+            .flatten()
+            .map(|d| (d.clone(), Phase::Pending))
+            .collect();
+        Rollout {
+            deployment: deployment.to_owned(),
+            from_revision: from,
+            to_revision: to,
+            strategy,
+            waves,
+            current_wave: 0,
+            devices,
+            state: RolloutState::Running,
+            waiting: None,
+        }
+    }
+
+    pub fn failures(&self) -> usize {
+        self.devices
+            .values()
+            .filter(|p| matches!(p, Phase::Failed { .. }))
+            .count()
+    }
+
+    /// Devices currently moving (pinned, not yet judged).
+    pub fn in_flight(&self) -> usize {
+        self.devices
+            .values()
+            .filter(|p| matches!(p, Phase::Updating { .. } | Phase::Soaking { .. }))
+            .count()
+    }
+
+    /// One pass of the loop.
+    pub fn step(&mut self, fleet: &BTreeMap<String, DeviceSnapshot>, now_ms: u64) -> Vec<Command> {
+        let mut commands = Vec::new();
+        if self.state != RolloutState::Running {
+            return commands;
+        }
+        let mut waiting = Vec::new();
+        let wave = self
+            .waves
+            .get(self.current_wave)
+            .cloned()
+            .unwrap_or_default();
+        for id in &wave {
+            let snap = fleet.get(id);
+            let phase = self.devices.get(id).cloned().unwrap_or(Phase::Pending);
+            let next = self.advance(id, phase, snap, now_ms, &mut commands, &mut waiting);
+            self.devices.insert(id.clone(), next);
+        }
+        let total = self.devices.len();
+        if self.strategy.too_many_failures(self.failures(), total) {
+            let reason = format!(
+                "{} of {total} device(s) failed (max_failures {}): {}",
+                self.failures(),
+                self.strategy.max_failures,
+                self.failure_reasons()
+            );
+            match self.strategy.on_failure {
+                OnFailure::Pause => self.state = RolloutState::Paused { reason },
+                OnFailure::Rollback => {
+                    let devices: Vec<String> = self
+                        .devices
+                        .iter()
+                        .filter(|(_, p)| p.touched())
+                        .map(|(d, _)| d.clone())
+                        .collect();
+                    commands.push(Command::Rollback {
+                        devices,
+                        revision: self.from_revision,
+                    });
+                    self.state = RolloutState::Failed {
+                        reason,
+                        rollback: true,
+                    };
+                }
+            }
+            self.waiting = None;
+            return commands;
+        }
+        if wave
+            .iter()
+            .all(|d| self.devices.get(d).is_some_and(Phase::terminal))
+        {
+            self.current_wave += 1;
+            if self.current_wave >= self.waves.len() {
+                self.state = RolloutState::Succeeded;
+                self.waiting = None;
+                return commands;
+            }
+            // The next wave starts on the next pass, so a wave boundary is always visible.
+        }
+        self.waiting = (!waiting.is_empty()).then(|| waiting.join("; "));
+        commands
+    }
+
+    fn advance(
+        &self,
+        id: &str,
+        phase: Phase,
+        snap: Option<&DeviceSnapshot>,
+        now: u64,
+        commands: &mut Vec<Command>,
+        waiting: &mut Vec<String>,
+    ) -> Phase {
+        let online = snap.is_some_and(|s| s.online);
+        match phase {
+            Phase::Pending | Phase::WaitingOnline { .. } if !online => {
+                match self.strategy.offline {
+                    OfflinePolicy::Skip => Phase::Skipped {
+                        reason: "offline when its wave came".into(),
+                    },
+                    OfflinePolicy::Fail => Phase::Failed {
+                        reason: "offline when its wave came".into(),
+                    },
+                    OfflinePolicy::Wait => {
+                        let since_ms = match phase {
+                            Phase::WaitingOnline { since_ms } => since_ms,
+                            _ => now,
+                        };
+                        let limit = u64::try_from(self.strategy.offline_timeout.as_millis())
+                            .unwrap_or(u64::MAX);
+                        if now.saturating_sub(since_ms) >= limit {
+                            Phase::Failed {
+                                reason: format!(
+                                    "offline for more than {}",
+                                    humantime::format_duration(self.strategy.offline_timeout)
+                                ),
+                            }
+                        } else {
+                            waiting.push(format!("{id} offline"));
+                            Phase::WaitingOnline { since_ms }
+                        }
+                    }
+                }
+            }
+            Phase::Pending | Phase::WaitingOnline { .. } => {
+                if !snap.is_some_and(|s| s.window_open) {
+                    waiting.push(format!("{id} outside its site's maintenance window"));
+                    return Phase::Pending;
+                }
+                commands.push(Command::Pin {
+                    device: id.to_owned(),
+                    revision: self.to_revision,
+                });
+                Phase::Updating {
+                    assigned_at_ms: now,
+                    restarts_at_start: restarts(
+                        snap.and_then(|s| s.status.as_ref()),
+                        &self.deployment,
+                    ),
+                }
+            }
+            Phase::Updating {
+                assigned_at_ms,
+                restarts_at_start,
+            }
+            | Phase::Soaking {
+                assigned_at_ms,
+                restarts_at_start,
+                ..
+            } => {
+                let since = match phase {
+                    Phase::Soaking {
+                        healthy_since_ms, ..
+                    } => Some(healthy_since_ms),
+                    _ => None,
+                };
+                let a = Assignment {
+                    deployment: &self.deployment,
+                    deployment_revision: self.to_revision,
+                    desired_revision: snap.map_or(0, |s| s.desired_revision),
+                    assigned_at_ms,
+                    restarts_at_start,
+                };
+                match judge(
+                    &a,
+                    snap.and_then(|s| s.status.as_ref()),
+                    since,
+                    now,
+                    &self.strategy,
+                ) {
+                    Verdict::Waiting(why) => {
+                        waiting.push(format!("{id}: {why}"));
+                        Phase::Updating {
+                            assigned_at_ms,
+                            restarts_at_start,
+                        }
+                    }
+                    Verdict::Soaking { healthy_since_ms } => {
+                        waiting.push(format!("{id} soaking"));
+                        Phase::Soaking {
+                            assigned_at_ms,
+                            restarts_at_start,
+                            healthy_since_ms,
+                        }
+                    }
+                    Verdict::Succeeded => Phase::Succeeded,
+                    Verdict::Failed(reason) => Phase::Failed { reason },
+                }
+            }
+            terminal => terminal,
+        }
+    }
+
+    fn failure_reasons(&self) -> String {
+        self.devices
+            .iter()
+            .filter_map(|(d, p)| match p {
+                Phase::Failed { reason } => Some(format!("{d}: {reason}")),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    pub fn pause(&mut self, reason: &str) {
+        if self.state == RolloutState::Running {
+            self.state = RolloutState::Paused {
+                reason: reason.to_owned(),
+            };
+        }
+    }
+
+    pub fn resume(&mut self) {
+        if matches!(self.state, RolloutState::Paused { .. }) {
+            self.state = RolloutState::Running;
+        }
+    }
+
+    /// Stops pinning further devices; devices already pinned finish converging, so every
+    /// device ends on one consistent revision (old or new), never half-updated.
+    pub fn abort(&mut self) {
+        if matches!(
+            self.state,
+            RolloutState::Running | RolloutState::Paused { .. }
+        ) {
+            self.state = RolloutState::Aborted;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use edgefleet_protocol::status::{
+        ContainerState, ConvergenceState, Health, ServiceStatus, StackStatus,
+    };
+
+    use super::*;
+    use crate::rollout::strategy::Amount;
+
+    /// A small simulated fleet: pinned devices converge (or crash) on the next pass.
+    struct Sim {
+        fleet: BTreeMap<String, DeviceSnapshot>,
+        bad: bool,
+        now: u64,
+        pins: Vec<(String, u64)>,
+    }
+
+    impl Sim {
+        fn new(n: usize, bad: bool) -> Sim {
+            let fleet = (0..n)
+                .map(|i| {
+                    (
+                        format!("d{i}"),
+                        DeviceSnapshot {
+                            online: true,
+                            desired_revision: 1,
+                            status: Some(status(1, 1, false)),
+                            window_open: true,
+                        },
+                    )
+                })
+                .collect();
+            Sim {
+                fleet,
+                bad,
+                now: 0,
+                pins: Vec::new(),
+            }
+        }
+
+        fn pass(&mut self, r: &mut Rollout) -> Vec<Command> {
+            let cmds = r.step(&self.fleet, self.now);
+            for c in &cmds {
+                if let Command::Pin { device, revision } = c {
+                    self.pins.push((device.clone(), *revision));
+                    let d = self.fleet.get_mut(device).unwrap();
+                    d.desired_revision += 1;
+                    d.status = Some(status(
+                        d.desired_revision,
+                        *revision,
+                        self.bad && *revision == 2,
+                    ));
+                }
+            }
+            self.now += 5_000;
+            cmds
+        }
+    }
+
+    fn status(rev: u64, dep_rev: u64, crashed: bool) -> DeviceStatus {
+        DeviceStatus {
+            schema: 1,
+            device: "d".into(),
+            observed_revision: rev,
+            desired_revision: rev,
+            state: ConvergenceState::Converged,
+            stacks: BTreeMap::from([(
+                "web".to_string(),
+                StackStatus {
+                    deployment_revision: dep_rev,
+                    services: BTreeMap::from([(
+                        "app".to_string(),
+                        ServiceStatus {
+                            image: format!("app:{dep_rev}"),
+                            image_id: None,
+                            container_id: Some("c".into()),
+                            state: if crashed {
+                                ContainerState::Exited
+                            } else {
+                                ContainerState::Running
+                            },
+                            health: Health::None,
+                            restart_count: 0,
+                            last_error: None,
+                            config_hash: None,
+                        },
+                    )]),
+                },
+            )]),
+            last_error: None,
+            agent_version: "t".into(),
+            updated_at: "t".into(),
+        }
+    }
+
+    fn strategy() -> Strategy {
+        Strategy {
+            canary: 1,
+            batch: Amount::Count(2),
+            soak: Duration::from_secs(9),
+            ..Strategy::default()
+        }
+    }
+
+    fn rollout(n: usize, s: Strategy) -> Rollout {
+        let devices: Vec<_> = (0..n)
+            .map(|i| super::super::waves::Candidate {
+                id: format!("d{i}"),
+                labels: BTreeMap::new(),
+            })
+            .collect();
+        let waves = super::super::waves::plan_waves(&devices, &s);
+        Rollout::new("web", 1, 2, s, waves)
+    }
+
+    #[test]
+    fn good_revision_completes_wave_by_wave_never_exceeding_the_wave_size() {
+        let mut sim = Sim::new(5, false);
+        let mut r = rollout(5, strategy());
+        let mut first_batch_pin_at = None;
+        for _ in 0..100 {
+            sim.pass(&mut r);
+            assert!(r.in_flight() <= 2, "never more in flight than a wave");
+            if first_batch_pin_at.is_none() && sim.pins.len() > 1 {
+                first_batch_pin_at = Some(sim.now);
+                assert_eq!(
+                    r.devices["d0"],
+                    Phase::Succeeded,
+                    "canary healthy before batch 1 starts"
+                );
+            }
+            if r.state != RolloutState::Running {
+                break;
+            }
+        }
+        assert_eq!(r.state, RolloutState::Succeeded);
+        let mut pinned: Vec<_> = sim.pins.iter().map(|(d, _)| d.clone()).collect();
+        pinned.sort();
+        assert_eq!(
+            pinned,
+            vec!["d0", "d1", "d2", "d3", "d4"],
+            "each device pinned exactly once"
+        );
+    }
+
+    #[test]
+    fn bad_revision_stops_after_the_canary_and_rolls_it_back() {
+        let mut sim = Sim::new(5, true);
+        let mut r = rollout(5, strategy());
+        let mut rollback = None;
+        for _ in 0..20 {
+            for c in sim.pass(&mut r) {
+                if let Command::Rollback { devices, revision } = c {
+                    rollback = Some((devices, revision));
+                }
+            }
+            if r.state != RolloutState::Running {
+                break;
+            }
+        }
+        assert!(
+            matches!(&r.state, RolloutState::Failed { rollback: true, reason } if reason.contains("d0: service 'app': container exited")),
+            "{:?}",
+            r.state
+        );
+        assert_eq!(rollback, Some((vec!["d0".to_string()], 1)));
+        assert_eq!(
+            sim.pins,
+            vec![("d0".to_string(), 2)],
+            "no other device was touched"
+        );
+    }
+
+    #[test]
+    fn pause_policy_pauses_and_resume_continues() {
+        let mut sim = Sim::new(3, true);
+        let mut r = rollout(
+            3,
+            Strategy {
+                on_failure: OnFailure::Pause,
+                ..strategy()
+            },
+        );
+        for _ in 0..5 {
+            sim.pass(&mut r);
+        }
+        assert!(matches!(r.state, RolloutState::Paused { .. }));
+        assert!(sim.pass(&mut r).is_empty(), "a paused rollout pins nothing");
+        r.resume();
+        // Still over the failure budget: it pauses again at once instead of going on.
+        sim.pass(&mut r);
+        assert!(matches!(r.state, RolloutState::Paused { .. }));
+        r.abort();
+        assert_eq!(r.state, RolloutState::Aborted);
+        assert!(sim.pass(&mut r).is_empty());
+    }
+
+    #[test]
+    fn offline_policies() {
+        for (policy, want) in [
+            (OfflinePolicy::Skip, "skipped"),
+            (OfflinePolicy::Fail, "failed"),
+            (OfflinePolicy::Wait, "failed after timeout"),
+        ] {
+            let mut sim = Sim::new(3, false);
+            sim.fleet.get_mut("d1").unwrap().online = false;
+            let s = Strategy {
+                offline: policy,
+                offline_timeout: Duration::from_secs(20),
+                max_failures: Amount::Count(1),
+                on_failure: OnFailure::Pause,
+                ..strategy()
+            };
+            let mut r = rollout(3, s);
+            let mut saw_wait = false;
+            for _ in 0..30 {
+                sim.pass(&mut r);
+                saw_wait |= r
+                    .waiting
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("d1 offline");
+            }
+            assert_eq!(
+                saw_wait,
+                policy == OfflinePolicy::Wait,
+                "{want}: status says the wave waits for d1"
+            );
+            assert_eq!(
+                r.state,
+                RolloutState::Succeeded,
+                "{want}: one failure is within max_failures"
+            );
+            match (policy, &r.devices["d1"]) {
+                (OfflinePolicy::Skip, Phase::Skipped { .. }) => {}
+                (OfflinePolicy::Fail, Phase::Failed { .. }) => {}
+                (OfflinePolicy::Wait, Phase::Failed { reason })
+                    if reason.contains("offline for more than 20s") => {}
+                (_, other) => panic!("{want}: {other:?}"),
+            }
+            assert!(
+                !sim.pins.iter().any(|(d, _)| d == "d1"),
+                "an offline device is never pinned"
+            );
+        }
+    }
+
+    #[test]
+    fn closed_maintenance_window_holds_the_wave_then_proceeds() {
+        let mut sim = Sim::new(2, false);
+        sim.fleet.get_mut("d0").unwrap().window_open = false;
+        let mut r = rollout(2, strategy());
+        sim.pass(&mut r);
+        assert!(sim.pins.is_empty());
+        assert!(
+            r.waiting
+                .as_deref()
+                .unwrap_or_default()
+                .contains("maintenance window"),
+            "{:?}",
+            r.waiting
+        );
+        sim.fleet.get_mut("d0").unwrap().window_open = true;
+        for _ in 0..20 {
+            sim.pass(&mut r);
+        }
+        assert_eq!(r.state, RolloutState::Succeeded);
+    }
+
+    #[test]
+    fn state_survives_serialization_mid_rollout() {
+        let mut sim = Sim::new(5, false);
+        let mut r = rollout(5, strategy());
+        for _ in 0..4 {
+            sim.pass(&mut r);
+        }
+        // A controller restart: the persisted rollout comes back and resumes.
+        let mut r: Rollout = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        for _ in 0..100 {
+            sim.pass(&mut r);
+            if r.state != RolloutState::Running {
+                break;
+            }
+        }
+        assert_eq!(r.state, RolloutState::Succeeded);
+        assert_eq!(
+            sim.pins.len(),
+            5,
+            "no device pinned twice across the restart"
+        );
+    }
+}
