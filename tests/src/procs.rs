@@ -80,6 +80,16 @@ impl Proc {
         }
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, …) with kill(1).
+    pub fn signal(&self, name: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg(format!("-{name}"))
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.start();
@@ -102,6 +112,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        self.signal("CONT");
         if std::thread::panicking() {
             eprintln!(
                 "----- last log lines of {} -----\n{}\n-----",

@@ -359,3 +359,57 @@ async fn agent_restarted_while_the_gateway_is_down_keeps_running_from_local_stat
     let (_, after) = wait_converged_running(&api, &id, APP_V1).await;
     assert_eq!(after, container);
 }
+
+/// A frozen agent (SIGSTOP: process alive, TCP connection open, nothing sent — what a cut
+/// cable looks like to the broker) is shown offline once the broker's 1.5 × keepalive
+/// expires, and comes back by itself when it thaws.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_agent_goes_offline_after_one_and_a_half_keepalives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let id = unique_id("frozen");
+    let gw = Gateway::start(dir);
+    let api = gw.api();
+    let agent = Agent::start(dir, &id, "site=a", &gw.broker_url());
+    wait::until("agent online", T, || async {
+        let d = api.device(&id).await?;
+        if d["online"] == true {
+            Ok(d)
+        } else {
+            Err(d["connection"].to_string())
+        }
+    })
+    .await;
+    let session = api.device(&id).await.expect("device")["session"].as_u64();
+
+    agent.proc.signal("STOP");
+    let frozen = Instant::now();
+    wait::until("frozen agent shown offline", KEEPALIVE * 3, || async {
+        let d = api.device(&id).await?;
+        if d["connection"] == "offline" {
+            Ok(())
+        } else {
+            Err(d["connection"].to_string())
+        }
+    })
+    .await;
+    let took = frozen.elapsed();
+    eprintln!("measured: silent agent shown offline after {took:?} (keepalive {KEEPALIVE:?})");
+    // The broker counts 1.5 × keepalive from the agent's last packet, which came at most one
+    // keepalive before the freeze; allow 1 s for polling.
+    assert!(
+        took <= KEEPALIVE.mul_f64(1.5) + Duration::from_secs(1),
+        "offline only after {took:?}"
+    );
+
+    agent.proc.signal("CONT");
+    wait::until("thawed agent back online with a new session", T, || async {
+        let d = api.device(&id).await?;
+        if d["online"] == true && d["session"].as_u64() > session {
+            Ok(())
+        } else {
+            Err(d.to_string())
+        }
+    })
+    .await;
+}
