@@ -28,6 +28,16 @@ pub fn container_name(device: &str, stack: &str, service: &str) -> String {
     format!("ef-{device}-{stack}-{service}-{h}")
 }
 
+/// Suffix of the temporary name a `start-first` update gives the new container while the old
+/// one still holds [`container_name`].
+pub const NEXT_SUFFIX: &str = "-next";
+
+/// Temporary Docker name of a service's new container during a `start-first` update:
+/// [`container_name`] + [`NEXT_SUFFIX`]. No canonical name ends this way (they end in a hash).
+pub fn next_container_name(device: &str, stack: &str, service: &str) -> String {
+    format!("{}{NEXT_SUFFIX}", container_name(device, stack, service))
+}
+
 /// Docker name of a stack's named volume: `ef-<device>-<stack>-<volume>-<hash of the three>`.
 pub fn volume_name(device: &str, stack: &str, volume: &str) -> String {
     let h = edgefleet_protocol::ids::names_hash(&[device, stack, volume]);
@@ -35,19 +45,26 @@ pub fn volume_name(device: &str, stack: &str, volume: &str) -> String {
 }
 
 /// Test helper: drops the `-<hash>` suffix of Docker names in a description
-/// (`create ef-dev-app-web-1a2b3c4d` → `create ef-dev-app-web`) so expectations stay readable.
+/// (`create ef-dev-app-web-1a2b3c4d` → `create ef-dev-app-web`, `…-1a2b3c4d-next` →
+/// `…-next`) so expectations stay readable.
 #[cfg(test)]
 pub(crate) fn unhash(s: &str) -> String {
     s.split(' ')
-        .map(|w| match w.rsplit_once('-') {
-            Some((head, h))
-                if w.starts_with("ef-")
-                    && h.len() == 8
-                    && h.chars().all(|c| c.is_ascii_hexdigit()) =>
-            {
-                head
+        .map(|w| {
+            let (word, next) = match w.strip_suffix(NEXT_SUFFIX) {
+                Some(word) => (word, NEXT_SUFFIX),
+                None => (w, ""),
+            };
+            match word.rsplit_once('-') {
+                Some((head, h))
+                    if word.starts_with("ef-")
+                        && h.len() == 8
+                        && h.chars().all(|c| c.is_ascii_hexdigit()) =>
+                {
+                    format!("{head}{next}")
+                }
+                _ => w.to_owned(),
             }
-            _ => w,
         })
         .collect::<Vec<_>>()
         .join(" ")

@@ -4,6 +4,11 @@
 //! in order (stopping at the first failure, retried later with backoff), and reports status
 //! and events. It is never told why it runs, so every pass is idempotent.
 //!
+//! A failed action's `undo` runs before the pass stops: a `start-first` update whose new
+//! container does not start or become ready is taken back, leaving the old version running
+//! alone. Waiting for readiness is bounded ([`crate::plan::Readiness`]) and gives up early
+//! when a newer desired document arrives.
+//!
 //! Without any desired document the agent does nothing at all: it never removes containers
 //! it has no instructions about.
 
@@ -13,7 +18,7 @@ use std::time::Duration;
 
 use edgefleet_protocol::desired::DesiredState;
 use edgefleet_protocol::event::{DeviceEvent, EventKind, Severity};
-use edgefleet_protocol::status::{DeviceStatus, Health};
+use edgefleet_protocol::status::{ContainerState, DeviceStatus, Health};
 use futures_util::StreamExt;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -22,7 +27,7 @@ use tracing::{Instrument, debug, info, info_span, instrument, warn};
 use crate::backoff::Backoff;
 use crate::desired::HeldDesired;
 use crate::outbox::Outbox;
-use crate::plan::{Action, Finding, Observed, Op, plan};
+use crate::plan::{Action, Finding, Observed, Op, Readiness, plan, state_name};
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::state_file::StateStore;
 use crate::status::{self, ServiceErrors, StatusInput, reported_container};
@@ -34,6 +39,8 @@ pub const RETRY_MIN: Duration = Duration::from_secs(1);
 pub const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Grace period given to a container's main process on stop.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a new container is inspected while waiting for it to become ready.
+pub const READY_POLL: Duration = Duration::from_millis(250);
 
 /// Observes what the engine holds for `desired.device`: its containers, its volumes and which
 /// desired images are present.
@@ -193,7 +200,12 @@ impl<R: ContainerRuntime> Reconciler<R> {
         for action in &actions {
             if let Err(e) = self.execute(&desired, action).await {
                 failed = true;
-                let message = e.to_string();
+                let message = if action.undo.is_empty() {
+                    e.to_string()
+                } else {
+                    self.undo(&desired, action).await;
+                    abandoned_message(action, &e)
+                };
                 self.failure_event(&desired, Some(action), &message);
                 match &action.service {
                     Some(service) if !matches!(e, RuntimeError::Unreachable(_)) => {
@@ -315,10 +327,104 @@ impl<R: ContainerRuntime> Reconciler<R> {
                     format!("removed container '{name}' ({})", action.finding),
                 )
             }
+            Op::AwaitReady {
+                container,
+                name,
+                readiness,
+            } => {
+                self.await_ready(container, name, *readiness).await?;
+                if let Readiness::Running { .. } = readiness {
+                    info!("new container '{name}' is running");
+                    return Ok(());
+                }
+                (
+                    EventKind::Healthy,
+                    format!("new container '{name}' is healthy"),
+                )
+            }
+            Op::Rename {
+                container,
+                from,
+                to,
+            } => {
+                rt.rename(container, to).await?;
+                info!("renamed container '{from}' to '{to}' ({})", action.finding);
+                return Ok(());
+            }
         };
         info!("{message}");
         self.event(desired, Some(action), kind, Severity::Info, message);
         Ok(())
+    }
+
+    /// Runs a failed action's undo, best effort: every step is tried and reported.
+    async fn undo(&self, desired: &DesiredState, failed: &Action) {
+        for op in &failed.undo {
+            let action = Action {
+                stack: failed.stack.clone(),
+                service: failed.service.clone(),
+                op: op.clone(),
+                finding: Finding::Abandoned,
+                undo: Vec::new(),
+            };
+            if let Err(e) = self.execute(desired, &action).await {
+                warn!(action = %action, error = %e, "could not take back a failed start-first update");
+            }
+        }
+    }
+
+    /// Waits until `container` is ready per `readiness`: running without a restart (and
+    /// healthy, when it has a healthcheck). Fails at once when it stops, restarts or reports
+    /// unhealthy, when the bound passes, or when a newer desired document arrives (the next
+    /// pass plans for that one instead).
+    async fn await_ready(
+        &self,
+        container: &str,
+        name: &str,
+        readiness: Readiness,
+    ) -> Result<(), RuntimeError> {
+        let started = tokio::time::Instant::now();
+        let not_ready = |reason: String| RuntimeError::NotReady {
+            name: name.to_owned(),
+            reason,
+        };
+        loop {
+            let c = self.runtime.inspect(container).await?;
+            let waited = started.elapsed();
+            if c.restart_count > 0 {
+                return Err(not_ready(format!(
+                    "it restarted {} time(s): its main process exits",
+                    c.restart_count
+                )));
+            }
+            if c.state != ContainerState::Running {
+                return Err(not_ready(format!(
+                    "it is {} instead of running",
+                    state_name(c.state)
+                )));
+            }
+            match readiness {
+                Readiness::Running { for_at_least } if waited >= for_at_least => return Ok(()),
+                Readiness::Running { .. } => {}
+                Readiness::Healthy { .. } if c.health == Health::Healthy => return Ok(()),
+                Readiness::Healthy { .. } if c.health == Health::Unhealthy => {
+                    return Err(not_ready("its healthcheck reports unhealthy".into()));
+                }
+                Readiness::Healthy { within } if waited >= within => {
+                    return Err(not_ready(format!(
+                        "not healthy after {} s (its healthcheck has not passed yet)",
+                        within.as_secs()
+                    )));
+                }
+                Readiness::Healthy { .. } => {}
+            }
+            if self.desired.has_changed().unwrap_or(false) {
+                return Err(not_ready(
+                    "a newer desired revision arrived while waiting".into(),
+                ));
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
     }
 
     /// Whether `action` is the one the previous pass failed on.
@@ -332,8 +438,9 @@ impl<R: ContainerRuntime> Reconciler<R> {
     /// retrying a pull against an unreachable registry).
     fn failure_event(&mut self, desired: &DesiredState, action: Option<&Action>, message: &str) {
         let key = format!(
-            "{}|{message}",
-            action.map(|a| a.to_string()).unwrap_or_default()
+            "{}|{}",
+            action.map(|a| a.to_string()).unwrap_or_default(),
+            without_ids(message)
         );
         if self.last_failure.as_deref() == Some(key.as_str()) {
             debug!(error = message, "same failure as the last pass");
@@ -472,6 +579,46 @@ impl<R: ContainerRuntime> Reconciler<R> {
         self.outbox.status(&status);
         self.last_status = Some(status);
     }
+}
+
+/// `message` with engine object ids (runs of 32+ hex digits) blanked: Docker names a new
+/// endpoint or container id in each attempt's error, which does not make it a new failure.
+fn without_ids(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut run = String::new();
+    for c in message.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+            continue;
+        }
+        out.push_str(if run.len() >= 32 { "…" } else { &run });
+        run.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
+}
+
+/// The error reported when a `start-first` update failed and its new container was taken
+/// back, with advice when the cause is a host port the old container still holds.
+fn abandoned_message(action: &Action, e: &RuntimeError) -> String {
+    let service = match &action.service {
+        Some(service) => format!("{}/{service}", action.stack),
+        None => action.stack.clone(),
+    };
+    let error = e.to_string();
+    let mut message = format!(
+        "start-first update of {service} failed, the new container was removed and the old one keeps running: {error}"
+    );
+    if ["port is already allocated", "address already in use"]
+        .iter()
+        .any(|m| error.contains(m))
+    {
+        message.push_str(
+            " — the old container still holds this host port, so both cannot run at once: use update_order stop-first (Compose deploy.update_config.order) for a service that publishes a fixed host port",
+        );
+    }
+    message
 }
 
 /// Turns engine events about `device`'s containers into wake-ups, resubscribing with backoff

@@ -361,3 +361,206 @@ async fn reconciler_converges_on_the_real_engine() {
     );
     assert_eq!(runtime.list_volumes(&fx.device).await.unwrap().len(), 1);
 }
+
+/// A TCP port free on the host right now, for a fixed host-port binding.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// One service `web` (`MODE=mode`) in `order`, publishing container port 8080 on `host_port`
+/// (`None`: an ephemeral host port) and, without a fixed port, with a quick healthcheck.
+fn web_service(
+    fx: &Fixture,
+    revision: u64,
+    order: &str,
+    mode: &str,
+    host_port: Option<u16>,
+) -> DesiredState {
+    let mut web = serde_json::json!({
+        "image": fx.image, "restart": "unless-stopped", "update_order": order,
+        "command": ["/bin/sh", "-c", QUICK_STOP],
+        "environment": {"MODE": mode},
+        "ports": [{"container_port": 8080, "protocol": "tcp"}],
+    });
+    match host_port {
+        Some(port) => web["ports"][0]["host_port"] = port.into(),
+        None => {
+            web["healthcheck"] =
+                serde_json::json!({"test": ["CMD-SHELL", "true"], "interval_ms": 500, "retries": 3})
+        }
+    }
+    let doc = serde_json::json!({
+        "schema": 1, "device": fx.device, "revision": revision, "issued_at": "2026-01-01T00:00:00.000Z",
+        "stacks": {"app": {"deployment": "app", "deployment_revision": revision, "services": {"web": web}}}
+    });
+    serde_json::from_value(doc).unwrap()
+}
+
+/// A reconciler for `fx.device` on the real engine, and the sender of its desired state.
+fn docker_reconciler(
+    fx: &Fixture,
+    dir: &Path,
+    first: DesiredState,
+) -> (
+    Reconciler<DockerRuntime>,
+    watch::Sender<edgefleet_agent::desired::HeldDesired>,
+    Arc<RecordingOutbox>,
+    Arc<DockerRuntime>,
+) {
+    let (store, _) = StateStore::open(dir, &fx.device).unwrap();
+    let outbox = Arc::new(RecordingOutbox::default());
+    let (held, held_rx) = watch::channel(Some(Arc::new(first)));
+    let runtime = Arc::new(DockerRuntime::connect().unwrap());
+    let r = Reconciler::new(
+        fx.device.clone(),
+        runtime.clone(),
+        held_rx,
+        outbox.clone(),
+        Arc::new(store),
+        0,
+    );
+    (r, held, outbox, runtime)
+}
+
+fn desired_hash(d: &DesiredState) -> String {
+    d.stacks["app"].services["web"].config_hash()
+}
+
+#[tokio::test]
+async fn fixed_host_port_updates_stop_first_but_not_start_first() {
+    let fx = Fixture::new("port");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (mut r, held, outbox, rt) = docker_reconciler(
+        &fx,
+        dir.path(),
+        web_service(&fx, 1, "stop-first", "a", Some(port)),
+    );
+    let name = edgefleet_agent::container::container_name(&fx.device, "app", "web");
+    assert!(!r.pass().await.failed, "{:?}", outbox.statuses().last());
+    let first = rt.inspect(&name).await.unwrap();
+    assert_eq!(first.state, ContainerState::Running);
+
+    // Stop-first: the old container frees the port before the new one binds it.
+    let rev2 = web_service(&fx, 2, "stop-first", "b", Some(port));
+    held.send_replace(Some(Arc::new(rev2.clone())));
+    assert!(!r.pass().await.failed, "{:?}", outbox.statuses().last());
+    let second = rt.inspect(&name).await.unwrap();
+    assert_ne!(second.id, first.id);
+    assert_eq!(second.state, ContainerState::Running);
+    assert_eq!(second.config_hash(), Some(desired_hash(&rev2).as_str()));
+    let published = docker(&["port", &name, "8080/tcp"]);
+    assert!(
+        String::from_utf8_lossy(&published.stdout).contains(&format!(":{port}")),
+        "{published:?}"
+    );
+
+    // Start-first: the new container cannot bind the port the old one holds.
+    held.send_replace(Some(Arc::new(web_service(
+        &fx,
+        3,
+        "start-first",
+        "c",
+        Some(port),
+    ))));
+    assert!(r.pass().await.failed);
+    let status = outbox.statuses().last().cloned().unwrap();
+    assert_eq!(status.state, ConvergenceState::Failed);
+    assert_eq!(status.observed_revision, 2);
+    let web = &status.stacks["app"].services["web"];
+    let err = web.last_error.as_deref().unwrap_or_default();
+    assert!(
+        err.contains("start-first update of app/web failed")
+            && (err.contains("port is already allocated")
+                || err.contains("address already in use"))
+            && err.contains("use update_order stop-first"),
+        "{err}"
+    );
+    assert!(
+        outbox
+            .events()
+            .iter()
+            .any(|e| e.kind == EventKind::Failed && e.service.as_deref() == Some("web")),
+        "{:?}",
+        outbox.events()
+    );
+    // The old container keeps running unchanged, alone.
+    let list = rt.list_containers(&fx.device).await.unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let kept = &list[0];
+    assert_eq!(
+        (kept.id.as_str(), kept.name.as_str()),
+        (second.id.as_str(), name.as_str())
+    );
+    assert_eq!(kept.state, ContainerState::Running);
+    assert_eq!(kept.config_hash(), second.config_hash());
+    assert_eq!(kept.restart_count, 0);
+    assert_eq!(web.container_id.as_deref(), Some(second.id.as_str()));
+}
+
+#[tokio::test]
+async fn start_first_without_host_port_replaces_once_the_new_one_is_healthy() {
+    let fx = Fixture::new("sf");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut r, held, outbox, rt) = docker_reconciler(
+        &fx,
+        dir.path(),
+        web_service(&fx, 1, "start-first", "a", None),
+    );
+    let name = edgefleet_agent::container::container_name(&fx.device, "app", "web");
+    let next = edgefleet_agent::container::next_container_name(&fx.device, "app", "web");
+    assert!(!r.pass().await.failed, "{:?}", outbox.statuses().last());
+    let old = rt.inspect(&name).await.unwrap();
+
+    // A leftover under the temporary name, as an agent killed mid-update would leave.
+    let stale = web_service(&fx, 1, "start-first", "stale", None);
+    let mut spec = ContainerSpec::for_service(
+        &fx.device,
+        "app",
+        &stale.stacks["app"],
+        "web",
+        &stale.stacks["app"].services["web"],
+    );
+    spec.name = next.clone();
+    rt.create(&spec).await.unwrap();
+
+    let rev2 = web_service(&fx, 2, "start-first", "b", None);
+    held.send_replace(Some(Arc::new(rev2.clone())));
+    assert!(!r.pass().await.failed, "{:?}", outbox.statuses().last());
+    let list = rt.list_containers(&fx.device).await.unwrap();
+    assert_eq!(
+        list.len(),
+        1,
+        "old and leftover containers are gone: {list:?}"
+    );
+    let new = &list[0];
+    assert_eq!(new.name, name);
+    assert_ne!(new.id, old.id);
+    assert_eq!(new.state, ContainerState::Running);
+    assert_eq!(new.health, Health::Healthy);
+    assert_eq!(new.config_hash(), Some(desired_hash(&rev2).as_str()));
+    assert!(matches!(
+        rt.inspect(&old.id).await,
+        Err(RuntimeError::NotFound { .. })
+    ));
+    assert!(matches!(
+        rt.inspect(&next).await,
+        Err(RuntimeError::NotFound { .. })
+    ));
+    let status = outbox.statuses().last().cloned().unwrap();
+    assert_eq!(status.state, ConvergenceState::Converged);
+    assert_eq!(status.observed_revision, 2);
+    assert!(
+        outbox
+            .events()
+            .iter()
+            .any(|e| e.kind == EventKind::Healthy && e.message.contains(&next)),
+        "{:?}",
+        outbox.events()
+    );
+    // Nothing left to do.
+    assert_eq!(r.pass().await.actions, 0);
+}

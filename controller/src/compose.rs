@@ -8,14 +8,14 @@ use std::collections::BTreeMap;
 
 use edgefleet_protocol::ids::{validate_service_name, validate_stack_name};
 use edgefleet_protocol::spec::{
-    HealthCheck, PortMapping, PortProtocol, RestartPolicy, ServiceSpec, StackSpec, VolumeKind,
-    VolumeMount,
+    HealthCheck, PortMapping, PortProtocol, RestartPolicy, ServiceSpec, StackSpec, UpdateOrder,
+    VolumeKind, VolumeMount,
 };
 use serde_yaml::Value;
 use thiserror::Error;
 
-/// Service keys edgefleet supports.
-pub const SUPPORTED_SERVICE_KEYS: [&str; 10] = [
+/// Service keys edgefleet supports (`deploy` only for `update_config.order`).
+pub const SUPPORTED_SERVICE_KEYS: [&str; 11] = [
     "image",
     "command",
     "entrypoint",
@@ -26,6 +26,7 @@ pub const SUPPORTED_SERVICE_KEYS: [&str; 10] = [
     "healthcheck",
     "labels",
     "depends_on",
+    "deploy",
 ];
 
 /// Top-level keys accepted. `version` and `name` are informational in Compose and ignored.
@@ -233,6 +234,11 @@ fn parse_service(service: &str, body: &Value) -> Result<ServiceSpec, ComposeErro
         depends_on: map
             .get("depends_on")
             .map(|v| depends_on(&ctx("depends_on"), v))
+            .transpose()?
+            .unwrap_or_default(),
+        update_order: map
+            .get("deploy")
+            .map(|v| deploy(&ctx("deploy"), v))
             .transpose()?
             .unwrap_or_default(),
     })
@@ -518,6 +524,46 @@ pub fn parse_duration_ms(s: &str) -> Option<u64> {
     Some(total.round() as u64)
 }
 
+/// `deploy`: of Compose's deploy section only `update_config.order` applies to one device;
+/// everything else (replicas, resources, placement, …) is refused rather than ignored.
+fn deploy(ctx: &Ctx, v: &Value) -> Result<UpdateOrder, ComposeError> {
+    // The value of `path`'s only allowed key, refusing any other key.
+    let only = |v: &Value, path: &str, allowed: &str| -> Result<Option<Value>, ComposeError> {
+        let dotted = |k: &str| match path {
+            "" => k.to_owned(),
+            _ => format!("{path}.{k}"),
+        };
+        let m = match v {
+            Value::Null => return Ok(None),
+            Value::Mapping(m) => m,
+            _ if path.is_empty() => return Err(ctx.err("must be a mapping")),
+            _ => return Err(ctx.err(format!("key '{path}' must be a mapping"))),
+        };
+        for k in m.keys() {
+            let k = key_str(k);
+            if k != allowed {
+                return Err(ctx.err(format!(
+                    "key '{}' is not supported (supported: {})",
+                    dotted(&k),
+                    dotted(allowed)
+                )));
+            }
+        }
+        Ok(m.get(allowed).cloned())
+    };
+    let Some(update_config) = only(v, "", "update_config")? else {
+        return Ok(UpdateOrder::default());
+    };
+    let Some(order) = only(&update_config, "update_config", "order")? else {
+        return Ok(UpdateOrder::default());
+    };
+    match scalar(&order).as_deref() {
+        Some("stop-first") => Ok(UpdateOrder::StopFirst),
+        Some("start-first") => Ok(UpdateOrder::StartFirst),
+        _ => Err(ctx.err("key 'update_config.order' must be start-first or stop-first")),
+    }
+}
+
 fn depends_on(ctx: &Ctx, v: &Value) -> Result<Vec<String>, ComposeError> {
     let mut out = Vec::new();
     match v {
@@ -571,6 +617,9 @@ services:
       start_period: 2s
     labels: { team: ot }
     depends_on: { db: { condition: service_healthy } }
+    deploy:
+      update_config:
+        order: start-first
 volumes:
   data: {}
 "#;
@@ -600,6 +649,35 @@ volumes:
         assert_eq!(hc.timeout_ms, Some(500));
         assert_eq!(hc.retries, Some(3));
         assert_eq!(web.depends_on, vec!["db"]);
+        assert_eq!(web.update_order, UpdateOrder::StartFirst);
+        assert_eq!(db.update_order, UpdateOrder::StopFirst);
+    }
+
+    #[test]
+    fn update_order_from_deploy_update_config() {
+        let order = |deploy: &str| {
+            parse(&format!(
+                "services:\n  web:\n    image: a\n    deploy: {deploy}\n"
+            ))
+            .map(|s| s.services["web"].update_order)
+        };
+        assert_eq!(
+            order("{ update_config: { order: start-first } }"),
+            Ok(UpdateOrder::StartFirst)
+        );
+        assert_eq!(
+            order("{ update_config: { order: stop-first } }"),
+            Ok(UpdateOrder::StopFirst)
+        );
+        assert_eq!(order("{ update_config: {} }"), Ok(UpdateOrder::StopFirst));
+        assert_eq!(order("{}"), Ok(UpdateOrder::StopFirst));
+        // The default order leaves the spec (and its config hash) as without `deploy`.
+        let plain = parse("services:\n  web:\n    image: a\n").unwrap();
+        let stop = parse(
+            "services:\n  web:\n    image: a\n    deploy: { update_config: { order: stop-first } }\n",
+        )
+        .unwrap();
+        assert_eq!(plain, stop);
     }
 
     #[test]
@@ -650,6 +728,26 @@ volumes:
             ("- a\n- b\n", "mapping"),
             ("services:\n  web: [\n", "not valid YAML"),
             ("services:\n  \"a/b\":\n    image: a\n", "service name"),
+            (
+                "services:\n  web:\n    image: a\n    deploy: { replicas: 2 }\n",
+                "service 'web': 'deploy' key 'replicas' is not supported (supported: update_config)",
+            ),
+            (
+                "services:\n  web:\n    image: a\n    deploy: { update_config: { order: start-first, parallelism: 2 } }\n",
+                "service 'web': 'deploy' key 'update_config.parallelism' is not supported (supported: update_config.order)",
+            ),
+            (
+                "services:\n  web:\n    image: a\n    deploy: { update_config: { order: rolling } }\n",
+                "service 'web': 'deploy' key 'update_config.order' must be start-first or stop-first",
+            ),
+            (
+                "services:\n  web:\n    image: a\n    deploy: start-first\n",
+                "service 'web': 'deploy' must be a mapping",
+            ),
+            (
+                "services:\n  web:\n    image: a\n    deploy: { update_config: [order] }\n",
+                "service 'web': 'deploy' key 'update_config' must be a mapping",
+            ),
         ];
         for (yaml, needle) in cases {
             let err = parse(yaml).expect_err(yaml).to_string();

@@ -43,15 +43,30 @@ pub struct ServiceSpec {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// How the agent replaces this service's container when its config changes. Omitted when
+    /// `stop-first`, so documents and hashes from before this field are unchanged.
+    #[serde(default, skip_serializing_if = "UpdateOrder::is_default")]
+    pub update_order: UpdateOrder,
 }
 
 impl ServiceSpec {
     /// Stable hash of everything that defines the container (hex, 16 chars). Two specs with
     /// the same hash produce the same container; the agent recreates a container only when
-    /// this changes.
+    /// this changes. `update_order` says how to replace a container, not what it is, so it
+    /// does not count: changing only the order recreates nothing.
     pub fn config_hash(&self) -> String {
+        let canonical;
+        let spec = if self.update_order.is_default() {
+            self
+        } else {
+            canonical = ServiceSpec {
+                update_order: UpdateOrder::default(),
+                ..self.clone()
+            };
+            &canonical
+        };
         // serde_json writes struct fields in declaration order and BTreeMaps sorted: canonical.
-        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        let bytes = serde_json::to_vec(spec).unwrap_or_default();
         let digest = Sha256::digest(&bytes);
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -129,6 +144,35 @@ impl RestartPolicy {
     /// and `unless-stopped` the engine would otherwise have restarted it.
     pub fn keeps_running(self) -> bool {
         matches!(self, RestartPolicy::Always | RestartPolicy::UnlessStopped)
+    }
+}
+
+/// Compose's `deploy.update_config.order`: how a container is replaced when its config
+/// changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// Stop and remove the old container, then create and start the new one (a short outage;
+    /// the only order that works when the container binds a fixed host port).
+    #[default]
+    StopFirst,
+    /// Start the new container next to the old one, wait until it runs (and is healthy, if it
+    /// has a healthcheck), then stop the old one. The old one keeps running if the new one
+    /// fails.
+    StartFirst,
+}
+
+impl UpdateOrder {
+    /// Compose spelling (`start-first`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateOrder::StopFirst => "stop-first",
+            UpdateOrder::StartFirst => "start-first",
+        }
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == UpdateOrder::StopFirst
     }
 }
 
@@ -216,6 +260,7 @@ mod tests {
             healthcheck: None,
             labels: BTreeMap::new(),
             depends_on: deps.iter().map(|s| s.to_string()).collect(),
+            update_order: UpdateOrder::default(),
         }
     }
 
@@ -253,5 +298,32 @@ mod tests {
         b.image = "app:v2".into();
         assert_ne!(a.config_hash(), b.config_hash());
         assert_eq!(a.config_hash().len(), 16);
+    }
+
+    #[test]
+    fn update_order_is_omitted_by_default_and_not_hashed() {
+        let stop_first = svc("app:v1", &[]);
+        let json = serde_json::to_value(&stop_first).unwrap();
+        assert!(json.get("update_order").is_none(), "{json}");
+        // The hash of a document from before the field existed (sha256 of
+        // `{"image":"app:v1","restart":"no"}`, first 8 bytes).
+        let old: ServiceSpec = serde_json::from_str(r#"{"image":"app:v1"}"#).unwrap();
+        assert_eq!(old, stop_first);
+        assert_eq!(old.config_hash(), stop_first.config_hash());
+        assert_eq!(stop_first.config_hash(), "58749a4682907630");
+
+        let start_first: ServiceSpec =
+            serde_json::from_str(r#"{"image":"app:v1","update_order":"start-first"}"#).unwrap();
+        assert_eq!(start_first.update_order, UpdateOrder::StartFirst);
+        assert_eq!(
+            serde_json::to_value(&start_first).unwrap()["update_order"],
+            "start-first"
+        );
+        assert_eq!(start_first.config_hash(), stop_first.config_hash());
+        assert!(
+            serde_json::from_str::<ServiceSpec>(r#"{"image":"a","update_order":"rolling"}"#)
+                .is_err()
+        );
+        assert_eq!(UpdateOrder::StartFirst.as_str(), "start-first");
     }
 }

@@ -628,3 +628,314 @@ async fn engine_events_wake_the_loop() {
     loop_task.await.unwrap();
     watch_task.await.unwrap();
 }
+
+/// One service `web` on `image`, in `order`, with a healthcheck if `health`.
+fn web(revision: u64, image: &str, order: &str, health: bool) -> DesiredState {
+    let mut spec = json!({"image": image, "restart": "unless-stopped", "update_order": order});
+    if health {
+        spec["healthcheck"] =
+            json!({"test": ["CMD-SHELL", "true"], "interval_ms": 1000, "retries": 2});
+    }
+    desired(revision, vec![("web", svc(spec))])
+}
+
+fn calls(h: &Harness) -> Vec<String> {
+    h.rt.calls()
+        .iter()
+        .map(|c| crate::container::unhash(c))
+        .collect()
+}
+
+fn web_name() -> String {
+    crate::container::container_name(DEV, "app", "web")
+}
+
+fn next_name() -> String {
+    crate::container::next_container_name(DEV, "app", "web")
+}
+
+#[tokio::test]
+async fn stop_first_update_replaces_old_then_new() {
+    let h = Harness::new();
+    let mut r = h.reconciler(0);
+    h.set(web(1, "web:1", "stop-first", false));
+    assert!(!r.pass().await.failed);
+    h.rt.clear_calls();
+    h.set(web(2, "web:2", "stop-first", false));
+    assert!(!r.pass().await.failed);
+    assert_eq!(
+        calls(&h),
+        vec![
+            "pull web:2",
+            "stop ef-press-07-app-web",
+            "remove ef-press-07-app-web",
+            "create ef-press-07-app-web",
+            "start ef-press-07-app-web",
+        ]
+    );
+    let all = h.rt.containers();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (all[0].name.as_str(), all[0].image.as_str()),
+        (web_name().as_str(), "web:2")
+    );
+    assert_eq!(h.last_status().state, ConvergenceState::Converged);
+}
+
+#[tokio::test]
+async fn start_first_update_starts_new_before_stopping_old() {
+    let h = Harness::new();
+    h.rt.set_auto_healthy(true);
+    let mut r = h.reconciler(0);
+    h.set(web(1, "web:1", "start-first", true));
+    assert!(!r.pass().await.failed);
+    let old = h.rt.container(&web_name()).unwrap();
+
+    // Only the order changed: same config hash, nothing recreated.
+    h.rt.clear_calls();
+    h.set(web(2, "web:1", "stop-first", true));
+    assert_eq!(r.pass().await.actions, 0);
+    h.set(web(3, "web:1", "start-first", true));
+    assert_eq!(r.pass().await.actions, 0);
+
+    // A leftover under the temporary name from an earlier, interrupted attempt.
+    let stale = web(9, "web:1", "start-first", false);
+    let mut spec = ContainerSpec::for_service(
+        DEV,
+        "app",
+        &stale.stacks["app"],
+        "web",
+        &stale.stacks["app"].services["web"],
+    );
+    spec.name = next_name();
+    h.rt.insert(&spec, ContainerState::Exited);
+
+    h.outbox.clear();
+    h.set(web(4, "web:2", "start-first", true));
+    let report = r.pass().await;
+    assert!(!report.failed, "{:?}", h.last_status());
+    assert_eq!(
+        calls(&h),
+        vec![
+            "pull web:2",
+            "remove ef-press-07-app-web-next",
+            "create ef-press-07-app-web-next",
+            "start ef-press-07-app-web-next",
+            "stop ef-press-07-app-web",
+            "remove ef-press-07-app-web",
+            "rename ef-press-07-app-web-next to ef-press-07-app-web",
+        ]
+    );
+    let all = h.rt.containers();
+    assert_eq!(all.len(), 1, "{all:?}");
+    let new = &all[0];
+    assert_eq!(
+        (new.name.as_str(), new.image.as_str()),
+        (web_name().as_str(), "web:2")
+    );
+    assert_ne!(new.id, old.id);
+    assert_eq!(new.state, ContainerState::Running);
+    let status = h.last_status();
+    assert_eq!(status.state, ConvergenceState::Converged);
+    assert_eq!(status.observed_revision, 4);
+    assert_eq!(
+        status.stacks["app"].services["web"].container_id.as_ref(),
+        Some(&new.id)
+    );
+    let events = h.outbox.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::Healthy && e.message.contains("-next' is healthy")),
+        "{events:?}"
+    );
+    assert!(!h.kinds().contains(&EventKind::Failed));
+
+    // Idempotent: the next pass does nothing.
+    h.rt.clear_calls();
+    assert_eq!(r.pass().await.actions, 0);
+}
+
+#[tokio::test]
+async fn start_first_new_container_that_cannot_start_is_taken_back() {
+    let h = Harness::new();
+    let mut r = h.reconciler(0);
+    h.set(web(1, "web:1", "start-first", false));
+    assert!(!r.pass().await.failed);
+    let old = h.rt.container(&web_name()).unwrap();
+
+    h.rt.clear_calls();
+    h.outbox.clear();
+    h.rt.add_image("web:2");
+    h.rt.fail_next(
+        MemOp::Start,
+        "driver failed programming external connectivity: Bind for 0.0.0.0:8080 failed: port is already allocated",
+    );
+    h.set(web(2, "web:2", "start-first", false));
+    let report = r.pass().await;
+    assert!(report.failed);
+    assert_eq!(
+        calls(&h),
+        vec![
+            "create ef-press-07-app-web-next",
+            "start ef-press-07-app-web-next",
+            "stop ef-press-07-app-web-next",
+            "remove ef-press-07-app-web-next",
+        ]
+    );
+    // The old version alone, untouched.
+    assert_eq!(h.rt.containers(), vec![old.clone()]);
+    let status = h.last_status();
+    assert_eq!(status.state, ConvergenceState::Failed);
+    assert_eq!((status.observed_revision, status.desired_revision), (1, 2));
+    let web_status = &status.stacks["app"].services["web"];
+    assert_eq!(web_status.state, ContainerState::Running);
+    assert_eq!(web_status.container_id.as_ref(), Some(&old.id));
+    let err = web_status.last_error.as_deref().unwrap_or_default();
+    for needle in [
+        "start-first update of app/web failed",
+        "old one keeps running",
+        "port is already allocated",
+        "use update_order stop-first",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+    let failed: Vec<_> = h
+        .outbox
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].service.as_deref(), Some("web"));
+    assert_eq!(failed[0].severity, Severity::Error);
+    assert!(h.outbox.events().iter().any(
+        |e| e.kind == EventKind::Removed && e.message.contains("start-first update abandoned")
+    ));
+
+    // Switching the service to stop-first lets the update through.
+    h.set(web(3, "web:2", "stop-first", false));
+    assert!(!r.pass().await.failed);
+    let all = h.rt.containers();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (all[0].name.as_str(), all[0].image.as_str()),
+        (web_name().as_str(), "web:2")
+    );
+    assert_eq!(h.last_status().state, ConvergenceState::Converged);
+}
+
+#[test]
+fn same_failure_despite_new_engine_ids() {
+    let a = "Bind failed on endpoint x-next (82a12860200d9e61bce5e5c5bab8c70c93377c319783e4f93d8346cc11904d22): port is already allocated";
+    let b = "Bind failed on endpoint x-next (0b0f1d2a200d9e61bce5e5c5bab8c70c93377c319783e4f93d8346cc11904d22): port is already allocated";
+    assert_eq!(without_ids(a), without_ids(b));
+    assert_eq!(
+        without_ids(a),
+        "Bind failed on endpoint x-next (…): port is already allocated"
+    );
+    assert_eq!(
+        without_ids("ef-d-app-web-aaa08e91 cafe"),
+        "ef-d-app-web-aaa08e91 cafe"
+    );
+}
+
+#[tokio::test]
+async fn start_first_failure_repeated_is_reported_once() {
+    let h = Harness::new();
+    let mut r = h.reconciler(0);
+    h.set(web(1, "web:1", "start-first", false));
+    assert!(!r.pass().await.failed);
+    h.rt.add_image("web:2");
+    h.set(web(2, "web:2", "start-first", false));
+    for id in [
+        "82a12860200d9e61bce5e5c5bab8c70c",
+        "0b0f1d2a200d9e61bce5e5c5bab8c70c",
+    ] {
+        h.rt.fail_next(
+            MemOp::Start,
+            &format!("endpoint web-next ({id}): port is already allocated"),
+        );
+        assert!(r.pass().await.failed);
+    }
+    assert_eq!(
+        h.kinds()
+            .iter()
+            .filter(|k| **k == EventKind::Failed)
+            .count(),
+        1
+    );
+    assert_eq!(h.rt.containers().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_first_new_container_never_healthy_is_taken_back() {
+    let h = Harness::new();
+    h.rt.set_auto_healthy(true);
+    let mut r = h.reconciler(0);
+    h.set(web(1, "web:1", "start-first", true));
+    assert!(!r.pass().await.failed);
+    let old = h.rt.container(&web_name()).unwrap();
+
+    // From now on new containers stay `starting`.
+    h.rt.set_auto_healthy(false);
+    h.rt.add_image("web:2");
+    h.rt.clear_calls();
+    h.set(web(2, "web:2", "start-first", true));
+    let before = tokio::time::Instant::now();
+    assert!(r.pass().await.failed);
+    // (2 + 1) × (1 s + 30 s default timeout) + 5 s margin.
+    assert!(
+        before.elapsed() >= Duration::from_secs(98),
+        "{:?}",
+        before.elapsed()
+    );
+    assert_eq!(
+        calls(&h),
+        vec![
+            "create ef-press-07-app-web-next",
+            "start ef-press-07-app-web-next",
+            "stop ef-press-07-app-web-next",
+            "remove ef-press-07-app-web-next",
+        ]
+    );
+    assert_eq!(h.rt.containers(), vec![old]);
+    let err = h.last_status().stacks["app"].services["web"]
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        err.contains("did not become ready: not healthy after 98 s"),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_first_wait_gives_way_to_a_newer_desired_document() {
+    let h = Harness::new();
+    h.rt.set_auto_healthy(true);
+    let mut r = h.reconciler(0);
+    h.set(web(1, "web:1", "start-first", true));
+    assert!(!r.pass().await.failed);
+    h.rt.set_auto_healthy(false);
+    h.rt.add_image("web:2");
+    h.set(web(2, "web:2", "start-first", true));
+    let held = h.held.clone();
+    let newer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        held.send_replace(Some(Arc::new(web(3, "web:1", "start-first", true))));
+    });
+    let before = tokio::time::Instant::now();
+    assert!(r.pass().await.failed);
+    assert!(
+        before.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        before.elapsed()
+    );
+    newer.await.unwrap();
+    assert_eq!(h.rt.containers().len(), 1);
+    // Revision 3 is what runs already.
+    assert!(!r.pass().await.failed);
+    assert_eq!(h.last_status().observed_revision, 3);
+    assert_eq!(h.rt.container(&web_name()).unwrap().image, "web:1");
+}

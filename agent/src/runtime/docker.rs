@@ -17,7 +17,7 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
     ListContainersOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use edgefleet_protocol::spec::RestartPolicy;
 use edgefleet_protocol::status::{ContainerState, Health};
@@ -368,6 +368,33 @@ impl ContainerRuntime for DockerRuntime {
             .remove_container(container, Some(options))
             .await
             .map_err(|e| container_err(e, "remove", container))
+    }
+
+    async fn inspect(&self, container: &str) -> Result<ContainerInfo, RuntimeError> {
+        let docker = self.client().await?;
+        let c = docker
+            .inspect_container(container, None)
+            .await
+            .map_err(|e| container_err(e, "inspect", container))?;
+        container_info(c).ok_or_else(|| RuntimeError::NotFound {
+            what: "container",
+            target: container.to_owned(),
+        })
+    }
+
+    async fn rename(&self, container: &str, new_name: &str) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        let options = RenameContainerOptionsBuilder::default()
+            .name(new_name)
+            .build();
+        match docker.rename_container(container, options).await {
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Err(RuntimeError::NameConflict {
+                name: new_name.to_owned(),
+            }),
+            other => other.map_err(|e| container_err(e, "rename", container)),
+        }
     }
 
     async fn events(&self, device: &str) -> Result<EngineEvents, RuntimeError> {

@@ -27,6 +27,7 @@ pub enum MemOp {
     Start,
     Stop,
     Remove,
+    Rename,
 }
 
 #[derive(Debug)]
@@ -420,6 +421,42 @@ impl ContainerRuntime for MemoryRuntime {
             }
         }
         self.docker_rm(container);
+        Ok(())
+    }
+
+    async fn inspect(&self, container: &str) -> Result<ContainerInfo, RuntimeError> {
+        let mut e = self.engine();
+        e.check(MemOp::List)?;
+        e.find(container)
+            .and_then(|id| e.containers.get(&id))
+            .map(|c| c.info.clone())
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "container",
+                target: container.to_owned(),
+            })
+    }
+
+    async fn rename(&self, container: &str, new_name: &str) -> Result<(), RuntimeError> {
+        {
+            let mut e = self.engine();
+            let from = e
+                .find(container)
+                .and_then(|id| e.containers.get(&id))
+                .map_or(container.to_owned(), |c| c.info.name.clone());
+            e.calls.push(format!("rename {from} to {new_name}"));
+            e.check(MemOp::Rename)?;
+            let id = e.find(container).ok_or_else(|| RuntimeError::NotFound {
+                what: "container",
+                target: container.to_owned(),
+            })?;
+            if e.find(new_name).is_some_and(|other| other != id) {
+                return Err(RuntimeError::NameConflict {
+                    name: new_name.to_owned(),
+                });
+            }
+        }
+        let new_name = new_name.to_owned();
+        self.mutate(container, move |c, _| c.info.name = new_name);
         Ok(())
     }
 

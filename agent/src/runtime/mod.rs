@@ -39,6 +39,10 @@ pub enum RuntimeError {
     NameConflict { name: String },
     #[error("{what} '{target}' not found")]
     NotFound { what: &'static str, target: String },
+    /// A started container that did not become ready (running, and healthy if it has a
+    /// healthcheck) in time.
+    #[error("container '{name}' did not become ready: {reason}")]
+    NotReady { name: String, reason: String },
     #[error("docker could not {op} '{target}': {message}")]
     Engine {
         op: &'static str,
@@ -134,6 +138,20 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// Removes a stopped container.
     fn remove(&self, container: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// One container by id or name; [`RuntimeError::NotFound`] if there is none.
+    fn inspect(
+        &self,
+        container: &str,
+    ) -> impl Future<Output = Result<ContainerInfo, RuntimeError>> + Send;
+
+    /// Renames a container (by id or name) to `new_name`; [`RuntimeError::NameConflict`] if
+    /// the name is taken.
+    fn rename(
+        &self,
+        container: &str,
+        new_name: &str,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// A stream yielding one item per engine event about `device`'s containers. It ends or
     /// errors when the engine connection is lost; the caller subscribes again.
