@@ -160,6 +160,14 @@ pub async fn run_publisher(
                     tracing::warn!(device = %id, "cannot hand desired state to the MQTT client: {e}");
                 }
             }
+            Outgoing::Retained { topic, payload } => {
+                if let Err(e) = client
+                    .publish(topic.clone(), QoS::AtLeastOnce, true, payload)
+                    .await
+                {
+                    tracing::warn!(topic, "cannot hand a summary to the MQTT client: {e}");
+                }
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ use edgefleet_protocol::desired::DesiredState;
 use edgefleet_protocol::event::DeviceEvent;
 use edgefleet_protocol::ids::validate_stack_name;
 use edgefleet_protocol::presence::DevicePresence;
+use edgefleet_protocol::site::SiteSummary;
 use edgefleet_protocol::spec::{ServiceSpec, StackSpec};
 use edgefleet_protocol::status::DeviceStatus;
 use edgefleet_protocol::sync::SyncRequest;
@@ -75,6 +76,8 @@ struct StoredSpec {
 pub enum Outgoing {
     /// The device's current desired document (read when sent, so bursts coalesce).
     Desired(String),
+    /// A retained document as it is (site summaries).
+    Retained { topic: String, payload: Vec<u8> },
 }
 
 pub struct Controller {
@@ -86,6 +89,8 @@ pub struct Controller {
     outgoing: mpsc::UnboundedSender<Outgoing>,
     queued: DashSet<String>,
     events: Mutex<Vec<(String, String, String)>>,
+    /// Site summaries as last published (without `updated_at`).
+    published_sites: Mutex<BTreeMap<String, SiteSummary>>,
     pub started: Instant,
 }
 
@@ -143,6 +148,7 @@ impl Controller {
                 outgoing: tx,
                 queued: DashSet::new(),
                 events: Mutex::new(Vec::new()),
+                published_sites: Mutex::new(BTreeMap::new()),
                 started: Instant::now(),
             },
             rx,
@@ -307,10 +313,37 @@ impl Controller {
         d.desired.clone()
     }
 
-    /// Queues every device's desired document (after every connect to the broker).
+    /// Queues every device's desired document and every site summary (after every connect
+    /// to the broker, which may have lost all retained messages).
     pub fn queue_all_desired(&self) {
         for id in self.fleet.ids() {
             self.queue_desired(&id);
+        }
+        lock(&self.published_sites).clear();
+        self.queue_site_summaries();
+    }
+
+    /// Queues the site summaries that changed since they were last published.
+    pub fn queue_site_summaries(&self) {
+        let views: Vec<_> = self
+            .fleet
+            .devices
+            .iter()
+            .map(|d| d.value().clone())
+            .collect();
+        let now = crate::sites::summarize(views.iter());
+        let mut published = lock(&self.published_sites);
+        for (site, summary) in now {
+            if published.get(&site) == Some(&summary) {
+                continue;
+            }
+            let mut doc = summary.clone();
+            doc.updated_at = edgefleet_protocol::now_rfc3339();
+            let _ = self.outgoing.send(Outgoing::Retained {
+                topic: topics::site_summary(&site),
+                payload: codec::encode(&doc),
+            });
+            published.insert(site, summary);
         }
     }
 
@@ -339,7 +372,7 @@ impl Controller {
                     self.queue_desired(device);
                 }
             }),
-            TopicKind::DeviceDesired | TopicKind::ControllerPresence => Ok(()),
+            TopicKind::DeviceDesired | TopicKind::ControllerPresence | TopicKind::SiteSummary => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(device, topic, "refused a message from the bus: {e}");

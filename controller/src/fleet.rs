@@ -63,11 +63,14 @@ impl DeviceView {
         self.desired.as_ref().map_or(0, |d| d.revision)
     }
 
-    /// Whether the device reports having applied its current desired revision.
+    /// Whether the device reports having applied its current desired revision (never true
+    /// before it has one).
     pub fn converged(&self) -> bool {
-        self.status.as_ref().is_some_and(|s| {
-            s.observed_revision == self.desired_revision() && s.state == ConvergenceState::Converged
-        })
+        self.desired.is_some()
+            && self.status.as_ref().is_some_and(|s| {
+                s.observed_revision == self.desired_revision()
+                    && s.state == ConvergenceState::Converged
+            })
     }
 
     pub fn summary(&self) -> DeviceSummary {

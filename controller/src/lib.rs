@@ -11,6 +11,7 @@
 //! - [`store`]: SQLite store with migrations (deployments, revisions, devices, events).
 //! - [`book`]: which stacks each device should run; new desired revisions.
 //! - [`fleet`]: the live fleet view (DashMap), flushed to the store.
+//! - [`sites`]: per-site summaries (counts, alarms) for SCADA screens.
 //! - [`core`]: the controller's operations (apply, delete, refresh, take in bus messages).
 //! - [`bus`]: the MQTT link and publish queue.
 //! - [`api`]: the HTTP JSON API.
@@ -26,6 +27,7 @@ pub mod core;
 pub mod fleet;
 pub mod rollout;
 pub mod selector;
+pub mod sites;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -148,6 +150,7 @@ async fn housekeeping(
         if let Err(e) = ctrl.flush() {
             tracing::error!("cannot save the fleet view: {e}");
         }
+        ctrl.queue_site_summaries();
         if n.is_multiple_of(5) {
             for id in ctrl.lagging(config.republish_after) {
                 tracing::info!(device = %id, "device has not reported its desired revision: republishing");

@@ -8,7 +8,8 @@
 //! - [`topics`]: the topic tree. The only place in the workspace that knows topic strings.
 //! - [`ids`]: device ids and label keys/values that are safe to put in a topic.
 //! - [`spec`]: the normalized service/stack spec the controller derives from Compose.
-//! - [`desired`], [`status`], [`presence`], [`event`], [`sync`]: payloads (JSON, versioned).
+//! - [`desired`], [`status`], [`presence`], [`event`], [`sync`], [`site`]: payloads (JSON,
+//!   versioned).
 //! - [`broker_url`]: `mqtt://HOST:PORT` broker addresses (agent and controller agree).
 //! - [`codec`]: decoding untrusted bytes into payloads, with errors that say what is wrong.
 //!
@@ -20,6 +21,7 @@ pub mod desired;
 pub mod event;
 pub mod ids;
 pub mod presence;
+pub mod site;
 pub mod spec;
 pub mod status;
 pub mod sync;

@@ -29,16 +29,18 @@ pub enum TopicKind {
     DeviceEvents,
     DeviceSync,
     ControllerPresence,
+    SiteSummary,
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 6] = [
+    pub const ALL: [TopicKind; 7] = [
         TopicKind::DeviceDesired,
         TopicKind::DeviceStatus,
         TopicKind::DevicePresence,
         TopicKind::DeviceEvents,
         TopicKind::DeviceSync,
         TopicKind::ControllerPresence,
+        TopicKind::SiteSummary,
     ];
 
     /// The topic with `{device}` as placeholder, as written in topics.md.
@@ -50,6 +52,7 @@ impl TopicKind {
             TopicKind::DeviceEvents => "edgefleet/v1/devices/{device}/events",
             TopicKind::DeviceSync => "edgefleet/v1/devices/{device}/sync",
             TopicKind::ControllerPresence => "edgefleet/v1/controller/presence",
+            TopicKind::SiteSummary => "edgefleet/v1/fleet/sites/{site}/summary",
         }
     }
 
@@ -61,6 +64,7 @@ impl TopicKind {
                 | TopicKind::DeviceStatus
                 | TopicKind::DevicePresence
                 | TopicKind::ControllerPresence
+                | TopicKind::SiteSummary
         )
     }
 
@@ -71,7 +75,7 @@ impl TopicKind {
                 Direction::AgentToAll
             }
             TopicKind::DeviceSync => Direction::AgentToController,
-            TopicKind::ControllerPresence => Direction::ControllerToAll,
+            TopicKind::ControllerPresence | TopicKind::SiteSummary => Direction::ControllerToAll,
         }
     }
 
@@ -82,12 +86,12 @@ impl TopicKind {
             TopicKind::DevicePresence => Some("presence"),
             TopicKind::DeviceEvents => Some("events"),
             TopicKind::DeviceSync => Some("sync"),
-            TopicKind::ControllerPresence => None,
+            TopicKind::ControllerPresence | TopicKind::SiteSummary => None,
         }
     }
 
     /// The concrete topic for one device. `device` must be a valid device id; kinds that are
-    /// not per-device ignore it.
+    /// not per-device ignore it (use [`site_summary`] for per-site topics).
     pub fn for_device(self, device: &str) -> String {
         debug_assert!(
             validate_device_id(device).is_ok(),
@@ -112,6 +116,15 @@ impl TopicKind {
 pub fn controller_presence() -> String {
     TopicKind::ControllerPresence.template().to_owned()
 }
+
+/// Topic of a site's retained summary. `site` is a label value (validated like an id);
+/// devices without a `site` label count under [`UNASSIGNED_SITE`].
+pub fn site_summary(site: &str) -> String {
+    TopicKind::SiteSummary.template().replace("{site}", site)
+}
+
+/// Site name used for devices that carry no `site` label.
+pub const UNASSIGNED_SITE: &str = "unassigned";
 
 /// A parsed topic: its kind and, for per-device topics, the device id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,7 +160,10 @@ mod tests {
 
     #[test]
     fn build_and_parse_round_trip() {
-        for kind in TopicKind::ALL {
+        for kind in TopicKind::ALL
+            .into_iter()
+            .filter(|k| *k != TopicKind::SiteSummary)
+        {
             let topic = kind.for_device("press-07");
             let parsed = parse(&topic).expect("parses");
             assert_eq!(parsed.kind, kind);

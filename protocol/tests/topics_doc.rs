@@ -5,6 +5,7 @@ use edgefleet_protocol::codec::decode;
 use edgefleet_protocol::desired::DesiredState;
 use edgefleet_protocol::event::DeviceEvent;
 use edgefleet_protocol::presence::{ControllerPresence, DevicePresence};
+use edgefleet_protocol::site::SiteSummary;
 use edgefleet_protocol::status::DeviceStatus;
 use edgefleet_protocol::sync::SyncRequest;
 use edgefleet_protocol::topics::TopicKind;
@@ -64,4 +65,5 @@ fn documented_examples_decode() {
     decode::<SyncRequest>(&e(TopicKind::DeviceSync)).expect("sync example");
     decode::<ControllerPresence>(&e(TopicKind::ControllerPresence))
         .expect("controller presence example");
+    decode::<SiteSummary>(&e(TopicKind::SiteSummary)).expect("site summary example");
 }

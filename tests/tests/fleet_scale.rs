@@ -163,6 +163,41 @@ async fn wait_all_online(api: &Api, prefix: &str, what: &str) {
     .await
 }
 
+/// What a SCADA screen sees: the retained summary of the simulated site, read with Debian's
+/// mosquitto_sub (one retained message for the whole site, whatever the replay limit).
+async fn wait_site_summary_all_online(mqtt_port: u16, what: &str) {
+    let topic = edgefleet_protocol::topics::site_summary("sim");
+    wait::until(what, T, || async {
+        let out = std::process::Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &mqtt_port.to_string(),
+                "-t",
+                &topic,
+                "-C",
+                "1",
+                "-W",
+                "3",
+            ])
+            .output()
+            .map_err(|e| format!("mosquitto_sub: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {out:?}"))?;
+        if v["devices"] == N
+            && v["online"] == N
+            && v["converged"] == N
+            && v["alarms"] == serde_json::json!([])
+        {
+            Ok(())
+        } else {
+            Err(v.to_string().chars().take(300).collect())
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_of_150_survives_a_gateway_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -172,11 +207,17 @@ async fn fleet_of_150_survives_a_gateway_restart() {
     let stop = Stop::default();
     spawn_fleet(&prefix, gw.mqtt_port, &stop);
     wait_all_online(&api, &prefix, "150 devices online").await;
+    wait_site_summary_all_online(gw.mqtt_port, "site summary shows 150 online").await;
 
     gw.proc.kill9();
     gw.proc.start();
     gw.wait_ready();
     wait_all_online(&api, &prefix, "150 devices online after a gateway restart").await;
+    wait_site_summary_all_online(
+        gw.mqtt_port,
+        "site summary republished after a gateway restart",
+    )
+    .await;
     stop.stop();
 }
 
