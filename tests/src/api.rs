@@ -66,6 +66,25 @@ impl Api {
         self.get(&format!("/api/v1/devices/{id}")).await
     }
 
+    /// Waits until the device's `connection` is `want` (`online`, `offline`); returns the
+    /// device document.
+    pub async fn wait_connection(
+        &self,
+        id: &str,
+        want: &str,
+        timeout: std::time::Duration,
+    ) -> Value {
+        crate::wait::until(&format!("{id} {want}"), timeout, || async {
+            let d = self.device(id).await?;
+            if d["connection"] == want {
+                Ok(d)
+            } else {
+                Err(d["connection"].to_string())
+            }
+        })
+        .await
+    }
+
     /// Runs `edgefleet --server URL ARGS…`.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
         let out = Command::new(&bins().edgefleet)

@@ -10,6 +10,7 @@
 //!   the test, logs kept under the test's temp dir and printed on failure.
 //! - [`images`]: test images imported from a busybox rootfs tarball.
 //! - [`docker`]: what the engine really runs, and cleanup of a test's containers.
+//! - [`mqtt`]: retained documents read with `mosquitto_sub`, as an integrator would.
 //! - [`api`]: the gateway's HTTP API and the `edgefleet` CLI.
 //! - [`wait`]: polling with a deadline and a useful failure message.
 
@@ -17,6 +18,7 @@ pub mod api;
 pub mod bins;
 pub mod docker;
 pub mod images;
+pub mod mqtt;
 pub mod procs;
 pub mod wait;
 

@@ -66,19 +66,7 @@ async fn killed_agent_goes_offline_within_keepalive_and_comes_back_converged() {
 
     agent.proc.kill9();
     let killed = Instant::now();
-    wait::until(
-        "controller shows the killed agent offline",
-        KEEPALIVE * 3,
-        || async {
-            let d = api.device(&id).await?;
-            if d["connection"] == "offline" {
-                Ok(())
-            } else {
-                Err(d["connection"].to_string())
-            }
-        },
-    )
-    .await;
+    api.wait_connection(&id, "offline", KEEPALIVE * 3).await;
     let took = killed.elapsed();
     eprintln!("measured: killed agent shown offline after {took:?} (keepalive {KEEPALIVE:?})");
     assert!(
@@ -126,24 +114,8 @@ async fn gateway_restart_republishes_desired_state_and_recreates_nothing() {
     // The restarted broker held nothing; a retained desired document there now means the
     // controller republished it.
     let topic = edgefleet_protocol::topics::TopicKind::DeviceDesired.for_device(&a);
-    let port = gw.mqtt_port.to_string();
     let desired: Value = wait::until("desired republished after gateway restart", T, || async {
-        let out = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-t",
-                &topic,
-                "-C",
-                "1",
-                "-W",
-                "2",
-            ])
-            .output()
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {out:?}"))
+        edgefleet_tests::mqtt::retained(gw.mqtt_port, &topic, 2)
     })
     .await;
     assert_eq!(
@@ -371,28 +343,12 @@ async fn silent_agent_goes_offline_after_one_and_a_half_keepalives() {
     let gw = Gateway::start(dir);
     let api = gw.api();
     let agent = Agent::start(dir, &id, "site=a", &gw.broker_url());
-    wait::until("agent online", T, || async {
-        let d = api.device(&id).await?;
-        if d["online"] == true {
-            Ok(d)
-        } else {
-            Err(d["connection"].to_string())
-        }
-    })
-    .await;
+    api.wait_connection(&id, "online", T).await;
     let session = api.device(&id).await.expect("device")["session"].as_u64();
 
     agent.proc.signal("STOP");
     let frozen = Instant::now();
-    wait::until("frozen agent shown offline", KEEPALIVE * 3, || async {
-        let d = api.device(&id).await?;
-        if d["connection"] == "offline" {
-            Ok(())
-        } else {
-            Err(d["connection"].to_string())
-        }
-    })
-    .await;
+    api.wait_connection(&id, "offline", KEEPALIVE * 3).await;
     let took = frozen.elapsed();
     eprintln!("measured: silent agent shown offline after {took:?} (keepalive {KEEPALIVE:?})");
     // The broker counts 1.5 × keepalive from the agent's last packet, which came at most one

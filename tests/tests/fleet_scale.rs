@@ -168,23 +168,7 @@ async fn wait_all_online(api: &Api, prefix: &str, what: &str) {
 async fn wait_site_summary_all_online(mqtt_port: u16, what: &str) {
     let topic = edgefleet_protocol::topics::site_summary("sim");
     wait::until(what, T, || async {
-        let out = std::process::Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &mqtt_port.to_string(),
-                "-t",
-                &topic,
-                "-C",
-                "1",
-                "-W",
-                "3",
-            ])
-            .output()
-            .map_err(|e| format!("mosquitto_sub: {e}"))?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| format!("{e}: {out:?}"))?;
+        let v = edgefleet_tests::mqtt::retained(mqtt_port, &topic, 3)?;
         if v["devices"] == N
             && v["online"] == N
             && v["converged"] == N

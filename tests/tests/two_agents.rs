@@ -4,7 +4,6 @@
 //! receives the retained status documented in topics.md.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use edgefleet_tests::api::{Api, service};
@@ -23,15 +22,7 @@ pub fn stack(image: &str) -> String {
 }
 
 async fn wait_online(api: &Api, id: &str) -> Value {
-    wait::until(&format!("{id} online"), T, || async {
-        let d = api.device(id).await?;
-        if d["online"] == true {
-            Ok(d)
-        } else {
-            Err(d["connection"].to_string())
-        }
-    })
-    .await
+    api.wait_connection(id, "online", T).await
 }
 
 /// Waits until the device reports its desired revision converged and its `web/app` service
@@ -103,26 +94,8 @@ fn keys(v: &Value) -> Vec<String> {
 /// shaped as topics.md documents it.
 fn check_status_with_mosquitto_sub(mqtt_port: u16, device: &str) {
     let topic = edgefleet_protocol::topics::TopicKind::DeviceStatus.for_device(device);
-    let out = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &mqtt_port.to_string(),
-            "-t",
-            &topic,
-            "-C",
-            "1",
-            "-W",
-            "10",
-        ])
-        .output()
-        .expect("mosquitto_sub (Debian package mosquitto-clients) must be installed");
-    assert!(
-        out.status.success(),
-        "mosquitto_sub got nothing retained on {topic}: {out:?}"
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).expect("status is JSON");
+    let got =
+        edgefleet_tests::mqtt::retained(mqtt_port, &topic, 10).unwrap_or_else(|e| panic!("{e}"));
     let example = documented_example("edgefleet/v1/devices/{device}/status");
     assert_eq!(got["schema"], 1);
     assert_eq!(got["device"], device);
