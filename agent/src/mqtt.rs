@@ -100,17 +100,22 @@ impl Bus {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) {
+    /// Hands a message to the MQTT client; false if it was dropped (queue full).
+    fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) -> bool {
         if payload.is_empty() {
             // An empty payload would clear a retained topic.
             error!(topic, "refusing to publish an empty payload");
-            return;
+            return false;
         }
-        if let Err(e) = self
+        match self
             .client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
         {
-            warn!(topic, error = %e, "MQTT request queue full: message dropped");
+            Ok(()) => true,
+            Err(e) => {
+                warn!(topic, error = %e, "MQTT request queue full: message dropped");
+                false
+            }
         }
     }
 
@@ -184,15 +189,14 @@ impl Outbox for Bus {
         self.publish(&self.topics.events, false, encode(&event));
     }
 
-    fn status(&self, status: &DeviceStatus) {
+    fn status(&self, status: &DeviceStatus) -> bool {
         let connected = {
             let mut s = self.lock();
             s.status = Some(status.clone());
             s.connected
         };
-        if connected {
-            self.publish(&self.topics.status, true, encode(status));
-        }
+        // While disconnected the status goes out on the next ConnAck.
+        !connected || self.publish(&self.topics.status, true, encode(status))
     }
 
     fn sync_request(&self, request: SyncRequest) {
@@ -369,7 +373,9 @@ impl Link {
             match decode::<ControllerPresence>(&p.payload) {
                 Ok(c) if c.state == PresenceState::Online => {
                     let previous = self.last_controller_session.replace(c.session);
-                    if previous.is_some_and(|s| s != c.session) {
+                    // Also the first time: an agent that connected while no controller was
+                    // up must still introduce itself to the one that comes.
+                    if previous != Some(c.session) {
                         info!(
                             session = c.session,
                             "controller (re)started: republishing presence and status"

@@ -12,8 +12,9 @@ use edgefleet_protocol::sync::SyncRequest;
 pub trait Outbox: Send + Sync + 'static {
     /// A non-retained event (best effort; buffered briefly while disconnected).
     fn event(&self, event: DeviceEvent);
-    /// The current status document (retained; republished on every reconnect).
-    fn status(&self, status: &DeviceStatus);
+    /// The current status document (retained; republished on every reconnect). Returns
+    /// false if it could not be handed over (queue full): the caller must offer it again.
+    fn status(&self, status: &DeviceStatus) -> bool;
     /// Asks the controller to publish this device's desired document again.
     fn sync_request(&self, request: SyncRequest);
 }
@@ -56,8 +57,9 @@ impl Outbox for RecordingOutbox {
         lock(&self.events).push(event);
     }
 
-    fn status(&self, status: &DeviceStatus) {
+    fn status(&self, status: &DeviceStatus) -> bool {
         lock(&self.statuses).push(status.clone());
+        true
     }
 
     fn sync_request(&self, request: SyncRequest) {

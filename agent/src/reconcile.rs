@@ -576,8 +576,9 @@ impl<R: ContainerRuntime> Reconciler<R> {
             return;
         }
         debug!(state = ?status.state, observed_revision = status.observed_revision, "status changed");
-        self.outbox.status(&status);
-        self.last_status = Some(status);
+        if self.outbox.status(&status) {
+            self.last_status = Some(status);
+        }
     }
 }
 

@@ -43,7 +43,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!("store error: {e}");
-        ApiError::Internal(format!("{e}; the gateway log has details"))
+        ApiError::Internal(format!(
+            "{e}; check free disk space and the permissions of the gateway's --data-dir, then retry (the gateway log has details)"
+        ))
     }
 }
 
@@ -236,8 +238,14 @@ async fn delete_deployment(
 
 async fn revision(
     State(ctrl): Ctx,
-    Path((name, revision)): Path<(String, u64)>,
+    path: Result<Path<(String, u64)>, axum::extract::rejection::PathRejection>,
 ) -> ApiResult<serde_json::Value> {
+    let Path((name, revision)) = path.map_err(|_| {
+        ApiError::BadRequest(
+            "the revision must be a whole number; list them with 'edgefleet get deployment NAME'"
+                .into(),
+        )
+    })?;
     let row = ctrl.store().revision(&name, revision)?.ok_or_else(|| {
         ApiError::NotFound(format!("deployment '{name}' has no revision {revision}"))
     })?;

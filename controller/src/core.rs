@@ -86,6 +86,8 @@ pub struct Controller {
     book: RwLock<Book>,
     /// Serializes desired-document computation (revision numbers must not race).
     refresh_lock: Mutex<()>,
+    /// Serializes apply/delete: the store and the book must change together.
+    change_lock: Mutex<()>,
     outgoing: mpsc::UnboundedSender<Outgoing>,
     queued: DashSet<String>,
     events: Mutex<Vec<(String, String, String)>>,
@@ -145,6 +147,7 @@ impl Controller {
                 fleet,
                 book: RwLock::new(book),
                 refresh_lock: Mutex::new(()),
+                change_lock: Mutex::new(()),
                 outgoing: tx,
                 queued: DashSet::new(),
                 events: Mutex::new(Vec::new()),
@@ -176,6 +179,7 @@ impl Controller {
         let spec_json = serde_json::to_string(&spec).unwrap_or_default();
         let target = selector.to_string();
         let now = edgefleet_protocol::now_rfc3339();
+        let _change = lock(&self.change_lock);
         let (revision, changed) = {
             let mut store = self.store();
             let latest = store.deployment(&req.name)?;
@@ -228,6 +232,7 @@ impl Controller {
     /// Deletes a deployment: its stacks leave every device's desired document. Returns the
     /// devices it was targeting, or `None` if there was no such deployment.
     pub fn delete(&self, name: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let _change = lock(&self.change_lock);
         if !self
             .store()
             .delete_deployment(name, &edgefleet_protocol::now_rfc3339())?
@@ -275,27 +280,59 @@ impl Controller {
         {
             let book = self.book();
             for id in ids {
-                let Some(view) = self.fleet.get(id) else {
+                let Some(mut view) = self.fleet.get(id) else {
                     continue;
                 };
                 let stacks = book.stacks_for(id, &view.labels);
                 if let Some(doc) = next_document(id, view.desired.as_ref(), stacks) {
-                    tracing::info!(device = %id, revision = doc.revision, stacks = doc.stacks.len(), "new desired revision");
-                    changed.push(self.fleet.update(id, |d| {
-                        d.desired = Some(doc);
-                        d.to_row()
-                    }));
+                    view.desired = Some(doc);
+                    changed.push(view);
                 }
             }
         }
-        if !changed.is_empty() {
-            self.store()
-                .save_devices(&changed, &edgefleet_protocol::now_rfc3339())?;
-            for row in &changed {
-                self.queue_desired(&row.id);
-            }
+        self.commit_documents(changed)
+    }
+
+    /// Persists new desired documents, then (only then) makes them visible to the publisher
+    /// and queues them. On a store error nothing changes in memory.
+    fn commit_documents(&self, changed: Vec<crate::fleet::DeviceView>) -> Result<(), StoreError> {
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<_> = changed.iter().map(|v| v.to_row()).collect();
+        self.store()
+            .save_devices(&rows, &edgefleet_protocol::now_rfc3339())?;
+        for view in changed {
+            let Some(doc) = view.desired else { continue };
+            tracing::info!(device = %view.id, revision = doc.revision, stacks = doc.stacks.len(), "new desired revision");
+            self.fleet.update(&view.id, |d| d.desired = Some(doc));
+            self.queue_desired(&view.id);
         }
         Ok(())
+    }
+
+    /// A device reports holding a desired revision newer than ours: the store lost writes
+    /// (power loss) or was restored from a backup. Reissue the current document above it,
+    /// or the agent would ignore it as a replay forever.
+    fn renumber_above(&self, id: &str, reported: u64) -> Result<(), StoreError> {
+        let _serial = lock(&self.refresh_lock);
+        let Some(mut view) = self.fleet.get(id) else {
+            return Ok(());
+        };
+        let Some(cur) = view.desired.as_ref() else {
+            return Ok(());
+        };
+        if reported <= cur.revision {
+            return Ok(());
+        }
+        tracing::warn!(
+            device = id,
+            reported,
+            stored = cur.revision,
+            "device holds a newer desired revision than the store (lost writes or restored backup): reissuing above it"
+        );
+        view.desired = Some(DesiredState::new(id, reported + 1, cur.stacks.clone()));
+        self.commit_documents(vec![view])
     }
 
     /// Queues a (re)publish of a device's desired document; repeated requests coalesce.
@@ -333,6 +370,18 @@ impl Controller {
             .collect();
         let now = crate::sites::summarize(views.iter());
         let mut published = lock(&self.published_sites);
+        // A site that lost its last device keeps a retained summary: overwrite it with zeros
+        // rather than leave SCADA showing old counts and alarms.
+        let mut now = now;
+        for (site, old) in published.iter() {
+            if !now.contains_key(site) && old.counts.devices > 0 {
+                let mut empty = old.clone();
+                empty.counts = Default::default();
+                empty.lines.clear();
+                empty.alarms.clear();
+                now.insert(site.clone(), empty);
+            }
+        }
         for (site, summary) in now {
             if published.get(&site) == Some(&summary) {
                 continue;
@@ -358,13 +407,17 @@ impl Controller {
         let result = match parsed.kind {
             TopicKind::DevicePresence => self.on_presence(device, payload),
             TopicKind::DeviceStatus => {
-                decode_for::<DeviceStatus>(device, payload, |s| &s.device).map(|s| self.fleet.on_status(s))
+                decode_for::<DeviceStatus>(device, payload, |s| &s.device).map(|s| self.on_status(device, s))
             }
             TopicKind::DeviceEvents => decode_for::<DeviceEvent>(device, payload, |e| &e.device).map(|e| {
-                if let Ok(json) = serde_json::to_string(&e) {
-                    lock(&self.events).push((e.device.clone(), e.ts.clone(), json));
+                let json = serde_json::to_string(&e).ok();
+                if self.fleet.on_event(e.clone()) {
+                    if let Some(json) = json {
+                        lock(&self.events).push((e.device, e.ts, json));
+                    }
+                } else {
+                    tracing::debug!(device, "event of a device that never announced itself: ignored");
                 }
-                self.fleet.on_event(e);
             }),
             TopicKind::DeviceSync => decode_for::<SyncRequest>(device, payload, |s| &s.device).map(|s| {
                 tracing::debug!(device, have = s.have_revision, reason = %s.reason, "sync requested");
@@ -376,6 +429,28 @@ impl Controller {
         };
         if let Err(e) = result {
             tracing::warn!(device, topic, "refused a message from the bus: {e}");
+        }
+    }
+
+    fn on_status(&self, device: &str, status: DeviceStatus) {
+        let reported = status.desired_revision;
+        if !self.fleet.on_status(status) {
+            tracing::debug!(
+                device,
+                "status of a device that never announced itself: ignored"
+            );
+            return;
+        }
+        let ours = self
+            .fleet
+            .devices
+            .get(device)
+            .map_or(0, |d| d.desired_revision());
+        if ours > 0
+            && reported > ours
+            && let Err(e) = self.renumber_above(device, reported)
+        {
+            tracing::error!(device, "cannot reissue desired state: {e}");
         }
     }
 

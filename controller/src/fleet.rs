@@ -255,20 +255,34 @@ impl Fleet {
         })
     }
 
-    pub fn on_status(&self, status: DeviceStatus) {
-        self.update(&status.device.clone(), |d| {
-            d.last_seen = Some(edgefleet_protocol::now_rfc3339());
-            d.status = Some(status);
-        });
+    /// Applies `f` to a device only if it is already known (created by its presence).
+    pub fn update_known<R>(&self, id: &str, f: impl FnOnce(&mut DeviceView) -> R) -> Option<R> {
+        let mut entry = self.devices.get_mut(id)?;
+        let r = f(entry.value_mut());
+        drop(entry);
+        self.dirty.insert(id.to_owned());
+        Some(r)
     }
 
-    pub fn on_event(&self, event: DeviceEvent) {
-        self.update(&event.device.clone(), |d| {
+    /// Records a status. Devices are created only by their presence, so a status for an
+    /// unknown id (a stray or hostile publisher) is refused: false.
+    pub fn on_status(&self, status: DeviceStatus) -> bool {
+        self.update_known(&status.device.clone(), |d| {
+            d.last_seen = Some(edgefleet_protocol::now_rfc3339());
+            d.status = Some(status);
+        })
+        .is_some()
+    }
+
+    /// Records an event of a known device; false for an unknown id.
+    pub fn on_event(&self, event: DeviceEvent) -> bool {
+        self.update_known(&event.device.clone(), |d| {
             d.last_seen = Some(edgefleet_protocol::now_rfc3339());
             d.events.push_back(event);
             while d.events.len() > RECENT_EVENTS {
                 d.events.pop_front();
             }
-        });
+        })
+        .is_some()
     }
 }

@@ -116,7 +116,9 @@ impl Store {
             source,
         })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // FULL: a committed desired revision must survive a power cut (with NORMAL a WAL commit
+        // can be lost, and the agent would then ignore a reused revision number).
+        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mut store = Store { conn };
         store.migrate()?;

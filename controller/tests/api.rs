@@ -148,6 +148,21 @@ async fn revisions_history_and_delete() {
         )
         .await;
     assert_eq!(status, 404);
+    let (status, body) = s
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/deployments/web/revisions/latest",
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("whole number"),
+        "{body}"
+    );
 
     let (status, _) = s
         .call(reqwest::Method::DELETE, "/api/v1/deployments/web", None)

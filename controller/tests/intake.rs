@@ -1,0 +1,124 @@
+//! What the controller takes from the bus, without a broker: presence creates devices,
+//! strays are refused, and a device holding a newer revision than the store gets its
+//! document reissued above it.
+
+use edgefleet_controller::core::{ApplyRequest, Controller, Outgoing};
+use edgefleet_controller::store::Store;
+use edgefleet_protocol::topics::{self, TopicKind};
+use serde_json::json;
+
+fn controller() -> (
+    Controller,
+    tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, rx) = Controller::new(Store::open(&dir.path().join("s.db")).unwrap()).unwrap();
+    (c, rx, dir)
+}
+
+fn presence(id: &str, site: &str) -> Vec<u8> {
+    json!({"schema": 1, "device": id, "state": "online", "session": 1, "labels": {"site": site},
+           "agent_version": "t", "since": "t"})
+    .to_string()
+    .into_bytes()
+}
+
+fn status(id: &str, desired: u64) -> Vec<u8> {
+    json!({"schema": 1, "device": id, "observed_revision": desired, "desired_revision": desired,
+           "state": "converged", "stacks": {}, "agent_version": "t", "updated_at": "t"})
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn strays_are_refused_and_presence_creates_devices() {
+    let (c, _rx, _dir) = controller();
+    c.on_message(
+        &TopicKind::DeviceStatus.for_device("ghost"),
+        &status("ghost", 0),
+    );
+    c.on_message(
+        &TopicKind::DeviceEvents.for_device("ghost"),
+        br#"{"schema":1}"#,
+    );
+    assert!(
+        c.fleet.get("ghost").is_none(),
+        "status of an unknown device must not create it"
+    );
+    c.on_message(
+        &TopicKind::DevicePresence.for_device("d1"),
+        &presence("d1", "lyon"),
+    );
+    assert_eq!(c.fleet.get("d1").unwrap().desired_revision(), 1);
+    // A payload naming another device than its topic is refused.
+    c.on_message(&TopicKind::DeviceStatus.for_device("d1"), &status("d2", 1));
+    assert!(c.fleet.get("d1").unwrap().status.is_none());
+}
+
+#[test]
+fn a_device_ahead_of_the_store_gets_a_revision_above_its_own() {
+    let (c, _rx, _dir) = controller();
+    c.on_message(
+        &TopicKind::DevicePresence.for_device("d1"),
+        &presence("d1", "lyon"),
+    );
+    let req = ApplyRequest {
+        name: "web".into(),
+        target: "*".into(),
+        compose: "services:\n  a:\n    image: a:1\n".into(),
+    };
+    c.apply(&req, "test").unwrap();
+    assert_eq!(c.fleet.get("d1").unwrap().desired_revision(), 2);
+    // The agent holds revision 7 (the store lost writes or was restored from a backup).
+    c.on_message(&TopicKind::DeviceStatus.for_device("d1"), &status("d1", 7));
+    let d = c.fleet.get("d1").unwrap();
+    assert_eq!(
+        d.desired_revision(),
+        8,
+        "reissued above what the agent holds"
+    );
+    assert!(
+        d.desired.unwrap().stacks.contains_key("web"),
+        "same content"
+    );
+    // And it is in the store: a restart keeps it.
+    let stored = c.store().devices().unwrap();
+    assert_eq!(
+        stored
+            .iter()
+            .find(|r| r.id == "d1")
+            .unwrap()
+            .desired_revision,
+        8
+    );
+}
+
+#[test]
+fn a_site_that_empties_gets_a_zeroed_summary() {
+    let (c, mut rx, _dir) = controller();
+    c.on_message(
+        &TopicKind::DevicePresence.for_device("d1"),
+        &presence("d1", "lyon"),
+    );
+    c.queue_site_summaries();
+    // Relabelled to another site: lyon must be overwritten with zeros, not left stale.
+    let mut moved = presence("d1", "paris");
+    moved = String::from_utf8(moved)
+        .unwrap()
+        .replace("\"session\":1", "\"session\":2")
+        .into_bytes();
+    c.on_message(&TopicKind::DevicePresence.for_device("d1"), &moved);
+    c.queue_site_summaries();
+    let mut last = std::collections::BTreeMap::new();
+    while let Ok(job) = rx.try_recv() {
+        if let Outgoing::Retained { topic, payload } = job {
+            last.insert(
+                topic,
+                serde_json::from_slice::<serde_json::Value>(&payload).unwrap(),
+            );
+        }
+    }
+    assert_eq!(last[&topics::site_summary("lyon")]["devices"], 0);
+    assert_eq!(last[&topics::site_summary("paris")]["devices"], 1);
+}
