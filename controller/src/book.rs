@@ -2,8 +2,7 @@
 //! document.
 //!
 //! A device's stacks are those of every deployment whose selector matches it, each at the
-//! latest revision ([`Book::stacks_for`] is where the rollout engine will pin devices to other
-//! revisions). Whenever the computed stacks differ from the
+//! latest revision, unless a rollout pinned the device to another revision of it. Whenever the computed stacks differ from the
 //! device's current document, the device gets a new document with `revision + 1`; otherwise
 //! nothing changes, so recomputing is always safe.
 
@@ -26,6 +25,10 @@ pub struct ActiveDeployment {
 #[derive(Debug, Default, Clone)]
 pub struct Book {
     pub deployments: BTreeMap<String, ActiveDeployment>,
+    /// (device, deployment) → revision the device runs instead of the latest (rollouts).
+    pub pins: BTreeMap<(String, String), u64>,
+    /// Stacks of pinned, non-latest revisions: (deployment, revision) → stack.
+    pub pinned_stacks: BTreeMap<(String, u64), StackSpec>,
 }
 
 impl Book {
@@ -39,7 +42,14 @@ impl Book {
         self.deployments
             .values()
             .filter(|d| d.selector.matches(device, labels))
-            .map(|d| (d.name.clone(), d.stack.clone()))
+            .map(|d| {
+                let pinned = self
+                    .pins
+                    .get(&(device.to_owned(), d.name.clone()))
+                    .filter(|rev| **rev != d.revision)
+                    .and_then(|rev| self.pinned_stacks.get(&(d.name.clone(), *rev)));
+                (d.name.clone(), pinned.unwrap_or(&d.stack).clone())
+            })
             .collect()
     }
 
@@ -98,6 +108,7 @@ mod tests {
                     )
                 })
                 .collect(),
+            ..Book::default()
         }
     }
 
@@ -113,6 +124,26 @@ mod tests {
         assert_eq!(
             b.stacks_for("d2", &none).keys().collect::<Vec<_>>(),
             vec!["b", "c"]
+        );
+    }
+
+    #[test]
+    fn pins_hold_a_device_on_another_revision() {
+        let mut b = book(&[("a", "*", 3)]);
+        let none = BTreeMap::new();
+        b.pins.insert(("d1".into(), "a".into()), 2);
+        b.pinned_stacks.insert(("a".into(), 2), stack("a", 2));
+        assert_eq!(b.stacks_for("d1", &none)["a"].deployment_revision, 2);
+        assert_eq!(
+            b.stacks_for("d2", &none)["a"].deployment_revision,
+            3,
+            "unpinned: latest"
+        );
+        b.pins.insert(("d1".into(), "a".into()), 3);
+        assert_eq!(
+            b.stacks_for("d1", &none)["a"].deployment_revision,
+            3,
+            "pinned to latest"
         );
     }
 

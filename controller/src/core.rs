@@ -44,6 +44,14 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
+#[derive(Debug, Error)]
+pub enum PinError {
+    #[error("deployment '{0}' has no revision {1}; list them with 'edgefleet get deployment {0}'")]
+    NoRevision(String, u64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// What `apply` takes (the HTTP body of `POST /api/v1/deployments`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApplyRequest {
@@ -107,15 +115,8 @@ impl Controller {
     ) -> Result<(Controller, mpsc::UnboundedReceiver<Outgoing>), StoreError> {
         let mut book = Book::default();
         for dep in store.deployments()? {
-            let Some(rev) = store.revision(&dep.name, dep.revision)? else {
+            let Some(stack) = stored_stack(&store, &dep.name, dep.revision)? else {
                 continue;
-            };
-            let spec: StoredSpec = match serde_json::from_str(&rev.spec_json) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(deployment = %dep.name, "stored revision {} unreadable, deployment skipped: {e}", dep.revision);
-                    continue;
-                }
             };
             let selector = match Selector::parse(&dep.target) {
                 Ok(s) => s,
@@ -130,14 +131,16 @@ impl Controller {
                     name: dep.name.clone(),
                     selector,
                     revision: dep.revision,
-                    stack: StackSpec {
-                        deployment: dep.name.clone(),
-                        deployment_revision: dep.revision,
-                        volumes: spec.volumes,
-                        services: spec.services,
-                    },
+                    stack,
                 },
             );
+        }
+        for (device, deployment, revision) in store.pins()? {
+            if let Some(stack) = stored_stack(&store, &deployment, revision)? {
+                book.pinned_stacks
+                    .insert((deployment.clone(), revision), stack);
+                book.pins.insert((device, deployment), revision);
+            }
         }
         let fleet = Fleet::load(&store.devices()?);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -252,6 +255,35 @@ impl Controller {
                 .map(|d| self.targets(&d.selector))
                 .unwrap_or_default(),
         ))
+    }
+
+    /// Pins devices to a revision of a deployment (`Some`) or releases them to its latest
+    /// (`None`), persists the pins, and recomputes those devices' desired documents.
+    pub fn pin(&self, deployment: &str, pins: &[(String, Option<u64>)]) -> Result<(), PinError> {
+        let _change = lock(&self.change_lock);
+        let mut stacks = Vec::new();
+        {
+            let store = self.store();
+            for rev in pins.iter().filter_map(|(_, r)| *r) {
+                let stack = stored_stack(&store, deployment, rev)?
+                    .ok_or_else(|| PinError::NoRevision(deployment.to_owned(), rev))?;
+                stacks.push(((deployment.to_owned(), rev), stack));
+            }
+        }
+        self.store().set_pins(deployment, pins)?;
+        {
+            let mut book = self.book.write().unwrap_or_else(|p| p.into_inner());
+            book.pinned_stacks.extend(stacks);
+            for (device, rev) in pins {
+                let key = (device.clone(), deployment.to_owned());
+                match rev {
+                    Some(r) => book.pins.insert(key, *r),
+                    None => book.pins.remove(&key),
+                };
+            }
+        }
+        let ids: Vec<String> = pins.iter().map(|(d, _)| d.clone()).collect();
+        Ok(self.refresh(&ids)?)
     }
 
     /// Known devices a selector matches.
@@ -517,6 +549,30 @@ impl Controller {
         store.save_devices(&rows, &now)?;
         store.append_events(&events, STORED_EVENTS_PER_DEVICE)?;
         Ok(())
+    }
+}
+
+/// The stack of a stored revision, or `None` (logged) if it is missing or unreadable.
+fn stored_stack(store: &Store, name: &str, revision: u64) -> Result<Option<StackSpec>, StoreError> {
+    let Some(row) = store.revision(name, revision)? else {
+        tracing::error!(deployment = name, revision, "stored revision missing");
+        return Ok(None);
+    };
+    match serde_json::from_str::<StoredSpec>(&row.spec_json) {
+        Ok(spec) => Ok(Some(StackSpec {
+            deployment: name.to_owned(),
+            deployment_revision: revision,
+            volumes: spec.volumes,
+            services: spec.services,
+        })),
+        Err(e) => {
+            tracing::error!(
+                deployment = name,
+                revision,
+                "stored revision unreadable: {e}"
+            );
+            Ok(None)
+        }
     }
 }
 

@@ -26,7 +26,8 @@ pub enum StoreError {
 }
 
 /// Numbered migrations; index + 1 is the schema version after applying it.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE deployments (
     name TEXT PRIMARY KEY,
@@ -62,7 +63,26 @@ CREATE TABLE events (
     json TEXT NOT NULL
 );
 CREATE INDEX events_by_device ON events (device, seq);
-"#];
+"#,
+    r#"
+CREATE TABLE pins (
+    device TEXT NOT NULL,
+    deployment TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    PRIMARY KEY (device, deployment)
+);
+CREATE TABLE rollouts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    state_json TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX rollouts_active ON rollouts (active, deployment);
+"#,
+];
 
 pub struct Store {
     conn: Connection,
@@ -87,6 +107,18 @@ pub struct RevisionRow {
     pub compose: Option<String>,
     #[serde(skip)]
     pub spec_json: String,
+}
+
+/// A rollout as stored; `state_json` is the serialized `rollout::engine::Rollout`.
+#[derive(Debug, Clone)]
+pub struct RolloutRow {
+    pub id: u64,
+    pub deployment: String,
+    pub active: bool,
+    pub state_json: String,
+    pub created_at: String,
+    pub created_by: String,
+    pub updated_at: String,
 }
 
 /// A device's last-known state as persisted.
@@ -308,6 +340,91 @@ impl Store {
         Ok(())
     }
 
+    /// Every pin: (device, deployment) → the deployment revision the device must run instead
+    /// of the latest (set by rollouts).
+    pub fn pins(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT device, deployment, revision FROM pins")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, u(r.get(2)?))))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets (`Some`) or clears (`None`) the pins of several devices for one deployment.
+    pub fn set_pins(
+        &mut self,
+        deployment: &str,
+        pins: &[(String, Option<u64>)],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut set = tx.prepare_cached(
+                "INSERT INTO pins (device, deployment, revision) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(device, deployment) DO UPDATE SET revision = ?3",
+            )?;
+            let mut clear =
+                tx.prepare_cached("DELETE FROM pins WHERE device = ?1 AND deployment = ?2")?;
+            for (device, rev) in pins {
+                match rev {
+                    Some(r) => set.execute(params![device, deployment, i(*r)])?,
+                    None => clear.execute(params![device, deployment])?,
+                };
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a new rollout; returns its id.
+    pub fn insert_rollout(
+        &self,
+        deployment: &str,
+        state_json: &str,
+        by: &str,
+        now: &str,
+    ) -> Result<u64, StoreError> {
+        self.conn.execute(
+            "INSERT INTO rollouts (deployment, active, state_json, created_at, created_by, updated_at)
+             VALUES (?1, 1, ?2, ?3, ?4, ?3)",
+            params![deployment, state_json, now, by],
+        )?;
+        Ok(u(self.conn.last_insert_rowid()))
+    }
+
+    pub fn update_rollout(
+        &self,
+        id: u64,
+        active: bool,
+        state_json: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE rollouts SET active = ?2, state_json = ?3, updated_at = ?4 WHERE id = ?1",
+            params![i(id), active, state_json, now],
+        )?;
+        Ok(())
+    }
+
+    /// Rollouts, newest first: (id, deployment, active, state_json, created_at, created_by).
+    pub fn rollouts(&self, only_active: bool) -> Result<Vec<RolloutRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, deployment, active, state_json, created_at, created_by, updated_at FROM rollouts
+             WHERE active = 1 OR ?1 = 0 ORDER BY id DESC",
+        )?;
+        let rows = stmt.query_map([only_active], |r| {
+            Ok(RolloutRow {
+                id: u(r.get(0)?),
+                deployment: r.get(1)?,
+                active: r.get(2)?,
+                state_json: r.get(3)?,
+                created_at: r.get(4)?,
+                created_by: r.get(5)?,
+                updated_at: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Appends device events (JSON) and keeps at most `keep_per_device` per device.
     pub fn append_events(
         &mut self,
@@ -386,6 +503,26 @@ mod tests {
         assert_eq!(s.deployments().unwrap().len(), 1);
         assert_eq!(s.next_counter("session").unwrap(), 1);
         assert_eq!(s.next_counter("session").unwrap(), 2);
+    }
+
+    #[test]
+    fn pins_and_rollouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("s.db")).unwrap();
+        s.set_pins("web", &[("d1".into(), Some(1)), ("d2".into(), Some(1))])
+            .unwrap();
+        s.set_pins("web", &[("d1".into(), Some(2)), ("d2".into(), None)])
+            .unwrap();
+        assert_eq!(
+            s.pins().unwrap(),
+            vec![("d1".to_string(), "web".to_string(), 2)]
+        );
+        let id = s.insert_rollout("web", "{}", "alice", "t1").unwrap();
+        assert_eq!(s.rollouts(true).unwrap().len(), 1);
+        s.update_rollout(id, false, "{\"done\":true}", "t2")
+            .unwrap();
+        assert!(s.rollouts(true).unwrap().is_empty());
+        assert_eq!(s.rollouts(false).unwrap()[0].state_json, "{\"done\":true}");
     }
 
     #[test]

@@ -122,3 +122,41 @@ fn a_site_that_empties_gets_a_zeroed_summary() {
     assert_eq!(last[&topics::site_summary("lyon")]["devices"], 0);
     assert_eq!(last[&topics::site_summary("paris")]["devices"], 1);
 }
+
+#[test]
+fn pins_hold_devices_on_a_revision_and_survive_a_restart() {
+    let (c, _rx, dir) = controller();
+    for d in ["d1", "d2"] {
+        c.on_message(
+            &TopicKind::DevicePresence.for_device(d),
+            &presence(d, "lyon"),
+        );
+    }
+    let apply = |image: &str| {
+        let req = ApplyRequest {
+            name: "web".into(),
+            target: "*".into(),
+            compose: format!("services:\n  a:\n    image: {image}\n"),
+        };
+        c.apply(&req, "test").unwrap()
+    };
+    apply("a:1");
+    c.pin("web", &[("d1".into(), Some(1))]).unwrap();
+    apply("a:2");
+    let rev_of = |c: &Controller, d: &str| {
+        c.fleet.get(d).unwrap().desired.unwrap().stacks["web"].deployment_revision
+    };
+    assert_eq!((rev_of(&c, "d1"), rev_of(&c, "d2")), (1, 2));
+    assert!(
+        c.pin("web", &[("d1".into(), Some(9))])
+            .unwrap_err()
+            .to_string()
+            .contains("no revision 9")
+    );
+    c.flush().unwrap();
+    drop(c);
+    let (c, _rx) = Controller::new(Store::open(&dir.path().join("s.db")).unwrap()).unwrap();
+    assert_eq!(rev_of(&c, "d1"), 1, "the pin survives a controller restart");
+    c.pin("web", &[("d1".into(), None)]).unwrap();
+    assert_eq!(rev_of(&c, "d1"), 2, "released to the latest");
+}
