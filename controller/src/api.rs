@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::core::{ApplyError, ApplyRequest, Controller};
 use crate::fleet::DeviceSummary;
+use crate::rollouts::{RolloutError, RolloutView, StartRequest};
 use crate::selector::Selector;
 use crate::store::{RevisionRow, StoreError};
 
@@ -26,6 +27,7 @@ pub const BASE: &str = "/api/v1";
 pub enum ApiError {
     BadRequest(String),
     NotFound(String),
+    Conflict(String),
     Internal(String),
 }
 
@@ -34,6 +36,7 @@ impl IntoResponse for ApiError {
         let (status, msg) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
         };
         (status, Json(json!({ "error": msg }))).into_response()
@@ -53,6 +56,22 @@ impl From<ApplyError> for ApiError {
     fn from(e: ApplyError) -> Self {
         match e {
             ApplyError::Store(s) => s.into(),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+impl From<RolloutError> for ApiError {
+    fn from(e: RolloutError) -> Self {
+        match e {
+            RolloutError::Store(s) => s.into(),
+            RolloutError::Pin(crate::core::PinError::Store(s)) => s.into(),
+            e @ (RolloutError::NotFound(_) | RolloutError::NoDeployment(_)) => {
+                ApiError::NotFound(e.to_string())
+            }
+            e @ (RolloutError::Busy { .. } | RolloutError::BadState { .. }) => {
+                ApiError::Conflict(e.to_string())
+            }
             other => ApiError::BadRequest(other.to_string()),
         }
     }
@@ -80,6 +99,12 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route(
             "/api/v1/deployments/{name}/revisions/{revision}",
             get(revision),
+        )
+        .route("/api/v1/rollouts", get(rollouts).post(start_rollout))
+        .route("/api/v1/rollouts/{id}", get(rollout))
+        .route(
+            "/api/v1/rollouts/{id}/{action}",
+            axum::routing::post(control_rollout),
         )
         .fallback(|| async { ApiError::NotFound("no such API route; see /api/v1/health".into()) })
         .with_state(ctrl)
@@ -251,4 +276,64 @@ async fn revision(
     })?;
     let spec: serde_json::Value = serde_json::from_str(&row.spec_json).unwrap_or_default();
     Ok(Json(json!({ "revision": row, "spec": spec })))
+}
+
+#[derive(Serialize)]
+struct RolloutList {
+    rollouts: Vec<RolloutView>,
+}
+
+async fn rollouts(State(ctrl): Ctx) -> ApiResult<RolloutList> {
+    Ok(Json(RolloutList {
+        rollouts: ctrl.rollouts.list(&ctrl)?,
+    }))
+}
+
+async fn start_rollout(
+    State(ctrl): Ctx,
+    body: Result<Json<StartRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    let view = ctrl.rollouts.start(&ctrl, &req, "api")?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+fn rollout_id(
+    path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+) -> Result<u64, ApiError> {
+    path.map(|Path(id)| id).map_err(|_| {
+        ApiError::BadRequest(
+            "a rollout id is a whole number; list them with 'edgefleet rollout list'".into(),
+        )
+    })
+}
+
+async fn rollout(
+    State(ctrl): Ctx,
+    path: Result<Path<u64>, axum::extract::rejection::PathRejection>,
+) -> ApiResult<RolloutView> {
+    let id = rollout_id(path)?;
+    Ok(Json(ctrl.rollouts.get(&ctrl, id)?))
+}
+
+async fn control_rollout(
+    State(ctrl): Ctx,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult<RolloutView> {
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::BadRequest(
+            "a rollout id is a whole number; list them with 'edgefleet rollout list'".into(),
+        )
+    })?;
+    let action: &'static str = match action.as_str() {
+        "pause" => "pause",
+        "resume" => "resume",
+        "abort" => "abort",
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "no rollout action '{other}' (pause, resume, abort)"
+            )));
+        }
+    };
+    Ok(Json(ctrl.rollouts.control(&ctrl, id, action)?))
 }

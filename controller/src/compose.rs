@@ -30,7 +30,12 @@ pub const SUPPORTED_SERVICE_KEYS: [&str; 11] = [
 ];
 
 /// Top-level keys accepted. `version` and `name` are informational in Compose and ignored.
-const TOP_LEVEL_KEYS: [&str; 4] = ["services", "volumes", "version", "name"];
+const TOP_LEVEL_KEYS: [&str; 5] = ["services", "volumes", "version", "name", ROLLOUT_KEY];
+
+/// Top-level extension key holding the deployment's rollout strategy. Its presence makes
+/// `apply` staged: devices already running the deployment stay on their revision until a
+/// rollout moves them.
+pub const ROLLOUT_KEY: &str = "x-edgefleet-rollout";
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ComposeError {
@@ -39,9 +44,11 @@ pub enum ComposeError {
     #[error("the Compose file must be a mapping with a 'services' key")]
     NotAMapping,
     #[error(
-        "top-level key '{0}' is not supported (supported: services, volumes; version and name are ignored)"
+        "top-level key '{0}' is not supported (supported: services, volumes, x-edgefleet-rollout; version and name are ignored)"
     )]
     TopLevelKey(String),
+    #[error("{ROLLOUT_KEY}: {0}")]
+    Rollout(String),
     #[error("the Compose file defines no services")]
     NoServices,
     #[error("service '{service}': key '{key}' is not supported by edgefleet (supported: {supported})", supported = SUPPORTED_SERVICE_KEYS.join(", "))]
@@ -67,6 +74,8 @@ pub enum ComposeError {
 pub struct ComposeStack {
     pub services: BTreeMap<String, ServiceSpec>,
     pub volumes: Vec<String>,
+    /// The validated `x-edgefleet-rollout` strategy, if the file has one.
+    pub rollout: Option<crate::rollout::strategy::Strategy>,
 }
 
 impl ComposeStack {
@@ -136,7 +145,21 @@ pub fn parse(yaml: &str) -> Result<ComposeStack, ComposeError> {
         }
         services.insert(name, svc);
     }
-    let stack = ComposeStack { services, volumes };
+    let rollout = match top.get(ROLLOUT_KEY) {
+        None => None,
+        Some(v) => {
+            let text = serde_yaml::to_string(v).unwrap_or_default();
+            Some(
+                crate::rollout::strategy::Strategy::from_yaml(&text)
+                    .map_err(|e| ComposeError::Rollout(e.to_string()))?,
+            )
+        }
+    };
+    let stack = ComposeStack {
+        services,
+        volumes,
+        rollout,
+    };
     stack
         .clone()
         .into_stack_spec("check", 0)

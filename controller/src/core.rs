@@ -70,6 +70,9 @@ pub struct ApplyOutcome {
     pub target: String,
     /// Known devices the deployment targets now.
     pub devices: Vec<String>,
+    /// Staged apply (`x-edgefleet-rollout`): devices held on their current revision until a
+    /// rollout moves them.
+    pub held: Vec<String>,
 }
 
 /// The stored form of a revision's spec: what `changed` compares.
@@ -77,6 +80,8 @@ pub struct ApplyOutcome {
 struct StoredSpec {
     volumes: Vec<String>,
     services: BTreeMap<String, ServiceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rollout: Option<crate::rollout::strategy::Strategy>,
 }
 
 /// Something to put on the bus.
@@ -99,6 +104,8 @@ pub struct Controller {
     outgoing: mpsc::UnboundedSender<Outgoing>,
     queued: DashSet<String>,
     events: Mutex<Vec<(String, String, String)>>,
+    /// Rollouts in progress (and the way to start and control them).
+    pub rollouts: crate::rollouts::Rollouts,
     /// Site summaries as last published (without `updated_at`).
     published_sites: Mutex<BTreeMap<String, SiteSummary>>,
     pub started: Instant,
@@ -143,6 +150,7 @@ impl Controller {
             }
         }
         let fleet = Fleet::load(&store.devices()?);
+        let rollouts = crate::rollouts::Rollouts::load(&store)?;
         let (tx, rx) = mpsc::unbounded_channel();
         Ok((
             Controller {
@@ -154,6 +162,7 @@ impl Controller {
                 outgoing: tx,
                 queued: DashSet::new(),
                 events: Mutex::new(Vec::new()),
+                rollouts,
                 published_sites: Mutex::new(BTreeMap::new()),
                 started: Instant::now(),
             },
@@ -178,6 +187,7 @@ impl Controller {
         let spec = StoredSpec {
             volumes: parsed.volumes.clone(),
             services: parsed.services.clone(),
+            rollout: parsed.rollout.clone(),
         };
         let spec_json = serde_json::to_string(&spec).unwrap_or_default();
         let target = selector.to_string();
@@ -209,8 +219,15 @@ impl Controller {
                 ),
             }
         };
+        let mut held = Vec::new();
         if changed {
             tracing::info!(deployment = %req.name, revision, %target, by, "deployment revision recorded");
+            if parsed.rollout.is_some() {
+                held = self.hold_current(&req.name)?;
+            } else {
+                // Not staged: every device moves to the new revision now.
+                self.release_pins(&req.name, |_| true)?;
+            }
             let mut book = self.book.write().unwrap_or_else(|p| p.into_inner());
             book.deployments.insert(
                 req.name.clone(),
@@ -229,7 +246,86 @@ impl Controller {
             changed,
             target,
             devices: self.targets(&selector),
+            held,
         })
+    }
+
+    /// Removes the pins of a deployment that `which(revision)` selects (store, then book).
+    fn release_pins(&self, name: &str, which: impl Fn(u64) -> bool) -> Result<(), StoreError> {
+        let pins: Vec<(String, Option<u64>)> = self
+            .book()
+            .pins
+            .iter()
+            .filter(|((_, dep), rev)| dep == name && which(**rev))
+            .map(|((device, _), _)| (device.clone(), None))
+            .collect();
+        if pins.is_empty() {
+            return Ok(());
+        }
+        self.store().set_pins(name, &pins)?;
+        let mut book = self.book.write().unwrap_or_else(|p| p.into_inner());
+        for (device, _) in &pins {
+            book.pins.remove(&(device.clone(), name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// After a successful rollout to the latest revision: drop the pins that equal it.
+    pub fn release_pins_at_latest(&self, name: &str) -> Result<(), StoreError> {
+        let _change = lock(&self.change_lock);
+        let latest = self.book().deployments.get(name).map(|d| d.revision);
+        if let Some(latest) = latest {
+            self.release_pins(name, |rev| rev == latest)?;
+        }
+        Ok(())
+    }
+
+    /// Staged apply: pins every device that runs the deployment to the revision it runs now,
+    /// so the new revision reaches it only through a rollout. Returns the devices held.
+    /// Called with `change_lock` held, before the book moves to the new revision.
+    fn hold_current(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        let mut pins = Vec::new();
+        let mut stacks = Vec::new();
+        {
+            let book = self.book();
+            for d in self.fleet.devices.iter() {
+                let Some(rev) = d
+                    .desired
+                    .as_ref()
+                    .and_then(|x| x.stacks.get(name))
+                    .map(|s| s.deployment_revision)
+                else {
+                    continue;
+                };
+                if book.pins.contains_key(&(d.key().clone(), name.to_owned())) {
+                    continue;
+                }
+                if let Some(stack) = d.desired.as_ref().and_then(|x| x.stacks.get(name)) {
+                    stacks.push(((name.to_owned(), rev), stack.clone()));
+                }
+                pins.push((d.key().clone(), Some(rev)));
+            }
+        }
+        if pins.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store().set_pins(name, &pins)?;
+        let mut book = self.book.write().unwrap_or_else(|p| p.into_inner());
+        book.pinned_stacks.extend(stacks);
+        let mut held = Vec::new();
+        for (device, rev) in pins {
+            if let Some(r) = rev {
+                book.pins.insert((device.clone(), name.to_owned()), r);
+                held.push(device);
+            }
+        }
+        held.sort();
+        tracing::info!(
+            deployment = name,
+            devices = held.len(),
+            "staged apply: devices held on their revision until a rollout"
+        );
+        Ok(held)
     }
 
     /// Deletes a deployment: its stacks leave every device's desired document. Returns the
@@ -242,6 +338,7 @@ impl Controller {
         {
             return Ok(None);
         }
+        self.release_pins(name, |_| true)?;
         let removed = self
             .book
             .write()

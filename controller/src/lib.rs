@@ -13,6 +13,8 @@
 //! - [`fleet`]: the live fleet view (DashMap), flushed to the store.
 //! - [`sites`]: per-site summaries (counts, alarms) for SCADA screens.
 //! - [`core`]: the controller's operations (apply, delete, refresh, take in bus messages).
+//! - [`rollout`] (pure: strategy, windows, waves, gate, state machine) and [`rollouts`]
+//!   (running them: persisted state, the gated loop, operator controls).
 //! - [`bus`]: the MQTT link and publish queue.
 //! - [`api`]: the HTTP JSON API.
 //! - [`cli`]: the `edgefleet` client commands (talk to the API).
@@ -26,6 +28,7 @@ pub mod compose;
 pub mod core;
 pub mod fleet;
 pub mod rollout;
+pub mod rollouts;
 pub mod selector;
 pub mod sites;
 pub mod store;
@@ -151,6 +154,7 @@ async fn housekeeping(
             tracing::error!("cannot save the fleet view: {e}");
         }
         ctrl.queue_site_summaries();
+        ctrl.rollouts.tick(&ctrl);
         if n.is_multiple_of(5) {
             for id in ctrl.lagging(config.republish_after) {
                 tracing::info!(device = %id, "device has not reported its desired revision: republishing");
