@@ -141,8 +141,8 @@ fn pins_hold_devices_on_a_revision_and_survive_a_restart() {
         c.apply(&req, "test").unwrap()
     };
     apply("a:1");
-    c.pin("web", &[("d1".into(), Some(1))]).unwrap();
     apply("a:2");
+    c.pin("web", &[("d1".into(), Some(1))]).unwrap();
     let rev_of = |c: &Controller, d: &str| {
         c.fleet.get(d).unwrap().desired.unwrap().stacks["web"].deployment_revision
     };
@@ -159,4 +159,11 @@ fn pins_hold_devices_on_a_revision_and_survive_a_restart() {
     assert_eq!(rev_of(&c, "d1"), 1, "the pin survives a controller restart");
     c.pin("web", &[("d1".into(), None)]).unwrap();
     assert_eq!(rev_of(&c, "d1"), 2, "released to the latest");
+    c.pin("web", &[("d2".into(), Some(1))]).unwrap();
+    apply("a:3");
+    assert_eq!(
+        rev_of(&c, "d2"),
+        3,
+        "an apply that is not staged moves every device, pinned or not"
+    );
 }
