@@ -132,7 +132,7 @@ fn pins_hold_devices_on_a_revision_and_survive_a_restart() {
             &presence(d, "lyon"),
         );
     }
-    let apply = |image: &str| {
+    let apply = |c: &Controller, image: &str| {
         let req = ApplyRequest {
             name: "web".into(),
             target: "*".into(),
@@ -140,8 +140,8 @@ fn pins_hold_devices_on_a_revision_and_survive_a_restart() {
         };
         c.apply(&req, "test").unwrap()
     };
-    apply("a:1");
-    apply("a:2");
+    apply(&c, "a:1");
+    apply(&c, "a:2");
     c.pin("web", &[("d1".into(), Some(1))]).unwrap();
     let rev_of = |c: &Controller, d: &str| {
         c.fleet.get(d).unwrap().desired.unwrap().stacks["web"].deployment_revision
@@ -160,7 +160,7 @@ fn pins_hold_devices_on_a_revision_and_survive_a_restart() {
     c.pin("web", &[("d1".into(), None)]).unwrap();
     assert_eq!(rev_of(&c, "d1"), 2, "released to the latest");
     c.pin("web", &[("d2".into(), Some(1))]).unwrap();
-    apply("a:3");
+    apply(&c, "a:3");
     assert_eq!(
         rev_of(&c, "d2"),
         3,
