@@ -58,6 +58,9 @@ pub enum Command {
     /// Delete a deployment: its containers are removed from every device it targets.
     #[command(subcommand)]
     Delete(DeleteCommand),
+    /// Staged rollouts: start one, watch it, pause, resume or abort it.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +124,94 @@ pub enum GetCommand {
     Deployments,
     /// One deployment: its revisions and current Compose file.
     Deployment { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Move a deployment's devices to a revision in waves, gated on container health.
+    /// Strategy flags override the deployment file's `x-edgefleet-rollout`.
+    Start(Box<RolloutStart>),
+    /// Progress of a rollout, wave by wave (`--watch`: follow it live until it ends or pauses).
+    Status {
+        id: u64,
+        /// Follow the rollout (progress bar on a terminal) until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// All rollouts, newest first.
+    List,
+    /// Stop moving further devices; devices in flight finish.
+    Pause { id: u64 },
+    /// Continue a paused rollout.
+    Resume { id: u64 },
+    /// End the rollout: no further device moves; every device stays on one consistent revision.
+    Abort { id: u64 },
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutStart {
+    /// Deployment to roll out.
+    pub deployment: String,
+    /// Target revision (default: the latest).
+    #[arg(long)]
+    pub revision: Option<u64>,
+    /// Devices in the first wave.
+    #[arg(long)]
+    pub canary: Option<u32>,
+    /// Devices per following wave: a count (2) or a share (25%).
+    #[arg(long)]
+    pub batch: Option<String>,
+    /// Failures tolerated before --on-failure applies: a count or a share.
+    #[arg(long)]
+    pub max_failures: Option<String>,
+    /// Time a device has to become healthy (e.g. 5m).
+    #[arg(long)]
+    pub health_timeout: Option<String>,
+    /// How long a device must stay healthy to count as a success (e.g. 30s).
+    #[arg(long)]
+    pub soak: Option<String>,
+    /// On too many failures: pause or rollback.
+    #[arg(long)]
+    pub on_failure: Option<String>,
+    /// A device offline when its wave comes: wait, skip or fail.
+    #[arg(long)]
+    pub offline: Option<String>,
+    /// How long `--offline wait` waits (e.g. 10m).
+    #[arg(long)]
+    pub offline_timeout: Option<String>,
+    /// Order devices by site, area or line.
+    #[arg(long)]
+    pub order_by: Option<String>,
+    /// Never two devices of the same site, area or line in one wave.
+    #[arg(long)]
+    pub one_per: Option<String>,
+}
+
+impl RolloutStart {
+    /// The strategy overrides as the API takes them (only the flags given).
+    pub fn overrides(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        if let Some(c) = self.canary {
+            m.insert("canary".into(), json!(c));
+        }
+        let text = [
+            ("batch", &self.batch),
+            ("max_failures", &self.max_failures),
+            ("health_timeout", &self.health_timeout),
+            ("soak", &self.soak),
+            ("on_failure", &self.on_failure),
+            ("offline", &self.offline),
+            ("offline_timeout", &self.offline_timeout),
+            ("order_by", &self.order_by),
+            ("one_per", &self.one_per),
+        ];
+        for (k, v) in text {
+            if let Some(v) = v {
+                m.insert(k.into(), json!(v));
+            }
+        }
+        Value::Object(m)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,6 +313,35 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
         Command::Delete(DeleteCommand::Deployment { name }) => (
             api.delete(&format!("/api/v1/deployments/{name}")).await?,
             render_delete,
+        ),
+        Command::Rollout(RolloutCommand::Start(r)) => {
+            let body = json!({ "deployment": r.deployment, "revision": r.revision, "strategy": r.overrides() });
+            (api.post("/api/v1/rollouts", &body).await?, render_rollout)
+        }
+        Command::Rollout(RolloutCommand::Status { id, watch: false }) => (
+            api.get(&format!("/api/v1/rollouts/{id}")).await?,
+            render_rollout,
+        ),
+        Command::Rollout(RolloutCommand::Status { id, watch: true }) => {
+            (watch_rollout(&api, *id, cli.json).await?, render_rollout)
+        }
+        Command::Rollout(RolloutCommand::List) => {
+            (api.get("/api/v1/rollouts").await?, render_rollouts)
+        }
+        Command::Rollout(RolloutCommand::Pause { id }) => (
+            api.post(&format!("/api/v1/rollouts/{id}/pause"), &json!({}))
+                .await?,
+            render_rollout,
+        ),
+        Command::Rollout(RolloutCommand::Resume { id }) => (
+            api.post(&format!("/api/v1/rollouts/{id}/resume"), &json!({}))
+                .await?,
+            render_rollout,
+        ),
+        Command::Rollout(RolloutCommand::Abort { id }) => (
+            api.post(&format!("/api/v1/rollouts/{id}/abort"), &json!({}))
+                .await?,
+            render_rollout,
         ),
         Command::Gateway(_) | Command::Controller(_) | Command::Broker(_) => {
             bail!("not a client command")
@@ -457,4 +577,145 @@ fn render_delete(v: &Value) -> String {
         s(v, "name"),
         devices.len()
     )
+}
+
+fn rollout_state(v: &Value) -> String {
+    let state = v
+        .pointer("/state/state")
+        .and_then(Value::as_str)
+        .unwrap_or("-");
+    match v.pointer("/state/reason").and_then(Value::as_str) {
+        Some(r) => format!("{state}: {r}"),
+        None => state.to_owned(),
+    }
+}
+
+fn render_rollout(v: &Value) -> String {
+    let mut out = format!(
+        "rollout {}  {} revision {} → {}  {}\n{} succeeded, {} failed, {} in flight",
+        n(v, "id"),
+        s(v, "deployment"),
+        n(v, "from_revision"),
+        n(v, "to_revision"),
+        rollout_state(v),
+        n(v, "succeeded"),
+        n(v, "failures"),
+        n(v, "in_flight"),
+    );
+    if let Some(w) = v.get("waiting").and_then(Value::as_str) {
+        out += &format!("\nwaiting: {w}");
+    }
+    let mut t = table(&["WAVE", "DEVICE", "PHASE", "REASON"]);
+    let current = n(v, "current_wave");
+    for (i, wave) in v
+        .get("waves")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        for d in wave
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            let phase = v
+                .pointer(&format!("/devices/{d}"))
+                .cloned()
+                .unwrap_or_default();
+            let label = if i == 0 {
+                "canary".to_owned()
+            } else {
+                format!("{i}{}", if i as u64 == current { " ◀" } else { "" })
+            };
+            t.add_row(vec![
+                label,
+                d.to_owned(),
+                s(&phase, "phase").to_owned(),
+                s(&phase, "reason").to_owned(),
+            ]);
+        }
+    }
+    format!("{out}\n{t}")
+}
+
+fn render_rollouts(v: &Value) -> String {
+    let mut t = table(&["ID", "DEPLOYMENT", "REVISIONS", "STATE", "DEVICES", "BY"]);
+    let all = v
+        .get("rollouts")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for r in &all {
+        let devices = r
+            .get("devices")
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.len());
+        t.add_row(vec![
+            n(r, "id").to_string(),
+            s(r, "deployment").to_owned(),
+            format!("{} → {}", n(r, "from_revision"), n(r, "to_revision")),
+            rollout_state(r),
+            devices.to_string(),
+            s(r, "created_by").to_owned(),
+        ]);
+    }
+    format!("{t}\n{} rollout(s)", all.len())
+}
+
+/// Follows a rollout until it stops running (ends or pauses): a progress bar on a terminal, one line per change
+/// otherwise (or nothing until the end with --json). Returns the final state.
+async fn watch_rollout(api: &ApiClient, id: u64, json_out: bool) -> anyhow::Result<Value> {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal() && !json_out;
+    let bar = indicatif::ProgressBar::new(0);
+    if tty {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:40}] {pos}/{len} devices  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut last = String::new();
+    loop {
+        let v = api.get(&format!("/api/v1/rollouts/{id}")).await?;
+        let total = v
+            .get("devices")
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.len() as u64);
+        let done = v.get("devices").and_then(Value::as_object).map_or(0, |m| {
+            m.values()
+                .filter(|p| matches!(s(p, "phase"), "succeeded" | "failed" | "skipped"))
+                .count() as u64
+        });
+        let line = format!(
+            "wave {}  {}{}",
+            n(&v, "current_wave"),
+            rollout_state(&v),
+            v.get("waiting")
+                .and_then(Value::as_str)
+                .map(|w| format!("  ({w})"))
+                .unwrap_or_default()
+        );
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(line.clone());
+        if !tty && !json_out && line != last {
+            eprintln!("{done}/{total} devices  {line}");
+        }
+        last = line;
+        let state = v
+            .pointer("/state/state")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if state != "running" {
+            bar.finish();
+            return Ok(v);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
