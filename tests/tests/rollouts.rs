@@ -142,3 +142,70 @@ async fn rollouts_move_in_waves_and_a_bad_canary_is_rolled_back() {
         "the rollback is recorded"
     );
 }
+
+/// The controller (here the whole gateway) is SIGKILLed in the middle of a rollout and
+/// restarted: the rollout resumes from the store and completes, and no device already moved
+/// is moved again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_resumes_after_the_gateway_is_killed_mid_way() {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let ids: Vec<String> = (0..5).map(|_| unique_id("resume")).collect();
+    let _cleanup = Cleanup(ids.clone());
+    let mut gw = Gateway::start(dir);
+    let api = gw.api();
+    let _agents: Vec<Agent> = ids
+        .iter()
+        .map(|id| Agent::start(dir, id, "site=k", &gw.broker_url()))
+        .collect();
+    for id in &ids {
+        api.wait_connection(id, "online", T).await;
+    }
+    let staged = |image: &str| {
+        stack(image)
+            .replace("batch: 2", "batch: 1")
+            .replace("soak: 2s", "soak: 3s")
+    };
+    api.apply(dir, "web", "site=k", &staged(APP_V1));
+    wait_all_on(&ids, APP_V1, &api).await;
+    api.apply(dir, "web", "site=k", &staged(APP_V2));
+    let out = api.cli(&["--json", "rollout", "start", "web"]);
+    assert!(out.success, "{out:?}");
+    let id = out.json()["id"].as_u64().expect("id").to_string();
+
+    // Kill once at least two devices have moved and the rollout is not finished.
+    let moved_before: BTreeMap<String, (String, String)> =
+        wait::until("two devices moved", T, || async {
+            let moved: BTreeMap<_, _> = running(&ids)
+                .into_iter()
+                .filter(|(_, (_, img))| img == APP_V2)
+                .collect();
+            let r = api.get(&format!("/api/v1/rollouts/{id}")).await?;
+            if moved.len() >= 2 && r["state"]["state"] == "running" {
+                Ok(moved)
+            } else {
+                Err(format!("{} moved, {}", moved.len(), r["state"]))
+            }
+        })
+        .await;
+    gw.proc.kill9();
+    gw.proc.start();
+    gw.wait_ready();
+
+    let done = api.cli(&["--json", "rollout", "status", &id, "--watch"]);
+    assert!(done.success, "{done:?}");
+    assert_eq!(
+        done.json()["state"]["state"],
+        "succeeded",
+        "{}",
+        done.stdout
+    );
+    let after = wait_all_on(&ids, APP_V2, &api).await;
+    for (device, before) in &moved_before {
+        assert_eq!(
+            &after[device], before,
+            "{device} was moved before the kill and must not be moved again"
+        );
+    }
+}
