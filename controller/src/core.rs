@@ -487,6 +487,12 @@ impl Controller {
         }
         lock(&self.published_sites).clear();
         self.queue_site_summaries();
+        self.rollouts.publish_recent(self);
+    }
+
+    /// Queues a retained document as it is.
+    pub fn queue_retained(&self, topic: String, payload: Vec<u8>) {
+        let _ = self.outgoing.send(Outgoing::Retained { topic, payload });
     }
 
     /// Queues the site summaries that changed since they were last published.
@@ -554,7 +560,10 @@ impl Controller {
                     self.queue_desired(device);
                 }
             }),
-            TopicKind::DeviceDesired | TopicKind::ControllerPresence | TopicKind::SiteSummary => Ok(()),
+            TopicKind::DeviceDesired
+            | TopicKind::ControllerPresence
+            | TopicKind::SiteSummary
+            | TopicKind::RolloutStatus => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(device, topic, "refused a message from the bus: {e}");

@@ -199,7 +199,9 @@ impl Rollouts {
         )?;
         tracing::info!(rollout = id, deployment = %req.deployment, from, to, devices = candidates.len(), by, "rollout started");
         lock(&self.active).insert(id, (by.to_owned(), rollout.clone()));
-        Ok(view(id, by, rollout))
+        let v = view(id, by, rollout);
+        publish(ctrl, &v);
+        Ok(v)
     }
 
     /// One pass of the gated loop over every active rollout.
@@ -278,14 +280,16 @@ impl Rollouts {
         };
         let rollout = Rollout::new(deployment, from, to, strategy, vec![devices]);
         let json = serde_json::to_string(&rollout).unwrap_or_default();
+        let by = format!("rollback ({by})");
         let id = ctrl.store().insert_rollout(
             deployment,
             &json,
-            &format!("rollback ({by})"),
+            &by,
             &edgefleet_protocol::now_rfc3339(),
         )?;
         tracing::warn!(rollout = id, deployment, to, "rollback started");
-        lock(&self.active).insert(id, (format!("rollback ({by})"), rollout));
+        publish(ctrl, &view(id, &by, rollout.clone()));
+        lock(&self.active).insert(id, (by, rollout));
         Ok(())
     }
 
@@ -296,6 +300,7 @@ impl Rollouts {
         by: &str,
         rollout: Rollout,
     ) -> Result<(), RolloutError> {
+        publish(ctrl, &view(id, by, rollout.clone()));
         let finished = matches!(
             rollout.state,
             RolloutState::Succeeded | RolloutState::Failed { .. } | RolloutState::Aborted
@@ -375,6 +380,15 @@ impl Rollouts {
             .collect())
     }
 
+    /// Publishes the 20 newest rollouts again (after a reconnect: the broker may have lost
+    /// its retained messages).
+    pub fn publish_recent(&self, ctrl: &Controller) {
+        match self.list(ctrl) {
+            Ok(all) => all.iter().take(20).for_each(|v| publish(ctrl, v)),
+            Err(e) => tracing::error!("cannot read rollouts to republish them: {e}"),
+        }
+    }
+
     pub fn get(&self, ctrl: &Controller, id: u64) -> Result<RolloutView, RolloutError> {
         if let Some((by, r)) = lock(&self.active).get(&id).cloned() {
             return Ok(view(id, &by, r));
@@ -384,6 +398,25 @@ impl Rollouts {
             .find(|v| v.id == id)
             .ok_or(RolloutError::NotFound(id))
     }
+}
+
+/// Retained on `edgefleet/v1/rollouts/{id}/status`: the API's document plus `schema`.
+fn publish(ctrl: &Controller, v: &RolloutView) {
+    let mut doc = serde_json::to_value(v).unwrap_or_default();
+    if let Some(m) = doc.as_object_mut() {
+        m.insert(
+            "schema".into(),
+            serde_json::json!(edgefleet_protocol::SCHEMA_VERSION),
+        );
+        m.insert(
+            "updated_at".into(),
+            serde_json::json!(edgefleet_protocol::now_rfc3339()),
+        );
+    }
+    ctrl.queue_retained(
+        edgefleet_protocol::topics::rollout_status(v.id),
+        edgefleet_protocol::codec::encode(&doc),
+    );
 }
 
 fn view(id: u64, by: &str, rollout: Rollout) -> RolloutView {

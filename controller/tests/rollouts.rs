@@ -122,7 +122,7 @@ fn running_revisions(c: &Controller) -> BTreeMap<String, u64> {
 
 #[test]
 fn staged_apply_holds_devices_and_a_rollout_moves_them_wave_by_wave() {
-    let (c, _rx, _dir) = setup();
+    let (c, mut rx, _dir) = setup();
     apply(&c, "app:1");
     agents_report(&c);
     let out = apply(&c, "app:2");
@@ -187,6 +187,22 @@ fn staged_apply_holds_devices_and_a_rollout_moves_them_wave_by_wave() {
         serde_json::to_value(&done.rollout.state).unwrap()["state"],
         "succeeded"
     );
+    // Every change went to the rollout's retained topic; the last one says it succeeded.
+    let topic = edgefleet_protocol::topics::rollout_status(view.id);
+    let mut published = Vec::new();
+    while let Ok(job) = rx.try_recv() {
+        if let Outgoing::Retained { topic: t, payload } = job
+            && t == topic
+        {
+            published.push(serde_json::from_slice::<serde_json::Value>(&payload).unwrap());
+        }
+    }
+    assert!(
+        published.len() > 3,
+        "{} progress documents",
+        published.len()
+    );
+    assert_eq!(published.last().unwrap()["state"]["state"], "succeeded");
 }
 
 #[test]

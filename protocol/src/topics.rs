@@ -30,10 +30,11 @@ pub enum TopicKind {
     DeviceSync,
     ControllerPresence,
     SiteSummary,
+    RolloutStatus,
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 7] = [
+    pub const ALL: [TopicKind; 8] = [
         TopicKind::DeviceDesired,
         TopicKind::DeviceStatus,
         TopicKind::DevicePresence,
@@ -41,6 +42,7 @@ impl TopicKind {
         TopicKind::DeviceSync,
         TopicKind::ControllerPresence,
         TopicKind::SiteSummary,
+        TopicKind::RolloutStatus,
     ];
 
     /// The topic with `{device}` as placeholder, as written in topics.md.
@@ -53,6 +55,7 @@ impl TopicKind {
             TopicKind::DeviceSync => "edgefleet/v1/devices/{device}/sync",
             TopicKind::ControllerPresence => "edgefleet/v1/controller/presence",
             TopicKind::SiteSummary => "edgefleet/v1/fleet/sites/{site}/summary",
+            TopicKind::RolloutStatus => "edgefleet/v1/rollouts/{rollout}/status",
         }
     }
 
@@ -65,6 +68,7 @@ impl TopicKind {
                 | TopicKind::DevicePresence
                 | TopicKind::ControllerPresence
                 | TopicKind::SiteSummary
+                | TopicKind::RolloutStatus
         )
     }
 
@@ -75,7 +79,9 @@ impl TopicKind {
                 Direction::AgentToAll
             }
             TopicKind::DeviceSync => Direction::AgentToController,
-            TopicKind::ControllerPresence | TopicKind::SiteSummary => Direction::ControllerToAll,
+            TopicKind::ControllerPresence | TopicKind::SiteSummary | TopicKind::RolloutStatus => {
+                Direction::ControllerToAll
+            }
         }
     }
 
@@ -86,7 +92,9 @@ impl TopicKind {
             TopicKind::DevicePresence => Some("presence"),
             TopicKind::DeviceEvents => Some("events"),
             TopicKind::DeviceSync => Some("sync"),
-            TopicKind::ControllerPresence | TopicKind::SiteSummary => None,
+            TopicKind::ControllerPresence | TopicKind::SiteSummary | TopicKind::RolloutStatus => {
+                None
+            }
         }
     }
 
@@ -121,6 +129,13 @@ pub fn controller_presence() -> String {
 /// devices without a `site` label count under [`UNASSIGNED_SITE`].
 pub fn site_summary(site: &str) -> String {
     TopicKind::SiteSummary.template().replace("{site}", site)
+}
+
+/// Topic of a rollout's retained progress document.
+pub fn rollout_status(id: u64) -> String {
+    TopicKind::RolloutStatus
+        .template()
+        .replace("{rollout}", &id.to_string())
 }
 
 /// Site name used for devices that carry no `site` label.
@@ -162,7 +177,7 @@ mod tests {
     fn build_and_parse_round_trip() {
         for kind in TopicKind::ALL
             .into_iter()
-            .filter(|k| *k != TopicKind::SiteSummary)
+            .filter(|k| !matches!(k, TopicKind::SiteSummary | TopicKind::RolloutStatus))
         {
             let topic = kind.for_device("press-07");
             let parsed = parse(&topic).expect("parses");

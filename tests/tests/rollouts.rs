@@ -105,6 +105,12 @@ async fn rollouts_move_in_waves_and_a_bad_canary_is_rolled_back() {
         .collect();
     assert_eq!(sizes, vec![1, 2, 2]);
     let v2 = wait_all_on(&ids, APP_V2, &api).await;
+    // SCADA sees the same progress, retained, on the rollout's topic.
+    let topic = edgefleet_protocol::topics::rollout_status(done["id"].as_u64().expect("id"));
+    let retained =
+        edgefleet_tests::mqtt::retained(gw.mqtt_port, &topic, 5).expect("retained rollout status");
+    assert_eq!(retained["schema"], 1);
+    assert_eq!(retained["state"]["state"], "succeeded", "{retained}");
 
     // A broken revision: the canary fails, is rolled back; nobody else is touched.
     api.apply(dir, "web", "site=r", &stack(APP_BROKEN));
