@@ -100,6 +100,11 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
             "/api/v1/deployments/{name}/revisions/{revision}",
             get(revision),
         )
+        .route("/api/v1/windows", get(windows))
+        .route(
+            "/api/v1/windows/{site}",
+            axum::routing::put(set_window).delete(clear_window),
+        )
         .route("/api/v1/rollouts", get(rollouts).post(start_rollout))
         .route("/api/v1/rollouts/{id}", get(rollout))
         .route(
@@ -336,4 +341,56 @@ async fn control_rollout(
         }
     };
     Ok(Json(ctrl.rollouts.control(&ctrl, id, action)?))
+}
+
+#[derive(serde::Deserialize)]
+struct WindowBody {
+    /// `Mon-Fri 22:00-04:00`
+    window: String,
+    /// IANA time zone, e.g. `Europe/Paris`.
+    tz: String,
+}
+
+impl From<crate::core::SiteWindowError> for ApiError {
+    fn from(e: crate::core::SiteWindowError) -> Self {
+        match e {
+            crate::core::SiteWindowError::Store(s) => s.into(),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+async fn windows(State(ctrl): Ctx) -> ApiResult<serde_json::Value> {
+    let stored = ctrl.store().site_windows()?;
+    let parsed = ctrl.site_windows()?;
+    let now = jiff::Timestamp::now();
+    let list: Vec<_> = stored
+        .into_iter()
+        .map(|(site, spec, tz)| {
+            let open = parsed.get(&site).map(|w| w.is_open(now));
+            let next = parsed
+                .get(&site)
+                .and_then(|w| w.next_open(now))
+                .map(|t| t.to_string());
+            json!({ "site": site, "window": spec, "tz": tz, "open_now": open, "next_open": next })
+        })
+        .collect();
+    Ok(Json(json!({ "windows": list })))
+}
+
+async fn set_window(
+    State(ctrl): Ctx,
+    Path(site): Path<String>,
+    body: Result<Json<WindowBody>, JsonRejection>,
+) -> ApiResult<serde_json::Value> {
+    let Json(b) = body?;
+    ctrl.set_site_window(&site, Some((&b.window, &b.tz)))?;
+    Ok(Json(
+        json!({ "site": site, "window": b.window, "tz": b.tz }),
+    ))
+}
+
+async fn clear_window(State(ctrl): Ctx, Path(site): Path<String>) -> ApiResult<serde_json::Value> {
+    ctrl.set_site_window(&site, None)?;
+    Ok(Json(json!({ "site": site, "window": null })))
 }

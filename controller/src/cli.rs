@@ -58,6 +58,9 @@ pub enum Command {
     /// Delete a deployment: its containers are removed from every device it targets.
     #[command(subcommand)]
     Delete(DeleteCommand),
+    /// Maintenance windows per site: rollout waves wait for them.
+    #[command(subcommand)]
+    Window(WindowCommand),
     /// Staged rollouts: start one, watch it, pause, resume or abort it.
     #[command(subcommand)]
     Rollout(RolloutCommand),
@@ -124,6 +127,24 @@ pub enum GetCommand {
     Deployments,
     /// One deployment: its revisions and current Compose file.
     Deployment { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WindowCommand {
+    /// Set a site's window, e.g. `edgefleet window set lyon 'Mon-Fri 22:00-04:00' --tz Europe/Paris`.
+    /// A window ending before it starts runs past midnight.
+    Set {
+        site: String,
+        /// DAYS HH:MM-HH:MM (days: Mon-Fri, Sat,Sun, daily).
+        window: String,
+        /// IANA time zone of the site.
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+    },
+    /// Remove a site's window (its devices can be updated at any time).
+    Clear { site: String },
+    /// List the windows and whether each is open now.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,6 +298,11 @@ impl ApiClient {
             .await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.delete(format!("{}{path}", self.base)))
             .await
@@ -325,6 +351,26 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
         Command::Rollout(RolloutCommand::Status { id, watch: true }) => {
             (watch_rollout(&api, *id, cli.json).await?, render_rollout)
         }
+        Command::Window(WindowCommand::Set { site, window, tz }) => (
+            api.put(
+                &format!("/api/v1/windows/{site}"),
+                &json!({ "window": window, "tz": tz }),
+            )
+            .await?,
+            |v: &Value| {
+                format!(
+                    "site {}: maintenance window '{}' ({})",
+                    s(v, "site"),
+                    s(v, "window"),
+                    s(v, "tz")
+                )
+            },
+        ),
+        Command::Window(WindowCommand::Clear { site }) => (
+            api.delete(&format!("/api/v1/windows/{site}")).await?,
+            |v: &Value| format!("site {}: no maintenance window", s(v, "site")),
+        ),
+        Command::Window(WindowCommand::List) => (api.get("/api/v1/windows").await?, render_windows),
         Command::Rollout(RolloutCommand::List) => {
             (api.get("/api/v1/rollouts").await?, render_rollouts)
         }
@@ -718,4 +764,28 @@ async fn watch_rollout(api: &ApiClient, id: u64, json_out: bool) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+fn render_windows(v: &Value) -> String {
+    let mut t = table(&["SITE", "WINDOW", "TIME ZONE", "NOW", "NEXT OPENS"]);
+    let all = v
+        .get("windows")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for w in &all {
+        let open = match w.get("open_now").and_then(Value::as_bool) {
+            Some(true) => "open",
+            Some(false) => "closed",
+            None => "invalid",
+        };
+        t.add_row(vec![
+            s(w, "site").to_owned(),
+            s(w, "window").to_owned(),
+            s(w, "tz").to_owned(),
+            open.to_owned(),
+            s(w, "next_open").to_owned(),
+        ]);
+    }
+    format!("{t}\n{} window(s)", all.len())
 }

@@ -45,6 +45,14 @@ pub enum ApplyError {
 }
 
 #[derive(Debug, Error)]
+pub enum SiteWindowError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Error)]
 pub enum PinError {
     #[error("deployment '{0}' has no revision {1}; list them with 'edgefleet get deployment {0}'")]
     NoRevision(String, u64),
@@ -488,6 +496,39 @@ impl Controller {
         lock(&self.published_sites).clear();
         self.queue_site_summaries();
         self.rollouts.publish_recent(self);
+    }
+
+    /// Maintenance windows by site, as stored (an unreadable one is logged and ignored).
+    pub fn site_windows(
+        &self,
+    ) -> Result<BTreeMap<String, crate::rollout::window::Window>, StoreError> {
+        let mut out = BTreeMap::new();
+        for (site, spec, tz) in self.store().site_windows()? {
+            match crate::rollout::window::Window::parse(&spec, &tz) {
+                Ok(w) => {
+                    out.insert(site, w);
+                }
+                Err(e) => tracing::error!(site, "stored maintenance window ignored: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets or clears a site's maintenance window after validating it.
+    pub fn set_site_window(
+        &self,
+        site: &str,
+        window: Option<(&str, &str)>,
+    ) -> Result<(), SiteWindowError> {
+        edgefleet_protocol::ids::validate_label("site", site)
+            .map_err(|e| SiteWindowError::Invalid(e.to_string()))?;
+        if let Some((spec, tz)) = window {
+            crate::rollout::window::Window::parse(spec, tz)
+                .map_err(|e| SiteWindowError::Invalid(e.to_string()))?;
+        }
+        self.store().set_site_window(site, window)?;
+        tracing::info!(site, ?window, "maintenance window set");
+        Ok(())
     }
 
     /// Queues a retained document as it is.

@@ -219,6 +219,7 @@ impl Rollouts {
             return Ok(());
         };
         let before = rollout.clone();
+        let windows = ctrl.site_windows()?;
         let fleet: BTreeMap<String, DeviceSnapshot> = rollout
             .devices
             .keys()
@@ -230,7 +231,12 @@ impl Rollouts {
                         online: v.connection == crate::fleet::Connection::Online,
                         desired_revision: v.desired_revision(),
                         status: v.status.clone(),
-                        window_open: true,
+                        window_open: windows
+                            .get(v.labels.get("site").map_or(
+                                edgefleet_protocol::topics::UNASSIGNED_SITE,
+                                String::as_str,
+                            ))
+                            .is_none_or(|w| w.is_open(jiff::Timestamp::now())),
                     },
                 ))
             })

@@ -82,6 +82,13 @@ CREATE TABLE rollouts (
 );
 CREATE INDEX rollouts_active ON rollouts (active, deployment);
 "#,
+    r#"
+CREATE TABLE site_windows (
+    site TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    tz TEXT NOT NULL
+);
+"#,
 ];
 
 pub struct Store {
@@ -372,6 +379,34 @@ impl Store {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Maintenance windows per site: (site, spec, time zone).
+    pub fn site_windows(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT site, spec, tz FROM site_windows ORDER BY site")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets (`Some((spec, tz))`) or removes (`None`) a site's maintenance window.
+    pub fn set_site_window(
+        &self,
+        site: &str,
+        window: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
+        match window {
+            Some((spec, tz)) => self.conn.execute(
+                "INSERT INTO site_windows (site, spec, tz) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(site) DO UPDATE SET spec = ?2, tz = ?3",
+                params![site, spec, tz],
+            )?,
+            None => self
+                .conn
+                .execute("DELETE FROM site_windows WHERE site = ?1", [site])?,
+        };
         Ok(())
     }
 

@@ -311,3 +311,67 @@ fn nonsense_is_refused_and_nothing_changes() {
     assert!(c.rollouts.list(&c).unwrap().is_empty());
     assert!(running_revisions(&c).values().all(|r| *r == 1));
 }
+
+#[test]
+fn a_closed_maintenance_window_holds_the_wave_until_it_opens() {
+    let (c, _rx, _dir) = setup();
+    apply(&c, "app:1");
+    agents_report(&c);
+    apply(&c, "app:2");
+    let h = i32::from(
+        jiff::Timestamp::now()
+            .to_zoned_datetime(jiff::tz::TimeZone::UTC)
+            .hour(),
+    );
+    let window = |from: i32, to: i32| {
+        format!(
+            "daily {:02}:00-{:02}:00",
+            from.rem_euclid(24),
+            to.rem_euclid(24)
+        )
+    };
+    c.set_site_window("lyon", Some((&window(h + 2, h + 3), "UTC")))
+        .unwrap();
+    assert!(
+        c.set_site_window("lyon", Some(("Someday 10:00-11:00", "UTC")))
+            .is_err(),
+        "invalid windows are refused"
+    );
+    let view = c
+        .rollouts
+        .start(
+            &c,
+            &StartRequest {
+                deployment: "web".into(),
+                revision: None,
+                strategy: None,
+            },
+            "test",
+        )
+        .unwrap();
+    for _ in 0..3 {
+        c.rollouts.tick(&c);
+        agents_report(&c);
+    }
+    let waiting = c.rollouts.get(&c, view.id).unwrap();
+    assert!(
+        running_revisions(&c).values().all(|r| *r == 1),
+        "nothing moves while the window is closed"
+    );
+    assert!(
+        waiting
+            .rollout
+            .waiting
+            .unwrap_or_default()
+            .contains("maintenance window"),
+        "the status says why it waits"
+    );
+    // The window opens.
+    c.set_site_window("lyon", Some((&window(h - 1, h + 1), "UTC")))
+        .unwrap();
+    for _ in 0..30 {
+        c.rollouts.tick(&c);
+        agents_report(&c);
+    }
+    assert!(running_revisions(&c).values().all(|r| *r == 2));
+}
