@@ -100,6 +100,7 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
             "/api/v1/deployments/{name}/revisions/{revision}",
             get(revision),
         )
+        .route("/api/v1/deployments/{name}/diff", get(diff))
         .route("/api/v1/windows", get(windows))
         .route(
             "/api/v1/windows/{site}",
@@ -393,4 +394,50 @@ async fn set_window(
 async fn clear_window(State(ctrl): Ctx, Path(site): Path<String>) -> ApiResult<serde_json::Value> {
     ctrl.set_site_window(&site, None)?;
     Ok(Json(json!({ "site": site, "window": null })))
+}
+
+#[derive(serde::Deserialize)]
+struct DiffQuery {
+    from: u64,
+    to: u64,
+}
+
+/// Unified diff between the Compose files of two revisions (and their targets).
+async fn diff(
+    State(ctrl): Ctx,
+    Path(name): Path<String>,
+    query: Result<axum::extract::Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<serde_json::Value> {
+    let axum::extract::Query(q) = query.map_err(|_| {
+        ApiError::BadRequest(
+            "give two revisions: ?from=1&to=2 (see 'edgefleet history NAME')".into(),
+        )
+    })?;
+    let (a, b) = {
+        let store = ctrl.store();
+        let get = |r: u64| -> Result<crate::store::RevisionRow, ApiError> {
+            store.revision(&name, r)?.ok_or_else(|| {
+                ApiError::NotFound(format!("deployment '{name}' has no revision {r}"))
+            })
+        };
+        (get(q.from)?, get(q.to)?)
+    };
+    let text = |r: &crate::store::RevisionRow| {
+        format!(
+            "# target: {}\n{}",
+            r.target,
+            r.compose.as_deref().unwrap_or("")
+        )
+    };
+    let (ta, tb) = (text(&a), text(&b));
+    let diff = similar::TextDiff::from_lines(&ta, &tb)
+        .unified_diff()
+        .header(
+            &format!("{name} revision {}", q.from),
+            &format!("{name} revision {}", q.to),
+        )
+        .to_string();
+    Ok(Json(
+        json!({ "deployment": name, "from": q.from, "to": q.to, "diff": diff }),
+    ))
 }

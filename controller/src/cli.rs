@@ -58,6 +58,13 @@ pub enum Command {
     /// Delete a deployment: its containers are removed from every device it targets.
     #[command(subcommand)]
     Delete(DeleteCommand),
+    /// A deployment's revisions with who and when; `--diff A B` shows what changed between two.
+    History {
+        deployment: String,
+        /// Two revisions to compare, e.g. `--diff 3 4`.
+        #[arg(long, num_args = 2, value_names = ["FROM", "TO"])]
+        diff: Option<Vec<u64>>,
+    },
     /// Maintenance windows per site: rollout waves wait for them.
     #[command(subcommand)]
     Window(WindowCommand),
@@ -371,6 +378,37 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
             |v: &Value| format!("site {}: no maintenance window", s(v, "site")),
         ),
         Command::Window(WindowCommand::List) => (api.get("/api/v1/windows").await?, render_windows),
+        Command::History {
+            deployment,
+            diff: Some(revs),
+        } => {
+            let (from, to) = (
+                revs.first().copied().unwrap_or(0),
+                revs.get(1).copied().unwrap_or(0),
+            );
+            (
+                api.get(&format!(
+                    "/api/v1/deployments/{deployment}/diff?from={from}&to={to}"
+                ))
+                .await?,
+                |v: &Value| {
+                    let d = s(v, "diff");
+                    if d.is_empty() {
+                        "no difference".to_owned()
+                    } else {
+                        d.to_owned()
+                    }
+                },
+            )
+        }
+        Command::History {
+            deployment,
+            diff: None,
+        } => (
+            api.get(&format!("/api/v1/deployments/{deployment}"))
+                .await?,
+            render_deployment,
+        ),
         Command::Rollout(RolloutCommand::List) => {
             (api.get("/api/v1/rollouts").await?, render_rollouts)
         }

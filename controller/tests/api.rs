@@ -164,6 +164,28 @@ async fn revisions_history_and_delete() {
         "{body}"
     );
 
+    let (status, diff) = s
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/deployments/web/diff?from=1&to=2",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let text = diff["diff"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("-# target: site=lyon") && text.contains("+# target: site=paris"),
+        "{text}"
+    );
+    let (status, _) = s
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/deployments/web/diff?from=1",
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+
     let (status, _) = s
         .call(reqwest::Method::DELETE, "/api/v1/deployments/web", None)
         .await;
