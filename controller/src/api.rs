@@ -335,9 +335,10 @@ async fn control_rollout(
         "pause" => "pause",
         "resume" => "resume",
         "abort" => "abort",
+        "rollback" => return Ok(Json(ctrl.rollouts.rollback(&ctrl, id, "api")?)),
         other => {
             return Err(ApiError::NotFound(format!(
-                "no rollout action '{other}' (pause, resume, abort)"
+                "no rollout action '{other}' (pause, resume, abort, rollback)"
             )));
         }
     };

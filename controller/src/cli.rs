@@ -174,6 +174,8 @@ pub enum RolloutCommand {
     Resume { id: u64 },
     /// End the rollout: no further device moves; every device stays on one consistent revision.
     Abort { id: u64 },
+    /// Return every device the rollout moved to the revision it came from (a rollout of its own).
+    Rollback { id: u64 },
 }
 
 #[derive(Debug, Args)]
@@ -419,6 +421,11 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
         ),
         Command::Rollout(RolloutCommand::Resume { id }) => (
             api.post(&format!("/api/v1/rollouts/{id}/resume"), &json!({}))
+                .await?,
+            render_rollout,
+        ),
+        Command::Rollout(RolloutCommand::Rollback { id }) => (
+            api.post(&format!("/api/v1/rollouts/{id}/rollback"), &json!({}))
                 .await?,
             render_rollout,
         ),

@@ -372,6 +372,58 @@ impl Rollouts {
         Ok(view(id, &by, rollout))
     }
 
+    /// Operator rollback: ends the rollout if it still runs, then returns every device it
+    /// moved to the revision they came from, as a rollout of its own.
+    pub fn rollback(
+        &self,
+        ctrl: &Controller,
+        id: u64,
+        by: &str,
+    ) -> Result<RolloutView, RolloutError> {
+        if lock(&self.active).contains_key(&id) {
+            self.control(ctrl, id, "abort")?;
+        }
+        let r = self.get(ctrl, id)?;
+        let devices: Vec<String> = r
+            .rollout
+            .devices
+            .iter()
+            .filter(|(_, p)| p.touched())
+            .map(|(d, _)| d.clone())
+            .collect();
+        if devices.is_empty() {
+            return Err(RolloutError::BadState {
+                id,
+                state: "without moved devices".into(),
+                action: "roll back",
+            });
+        }
+        if let Some((busy, _)) = lock(&self.active)
+            .iter()
+            .find(|(_, (_, a))| a.deployment == r.rollout.deployment)
+        {
+            return Err(RolloutError::Busy {
+                id: *busy,
+                deployment: r.rollout.deployment.clone(),
+                state: "running".into(),
+            });
+        }
+        self.start_rollback(
+            ctrl,
+            &r.rollout.deployment,
+            devices,
+            r.rollout.to_revision,
+            r.rollout.from_revision,
+            by,
+        )?;
+        let newest = lock(&self.active)
+            .keys()
+            .max()
+            .copied()
+            .ok_or(RolloutError::NotFound(id))?;
+        self.get(ctrl, newest)
+    }
+
     /// Every rollout of the store, newest first.
     pub fn list(&self, ctrl: &Controller) -> Result<Vec<RolloutView>, RolloutError> {
         Ok(ctrl

@@ -375,3 +375,47 @@ fn a_closed_maintenance_window_holds_the_wave_until_it_opens() {
     }
     assert!(running_revisions(&c).values().all(|r| *r == 2));
 }
+
+#[test]
+fn pause_resume_and_an_operator_rollback() {
+    let (c, _rx, _dir) = setup();
+    apply(&c, "app:1");
+    agents_report(&c);
+    apply(&c, "app:2");
+    let start = StartRequest {
+        deployment: "web".into(),
+        revision: None,
+        strategy: None,
+    };
+    let id = c.rollouts.start(&c, &start, "test").unwrap().id;
+    c.rollouts.control(&c, id, "pause").unwrap();
+    for _ in 0..5 {
+        c.rollouts.tick(&c);
+        agents_report(&c);
+    }
+    assert!(
+        running_revisions(&c).values().all(|r| *r == 1),
+        "a paused rollout moves nobody"
+    );
+    assert!(
+        c.rollouts.control(&c, id, "pause").is_err(),
+        "pausing twice is refused"
+    );
+    c.rollouts.control(&c, id, "resume").unwrap();
+    for _ in 0..30 {
+        c.rollouts.tick(&c);
+        agents_report(&c);
+    }
+    assert!(running_revisions(&c).values().all(|r| *r == 2));
+    let back = c.rollouts.rollback(&c, id, "operator").unwrap();
+    assert!(back.created_by.starts_with("rollback"));
+    for _ in 0..10 {
+        c.rollouts.tick(&c);
+        agents_report(&c);
+    }
+    assert!(
+        running_revisions(&c).values().all(|r| *r == 1),
+        "{:?}",
+        running_revisions(&c)
+    );
+}
