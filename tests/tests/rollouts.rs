@@ -215,3 +215,110 @@ async fn a_rollout_resumes_after_the_gateway_is_killed_mid_way() {
         );
     }
 }
+
+/// With five real agents: a device offline when its wave comes is skipped (policy `skip`);
+/// a paused rollout moves nobody until resumed; an aborted rollout leaves every device fully
+/// on one revision or the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_skip_pause_resume_and_abort() {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let mut ids: Vec<String> = (0..5).map(|_| unique_id("ctl")).collect();
+    ids.sort();
+    let _cleanup = Cleanup(ids.clone());
+    let gw = Gateway::start(dir);
+    let api = gw.api();
+    let mut agents: Vec<Agent> = ids
+        .iter()
+        .map(|id| Agent::start(dir, id, "site=c", &gw.broker_url()))
+        .collect();
+    for id in &ids {
+        api.wait_connection(id, "online", T).await;
+    }
+    let file = |image: &str, env: &str| {
+        stack(image)
+            .replace(
+                "    restart:",
+                &format!("    environment: {{STAGE: {env}}}\n    restart:"),
+            )
+            .replace("batch: 2", "batch: 1")
+            .replace("soak: 2s", "soak: 1s\n  offline: skip")
+    };
+    api.apply(dir, "web", "site=c", &file(APP_V1, "a"));
+    wait_all_on(&ids, APP_V1, &api).await;
+
+    // The last device (last wave, ids sorted) goes offline; its container keeps running.
+    let offline = ids[4].clone();
+    agents[4].proc.kill9();
+    api.wait_connection(&offline, "offline", T).await;
+    api.apply(dir, "web", "site=c", &file(APP_V2, "a"));
+    let before = running(&ids);
+    let out = api.cli(&["--json", "rollout", "start", "web"]);
+    assert!(out.success, "{out:?}");
+    let id = out.json()["id"].as_u64().expect("id").to_string();
+    assert!(api.cli(&["rollout", "pause", &id]).success);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let paused = running(&ids);
+    let moved: Vec<_> = ids.iter().filter(|d| paused[*d] != before[*d]).collect();
+    assert!(
+        moved.len() <= 1,
+        "at most the canary, pinned before the pause, may move: {moved:?}"
+    );
+    let status = api.cli(&["--json", "rollout", "status", &id]).json();
+    assert_eq!(status["state"]["state"], "paused", "{status}");
+    assert!(api.cli(&["rollout", "resume", &id]).success);
+    let done = api
+        .cli(&["--json", "rollout", "status", &id, "--watch"])
+        .json();
+    assert_eq!(done["state"]["state"], "succeeded", "{done}");
+    assert_eq!(done["devices"][&offline]["phase"], "skipped", "{done}");
+    let now = running(&ids);
+    assert_eq!(
+        now[&offline], before[&offline],
+        "the skipped device was not touched"
+    );
+    assert!(ids[..4].iter().all(|d| now[d].1 == APP_V2), "{now:?}");
+
+    // Abort mid-way: every online device is fully on v2 or on the new revision, never half.
+    agents.truncate(4);
+    api.apply(
+        dir,
+        "web",
+        "site=c",
+        &file(APP_V2, "b").replace("soak: 1s", "soak: 4s"),
+    );
+    let out = api.cli(&["--json", "rollout", "start", "web"]);
+    assert!(out.success, "{out:?}");
+    let id = out.json()["id"].as_u64().expect("id").to_string();
+    wait::until("the canary moved", T, || async {
+        let r = api.get(&format!("/api/v1/rollouts/{id}")).await?;
+        if r["succeeded"].as_u64() >= Some(1) {
+            Ok(())
+        } else {
+            Err(r["waiting"].to_string())
+        }
+    })
+    .await;
+    let aborted = api.cli(&["--json", "rollout", "abort", &id]);
+    assert!(aborted.success, "{aborted:?}");
+    assert_eq!(aborted.json()["state"]["state"], "aborted");
+    for device in &ids[..4] {
+        let d = wait::until(&format!("{device} converged after abort"), T, || async {
+            let d = api.device(device).await?;
+            if d["converged"] == true {
+                Ok(d)
+            } else {
+                Err(d["state"].to_string())
+            }
+        })
+        .await;
+        let svc = &d["status"]["stacks"]["web"];
+        let rev = svc["deployment_revision"].as_u64();
+        assert!(
+            rev == Some(2) || rev == Some(3),
+            "{device} on revision {rev:?}"
+        );
+        assert_eq!(svc["services"]["app"]["state"], "running");
+    }
+}
