@@ -322,3 +322,90 @@ async fn offline_skip_pause_resume_and_abort() {
         assert_eq!(svc["services"]["app"]["state"], "running");
     }
 }
+
+/// A maintenance window that opens a few seconds into the test (at the next minute): the
+/// first wave waits and says why, then proceeds. Also the CLI's refusals of nonsense.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_waits_for_the_maintenance_window_and_nonsense_is_refused() {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let ids: Vec<String> = (0..5).map(|_| unique_id("win")).collect();
+    let _cleanup = Cleanup(ids.clone());
+    let gw = Gateway::start(dir);
+    let api = gw.api();
+    let _agents: Vec<Agent> = ids
+        .iter()
+        .map(|id| Agent::start(dir, id, "site=w", &gw.broker_url()))
+        .collect();
+    for id in &ids {
+        api.wait_connection(id, "online", T).await;
+    }
+    let file = |image: &str| {
+        stack(image)
+            .replace("batch: 2", "batch: 100%")
+            .replace("soak: 2s", "soak: 1s")
+    };
+    api.apply(dir, "web", "site=w", &file(APP_V1));
+    let v1 = wait_all_on(&ids, APP_V1, &api).await;
+    api.apply(dir, "web", "site=w", &file(APP_V2));
+
+    // Nonsense is refused with the reason, and records nothing.
+    for (args, needle) in [
+        (vec!["--batch", "0"], "'batch'"),
+        (vec!["--max-failures", "150%"], "'max_failures'"),
+        (vec!["--on-failure", "explode"], "on_failure"),
+        (vec!["--revision", "99"], "no revision 99"),
+    ] {
+        let mut cmd = vec!["rollout", "start", "web"];
+        cmd.extend(args);
+        let out = api.cli(&cmd);
+        assert!(
+            !out.success && out.stderr.contains(needle),
+            "{cmd:?}: {out:?}"
+        );
+    }
+    assert_eq!(
+        api.cli(&["--json", "rollout", "list"]).json()["rollouts"],
+        serde_json::json!([])
+    );
+
+    // A window opening at the next minute boundary (UTC), at least 3 s from now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let opens = (now / 60 + 1 + u64::from(now % 60 > 57)) * 60;
+    let hm = |t: u64| format!("{:02}:{:02}", (t / 3600) % 24, (t / 60) % 60);
+    let window = format!("daily {}-{}", hm(opens), hm(opens + 600));
+    let out = api.cli(&["window", "set", "w", &window, "--tz", "UTC"]);
+    assert!(out.success, "{out:?}");
+    let out = api.cli(&["--json", "rollout", "start", "web"]);
+    assert!(out.success, "{out:?}");
+    let id = out.json()["id"].as_u64().expect("id").to_string();
+    let busy = api.cli(&["rollout", "start", "web"]);
+    assert!(
+        !busy.success && busy.stderr.contains("still running"),
+        "two rollouts of one deployment: {busy:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = api.cli(&["--json", "rollout", "status", &id]).json();
+    assert!(
+        waiting["waiting"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("maintenance window"),
+        "{waiting}"
+    );
+    assert_eq!(running(&ids), v1, "nothing moves before the window opens");
+    let done = api
+        .cli(&["--json", "rollout", "status", &id, "--watch"])
+        .json();
+    assert_eq!(done["state"]["state"], "succeeded", "{done}");
+    let finished = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(finished >= opens, "completed only after the window opened");
+    wait_all_on(&ids, APP_V2, &api).await;
+}
