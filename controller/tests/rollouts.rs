@@ -110,6 +110,14 @@ fn agents_report(c: &Controller) {
     }
 }
 
+/// `n` passes of the loop, the simulated agents answering after each.
+fn passes(c: &Controller, n: usize) {
+    for _ in 0..n {
+        c.rollouts.tick(c);
+        agents_report(c);
+    }
+}
+
 fn running_revisions(c: &Controller) -> BTreeMap<String, u64> {
     (0..N)
         .map(|i| {
@@ -223,10 +231,7 @@ fn a_bad_revision_stops_after_the_canary_and_rolls_it_back() {
             "test",
         )
         .unwrap();
-    for _ in 0..30 {
-        c.rollouts.tick(&c);
-        agents_report(&c);
-    }
+    passes(&c, 30);
     let failed = c.rollouts.get(&c, view.id).unwrap();
     let state = serde_json::to_value(&failed.rollout.state).unwrap();
     assert_eq!(state["state"], "failed", "{state}");
@@ -349,10 +354,7 @@ fn a_closed_maintenance_window_holds_the_wave_until_it_opens() {
             "test",
         )
         .unwrap();
-    for _ in 0..3 {
-        c.rollouts.tick(&c);
-        agents_report(&c);
-    }
+    passes(&c, 3);
     let waiting = c.rollouts.get(&c, view.id).unwrap();
     assert!(
         running_revisions(&c).values().all(|r| *r == 1),
@@ -369,10 +371,7 @@ fn a_closed_maintenance_window_holds_the_wave_until_it_opens() {
     // The window opens.
     c.set_site_window("lyon", Some((&window(h - 1, h + 1), "UTC")))
         .unwrap();
-    for _ in 0..30 {
-        c.rollouts.tick(&c);
-        agents_report(&c);
-    }
+    passes(&c, 30);
     assert!(running_revisions(&c).values().all(|r| *r == 2));
 }
 
@@ -389,10 +388,7 @@ fn pause_resume_and_an_operator_rollback() {
     };
     let id = c.rollouts.start(&c, &start, "test").unwrap().id;
     c.rollouts.control(&c, id, "pause").unwrap();
-    for _ in 0..5 {
-        c.rollouts.tick(&c);
-        agents_report(&c);
-    }
+    passes(&c, 5);
     assert!(
         running_revisions(&c).values().all(|r| *r == 1),
         "a paused rollout moves nobody"
@@ -402,17 +398,11 @@ fn pause_resume_and_an_operator_rollback() {
         "pausing twice is refused"
     );
     c.rollouts.control(&c, id, "resume").unwrap();
-    for _ in 0..30 {
-        c.rollouts.tick(&c);
-        agents_report(&c);
-    }
+    passes(&c, 30);
     assert!(running_revisions(&c).values().all(|r| *r == 2));
     let back = c.rollouts.rollback(&c, id, "operator").unwrap();
     assert!(back.created_by.starts_with("rollback"));
-    for _ in 0..10 {
-        c.rollouts.tick(&c);
-        agents_report(&c);
-    }
+    passes(&c, 10);
     assert!(
         running_revisions(&c).values().all(|r| *r == 1),
         "{:?}",
