@@ -538,13 +538,7 @@ impl Controller {
 
     /// Queues the site summaries that changed since they were last published.
     pub fn queue_site_summaries(&self) {
-        let views: Vec<_> = self
-            .fleet
-            .devices
-            .iter()
-            .map(|d| d.value().clone())
-            .collect();
-        let now = crate::sites::summarize(views.iter());
+        let now = crate::sites::summarize(self.fleet.devices.iter());
         let mut published = lock(&self.published_sites);
         // A site that lost its last device keeps a retained summary: overwrite it with zeros
         // rather than leave SCADA showing old counts and alarms.

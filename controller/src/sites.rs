@@ -78,11 +78,14 @@ fn count(c: &mut Counts, d: &DeviceView, unhealthy: bool) {
 
 /// Summaries of every site with at least one device (`updated_at` left empty: set it when
 /// publishing, so unchanged summaries compare equal).
-pub fn summarize<'a>(
-    devices: impl IntoIterator<Item = &'a DeviceView>,
+/// Takes anything that derefs to a device view, so the controller can pass the fleet's
+/// DashMap entries without cloning every device each second.
+pub fn summarize<D: std::ops::Deref<Target = DeviceView>>(
+    devices: impl IntoIterator<Item = D>,
 ) -> BTreeMap<String, SiteSummary> {
     let mut sites: BTreeMap<String, SiteSummary> = BTreeMap::new();
     for d in devices {
+        let d = &*d;
         let site = label(d, "site").to_owned();
         let entry = sites.entry(site.clone()).or_insert_with(|| SiteSummary {
             schema: edgefleet_protocol::SCHEMA_VERSION,
