@@ -7,7 +7,7 @@ cargo build --release -q --bin edgefleet --bin edgefleet-agent
 dir=$(mktemp -d); trap 'kill $ag $gw 2>/dev/null; rm -rf "$dir"' EXIT
 target/release/edgefleet gateway --data-dir "$dir/gw" --mqtt-listen 127.0.0.1:28830 --http-listen 127.0.0.1:28080 >"$dir/gw.log" 2>&1 & gw=$!
 sleep 1
-target/release/edgefleet-agent --id idle-1 --broker mqtt://127.0.0.1:28830 --data-dir "$dir/agent" >"$dir/agent.log" 2>&1 & ag=$!
+target/release/edgefleet-agent --id idle-1 --broker mqtt://127.0.0.1:28830 --data-dir "$dir/agent" --controller-key "$dir/gw/signing/desired-signing.pub" >"$dir/agent.log" 2>&1 & ag=$!
 sleep 10
 hz=$(getconf CLK_TCK)
 t0=$(awk '{print $14+$15}' /proc/$ag/stat); sleep 60; t1=$(awk '{print $14+$15}' /proc/$ag/stat)

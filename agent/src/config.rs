@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use edgefleet_protocol::ids::{validate_device_id, validate_label};
+use edgefleet_protocol::signing::{VerifyingKey, parse_public_key};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -39,6 +40,12 @@ pub enum ConfigError {
         "cannot determine the current directory for the default data dir ({0}): pass --data-dir"
     )]
     CurrentDir(std::io::Error),
+    #[error(
+        "no controller key to verify desired state with: enroll the device (edgefleet-agent enroll), or pass --controller-key FILE (the gateway writes its key to DATA_DIR/signing/desired-signing.pub)"
+    )]
+    MissingControllerKey,
+    #[error("cannot use the controller key {path}: {message}")]
+    ControllerKey { path: PathBuf, message: String },
 }
 
 /// Log output format.
@@ -105,6 +112,11 @@ pub struct Cli {
     /// Log format [default: text].
     #[arg(long, env = "EDGEFLEET_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// The controller's public key (base64 text file) that every desired document must be
+    /// signed with. Set by enrollment; needed only without it.
+    #[arg(long, env = "EDGEFLEET_CONTROLLER_KEY", value_name = "FILE")]
+    pub controller_key: Option<PathBuf>,
 }
 
 /// The config file: the same settings as the flags, all optional.
@@ -117,6 +129,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub keepalive_secs: Option<u64>,
     pub log_format: Option<LogFormat>,
+    pub controller_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -142,6 +155,8 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     pub data_dir: PathBuf,
     pub keepalive: Duration,
+    /// The controller key desired documents must be signed with.
+    pub trusted_key: VerifyingKey,
 }
 
 /// Default MQTT keepalive.
@@ -170,17 +185,20 @@ impl Config {
             cli.keepalive
                 .or(file.keepalive_secs)
                 .unwrap_or(DEFAULT_KEEPALIVE_SECS),
+            cli.controller_key.or(file.controller_key),
         )?;
         Ok((config, log_format))
     }
 
-    /// Builds a validated config. `data_dir: None` picks `./.edgefleet-agent/<id>`.
+    /// Builds a validated config. `data_dir: None` picks `./.edgefleet-agent/<id>`;
+    /// `controller_key: None` uses the key pinned at enrollment (`DATA_DIR/identity/`).
     pub fn new(
         device_id: String,
         broker: &str,
         labels: BTreeMap<String, String>,
         data_dir: Option<PathBuf>,
         keepalive_secs: u64,
+        controller_key: Option<PathBuf>,
     ) -> Result<Config, ConfigError> {
         validate_device_id(&device_id).map_err(ConfigError::DeviceId)?;
         for (k, v) in &labels {
@@ -197,14 +215,42 @@ impl Config {
                 .join(".edgefleet-agent")
                 .join(&device_id),
         };
+        let key_path = match controller_key {
+            Some(path) => path,
+            None => {
+                let pinned = pinned_key_path(&data_dir);
+                if !pinned.exists() {
+                    return Err(ConfigError::MissingControllerKey);
+                }
+                pinned
+            }
+        };
+        let trusted_key = load_key(&key_path)?;
         Ok(Config {
             device_id,
             broker,
             labels,
             data_dir,
             keepalive: Duration::from_secs(keepalive_secs),
+            trusted_key,
         })
     }
+}
+
+/// Where enrollment pins the controller's public key.
+pub fn pinned_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("identity").join("controller.pub")
+}
+
+fn load_key(path: &Path) -> Result<VerifyingKey, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::ControllerKey {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    parse_public_key(&text).map_err(|message| ConfigError::ControllerKey {
+        path: path.to_owned(),
+        message,
+    })
 }
 
 fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, ConfigError> {
@@ -227,7 +273,54 @@ mod tests {
     fn cli(args: &[&str]) -> Cli {
         let mut all = vec!["edgefleet-agent"];
         all.extend_from_slice(args);
-        Cli::try_parse_from(all).unwrap()
+        let mut cli = Cli::try_parse_from(all).unwrap();
+        if cli.controller_key.is_none() {
+            cli.controller_key = Some(test_key());
+        }
+        cli
+    }
+
+    /// A valid controller public key file shared by these tests.
+    fn test_key() -> PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("edgefleet-test-key-{}-{n}.pub", std::process::id()));
+        let signer = edgefleet_protocol::signing::DocumentSigner::from_secret(&[9; 32]);
+        std::fs::write(&path, signer.public_key_text()).unwrap();
+        path
+    }
+
+    #[test]
+    fn controller_key_is_required_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let mut c = cli(&["--id", "a", "--broker", "mqtt://gw:1", "--data-dir", data]);
+        c.controller_key = None;
+        let e = Config::from_cli(c).unwrap_err().to_string();
+        assert!(
+            e.contains("enroll") && e.contains("--controller-key"),
+            "{e}"
+        );
+        let bad = dir.path().join("bad.pub");
+        std::fs::write(&bad, "not a key").unwrap();
+        let e = Config::from_cli(cli(&[
+            "--id",
+            "a",
+            "--broker",
+            "mqtt://gw:1",
+            "--controller-key",
+            bad.to_str().unwrap(),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bad.pub") && e.contains("base64"), "{e}");
+        // The key pinned at enrollment is found without a flag.
+        std::fs::create_dir_all(dir.path().join("identity")).unwrap();
+        std::fs::copy(test_key(), pinned_key_path(dir.path())).unwrap();
+        let mut c = cli(&["--id", "a", "--broker", "mqtt://gw:1", "--data-dir", data]);
+        c.controller_key = None;
+        assert!(Config::from_cli(c).is_ok());
     }
 
     #[test]

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edgefleet_protocol::SCHEMA_VERSION;
-use edgefleet_protocol::codec::{DecodeError, check_device, decode};
+use edgefleet_protocol::codec::{DecodeError, check_device};
 use edgefleet_protocol::desired::DesiredState;
 use edgefleet_protocol::event::{DeviceEvent, EventKind, Severity};
 use edgefleet_protocol::ids::{validate_service_name, validate_stack_name};
+use edgefleet_protocol::signing::{SignatureError, VerifyingKey, verify};
 use edgefleet_protocol::spec::{OrderError, ServiceSpec, StackSpec, VolumeKind};
 use edgefleet_protocol::sync::SyncRequest;
 use thiserror::Error;
@@ -49,6 +50,16 @@ pub enum Inbound {
 pub enum Rejection {
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Signature(SignatureError),
+    #[error(
+        "revision {got} is older than the revision {held} already applied: a replayed document"
+    )]
+    Replayed { got: u64, held: u64 },
+    #[error(
+        "revision {revision} is already applied with different content: a replayed or forged document"
+    )]
+    Conflicting { revision: u64 },
     #[error("revision 0 is not a valid desired revision (revisions start at 1)")]
     ZeroRevision,
     #[error("stack '{stack}': {reason}")]
@@ -63,33 +74,65 @@ pub enum Rejection {
     Order { stack: String, source: OrderError },
 }
 
-/// What to do with a well-formed document.
+impl From<SignatureError> for Rejection {
+    fn from(e: SignatureError) -> Self {
+        match e {
+            SignatureError::Decode(d) => Rejection::Decode(d),
+            other => Rejection::Signature(other),
+        }
+    }
+}
+
+impl Rejection {
+    /// Whether someone published a document the controller did not sign, or replayed an old
+    /// one: reported as a security event rather than as a malformed document.
+    pub fn is_security(&self) -> bool {
+        matches!(
+            self,
+            Rejection::Signature(_) | Rejection::Replayed { .. } | Rejection::Conflicting { .. }
+        )
+    }
+}
+
+/// What to do with a well-formed, correctly signed document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Newer than what is held: apply it.
     Accept(DesiredState),
-    /// The revision already held (a retained replay on reconnect).
+    /// The document already held (a retained copy delivered again on reconnect).
     Replay,
-    /// Older than what is held.
-    Stale { got: u64, held: u64 },
 }
 
-/// Judges one payload from the desired topic of `device`, given the revision held.
-pub fn judge(device: &str, payload: &[u8], held: Option<u64>) -> Result<Verdict, Rejection> {
-    let doc: DesiredState = decode(payload)?;
+/// Judges one payload from the desired topic of `device`: the signature against the pinned
+/// controller key first, then the document, then its revision against the one held.
+pub fn judge(
+    device: &str,
+    trusted: &VerifyingKey,
+    payload: &[u8],
+    held: Option<&DesiredState>,
+) -> Result<Verdict, Rejection> {
+    let doc = verify(trusted, payload)?;
     check_device(device, &doc.device)?;
     if doc.revision == 0 {
         return Err(Rejection::ZeroRevision);
     }
-    match held {
-        Some(held) if doc.revision == held => return Ok(Verdict::Replay),
-        Some(held) if doc.revision < held => {
-            return Ok(Verdict::Stale {
-                got: doc.revision,
-                held,
+    if let Some(held) = held {
+        if doc.revision == held.revision {
+            // The controller may re-issue the same revision (a restart re-signs it with a new
+            // `issued_at`); only the content has to match.
+            if doc.stacks == held.stacks {
+                return Ok(Verdict::Replay);
+            }
+            return Err(Rejection::Conflicting {
+                revision: doc.revision,
             });
         }
-        _ => {}
+        if doc.revision < held.revision {
+            return Err(Rejection::Replayed {
+                got: doc.revision,
+                held: held.revision,
+            });
+        }
     }
     for (name, stack) in &doc.stacks {
         validate_stack(name, stack)?;
@@ -185,6 +228,7 @@ fn validate_service(stack: &StackSpec, name: &str, svc: &ServiceSpec) -> Result<
 /// The task that receives desired documents and asks for them when they do not come.
 pub struct Intake {
     device: String,
+    trusted: VerifyingKey,
     held: watch::Sender<HeldDesired>,
     store: Arc<StateStore>,
     outbox: Arc<dyn Outbox>,
@@ -194,6 +238,7 @@ pub struct Intake {
 impl Intake {
     pub fn new(
         device: String,
+        trusted: VerifyingKey,
         held: watch::Sender<HeldDesired>,
         store: Arc<StateStore>,
         outbox: Arc<dyn Outbox>,
@@ -201,6 +246,7 @@ impl Intake {
     ) -> Self {
         Intake {
             device,
+            trusted,
             held,
             store,
             outbox,
@@ -261,11 +307,12 @@ impl Intake {
 
     /// Handles one payload; returns whether it counts as having the desired document.
     pub fn handle(&self, payload: &[u8]) -> bool {
-        let held = self.held_revision();
+        let held_doc = self.held.borrow().clone();
+        let held = held_doc.as_ref().map(|d| d.revision);
         let event = |kind, severity, message: String| {
             DeviceEvent::new(&self.device, kind, severity, message)
         };
-        match judge(&self.device, payload, held) {
+        match judge(&self.device, &self.trusted, payload, held_doc.as_deref()) {
             Ok(Verdict::Accept(doc)) => {
                 let revision = doc.revision;
                 info!(
@@ -302,17 +349,19 @@ impl Intake {
                 debug!(revision = held, "desired revision already held");
                 true
             }
-            Ok(Verdict::Stale { got, held }) => {
-                warn!(got, held, "ignoring stale desired revision");
-                self.outbox.event(
-                    event(
-                        EventKind::DesiredRejected,
-                        Severity::Warning,
-                        format!("stale revision {got} < {held} ignored"),
-                    )
-                    .with_revision(got),
+            Err(rejection) if rejection.is_security() => {
+                warn!(error = %rejection, "refused a desired document that the controller did not sign for this revision; nothing changes");
+                let mut ev = event(
+                    EventKind::SecurityRejected,
+                    Severity::Error,
+                    format!(
+                        "desired document refused: {rejection}; nothing was changed on this device"
+                    ),
                 );
-                true
+                ev.revision = claimed_revision(payload);
+                self.outbox.event(ev);
+                // A replay still leaves this device holding a valid document.
+                matches!(rejection, Rejection::Replayed { .. }) && held.is_some()
             }
             Err(rejection) => {
                 warn!(error = %rejection, "rejected desired document; keeping the current desired state");
@@ -323,15 +372,22 @@ impl Intake {
                         "desired document rejected: {rejection}; keeping the current desired state"
                     ),
                 );
-                // The revision, when the payload had one worth naming.
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) {
-                    ev.revision = v.get("revision").and_then(|r| r.as_u64());
-                }
+                ev.revision = claimed_revision(payload);
                 self.outbox.event(ev);
                 false
             }
         }
     }
+}
+
+/// The revision a payload claims (inside the signed envelope, or bare), for the event only:
+/// never trusted for anything else.
+fn claimed_revision(payload: &[u8]) -> Option<u64> {
+    let v = serde_json::from_slice::<serde_json::Value>(payload).ok()?;
+    v.get("document")
+        .unwrap_or(&v)
+        .get("revision")
+        .and_then(|r| r.as_u64())
 }
 
 #[cfg(test)]
@@ -340,12 +396,31 @@ mod tests {
     use crate::outbox::RecordingOutbox;
     use serde_json::json;
 
-    fn doc(device: &str, revision: u64, stacks: serde_json::Value) -> Vec<u8> {
+    use edgefleet_protocol::signing::DocumentSigner;
+
+    /// The controller key these tests trust, and a key nobody trusts.
+    fn controller() -> DocumentSigner {
+        DocumentSigner::from_secret(&[1; 32])
+    }
+    fn forger() -> DocumentSigner {
+        DocumentSigner::from_secret(&[2; 32])
+    }
+
+    fn bare(device: &str, revision: u64, stacks: serde_json::Value) -> Vec<u8> {
         serde_json::to_vec(&json!({
             "schema": 1, "device": device, "revision": revision,
             "issued_at": "2026-01-01T00:00:00.000Z", "stacks": stacks
         }))
         .unwrap()
+    }
+
+    /// A document signed by the trusted controller key.
+    fn doc(device: &str, revision: u64, stacks: serde_json::Value) -> Vec<u8> {
+        controller().sign_bytes(&bare(device, revision, stacks))
+    }
+
+    fn held(revision: u64, stacks: serde_json::Value) -> DesiredState {
+        serde_json::from_slice(&bare("d", revision, stacks)).unwrap()
     }
 
     fn app(services: serde_json::Value) -> serde_json::Value {
@@ -358,34 +433,62 @@ mod tests {
         type Case = (
             &'static str,
             Vec<u8>,
-            Option<u64>,
+            Option<DesiredState>,
             Result<&'static str, &'static str>,
         );
+        let h2 = || Some(held(2, ok.clone()));
         let cases: Vec<Case> = vec![
             ("new document", doc("d", 1, ok.clone()), None, Ok("accept")),
             (
                 "newer revision",
                 doc("d", 3, ok.clone()),
-                Some(2),
+                h2(),
                 Ok("accept"),
             ),
             (
-                "same revision",
+                "same document again",
                 doc("d", 2, ok.clone()),
-                Some(2),
+                h2(),
                 Ok("replay"),
             ),
             (
-                "older revision",
+                "older revision (replay)",
                 doc("d", 1, ok.clone()),
-                Some(2),
-                Ok("stale"),
+                h2(),
+                Err("security: revision 1 is older than the revision 2"),
+            ),
+            (
+                "same revision, other content",
+                doc("d", 2, app(json!({"web": {"image": "evil:1"}}))),
+                h2(),
+                Err("security: revision 2 is already applied with different content"),
+            ),
+            (
+                "unsigned",
+                bare("d", 3, ok.clone()),
+                h2(),
+                Err("security: the document is not signed"),
+            ),
+            (
+                "signed by another key",
+                forger().sign_bytes(&bare("d", 3, ok.clone())),
+                h2(),
+                Err("security: the document is signed by key"),
+            ),
+            (
+                "forged under our key id",
+                String::from_utf8(forger().sign_bytes(&bare("d", 3, ok.clone())))
+                    .unwrap()
+                    .replace(forger().key_id(), controller().key_id())
+                    .into_bytes(),
+                h2(),
+                Err("security: the signature does not match"),
             ),
             ("empty payload", vec![], None, Err("empty")),
             ("not JSON", b"{oops".to_vec(), None, Err("not valid JSON")),
             (
                 "wrong schema",
-                br#"{"schema":2}"#.to_vec(),
+                controller().sign_bytes(br#"{"schema":2}"#),
                 None,
                 Err("schema 2"),
             ),
@@ -506,16 +609,20 @@ mod tests {
                 Err("not valid JSON"),
             ),
         ];
+        let key = controller().verifying_key();
         for (name, payload, held, want) in cases {
-            let got = judge("d", &payload, held);
+            let got = judge("d", &key, &payload, held.as_ref());
             match (want, got) {
-                (Ok("accept"), Ok(Verdict::Accept(_)))
-                | (Ok("replay"), Ok(Verdict::Replay))
-                | (Ok("stale"), Ok(Verdict::Stale { .. })) => {}
+                (Ok("accept"), Ok(Verdict::Accept(_))) | (Ok("replay"), Ok(Verdict::Replay)) => {}
                 (Err(needle), Err(e)) => {
+                    let shown = if e.is_security() {
+                        format!("security: {e}")
+                    } else {
+                        e.to_string()
+                    };
                     assert!(
-                        e.to_string().contains(needle),
-                        "{name}: {e} does not contain {needle:?}"
+                        shown.contains(needle),
+                        "{name}: {shown} does not contain {needle:?}"
                     )
                 }
                 (want, got) => panic!("{name}: want {want:?}, got {got:?}"),
@@ -531,7 +638,14 @@ mod tests {
         let (tx, rx) = watch::channel(None);
         let (_in_tx, in_rx) = mpsc::channel(4);
         (
-            Intake::new("d".into(), tx, Arc::new(store), outbox.clone(), in_rx),
+            Intake::new(
+                "d".into(),
+                controller().verifying_key(),
+                tx,
+                Arc::new(store),
+                outbox.clone(),
+                in_rx,
+            ),
             outbox,
             rx,
         )
@@ -548,6 +662,8 @@ mod tests {
         assert!(!intake.handle(b""));
         assert!(intake.handle(&good));
         assert!(intake.handle(&doc("d", 1, app(json!({})))));
+        assert!(!intake.handle(&bare("d", 5, app(json!({"web": {"image": "evil:1"}})))));
+        assert!(!intake.handle(&forger().sign_bytes(&bare("d", 6, app(json!({}))))));
         assert_eq!(held.borrow().as_ref().map(|d| d.revision), Some(2));
 
         let events = outbox.events();
@@ -559,11 +675,28 @@ mod tests {
                 (EventKind::DesiredReceived, Severity::Info),
                 (EventKind::DesiredRejected, Severity::Error),
                 (EventKind::DesiredRejected, Severity::Error),
-                (EventKind::DesiredRejected, Severity::Warning),
+                (EventKind::SecurityRejected, Severity::Error),
+                (EventKind::SecurityRejected, Severity::Error),
+                (EventKind::SecurityRejected, Severity::Error),
             ]
         );
         assert_eq!(events[1].revision, Some(3));
-        assert_eq!(events[3].message, "stale revision 1 < 2 ignored");
+        assert!(
+            events[3].message.contains("replayed"),
+            "{}",
+            events[3].message
+        );
+        assert_eq!(events[4].revision, Some(5));
+        assert!(
+            events[4].message.contains("not signed"),
+            "{}",
+            events[4].message
+        );
+        assert!(
+            events[5].message.contains("signed by key"),
+            "{}",
+            events[5].message
+        );
         // Persisted: a restarted agent finds revision 2.
         let (_, loaded) = StateStore::open(dir.path(), "d").unwrap();
         assert_eq!(loaded.desired.map(|d| d.revision), Some(2));
@@ -576,7 +709,14 @@ mod tests {
         let outbox = Arc::new(RecordingOutbox::default());
         let (tx, _rx) = watch::channel(None);
         let (in_tx, in_rx) = mpsc::channel(4);
-        let intake = Intake::new("d".into(), tx, Arc::new(store), outbox.clone(), in_rx);
+        let intake = Intake::new(
+            "d".into(),
+            controller().verifying_key(),
+            tx,
+            Arc::new(store),
+            outbox.clone(),
+            in_rx,
+        );
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(intake.run(shutdown.clone()));
 

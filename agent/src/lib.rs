@@ -106,6 +106,7 @@ pub async fn run_with_runtime<R: ContainerRuntime>(
         tasks.spawn(link.run(tasks_done.clone()).in_current_span());
         let intake = Intake::new(
             config.device_id.clone(),
+            config.trusted_key,
             held_tx,
             store.clone(),
             outbox.clone(),

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use edgefleet_protocol::codec::encode;
 use edgefleet_protocol::presence::{ControllerPresence, PresenceState};
+use edgefleet_protocol::signing::DocumentSigner;
 use edgefleet_protocol::topics::{self, TopicKind};
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
@@ -137,6 +138,7 @@ async fn announce(ctrl: Arc<Controller>, client: AsyncClient, session: u64) {
 /// Drains the publish queue into the client until shutdown.
 pub async fn run_publisher(
     ctrl: Arc<Controller>,
+    signer: Arc<DocumentSigner>,
     client: AsyncClient,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     shutdown: CancellationToken,
@@ -154,7 +156,7 @@ pub async fn run_publisher(
                 let topic = TopicKind::DeviceDesired.for_device(&id);
                 tracing::debug!(device = %id, revision = doc.revision, "publishing desired state");
                 if let Err(e) = client
-                    .publish(topic, QoS::AtLeastOnce, true, encode(&doc))
+                    .publish(topic, QoS::AtLeastOnce, true, signer.sign(&doc))
                     .await
                 {
                     tracing::warn!(device = %id, "cannot hand desired state to the MQTT client: {e}");

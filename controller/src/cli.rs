@@ -99,8 +99,9 @@ pub struct GatewayArgs {
 pub struct ControllerArgs {
     #[command(flatten)]
     pub server: ServerArgs,
-    /// The external broker, as mqtt://HOST:PORT.
-    #[arg(long)]
+    /// The external broker, as mqtt://HOST:PORT (plain MQTT: run the controller next to the
+    /// broker or on a trusted network; devices use the broker's TLS listener).
+    #[arg(long, value_parser = plain_broker)]
     pub broker: BrokerAddr,
 }
 
@@ -833,4 +834,15 @@ fn render_windows(v: &Value) -> String {
         ]);
     }
     format!("{t}\n{} window(s)", all.len())
+}
+
+/// The controller's own broker connection is plain MQTT (loopback or a trusted network).
+fn plain_broker(s: &str) -> Result<BrokerAddr, String> {
+    let addr = BrokerAddr::parse(s).map_err(|e| e.to_string())?;
+    if addr.tls {
+        return Err(
+            "the controller connects to its broker with plain MQTT (mqtt://HOST:PORT); run it next to the broker, devices use the broker's TLS listener".to_owned(),
+        );
+    }
+    Ok(addr)
 }

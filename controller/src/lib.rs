@@ -27,6 +27,7 @@ pub mod cli;
 pub mod compose;
 pub mod core;
 pub mod fleet;
+pub mod keys;
 pub mod rollout;
 pub mod rollouts;
 pub mod selector;
@@ -81,6 +82,7 @@ pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyho
     let session = store.next_counter("controller_session")?;
     let (ctrl, queue) = Controller::new(store)?;
     let ctrl = Arc::new(ctrl);
+    let signer = Arc::new(keys::load_or_create_signer(&config.data_dir)?);
     let http = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| {
@@ -104,6 +106,7 @@ pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyho
     ));
     tasks.spawn(bus::run_publisher(
         ctrl.clone(),
+        signer.clone(),
         client,
         queue,
         token.clone(),
@@ -180,6 +183,7 @@ pub async fn run_gateway(
         broker: BrokerAddr {
             host: addr.ip().to_string(),
             port: addr.port(),
+            tls: false,
         },
         ..config
     };

@@ -63,6 +63,7 @@ async fn main() -> ExitCode {
             let config = args.server.controller_config(BrokerAddr {
                 host: addr.ip().to_string(),
                 port: addr.port(),
+                tls: false,
             });
             eprintln!(
                 "edgefleet gateway: MQTT on {} , HTTP API on http://{} , data in {}",

@@ -1,11 +1,11 @@
-//! Broker addresses as users write them: `mqtt://HOST:PORT`. Shared by the agent and the
+//! Broker addresses as users write them: `mqtt://HOST:PORT` or, with TLS, `mqtts://HOST:PORT`. Shared by the agent and the
 //! controller so both accept and refuse exactly the same URLs.
 
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 #[error(
-    "invalid broker URL '{url}': {reason} (expected mqtt://HOST:PORT, e.g. mqtt://gateway:1883)"
+    "invalid broker URL '{url}': {reason} (expected mqtt://HOST:PORT or mqtts://HOST:PORT, e.g. mqtts://gateway:8883)"
 )]
 pub struct BrokerUrlError {
     pub url: String,
@@ -17,6 +17,8 @@ pub struct BrokerUrlError {
 pub struct BrokerAddr {
     pub host: String,
     pub port: u16,
+    /// `mqtts://`: TLS with a client certificate (the gateway's device listener).
+    pub tls: bool,
 }
 
 impl BrokerAddr {
@@ -26,11 +28,9 @@ impl BrokerAddr {
             url: url.to_owned(),
             reason: reason.into(),
         };
-        let rest = match url.split_once("://") {
-            Some(("mqtt" | "tcp", rest)) => rest,
-            Some(("mqtts" | "ssl", _)) => {
-                return Err(err("TLS (mqtts://) is not supported by this build yet"));
-            }
+        let (tls, rest) = match url.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => (false, rest),
+            Some(("mqtts" | "ssl", rest)) => (true, rest),
             Some((scheme, _)) => return Err(err(&format!("unsupported scheme '{scheme}'"))),
             None => return Err(err("missing the mqtt:// scheme")),
         };
@@ -56,6 +56,7 @@ impl BrokerAddr {
         Ok(BrokerAddr {
             host: host.to_owned(),
             port,
+            tls,
         })
     }
 }
@@ -70,10 +71,11 @@ impl std::str::FromStr for BrokerAddr {
 
 impl std::fmt::Display for BrokerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
         if self.host.contains(':') {
-            write!(f, "mqtt://[{}]:{}", self.host, self.port)
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "mqtt://{}:{}", self.host, self.port)
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
         }
     }
 }
@@ -89,7 +91,8 @@ mod tests {
             ok,
             BrokerAddr {
                 host: "gw".into(),
-                port: 1883
+                port: 1883,
+                tls: false,
             }
         );
         assert_eq!(ok.to_string(), "mqtt://gw:1883");
@@ -98,16 +101,19 @@ mod tests {
             v6,
             BrokerAddr {
                 host: "::1".into(),
-                port: 1884
+                port: 1884,
+                tls: false,
             }
         );
         assert_eq!(v6.to_string(), "mqtt://[::1]:1884");
+        let tls = BrokerAddr::parse("mqtts://gw:8883").unwrap();
+        assert!(tls.tls);
+        assert_eq!(tls.to_string(), "mqtts://gw:8883");
         for (bad, why) in [
             ("gw:1883", "scheme"),
             ("mqtt://gw", "port"),
             ("mqtt://gw:0", "port"),
             ("mqtt://gw:99999", "port"),
-            ("mqtts://gw:8883", "TLS"),
             ("http://gw:80", "scheme"),
             ("mqtt://:1883", "host"),
             ("mqtt://u@gw:1883", "user"),

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 pub enum EventKind {
     DesiredReceived,
     DesiredRejected,
+    /// A desired document that was unsigned, forged, signed by another key or replayed.
+    SecurityRejected,
     Pulling,
     Pulled,
     Created,

@@ -12,6 +12,7 @@
 //!   versioned).
 //! - [`broker_url`]: `mqtt://HOST:PORT` broker addresses (agent and controller agree).
 //! - [`codec`]: decoding untrusted bytes into payloads, with errors that say what is wrong.
+//! - [`signing`]: the signed envelope around desired documents (ed25519).
 //!
 //! No I/O happens in this crate.
 
@@ -21,6 +22,7 @@ pub mod desired;
 pub mod event;
 pub mod ids;
 pub mod presence;
+pub mod signing;
 pub mod site;
 pub mod spec;
 pub mod status;

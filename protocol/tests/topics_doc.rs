@@ -58,7 +58,12 @@ fn every_topic_the_code_builds_is_documented() {
 fn documented_examples_decode() {
     let doc = doc();
     let e = |k: TopicKind| example(&doc, k.template()).as_bytes().to_vec();
-    decode::<DesiredState>(&e(TopicKind::DeviceDesired)).expect("desired example");
+    let envelope: serde_json::Value =
+        serde_json::from_slice(&e(TopicKind::DeviceDesired)).expect("desired envelope");
+    for field in ["key_id", "signature"] {
+        assert!(envelope[field].is_string(), "desired example lacks {field}");
+    }
+    decode::<DesiredState>(envelope["document"].to_string().as_bytes()).expect("desired example");
     decode::<DeviceStatus>(&e(TopicKind::DeviceStatus)).expect("status example");
     decode::<DevicePresence>(&e(TopicKind::DevicePresence)).expect("presence example");
     decode::<DeviceEvent>(&e(TopicKind::DeviceEvents)).expect("event example");

@@ -256,6 +256,7 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Starts an agent that trusts the key of the gateway or controller started in `dir`.
     pub fn start(dir: &Path, id: &str, labels: &str, broker_url: &str) -> Agent {
         let mut args = vec![
             "--id".into(),
@@ -266,6 +267,8 @@ impl Agent {
             dir.join(format!("agent-{id}")).display().to_string(),
             "--keepalive".into(),
             "4".into(),
+            "--controller-key".into(),
+            controller_key_path(dir).display().to_string(),
         ];
         if !labels.is_empty() {
             args.extend(["--labels".into(), labels.to_owned()]);
@@ -276,4 +279,23 @@ impl Agent {
             proc,
         }
     }
+}
+
+/// The desired-state signing key (public half) of the gateway or controller started in `dir`.
+pub fn controller_key_path(dir: &Path) -> std::path::PathBuf {
+    let candidates = ["gateway-data", "controller-data"]
+        .map(|d| dir.join(d).join("signing").join("desired-signing.pub"));
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .unwrap_or(&candidates[0])
+        .clone()
+}
+
+/// The controller's public key, parsed (for test clients that verify desired documents).
+pub fn controller_key(dir: &Path) -> edgefleet_protocol::signing::VerifyingKey {
+    let path = controller_key_path(dir);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    edgefleet_protocol::signing::parse_public_key(&text).expect("controller key")
 }

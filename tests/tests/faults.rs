@@ -1,14 +1,13 @@
 //! Acceptance: faults and bad input with the real engine — agent SIGKILL, gateway restart,
 //! malformed desired payloads, unsupported Compose keys, and drift made by hand.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use edgefleet_tests::api::{Api, service};
 use edgefleet_tests::docker::{self, Cleanup};
 use edgefleet_tests::images::{self, APP_V1, APP_V2};
 use edgefleet_tests::procs::{Agent, Gateway};
-use edgefleet_tests::{unique_id, wait};
+use edgefleet_tests::{mqtt, unique_id, wait};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
@@ -119,7 +118,7 @@ async fn gateway_restart_republishes_desired_state_and_recreates_nothing() {
     })
     .await;
     assert_eq!(
-        desired["revision"], da["desired_revision"],
+        desired["document"]["revision"], da["desired_revision"],
         "same desired revision after restart"
     );
 
@@ -164,26 +163,14 @@ async fn malformed_desired_payloads_and_unsupported_compose_keys_change_nothing(
         format!(r#"{{"schema":1,"device":"{id}","revision":"many","stacks":[]}}"#),
     ];
     for payload in &garbage {
-        let st = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &gw.mqtt_port.to_string(),
-                "-q",
-                "1",
-                "-t",
-                &topic,
-                "-m",
-                payload,
-            ])
-            .status()
-            .expect("mosquitto_pub");
-        assert!(st.success());
+        mqtt::publish(gw.mqtt_port, &topic, payload.as_bytes(), false);
     }
-    wait::until("a desired_rejected event per bad payload", T, || async {
-        let n = events_of(&api, &id, "desired_rejected").await.len();
-        if n >= garbage.len() {
+    // Not JSON: a malformed document. JSON without a controller signature: a security matter.
+    wait::until("a rejection event per bad payload", T, || async {
+        let malformed = events_of(&api, &id, "desired_rejected").await.len();
+        let refused = events_of(&api, &id, "security_rejected").await.len();
+        let n = malformed + refused;
+        if malformed >= 1 && n >= garbage.len() {
             Ok(())
         } else {
             Err(format!("{n} rejections"))
@@ -368,4 +355,95 @@ async fn silent_agent_goes_offline_after_one_and_a_half_keepalives() {
         }
     })
     .await;
+}
+
+/// Acceptance (security): a document nobody signed, one signed by another key, one altered
+/// after signing and a replay of an older signed revision all reach the agent through the
+/// privileged loopback listener. The agent refuses each with a security event and its
+/// container is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_forged_and_replayed_desired_documents_are_refused() {
+    use edgefleet_protocol::signing::DocumentSigner;
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let id = unique_id("sig");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let gw = Gateway::start(dir);
+    let api = gw.api();
+    let _agent = Agent::start(dir, &id, "site=a", &gw.broker_url());
+    let topic = edgefleet_protocol::topics::TopicKind::DeviceDesired.for_device(&id);
+
+    api.apply(dir, "web", &format!("id={id}"), &stack(APP_V1));
+    wait_converged_running(&api, &id, APP_V1).await;
+    let old_signed = mqtt::retained_raw(gw.mqtt_port, &topic, 5);
+    assert!(!old_signed.is_empty(), "no retained desired document");
+    let old: Value = serde_json::from_slice(&old_signed).expect("envelope");
+    let old_rev = old["document"]["revision"].as_u64().expect("revision");
+
+    api.apply(dir, "web", &format!("id={id}"), &stack(APP_V2));
+    let (before, container) = wait_converged_running(&api, &id, APP_V2).await;
+
+    // The current document, retargeted at the v1 image by someone without the key.
+    let current = mqtt::retained_raw(gw.mqtt_port, &topic, 5);
+    let current: Value = serde_json::from_slice(&current).expect("envelope");
+    let mut evil_doc = current["document"].clone();
+    let next = evil_doc["revision"].as_u64().expect("revision") + 1;
+    evil_doc["revision"] = next.into();
+    evil_doc["stacks"]["web"]["services"]["app"]["image"] = APP_V1.into();
+    let evil_bytes = serde_json::to_vec(&evil_doc).expect("json");
+    let forger = DocumentSigner::from_secret(&[42; 32]);
+    let mut altered = current.clone();
+    altered["document"] = evil_doc.clone();
+    let attacks: Vec<(&str, Vec<u8>)> = vec![
+        ("unsigned", evil_bytes.clone()),
+        ("signed by another key", forger.sign_bytes(&evil_bytes)),
+        (
+            "altered after signing",
+            serde_json::to_vec(&altered).expect("json"),
+        ),
+        ("replay of an older revision", old_signed.clone()),
+    ];
+    for (what, payload) in &attacks {
+        mqtt::publish(gw.mqtt_port, &topic, payload, false);
+        eprintln!("published: {what}");
+    }
+    let refused = wait::until("a security_rejected event per attack", T, || async {
+        let ev = events_of(&api, &id, "security_rejected").await;
+        if ev.len() >= attacks.len() {
+            Ok(ev)
+        } else {
+            Err(format!("{} security events", ev.len()))
+        }
+    })
+    .await;
+    let messages: Vec<&str> = refused
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    for needle in [
+        "not signed",
+        "signed by key",
+        "does not match",
+        "older than",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.contains(needle)),
+            "no security event saying {needle:?}: {messages:?}"
+        );
+    }
+    assert!(
+        refused.iter().any(|e| e["revision"] == old_rev),
+        "the replay event names the replayed revision {old_rev}: {refused:?}"
+    );
+    let d = api.device(&id).await.expect("device");
+    assert_eq!(
+        d["session"], before["session"],
+        "the agent must stay connected"
+    );
+    let (_, still) = wait_converged_running(&api, &id, APP_V2).await;
+    assert_eq!(
+        still, container,
+        "no attack may touch the running container"
+    );
 }

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use edgefleet_protocol::codec::{decode, encode};
-use edgefleet_protocol::desired::DesiredState;
 use edgefleet_protocol::presence::{ControllerPresence, DevicePresence, PresenceState};
+use edgefleet_protocol::signing::{self, VerifyingKey};
 use edgefleet_protocol::status::{ConvergenceState, DeviceStatus};
 use edgefleet_protocol::topics::{self, TopicKind};
 use edgefleet_tests::api::Api;
@@ -71,7 +71,7 @@ fn status(id: &str, revision: u64) -> Vec<u8> {
 
 /// Behaves like an agent on the bus: presence + status on every connect, status for every
 /// desired document, a rebirth when a new controller session appears.
-async fn fake_agent(id: String, port: u16, stop: Stop) {
+async fn fake_agent(id: String, port: u16, key: VerifyingKey, stop: Stop) {
     let mut opts = MqttOptions::new(format!("fake-{id}"), "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_max_packet_size(2 << 20, 2 << 20);
@@ -109,7 +109,7 @@ async fn fake_agent(id: String, port: u16, stop: Stop) {
                 publish_all(revision);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if let Ok(d) = decode::<DesiredState>(&p.payload) {
+                if let Ok(d) = signing::verify(&key, &p.payload) {
                     revision = d.revision;
                     let _ = client.try_publish(
                         TopicKind::DeviceStatus.for_device(&id),
@@ -133,10 +133,10 @@ async fn fake_agent(id: String, port: u16, stop: Stop) {
     }
 }
 
-fn spawn_fleet(prefix: &str, port: u16, stop: &Stop) -> Vec<String> {
+fn spawn_fleet(prefix: &str, port: u16, key: VerifyingKey, stop: &Stop) -> Vec<String> {
     let ids: Vec<String> = (0..N).map(|n| format!("{prefix}-{n:03}")).collect();
     for id in &ids {
-        tokio::spawn(fake_agent(id.clone(), port, stop.clone()));
+        tokio::spawn(fake_agent(id.clone(), port, key, stop.clone()));
     }
     ids
 }
@@ -189,7 +189,12 @@ async fn fleet_of_150_survives_a_gateway_restart() {
     let api = gw.api();
     let prefix = unique_id("simgw");
     let stop = Stop::default();
-    spawn_fleet(&prefix, gw.mqtt_port, &stop);
+    spawn_fleet(
+        &prefix,
+        gw.mqtt_port,
+        procs::controller_key(dir.path()),
+        &stop,
+    );
     wait_all_online(&api, &prefix, "150 devices online").await;
     wait_site_summary_all_online(gw.mqtt_port, "site summary shows 150 online").await;
 
@@ -215,7 +220,7 @@ async fn fleet_of_150_survives_a_controller_restart() {
     let api = Api::new(http);
     let prefix = unique_id("simctl");
     let stop = Stop::default();
-    spawn_fleet(&prefix, port, &stop);
+    spawn_fleet(&prefix, port, procs::controller_key(dir.path()), &stop);
     wait_all_online(&api, &prefix, "150 devices online").await;
 
     controller.kill9();
