@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -22,7 +23,9 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid: {message}")]
     ParseFile { path: PathBuf, message: String },
-    #[error("no device id: pass --id ID (or set `id` in the config file)")]
+    #[error(
+        "no device id: pass --id ID (or set `id` in the config file), or --data-dir of an enrolled device"
+    )]
     MissingId,
     #[error("invalid device id: {0}")]
     DeviceId(edgefleet_protocol::ids::IdError),
@@ -46,6 +49,18 @@ pub enum ConfigError {
     MissingControllerKey,
     #[error("cannot use the controller key {path}: {message}")]
     ControllerKey { path: PathBuf, message: String },
+    #[error("{0}")]
+    Identity(String),
+    #[error(
+        "the data dir {data_dir} is enrolled as device '{enrolled}', not '{asked}': drop --id or use another --data-dir"
+    )]
+    OtherDevice {
+        data_dir: PathBuf,
+        enrolled: String,
+        asked: String,
+    },
+    #[error("cannot use TLS for {broker}: {message}")]
+    Tls { broker: String, message: String },
 }
 
 /// Log output format.
@@ -77,6 +92,9 @@ pub enum LogFormat {
         [labels]\n  site = \"lyon\"\n  line = \"3\""
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Device id (letters, digits, '-', '_', '.'; at most 64 characters), e.g. press-07.
     #[arg(long, env = "EDGEFLEET_DEVICE_ID", value_name = "ID")]
     pub id: Option<String>,
@@ -119,6 +137,35 @@ pub struct Cli {
     pub controller_key: Option<PathBuf>,
 }
 
+/// Subcommands (without one, the agent runs).
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Exchange a one-time enrollment token for this device's certificate and key.
+    ///
+    /// The token comes from `edgefleet device add ID` on the gateway. It names the device and
+    /// pins the gateway's CA, so the exchange cannot be intercepted. The identity is written
+    /// to DATA_DIR/identity/ (the key with 0600 permissions); afterwards start the agent with
+    /// the same --data-dir and nothing else: id, broker (mqtts://) and labels come from it.
+    #[command(
+        after_help = "Example:\n  edgefleet-agent enroll --token efenroll1_eyJk… --data-dir /var/lib/edgefleet-agent\n  edgefleet-agent --data-dir /var/lib/edgefleet-agent"
+    )]
+    Enroll(EnrollArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EnrollArgs {
+    /// The token printed by `edgefleet device add`.
+    #[arg(long, env = "EDGEFLEET_ENROLL_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The gateway's enrollment address, when the one in the token is not reachable from
+    /// here (https://HOST:PORT).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Where to keep the identity and state. Default: ./.edgefleet-agent/<ID>.
+    #[arg(long, env = "EDGEFLEET_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
 /// The config file: the same settings as the flags, all optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +204,8 @@ pub struct Config {
     pub keepalive: Duration,
     /// The controller key desired documents must be signed with.
     pub trusted_key: VerifyingKey,
+    /// TLS client configuration (gateway CA + this device's certificate) for `mqtts://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Default MQTT keepalive.
@@ -170,18 +219,46 @@ impl Config {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
-        let labels = match cli.labels {
-            Some(items) => parse_labels(&items)?,
-            None => file.labels.unwrap_or_default(),
+        // An enrolled device finds its id, broker and labels in its data dir.
+        let asked_id = cli.id.or(file.id);
+        let data_dir = cli.data_dir.or(file.data_dir);
+        let enrolled_in = match (&data_dir, &asked_id) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, Some(id)) => Some(default_data_dir(id)?),
+            (None, None) => None,
+        };
+        let enrolled = match &enrolled_in {
+            Some(dir) => crate::identity::load_enrolled(dir)
+                .map_err(|e| ConfigError::Identity(format!("{e:#}")))?,
+            None => None,
+        };
+        let id = match (asked_id, &enrolled) {
+            (Some(asked), Some(e)) if asked != e.device => {
+                return Err(ConfigError::OtherDevice {
+                    data_dir: enrolled_in.unwrap_or_default(),
+                    enrolled: e.device.clone(),
+                    asked,
+                });
+            }
+            (Some(asked), _) => asked,
+            (None, Some(e)) => e.device.clone(),
+            (None, None) => return Err(ConfigError::MissingId),
+        };
+        let labels = match (cli.labels, file.labels, &enrolled) {
+            (Some(items), _, _) => parse_labels(&items)?,
+            (None, Some(labels), _) => labels,
+            (None, None, Some(e)) => e.labels.clone(),
+            (None, None, None) => BTreeMap::new(),
         };
         let log_format = cli.log_format.or(file.log_format).unwrap_or_default();
         let config = Config::new(
-            cli.id.or(file.id).ok_or(ConfigError::MissingId)?,
+            id,
             &cli.broker
                 .or(file.broker)
+                .or(enrolled.map(|e| e.broker_url))
                 .ok_or(ConfigError::MissingBroker)?,
             labels,
-            cli.data_dir.or(file.data_dir),
+            data_dir,
             cli.keepalive
                 .or(file.keepalive_secs)
                 .unwrap_or(DEFAULT_KEEPALIVE_SECS),
@@ -210,10 +287,17 @@ impl Config {
         }
         let data_dir = match data_dir {
             Some(dir) => dir,
-            None => std::env::current_dir()
-                .map_err(ConfigError::CurrentDir)?
-                .join(".edgefleet-agent")
-                .join(&device_id),
+            None => default_data_dir(&device_id)?,
+        };
+        let tls = if broker.tls {
+            Some(
+                crate::identity::mqtt_tls_config(&data_dir).map_err(|e| ConfigError::Tls {
+                    broker: broker.to_string(),
+                    message: format!("{e:#}"),
+                })?,
+            )
+        } else {
+            None
         };
         let key_path = match controller_key {
             Some(path) => path,
@@ -233,8 +317,17 @@ impl Config {
             data_dir,
             keepalive: Duration::from_secs(keepalive_secs),
             trusted_key,
+            tls,
         })
     }
+}
+
+/// `./.edgefleet-agent/<id>` under the current directory.
+pub fn default_data_dir(device_id: &str) -> Result<PathBuf, ConfigError> {
+    Ok(std::env::current_dir()
+        .map_err(ConfigError::CurrentDir)?
+        .join(".edgefleet-agent")
+        .join(device_id))
 }
 
 /// Where enrollment pins the controller's public key.

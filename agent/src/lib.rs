@@ -27,6 +27,7 @@ pub mod backoff;
 pub mod config;
 pub mod container;
 pub mod desired;
+pub mod identity;
 pub mod mqtt;
 pub mod outbox;
 pub mod plan;

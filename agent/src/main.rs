@@ -5,7 +5,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use edgefleet_agent::config::{Cli, Config, LogFormat};
+use edgefleet_agent::config::{Cli, Command, Config, EnrollArgs, LogFormat, default_data_dir};
+use edgefleet_agent::identity;
+use edgefleet_protocol::enrollment::EnrollmentToken;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -44,8 +46,58 @@ async fn wait_for_signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
+fn enroll(args: EnrollArgs) -> ExitCode {
+    init_logging(LogFormat::Text);
+    let token = match EnrollmentToken::decode(&args.token) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("edgefleet-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => match default_data_dir(&token.device) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("edgefleet-agent: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edgefleet-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(identity::enroll(&token, args.url.as_deref(), &data_dir)) {
+        Ok(enrolled) => {
+            println!(
+                "enrolled as '{}' (broker {}); identity in {}\nstart the agent with: edgefleet-agent --data-dir {}",
+                enrolled.device,
+                enrolled.broker_url,
+                identity::identity_dir(&data_dir).display(),
+                data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edgefleet-agent: enrollment failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::Enroll(args)) = cli.command.take() {
+        return enroll(args);
+    }
     let (config, log_format) = match Config::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {

@@ -234,6 +234,11 @@ pub fn link(
         .set_keep_alive(config.keepalive)
         .set_clean_session(true)
         .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    if let Some(tls) = &config.tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
     let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
     let bus = Arc::new(Bus {
         client,

@@ -12,6 +12,7 @@
 //!   versioned).
 //! - [`broker_url`]: `mqtt://HOST:PORT` broker addresses (agent and controller agree).
 //! - [`codec`]: decoding untrusted bytes into payloads, with errors that say what is wrong.
+//! - [`enrollment`]: the one-time enrollment token and the HTTPS exchange's payloads.
 //! - [`signing`]: the signed envelope around desired documents (ed25519).
 //!
 //! No I/O happens in this crate.
@@ -19,6 +20,7 @@
 pub mod broker_url;
 pub mod codec;
 pub mod desired;
+pub mod enrollment;
 pub mod event;
 pub mod ids;
 pub mod presence;
