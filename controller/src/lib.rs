@@ -17,10 +17,12 @@
 //!   (running them: persisted state, the gated loop, operator controls).
 //! - [`bus`]: the MQTT link and publish queue.
 //! - [`api`]: the HTTP JSON API.
+//! - [`audit`]: the hash-chained, append-only audit log (append, verify, export).
 //! - [`cli`]: the `edgefleet` client commands (talk to the API).
 //! - [`run`] / [`run_gateway`]: start everything; return when `shutdown` is cancelled.
 
 pub mod api;
+pub mod audit;
 pub mod book;
 pub mod bus;
 pub mod cli;
