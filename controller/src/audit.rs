@@ -26,7 +26,9 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 #[derive(Debug, Error)]
 pub enum AuditError {
-    #[error("--since '{0}': give an RFC 3339 time (2026-03-01T08:00:00Z) or a duration back from now (2h, 7d)")]
+    #[error(
+        "--since '{0}': give an RFC 3339 time (2026-03-01T08:00:00Z) or a duration back from now (2h, 7d)"
+    )]
     Since(String),
     #[error("unknown export format '{0}': use csv or json")]
     Format(String),
@@ -174,10 +176,12 @@ pub fn chain_hash(
 }
 
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn i(v: u64) -> i64 {
@@ -278,7 +282,10 @@ pub fn parse_since(s: &str) -> Result<String, AuditError> {
     } else {
         return Err(AuditError::Since(s.into()));
     };
-    Ok(humantime::format_rfc3339_millis(at.max(SystemTime::UNIX_EPOCH + Duration::ZERO)).to_string())
+    Ok(
+        humantime::format_rfc3339_millis(at.max(SystemTime::UNIX_EPOCH + Duration::ZERO))
+            .to_string(),
+    )
 }
 
 /// Records matching the filter, oldest first (with `limit`, the newest `limit` of them).
@@ -332,9 +339,15 @@ pub fn verify(conn: &Connection) -> Result<Verification, AuditError> {
                 };
                 format!("{missing} (removed from the log)")
             } else {
-                format!("sequence number {} out of order (expected {expected})", r.seq)
+                format!(
+                    "sequence number {} out of order (expected {expected})",
+                    r.seq
+                )
             };
-            bad = Some(BadRecord { seq: expected, reason });
+            bad = Some(BadRecord {
+                seq: expected,
+                reason,
+            });
             break;
         }
         if r.prev_hash != prev {
@@ -433,6 +446,18 @@ pub fn device_outcome(e: &edgefleet_protocol::event::DeviceEvent, site: &str) ->
     })
 }
 
+impl crate::store::Store {
+    /// Audit records matching `filter` (see [`list`]).
+    pub fn audit_records(&self, filter: &Filter) -> Result<Vec<Record>, AuditError> {
+        list(&self.conn, filter)
+    }
+
+    /// Walks the audit chain (see [`verify`]).
+    pub fn audit_verify(&self) -> Result<Verification, AuditError> {
+        verify(&self.conn)
+    }
+}
+
 impl crate::core::Controller {
     /// Appends records now, under the store lock (the single writer). A failure cannot undo
     /// what was done: it is logged as an error.
@@ -441,7 +466,10 @@ impl crate::core::Controller {
             return;
         }
         if let Err(e) = append(&mut self.store().conn, entries) {
-            tracing::error!(records = entries.len(), "cannot append to the audit log: {e}");
+            tracing::error!(
+                records = entries.len(),
+                "cannot append to the audit log: {e}"
+            );
         }
     }
 
@@ -492,8 +520,16 @@ mod tests {
     #[test]
     fn modified_removed_and_reordered_records_are_named() {
         let cases: &[(&str, u64, &str)] = &[
-            ("UPDATE audit SET detail = '{\"n\":99}' WHERE seq = 3", 3, "modified"),
-            ("UPDATE audit SET actor = 'mallory' WHERE seq = 1", 1, "modified"),
+            (
+                "UPDATE audit SET detail = '{\"n\":99}' WHERE seq = 3",
+                3,
+                "modified",
+            ),
+            (
+                "UPDATE audit SET actor = 'mallory' WHERE seq = 1",
+                1,
+                "modified",
+            ),
             ("DELETE FROM audit WHERE seq = 2", 2, "record 2 is missing"),
             ("DELETE FROM audit WHERE seq IN (2, 3)", 2, "records 2 to 3"),
             ("DELETE FROM audit WHERE seq = 1", 1, "missing"),
@@ -520,7 +556,11 @@ mod tests {
     #[test]
     fn the_store_refuses_updates_and_deletes() {
         let (_d, s) = store_with(2);
-        assert!(s.conn.execute("DELETE FROM audit WHERE seq = 1", []).is_err());
+        assert!(
+            s.conn
+                .execute("DELETE FROM audit WHERE seq = 1", [])
+                .is_err()
+        );
         assert!(
             s.conn
                 .execute("UPDATE audit SET actor = 'x' WHERE seq = 1", [])
