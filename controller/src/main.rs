@@ -102,7 +102,9 @@ async fn main() -> ExitCode {
         }
         _ => match edgefleet_controller::cli::run_client(&cli).await {
             Ok(out) => {
-                println!("{out}");
+                // A closed pipe (`| head`) is not an error worth a panic.
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout(), "{out}");
                 Ok(())
             }
             Err(e) if cli.json => {
