@@ -645,8 +645,11 @@ fn issue_token(
     lifetime_secs: i64,
 ) -> Result<(String, i64), ApiError> {
     let token = crate::users::new_token();
-    let expires_at = auth::now_unix().saturating_add(lifetime_secs);
-    ctrl.store().insert_token(
+    let now = auth::now_unix();
+    let expires_at = now.saturating_add(lifetime_secs);
+    let store = ctrl.store();
+    store.purge_expired_tokens(now)?;
+    store.insert_token(
         &crate::users::token_digest(&token),
         username,
         name,

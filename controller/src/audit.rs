@@ -489,7 +489,7 @@ mod tests {
             role: "operator".into(),
             action: "deployment.apply".into(),
             target: format!("web{n}"),
-            site: if n % 2 == 0 { "lyon" } else { "paris" }.into(),
+            site: if n.is_multiple_of(2) { "lyon" } else { "paris" }.into(),
             outcome: Outcome::Ok,
             status: Some(201),
             detail: serde_json::json!({ "n": n }),

@@ -177,6 +177,13 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Forgets tokens expired at `now` (called when a token is issued).
+    pub fn purge_expired_tokens(&self, now: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM api_tokens WHERE expires_at <= ?1", [now])?)
+    }
+
     /// Records a token by its digest.
     pub fn insert_token(
         &self,
@@ -194,15 +201,13 @@ impl Store {
     }
 
     /// The enabled user a token digest belongs to, if the token exists and has not expired at
-    /// `now` (unix seconds). Expired tokens are removed on the way.
+    /// `now` (unix seconds). A read only: every API request asks.
     pub fn token_owner(&self, digest: &str, now: i64) -> Result<Option<TokenOwner>, StoreError> {
-        self.conn
-            .execute("DELETE FROM api_tokens WHERE expires_at <= ?1", [now])?;
         let found: Option<(String, String, i64)> = self
             .conn
             .query_row(
-                "SELECT username, name, expires_at FROM api_tokens WHERE token_sha256 = ?1",
-                [digest],
+                "SELECT username, name, expires_at FROM api_tokens WHERE token_sha256 = ?1 AND expires_at > ?2",
+                params![digest, now],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
@@ -274,6 +279,7 @@ mod tests {
                 .is_none(),
             "expired"
         );
+        assert_eq!(s.purge_expired_tokens(2_000).unwrap(), 1);
         s.insert_token(&token_digest(&token), "ana", "ci", "t", 9_000)
             .unwrap();
         assert!(s.delete_user("ana").unwrap());
