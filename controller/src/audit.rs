@@ -13,7 +13,7 @@
 //! one recorded elsewhere — and a whole chain recomputed by someone who can write the file.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
@@ -282,10 +282,7 @@ pub fn parse_since(s: &str) -> Result<String, AuditError> {
     } else {
         return Err(AuditError::Since(s.into()));
     };
-    Ok(
-        humantime::format_rfc3339_millis(at.max(SystemTime::UNIX_EPOCH + Duration::ZERO))
-            .to_string(),
-    )
+    Ok(humantime::format_rfc3339_millis(at.max(SystemTime::UNIX_EPOCH)).to_string())
 }
 
 /// Records matching the filter, oldest first (with `limit`, the newest `limit` of them).
