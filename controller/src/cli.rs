@@ -1,6 +1,12 @@
 //! The `edgefleet` command line: server commands (`gateway`, `controller`, `broker`) and the
-//! client commands that talk to the HTTP API (`apply`, `get`, `delete`). Client commands print
-//! human tables by default and the API's JSON with `--json`.
+//! client commands that talk to the HTTP API (`apply`, `get`, `delete`, `login`, `user`,
+//! `audit`, …). Client commands print human tables by default and the API's JSON with
+//! `--json`.
+//!
+//! Credentials: `edgefleet login` stores a session token in `$EDGEFLEET_CONFIG_DIR/token`
+//! (default `~/.config/edgefleet/token`, mode 0600); `EDGEFLEET_TOKEN` overrides it (for
+//! scripts, with a token from `edgefleet token create`). `audit verify` reads the store file
+//! itself (`--data-dir`), so it works with the gateway stopped.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +77,103 @@ pub enum Command {
     /// Staged rollouts: start one, watch it, pause, resume or abort it.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Log in to the API; the session token is kept in the config dir (0600) for 12 h.
+    Login(LoginArgs),
+    /// Revoke the stored session token and forget it.
+    Logout,
+    /// Who the stored token (or EDGEFLEET_TOKEN) belongs to: user, role, sites.
+    Whoami,
+    /// API users (admin only).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// API tokens for scripts (EDGEFLEET_TOKEN), with your role and sites.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The tamper-evident audit log: verify it, list or export records.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// User to log in as.
+    #[arg(long, default_value = "admin")]
+    pub user: String,
+    /// Read the password from this file (e.g. <data-dir>/initial-admin-password).
+    #[arg(long, conflicts_with = "password_stdin")]
+    pub password_file: Option<PathBuf>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user. Without --password-stdin a password is generated and printed once.
+    Add {
+        name: String,
+        /// admin, operator, viewer or auditor.
+        #[arg(long)]
+        role: String,
+        /// A site the user may act on (operators and viewers; repeat for several).
+        #[arg(long = "site")]
+        sites: Vec<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// All users with their role and sites.
+    List,
+    /// Remove a user and revoke every token of theirs.
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token for yourself; it is printed once. Use it as EDGEFLEET_TOKEN.
+    Create {
+        /// What uses it, e.g. ci-deploy.
+        name: String,
+        /// Lifetime, e.g. 30d or 12h (at most 366d).
+        #[arg(long, default_value = "90d")]
+        expires: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain in the store file; exits non-zero and names the first bad record.
+    /// Reads the file directly, so it works with the gateway stopped.
+    Verify {
+        /// The gateway's data directory (holding edgefleet.db).
+        #[arg(long, default_value = "./edgefleet-data")]
+        data_dir: PathBuf,
+    },
+    /// Audit records, oldest first (admin, auditor).
+    List {
+        /// RFC 3339 time or a duration back from now (2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        /// At most this many, the newest.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Export records as CSV or JSON (admin, auditor).
+    Export {
+        /// csv or json.
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+        format: String,
+        /// RFC 3339 time or a duration back from now (2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -259,14 +362,47 @@ impl ServerArgs {
     }
 }
 
+/// Where `edgefleet login` keeps the token: `$EDGEFLEET_CONFIG_DIR/token`, else
+/// `$XDG_CONFIG_HOME/edgefleet/token`, else `~/.config/edgefleet/token`.
+pub fn token_file() -> anyhow::Result<PathBuf> {
+    let dir = if let Some(d) = std::env::var_os("EDGEFLEET_CONFIG_DIR") {
+        PathBuf::from(d)
+    } else if let Some(d) = std::env::var_os("XDG_CONFIG_HOME") {
+        PathBuf::from(d).join("edgefleet")
+    } else if let Some(h) = std::env::var_os("HOME") {
+        PathBuf::from(h).join(".config").join("edgefleet")
+    } else {
+        bail!("no config directory: set EDGEFLEET_CONFIG_DIR (or HOME)");
+    };
+    Ok(dir.join("token"))
+}
+
+/// The token client commands send: `EDGEFLEET_TOKEN`, else the one `edgefleet login` stored.
+pub fn stored_token() -> Option<String> {
+    if let Ok(t) = std::env::var("EDGEFLEET_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Some(t.trim().to_owned());
+    }
+    let text = std::fs::read_to_string(token_file().ok()?).ok()?;
+    Some(text.trim().to_owned()).filter(|t| !t.is_empty())
+}
+
 /// A thin client of the HTTP API.
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
+    /// Turn a 401 without a token into "not logged in: run edgefleet login" (not for login itself).
+    login_hint: bool,
 }
 
 impl ApiClient {
     pub fn new(server: &str) -> anyhow::Result<Self> {
+        Self::with_token(server, stored_token())
+    }
+
+    pub fn with_token(server: &str, token: Option<String>) -> anyhow::Result<Self> {
         if !server.starts_with("http://") && !server.starts_with("https://") {
             bail!("--server '{server}' must be a URL like http://127.0.0.1:8080");
         }
@@ -276,10 +412,16 @@ impl ApiClient {
         Ok(ApiClient {
             base: server.trim_end_matches('/').to_owned(),
             http,
+            login_hint: token.is_none(),
+            token,
         })
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
         let resp = req.send().await.map_err(|e| {
             anyhow!("cannot reach the edgefleet API at {}: {e}\nIs the gateway running? Point to it with --server or EDGEFLEET_SERVER.", self.base)
         })?;
@@ -293,9 +435,33 @@ impl ApiClient {
                 .get("error")
                 .and_then(Value::as_str)
                 .unwrap_or("unknown error");
+            if status == reqwest::StatusCode::UNAUTHORIZED && self.login_hint {
+                bail!("not logged in: run 'edgefleet login --user NAME' (or set EDGEFLEET_TOKEN)");
+            }
             bail!("{msg}");
         }
         Ok(body)
+    }
+
+    /// GET a route that answers with text (CSV export).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| {
+            anyhow!("cannot reach the edgefleet API at {}: {e}\nIs the gateway running? Point to it with --server or EDGEFLEET_SERVER.", self.base)
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            bail!("{msg}");
+        }
+        Ok(text)
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -319,8 +485,123 @@ impl ApiClient {
     }
 }
 
+/// Reads a password from a file or the first line of standard input (trailing newline cut).
+fn read_password(file: Option<&PathBuf>, stdin: bool) -> anyhow::Result<Option<String>> {
+    let text = match (file, stdin) {
+        (Some(f), _) => std::fs::read_to_string(f)
+            .with_context(|| format!("cannot read the password file {}", f.display()))?,
+        (None, true) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            line
+        }
+        (None, false) => return Ok(None),
+    };
+    let pw = text.trim_end_matches(['\n', '\r']).to_owned();
+    if pw.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(Some(pw))
+}
+
+/// Percent-encodes a query value.
+fn q(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn audit_query(since: &Option<String>, site: &Option<String>) -> String {
+    let mut out = String::new();
+    if let Some(s) = since {
+        out += &format!("&since={}", q(s));
+    }
+    if let Some(s) = site {
+        out += &format!("&site={}", q(s));
+    }
+    out
+}
+
+/// `edgefleet audit verify`: walks the chain in the store file, read-only.
+pub fn verify_store(data_dir: &std::path::Path) -> anyhow::Result<crate::audit::Verification> {
+    let db = data_dir.join("edgefleet.db");
+    if !db.exists() {
+        bail!(
+            "no store at {}: point --data-dir at the gateway's data directory",
+            db.display()
+        );
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("cannot open {} read-only", db.display()))?;
+    crate::audit::verify(&conn).map_err(|e| {
+        anyhow!("{e}: is {} an edgefleet store of schema 4 or later? (start the gateway once to migrate it)", db.display())
+    })
+}
+
 /// Runs a client command; returns what to print.
 pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
+    if let Command::Audit(AuditCommand::Verify { data_dir }) = &cli.command {
+        let v = verify_store(data_dir)?;
+        if let Some(bad) = &v.first_bad {
+            bail!(
+                "audit log TAMPERED: first bad record is #{}: {} ({} record(s) before it verify; their head is #{} {})",
+                bad.seq,
+                bad.reason,
+                v.records,
+                v.head_seq,
+                v.head_hash
+            );
+        }
+        return Ok(if cli.json {
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        } else {
+            format!(
+                "audit log OK: {} record(s), chain intact\nhead: #{} {}\n(keep the head hash elsewhere: removing the newest records is only detectable against it)",
+                v.records, v.head_seq, v.head_hash
+            )
+        });
+    }
+    if let Command::Audit(AuditCommand::Export {
+        format,
+        since,
+        site,
+        output,
+    }) = &cli.command
+    {
+        let api = ApiClient::new(&cli.server)?;
+        let text = api
+            .get_text(&format!(
+                "/api/v1/audit/export?format={format}{}",
+                audit_query(since, site)
+            ))
+            .await?;
+        return match output {
+            Some(path) => {
+                std::fs::write(path, &text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                Ok(if cli.json {
+                    json!({ "file": path.display().to_string(), "format": format }).to_string()
+                } else {
+                    format!("audit export ({format}) written to {}", path.display())
+                })
+            }
+            None => Ok(text.trim_end().to_owned()),
+        };
+    }
+    if let Command::Login(a) = &cli.command {
+        return login(cli, a).await;
+    }
+    if let Command::Logout = &cli.command {
+        return logout(cli).await;
+    }
     let api = ApiClient::new(&cli.server)?;
     let (value, human): (Value, fn(&Value) -> String) = match &cli.command {
         Command::Apply(a) => {
@@ -435,7 +716,100 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
                 .await?,
             render_rollout,
         ),
-        Command::Gateway(_) | Command::Controller(_) | Command::Broker(_) => {
+        Command::Whoami => (api.get("/api/v1/whoami").await?, |v: &Value| {
+            format!(
+                "{} ({}{}) — token '{}' valid until {}",
+                s(v, "username"),
+                s(v, "role"),
+                scope(v),
+                v.pointer("/token/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-"),
+                v.pointer("/token/expires_at")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+            )
+        }),
+        Command::User(UserCommand::Add {
+            name,
+            role,
+            sites,
+            password_stdin,
+        }) => {
+            let password = read_password(None, *password_stdin)?;
+            let body =
+                json!({ "username": name, "role": role, "sites": sites, "password": password });
+            (api.post("/api/v1/users", &body).await?, |v: &Value| {
+                let mut out = format!(
+                    "user {} created: {}{}",
+                    s(v, "username"),
+                    s(v, "role"),
+                    scope(v)
+                );
+                if let Some(p) = v.get("password").and_then(Value::as_str) {
+                    out += &format!("\npassword (shown only now, hand it over safely): {p}");
+                }
+                out
+            })
+        }
+        Command::User(UserCommand::List) => (api.get("/api/v1/users").await?, |v: &Value| {
+            let mut t = table(&["USER", "ROLE", "SITES", "CREATED"]);
+            let all = v
+                .get("users")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for u in &all {
+                t.add_row(vec![
+                    s(u, "username").to_owned(),
+                    s(u, "role").to_owned(),
+                    list(u, "sites").join(","),
+                    s(u, "created_at").to_owned(),
+                ]);
+            }
+            format!("{t}\n{} user(s)", all.len())
+        }),
+        Command::User(UserCommand::Remove { name }) => (
+            api.delete(&format!("/api/v1/users/{name}")).await?,
+            |v: &Value| {
+                format!(
+                    "user {} removed; their tokens are revoked",
+                    s(v, "username")
+                )
+            },
+        ),
+        Command::Token(TokenCommand::Create { name, expires }) => (
+            api.post(
+                "/api/v1/tokens",
+                &json!({ "name": name, "expires_in": expires }),
+            )
+            .await?,
+            |v: &Value| {
+                format!(
+                    "token '{}' for {} ({}{}), valid until {} — shown only now:\n{}",
+                    s(v, "name"),
+                    s(v, "username"),
+                    s(v, "role"),
+                    scope(v),
+                    s(v, "expires_at"),
+                    s(v, "token")
+                )
+            },
+        ),
+        Command::Audit(AuditCommand::List { since, site, limit }) => (
+            api.get(&format!(
+                "/api/v1/audit?limit={limit}{}",
+                audit_query(since, site)
+            ))
+            .await?,
+            render_audit,
+        ),
+        Command::Audit(AuditCommand::Verify { .. } | AuditCommand::Export { .. })
+        | Command::Login(_)
+        | Command::Logout
+        | Command::Gateway(_)
+        | Command::Controller(_)
+        | Command::Broker(_) => {
             bail!("not a client command")
         }
     };
@@ -444,6 +818,135 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
     } else {
         human(&value)
     })
+}
+
+/// `edgefleet login`: exchanges the password for a session token and stores it (0600).
+async fn login(cli: &Cli, a: &LoginArgs) -> anyhow::Result<String> {
+    let password = read_password(a.password_file.as_ref(), a.password_stdin)?.ok_or_else(|| {
+        anyhow!("give the password with --password-file FILE or --password-stdin (first start: the file is <data-dir>/initial-admin-password)")
+    })?;
+    let mut api = ApiClient::with_token(&cli.server, None)?;
+    api.login_hint = false;
+    let v = api
+        .post(
+            "/api/v1/login",
+            &json!({ "username": a.user, "password": password }),
+        )
+        .await?;
+    let token = v
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("the API answered the login without a token"))?;
+    let file = token_file()?;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    crate::auth::write_secret(&file, &format!("{token}\n"))
+        .with_context(|| format!("cannot write the token to {}", file.display()))?;
+    let mut shown = v.clone();
+    if let Some(m) = shown.as_object_mut() {
+        m.remove("token");
+        m.insert("token_file".into(), json!(file.display().to_string()));
+    }
+    Ok(if cli.json {
+        serde_json::to_string_pretty(&shown).unwrap_or_default()
+    } else {
+        let mut out = format!(
+            "logged in to {} as {} ({}{}) until {}; token saved in {}",
+            cli.server,
+            s(&v, "username"),
+            s(&v, "role"),
+            scope(&v),
+            s(&v, "expires_at"),
+            file.display()
+        );
+        if std::env::var_os("EDGEFLEET_TOKEN").is_some() {
+            out += "\nnote: EDGEFLEET_TOKEN is set and takes precedence over the stored token";
+        }
+        out
+    })
+}
+
+/// `edgefleet logout`: revokes the stored session at the API (if reachable) and deletes it.
+async fn logout(cli: &Cli) -> anyhow::Result<String> {
+    let file = token_file()?;
+    let stored = std::fs::read_to_string(&file)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let revoked = match &stored {
+        Some(t) => ApiClient::with_token(&cli.server, Some(t.clone()))?
+            .post("/api/v1/logout", &json!({}))
+            .await
+            .is_ok(),
+        None => false,
+    };
+    if stored.is_some() {
+        std::fs::remove_file(&file).with_context(|| format!("cannot remove {}", file.display()))?;
+    }
+    let v = json!({ "logged_out": stored.is_some(), "revoked": revoked, "token_file": file.display().to_string() });
+    Ok(if cli.json {
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    } else if stored.is_none() {
+        format!("not logged in (no token in {})", file.display())
+    } else {
+        format!(
+            "logged out{}; removed {}",
+            if revoked {
+                " and the session revoked"
+            } else {
+                " (the API was not reachable to revoke the session; it expires on its own)"
+            },
+            file.display()
+        )
+    })
+}
+
+/// ` of lyon,paris` for scoped users.
+fn scope(v: &Value) -> String {
+    let sites = list(v, "sites");
+    if sites.is_empty() {
+        String::new()
+    } else {
+        format!(" of {}", sites.join(","))
+    }
+}
+
+fn render_audit(v: &Value) -> String {
+    let mut t = table(&[
+        "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "SITE", "OUTCOME", "DETAIL",
+    ]);
+    let all = v
+        .get("records")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for r in &all {
+        let outcome = match r.get("status").and_then(Value::as_u64) {
+            Some(code) => format!("{} {code}", s(r, "outcome")),
+            None => s(r, "outcome").to_owned(),
+        };
+        let detail = r
+            .get("detail")
+            .map(|d| match d.get("error").and_then(Value::as_str) {
+                Some(e) => e.to_owned(),
+                None => d.to_string(),
+            })
+            .unwrap_or_default();
+        t.add_row(vec![
+            n(r, "seq").to_string(),
+            s(r, "ts").to_owned(),
+            s(r, "actor").to_owned(),
+            s(r, "action").to_owned(),
+            s(r, "target").to_owned(),
+            s(r, "site").to_owned(),
+            outcome,
+            detail.chars().take(80).collect(),
+        ]);
+    }
+    format!("{t}\n{} record(s)", all.len())
 }
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {

@@ -112,6 +112,8 @@ pub struct Controller {
     outgoing: mpsc::UnboundedSender<Outgoing>,
     queued: DashSet<String>,
     events: Mutex<Vec<(String, String, String)>>,
+    /// Device-reported outcomes for the audit log, appended at the next flush.
+    audit_pending: Mutex<Vec<crate::audit::Entry>>,
     /// Rollouts in progress (and the way to start and control them).
     pub rollouts: crate::rollouts::Rollouts,
     /// Site summaries as last published (without `updated_at`).
@@ -170,6 +172,7 @@ impl Controller {
                 outgoing: tx,
                 queued: DashSet::new(),
                 events: Mutex::new(Vec::new()),
+                audit_pending: Mutex::new(Vec::new()),
                 rollouts,
                 published_sites: Mutex::new(BTreeMap::new()),
                 started: Instant::now(),
@@ -582,6 +585,10 @@ impl Controller {
             TopicKind::DeviceEvents => decode_for::<DeviceEvent>(device, payload, |e| &e.device).map(|e| {
                 let json = serde_json::to_string(&e).ok();
                 if self.fleet.on_event(e.clone()) {
+                    let site = self.fleet.devices.get(device).and_then(|d| d.labels.get("site").cloned());
+                    if let Some(entry) = crate::audit::device_outcome(&e, site.as_deref().unwrap_or("")) {
+                        lock(&self.audit_pending).push(entry);
+                    }
                     if let Some(json) = json {
                         lock(&self.events).push((e.device, e.ts, json));
                     }
@@ -678,8 +685,10 @@ impl Controller {
         }
     }
 
-    /// Writes changed devices and buffered events to the store.
+    /// Writes changed devices, buffered events and device outcomes (audit) to the store.
     pub fn flush(&self) -> Result<(), StoreError> {
+        let outcomes = std::mem::take(&mut *lock(&self.audit_pending));
+        self.audit_all(&outcomes);
         let rows = self.fleet.take_dirty();
         let events = std::mem::take(&mut *lock(&self.events));
         if rows.is_empty() && events.is_empty() {

@@ -16,11 +16,15 @@
 //! - [`rollout`] (pure: strategy, windows, waves, gate, state machine) and [`rollouts`]
 //!   (running them: persisted state, the gated loop, operator controls).
 //! - [`bus`]: the MQTT link and publish queue.
-//! - [`api`]: the HTTP JSON API.
+//! - [`api`]: the HTTP JSON API; [`auth`]: roles, site scope, the authentication
+//!   middleware, the first-start admin; [`users`]: users and API tokens (hashed) in the store.
+//! - [`audit`]: the hash-chained, append-only audit log (append, verify, export).
 //! - [`cli`]: the `edgefleet` client commands (talk to the API).
 //! - [`run`] / [`run_gateway`]: start everything; return when `shutdown` is cancelled.
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod book;
 pub mod bus;
 pub mod cli;
@@ -33,6 +37,7 @@ pub mod rollouts;
 pub mod selector;
 pub mod sites;
 pub mod store;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,6 +88,7 @@ pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyho
     let (ctrl, queue) = Controller::new(store)?;
     let ctrl = Arc::new(ctrl);
     let signer = Arc::new(keys::load_or_create_signer(&config.data_dir)?);
+    auth::ensure_initial_admin(&ctrl, &config.data_dir)?;
     let http = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| {

@@ -11,6 +11,12 @@ fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,rumqttd=warn,rumqttd::server::broker=off")
     });
+    // axum logs rejected request bodies' parse errors at TRACE, and those can quote a
+    // password: never log them, whatever RUST_LOG says (no secret in logs).
+    let filter = match "axum::rejection=off".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -97,7 +103,9 @@ async fn main() -> ExitCode {
         }
         _ => match edgefleet_controller::cli::run_client(&cli).await {
             Ok(out) => {
-                println!("{out}");
+                // A closed pipe (`| head`) is not an error worth a panic.
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout(), "{out}");
                 Ok(())
             }
             Err(e) if cli.json => {

@@ -198,6 +198,7 @@ impl Rollouts {
             &edgefleet_protocol::now_rfc3339(),
         )?;
         tracing::info!(rollout = id, deployment = %req.deployment, from, to, devices = candidates.len(), by, "rollout started");
+        audit_transition(ctrl, id, &rollout, None, by);
         lock(&self.active).insert(id, (by.to_owned(), rollout.clone()));
         let v = view(id, by, rollout);
         publish(ctrl, &v);
@@ -294,6 +295,7 @@ impl Rollouts {
             &edgefleet_protocol::now_rfc3339(),
         )?;
         tracing::warn!(rollout = id, deployment, to, "rollback started");
+        audit_transition(ctrl, id, &rollout, None, &by);
         publish(ctrl, &view(id, &by, rollout.clone()));
         lock(&self.active).insert(id, (by, rollout));
         Ok(())
@@ -307,6 +309,9 @@ impl Rollouts {
         rollout: Rollout,
     ) -> Result<(), RolloutError> {
         publish(ctrl, &view(id, by, rollout.clone()));
+        let previous = lock(&self.active)
+            .get(&id)
+            .map(|(_, r)| state_name(&r.state));
         let finished = matches!(
             rollout.state,
             RolloutState::Succeeded | RolloutState::Failed { .. } | RolloutState::Aborted
@@ -314,6 +319,9 @@ impl Rollouts {
         let json = serde_json::to_string(&rollout).unwrap_or_default();
         ctrl.store()
             .update_rollout(id, !finished, &json, &edgefleet_protocol::now_rfc3339())?;
+        if previous.as_deref() != Some(state_name(&rollout.state).as_str()) {
+            audit_transition(ctrl, id, &rollout, previous.as_deref(), by);
+        }
         let mut active = lock(&self.active);
         if finished {
             tracing::info!(rollout = id, state = %state_name(&rollout.state), "rollout finished");
@@ -456,6 +464,26 @@ impl Rollouts {
             .find(|v| v.id == id)
             .ok_or(RolloutError::NotFound(id))
     }
+}
+
+/// Records a rollout state change (`from` None: the rollout was just created) in the audit log.
+fn audit_transition(ctrl: &Controller, id: u64, r: &Rollout, from: Option<&str>, by: &str) {
+    let site = ctrl
+        .store()
+        .deployment(&r.deployment)
+        .ok()
+        .flatten()
+        .and_then(|d| crate::auth::deployment_site(&d.target));
+    ctrl.audit(crate::audit::Entry::system(
+        "rollout.transition",
+        &id.to_string(),
+        site.as_deref().unwrap_or(""),
+        crate::audit::Outcome::Ok,
+        serde_json::json!({
+            "deployment": r.deployment, "from": from, "to": state_name(&r.state), "state": r.state,
+            "from_revision": r.from_revision, "to_revision": r.to_revision, "started_by": by,
+        }),
+    ));
 }
 
 /// Retained on `edgefleet/v1/rollouts/{id}/status`: the API's document plus `schema`.

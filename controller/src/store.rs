@@ -1,7 +1,8 @@
 //! The controller's embedded store: one SQLite file in the data dir.
 //!
 //! Owns deployments and their immutable revisions (the configuration history), the devices'
-//! last-known state (labels, presence, status, desired document) and recent device events.
+//! last-known state (labels, presence, status, desired document) and recent device events;
+//! users and API tokens ([`crate::users`]) and the audit log ([`crate::audit`]).
 //! Schema changes are numbered migrations applied at open (`PRAGMA user_version`).
 
 use std::path::Path;
@@ -89,10 +90,48 @@ CREATE TABLE site_windows (
     tz TEXT NOT NULL
 );
 "#,
+    // 4: API users, API tokens (only their SHA-256), the hash-chained audit log.
+    r#"
+CREATE TABLE users (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    sites_json TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE api_tokens (
+    token_sha256 TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX api_tokens_by_user ON api_tokens (username);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    site TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    status INTEGER,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX audit_by_ts ON audit (ts);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"#,
 ];
 
 pub struct Store {
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -11,12 +11,33 @@ use serde_json::{Value, json};
 struct Server {
     base: String,
     http: reqwest::Client,
+    token: String,
     _dir: tempfile::TempDir,
+}
+
+/// An admin and a token of theirs, written straight into the store.
+fn admin_token(store: &Store) -> String {
+    let user = edgefleet_controller::users::User {
+        username: "admin".into(),
+        role: edgefleet_controller::auth::Role::Admin,
+        sites: vec![],
+        created_at: "t".into(),
+        disabled: false,
+        password_hash: String::new(),
+    };
+    store.insert_user(&user).unwrap();
+    let token = edgefleet_controller::users::new_token();
+    let digest = edgefleet_controller::users::token_digest(&token);
+    store
+        .insert_token(&digest, "admin", "test", "t", i64::MAX)
+        .unwrap();
+    token
 }
 
 async fn server() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("edgefleet.db")).unwrap();
+    let token = admin_token(&store);
     let (ctrl, _queue) = Controller::new(store).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -25,13 +46,17 @@ async fn server() -> Server {
     Server {
         base,
         http: reqwest::Client::new(),
+        token,
         _dir: dir,
     }
 }
 
 impl Server {
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<&str>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req
                 .header("content-type", "application/json")

@@ -57,6 +57,43 @@ fn strays_are_refused_and_presence_creates_devices() {
 }
 
 #[test]
+fn device_outcomes_are_audited_progress_is_not() {
+    let (c, _rx, _dir) = controller();
+    c.on_message(
+        &TopicKind::DevicePresence.for_device("d1"),
+        &presence("d1", "lyon"),
+    );
+    for (kind, severity) in [
+        ("pulling", "info"),
+        ("converged", "info"),
+        ("failed", "error"),
+    ] {
+        let e = json!({"schema": 1, "device": "d1", "ts": "t", "kind": kind, "severity": severity,
+                       "revision": 1, "message": format!("{kind} happened")});
+        c.on_message(
+            &TopicKind::DeviceEvents.for_device("d1"),
+            e.to_string().as_bytes(),
+        );
+    }
+    c.flush().unwrap();
+    let got: Vec<(String, String, String, String)> = c
+        .store()
+        .audit_records(&Default::default())
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "device.outcome")
+        .map(|r| (r.actor, r.site, r.outcome, r.detail))
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        (got[0].0.as_str(), got[0].1.as_str(), got[0].2.as_str()),
+        ("device:d1", "lyon", "ok")
+    );
+    assert!(got[0].3.contains("converged happened"));
+    assert_eq!(got[1].2, "failed");
+}
+
+#[test]
 fn a_device_ahead_of_the_store_gets_a_revision_above_its_own() {
     let (c, _rx, _dir) = controller();
     c.on_message(

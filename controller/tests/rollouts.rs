@@ -211,6 +211,27 @@ fn staged_apply_holds_devices_and_a_rollout_moves_them_wave_by_wave() {
         published.len()
     );
     assert_eq!(published.last().unwrap()["state"]["state"], "succeeded");
+    // Every state change is in the audit log, and the chain holds.
+    let transitions: Vec<(serde_json::Value, serde_json::Value)> = c
+        .store()
+        .audit_records(&Default::default())
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.action == "rollout.transition" && r.target == view.id.to_string())
+        .map(|r| {
+            let d: serde_json::Value = serde_json::from_str(&r.detail).unwrap();
+            assert_eq!((r.actor.as_str(), r.site.as_str()), ("system", "lyon"));
+            (d["from"].clone(), d["to"].clone())
+        })
+        .collect();
+    assert_eq!(
+        transitions,
+        vec![
+            (json!(null), json!("running")),
+            (json!("running"), json!("succeeded"))
+        ]
+    );
+    assert!(c.store().audit_verify().unwrap().ok);
 }
 
 #[test]

@@ -1,6 +1,11 @@
-//! The gateway as a user sees it: its HTTP API (read side) and the `edgefleet` CLI.
+//! The gateway as a user sees it: its HTTP API (read side) and the `edgefleet` CLI, both
+//! carrying a token. [`Api::admin`] logs in as the first-start admin the way a user would
+//! (`edgefleet login --password-file <data-dir>/initial-admin-password`) and then sends that
+//! token with every request and CLI run (`EDGEFLEET_TOKEN`).
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
 use serde_json::Value;
 
@@ -9,6 +14,9 @@ use crate::bins::bins;
 pub struct Api {
     pub port: u16,
     http: reqwest::Client,
+    /// Where `initial-admin-password` is, to log in as admin on first use.
+    data_dir: Option<PathBuf>,
+    token: Mutex<Option<String>>,
 }
 
 /// Output of one CLI run.
@@ -27,11 +35,76 @@ impl CliOutput {
 }
 
 impl Api {
+    /// Without credentials.
     pub fn new(port: u16) -> Api {
         Api {
             port,
             http: reqwest::Client::new(),
+            data_dir: None,
+            token: Mutex::new(None),
         }
+    }
+
+    /// As the first-start admin of the gateway or controller with this data dir (logs in on
+    /// first use, with the real CLI).
+    pub fn admin(port: u16, data_dir: &Path) -> Api {
+        Api {
+            data_dir: Some(data_dir.to_owned()),
+            ..Api::new(port)
+        }
+    }
+
+    /// With a given token (another user's, an API token).
+    pub fn with_token(port: u16, token: &str) -> Api {
+        let api = Api::new(port);
+        *api.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.to_owned());
+        api
+    }
+
+    /// The CLI's config dir for this API (where `edgefleet login` stores its token).
+    pub fn config_dir(&self) -> PathBuf {
+        match &self.data_dir {
+            Some(d) => d.with_file_name(format!("cli-config-{}", self.port)),
+            None => std::env::temp_dir().join(format!(
+                "edgefleet-cli-{}-{}",
+                std::process::id(),
+                self.port
+            )),
+        }
+    }
+
+    /// The token requests carry: given, or obtained by logging in as admin.
+    pub fn token(&self) -> Result<Option<String>, String> {
+        let mut held = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_some() {
+            return Ok(held.clone());
+        }
+        let Some(dir) = &self.data_dir else {
+            return Ok(None);
+        };
+        let config = self.config_dir();
+        let out = Command::new(&bins().edgefleet)
+            .arg("--server")
+            .arg(self.url())
+            .args(["login", "--user", "admin", "--password-file"])
+            .arg(dir.join("initial-admin-password"))
+            .env("EDGEFLEET_CONFIG_DIR", &config)
+            .env_remove("EDGEFLEET_TOKEN")
+            .output()
+            .map_err(|e| format!("cannot run edgefleet login: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "edgefleet login failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let token = std::fs::read_to_string(config.join("token"))
+            .map_err(|e| format!("edgefleet login stored no token: {e}"))?
+            .trim()
+            .to_owned();
+        *held = Some(token.clone());
+        Ok(Some(token))
     }
 
     pub fn url(&self) -> String {
@@ -40,12 +113,13 @@ impl Api {
 
     /// GET a path; Err with the reason if unreachable or not 2xx.
     pub async fn get(&self, path: &str) -> Result<Value, String> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.url()))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut req = self.http.get(format!("{}{path}", self.url()));
+        if path != "/api/v1/health"
+            && let Some(t) = self.token()?
+        {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let body: Value = resp.json().await.map_err(|e| e.to_string())?;
         if status.is_success() {
@@ -85,14 +159,36 @@ impl Api {
         .await
     }
 
-    /// Runs `edgefleet --server URL ARGS…`.
+    /// Runs `edgefleet --server URL ARGS…` with the token in `EDGEFLEET_TOKEN`.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
-        let out = Command::new(&bins().edgefleet)
-            .arg("--server")
+        self.cli_stdin(args, "")
+    }
+
+    /// [`Api::cli`] with `stdin` on standard input (e.g. `--password-stdin`).
+    pub fn cli_stdin(&self, args: &[&str], stdin: &str) -> CliOutput {
+        let token = self
+            .token()
+            .unwrap_or_else(|e| panic!("cannot log in as admin: {e}"));
+        let mut cmd = Command::new(&bins().edgefleet);
+        cmd.arg("--server")
             .arg(self.url())
             .args(args)
-            .output()
-            .expect("run edgefleet CLI");
+            .env_remove("EDGEFLEET_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // Never the developer's own ~/.config/edgefleet: a config dir of this API's.
+        cmd.env("EDGEFLEET_CONFIG_DIR", self.config_dir());
+        if let Some(t) = token {
+            cmd.env("EDGEFLEET_TOKEN", t);
+        }
+        let mut child = cmd.spawn().expect("run edgefleet CLI");
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().expect("stdin");
+            let _ = input.write_all(stdin.as_bytes());
+        }
+        let out = child.wait_with_output().expect("run edgefleet CLI");
         CliOutput {
             success: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -13,6 +13,8 @@ use crate::free_port;
 pub struct Proc {
     name: String,
     cmd: Vec<String>,
+    /// Environment over the defaults (e.g. `RUST_LOG`).
+    envs: Vec<(String, String)>,
     log_path: PathBuf,
     child: Option<Child>,
 }
@@ -20,16 +22,36 @@ pub struct Proc {
 impl Proc {
     /// Starts `program args…`, appending stdout and stderr to `<dir>/<name>.log`.
     pub fn spawn(name: &str, dir: &Path, program: &Path, args: &[String]) -> Proc {
+        Self::spawn_env(name, dir, program, args, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables (they win over the defaults).
+    pub fn spawn_env(
+        name: &str,
+        dir: &Path,
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, &str)],
+    ) -> Proc {
         let mut cmd = vec![program.display().to_string()];
         cmd.extend(args.iter().cloned());
         let mut p = Proc {
             name: name.to_owned(),
             cmd,
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log_path: dir.join(format!("{name}.log")),
             child: None,
         };
         p.start();
         p
+    }
+
+    /// The whole log (stdout and stderr) so far.
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     pub fn start(&mut self) {
@@ -42,6 +64,7 @@ impl Proc {
         let child = Command::new(&self.cmd[0])
             .args(&self.cmd[1..])
             .env("RUST_LOG", "info,rumqttd=warn,rumqttd::server::broker=off")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -141,15 +164,23 @@ pub struct Gateway {
     pub proc: Proc,
     pub mqtt_port: u16,
     pub http_port: u16,
+    /// Its `--data-dir` (holds edgefleet.db and initial-admin-password).
+    pub data_dir: PathBuf,
 }
 
 impl Gateway {
     pub fn start(dir: &Path) -> Gateway {
+        Self::start_env(dir, &[])
+    }
+
+    /// [`Gateway::start`] with extra environment variables (e.g. `RUST_LOG=trace`).
+    pub fn start_env(dir: &Path, envs: &[(&str, &str)]) -> Gateway {
         let (mqtt_port, http_port) = (free_port(), free_port());
+        let data_dir = dir.join("gateway-data");
         let args = vec![
             "gateway".into(),
             "--data-dir".into(),
-            dir.join("gateway-data").display().to_string(),
+            data_dir.display().to_string(),
             "--mqtt-listen".into(),
             format!("127.0.0.1:{mqtt_port}"),
             "--http-listen".into(),
@@ -157,11 +188,12 @@ impl Gateway {
             "--keepalive".into(),
             "5".into(),
         ];
-        let proc = Proc::spawn("gateway", dir, &bins().edgefleet, &args);
+        let proc = Proc::spawn_env("gateway", dir, &bins().edgefleet, &args, envs);
         let gw = Gateway {
             proc,
             mqtt_port,
             http_port,
+            data_dir,
         };
         gw.wait_ready();
         gw
@@ -183,19 +215,26 @@ impl Gateway {
         format!("mqtt://127.0.0.1:{}", self.mqtt_port)
     }
 
+    /// The API, logged in as the first-start admin.
     pub fn api(&self) -> crate::api::Api {
-        crate::api::Api::new(self.http_port)
+        crate::api::Api::admin(self.http_port, &self.data_dir)
     }
 }
 
-/// A controller process against a broker at `mqtt_port` (external-broker deployment).
+/// The data dir [`controller`] gives the controller under `dir`.
+pub fn controller_data_dir(dir: &Path) -> PathBuf {
+    dir.join("controller-data")
+}
+
+/// A controller process against a broker at `mqtt_port` (external-broker deployment). Its
+/// API as admin: `Api::admin(http_port, &controller_data_dir(dir))`.
 pub fn controller(dir: &Path, mqtt_port: u16, http_port: u16) -> Proc {
     let args = vec![
         "controller".into(),
         "--broker".into(),
         format!("mqtt://127.0.0.1:{mqtt_port}"),
         "--data-dir".into(),
-        dir.join("controller-data").display().to_string(),
+        controller_data_dir(dir).display().to_string(),
         "--http-listen".into(),
         format!("127.0.0.1:{http_port}"),
         "--keepalive".into(),

@@ -217,7 +217,7 @@ async fn fleet_of_150_survives_a_controller_restart() {
     let _broker = procs::embedded_broker(dir.path(), port);
     let http = free_port();
     let mut controller = procs::controller(dir.path(), port, http);
-    let api = Api::new(http);
+    let api = Api::admin(http, &procs::controller_data_dir(dir.path()));
     let prefix = unique_id("simctl");
     let stop = Stop::default();
     spawn_fleet(&prefix, port, procs::controller_key(dir.path()), &stop);

@@ -136,7 +136,11 @@ async fn two_agent_scenario(kind: BrokerKind) {
             keep.push(procs::mosquitto(dir, port));
             let http = free_port();
             keep.push(procs::controller(dir, port, http));
-            (Api::new(http), port, None)
+            (
+                Api::admin(http, &procs::controller_data_dir(dir)),
+                port,
+                None,
+            )
         }
     };
     let url = format!("mqtt://127.0.0.1:{mqtt_port}");

@@ -1,0 +1,284 @@
+//! Security acceptance with the real binaries: the audit log's tampering is caught by
+//! `edgefleet audit verify` reading the store file, and no password or token ever reaches
+//! the gateway's logs, even at `RUST_LOG=trace`.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use edgefleet_tests::api::{Api, CliOutput};
+use edgefleet_tests::bins::bins;
+use edgefleet_tests::procs::Gateway;
+
+/// `edgefleet ARGS…` with a private config dir, no inherited token, `stdin` piped in.
+fn edgefleet(args: &[&str], config: &Path, stdin: &str) -> CliOutput {
+    let mut child = Command::new(&bins().edgefleet)
+        .args(args)
+        .env("EDGEFLEET_CONFIG_DIR", config)
+        .env_remove("EDGEFLEET_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run edgefleet");
+    {
+        use std::io::Write;
+        let _ = child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes());
+    }
+    let out = child.wait_with_output().expect("run edgefleet");
+    CliOutput {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn verify(data_dir: &Path, config: &Path) -> CliOutput {
+    edgefleet(
+        &[
+            "audit",
+            "verify",
+            "--data-dir",
+            &data_dir.display().to_string(),
+        ],
+        config,
+        "",
+    )
+}
+
+const STACK: &str = "services:\n  app:\n    image: app:1\n";
+
+#[test]
+fn audit_verify_names_an_edited_or_deleted_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("cfg");
+    let mut gw = Gateway::start(dir.path());
+    let api = gw.api();
+    // A few audited actions: logins, applies, a user, a refusal.
+    for (name, target) in [("web", "site=lyon"), ("hmi", "site=paris")] {
+        api.apply(dir.path(), name, target, STACK);
+    }
+    let added = api.cli(&[
+        "--json", "user", "add", "ana", "--role", "viewer", "--site", "lyon",
+    ]);
+    assert!(added.success, "{added:?}");
+    let anonymous = Api::new(gw.http_port).cli(&["get", "devices"]);
+    assert!(!anonymous.success);
+    assert!(
+        anonymous.stderr.contains("edgefleet login"),
+        "a refusal says how to log in: {anonymous:?}"
+    );
+
+    // While the gateway runs, and after it stopped: intact.
+    let ok = verify(&gw.data_dir, &config);
+    assert!(ok.success, "{ok:?}");
+    assert!(ok.stdout.contains("audit log OK"), "{ok:?}");
+    gw.proc.stop();
+    let ok = verify(&gw.data_dir, &config);
+    assert!(ok.success, "{ok:?}");
+    let head = ok
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("head: #"))
+        .expect("verify prints the head")
+        .to_owned();
+    let records: u64 = head.split(' ').next().unwrap().parse().unwrap();
+    assert!(records >= 6, "{head}");
+
+    let db = rusqlite::Connection::open(gw.data_dir.join("edgefleet.db")).expect("open store");
+    assert!(
+        db.execute("UPDATE audit SET actor = 'x' WHERE seq = 3", [])
+            .is_err(),
+        "the store itself refuses to rewrite the audit log"
+    );
+    // Someone with the file drops the guard and edits record 3's detail.
+    db.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+        .unwrap();
+    let original: String = db
+        .query_row("SELECT detail FROM audit WHERE seq = 3", [], |r| r.get(0))
+        .unwrap();
+    db.execute(
+        "UPDATE audit SET detail = '{\"note\":\"nothing happened\"}' WHERE seq = 3",
+        [],
+    )
+    .unwrap();
+    let bad = verify(&gw.data_dir, &config);
+    assert!(!bad.success, "an edited record must fail: {bad:?}");
+    assert!(
+        bad.stderr.contains("first bad record is #3") && bad.stderr.contains("modified"),
+        "{bad:?}"
+    );
+    let json = edgefleet(
+        &[
+            "--json",
+            "audit",
+            "verify",
+            "--data-dir",
+            &gw.data_dir.display().to_string(),
+        ],
+        &config,
+        "",
+    );
+    assert!(!json.success && json.stdout.contains("#3"), "{json:?}");
+
+    // Put it back: intact again, same head.
+    db.execute("UPDATE audit SET detail = ?1 WHERE seq = 3", [&original])
+        .unwrap();
+    let ok = verify(&gw.data_dir, &config);
+    assert!(ok.success && ok.stdout.contains(&head), "{ok:?}");
+
+    // A deleted record is named too.
+    db.execute("DELETE FROM audit WHERE seq = 2", []).unwrap();
+    let bad = verify(&gw.data_dir, &config);
+    assert!(!bad.success, "a deleted record must fail: {bad:?}");
+    assert!(
+        bad.stderr.contains("#2") && bad.stderr.contains("missing"),
+        "{bad:?}"
+    );
+
+    let none = verify(&dir.path().join("nowhere"), &config);
+    assert!(
+        !none.success && none.stderr.contains("--data-dir"),
+        "{none:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_or_token_in_the_gateway_logs_at_trace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gw = Gateway::start_env(dir.path(), &[("RUST_LOG", "trace")]);
+    let admin_password = std::fs::read_to_string(gw.data_dir.join("initial-admin-password"))
+        .expect("initial admin password")
+        .trim()
+        .to_owned();
+    let api = gw.api();
+    let admin_token = api.token().expect("admin login").expect("a token");
+
+    // A user with a chosen password, one with a generated password, an API token.
+    let ana_password = "ana-chose-this-passphrase";
+    let out = api.cli_stdin(
+        &[
+            "user",
+            "add",
+            "ana",
+            "--role",
+            "operator",
+            "--site",
+            "lyon",
+            "--password-stdin",
+        ],
+        &format!("{ana_password}\n"),
+    );
+    assert!(out.success, "{out:?}");
+    let out = api.cli(&["--json", "user", "add", "bob", "--role", "auditor"]);
+    assert!(out.success, "{out:?}");
+    let bob_password = out.json()["password"]
+        .as_str()
+        .expect("generated")
+        .to_owned();
+    let out = api.cli(&["--json", "token", "create", "ci-deploy", "--expires", "2d"]);
+    assert!(out.success, "{out:?}");
+    let api_token = out.json()["token"].as_str().expect("token").to_owned();
+
+    // Use them: logins through the CLI, requests with each token, a wrong password.
+    let server = format!("http://127.0.0.1:{}", gw.http_port);
+    let ana_cfg = dir.path().join("ana-cfg");
+    let login = edgefleet(
+        &[
+            "--server",
+            &server,
+            "login",
+            "--user",
+            "ana",
+            "--password-stdin",
+        ],
+        &ana_cfg,
+        &format!("{ana_password}\n"),
+    );
+    assert!(login.success, "{login:?}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(ana_cfg.join("token")).expect("stored token");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+    let ana_token = std::fs::read_to_string(ana_cfg.join("token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let who = edgefleet(&["--server", &server, "--json", "whoami"], &ana_cfg, "");
+    assert!(who.success, "{who:?}");
+    assert_eq!(who.json()["sites"], serde_json::json!(["lyon"]));
+    let bob_cfg = dir.path().join("bob-cfg");
+    let login = edgefleet(
+        &[
+            "--server",
+            &server,
+            "login",
+            "--user",
+            "bob",
+            "--password-stdin",
+        ],
+        &bob_cfg,
+        &format!("{bob_password}\n"),
+    );
+    assert!(login.success, "{login:?}");
+    let bob_token = std::fs::read_to_string(bob_cfg.join("token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let wrong_password = "not-anas-password-at-all";
+    let wrong = edgefleet(
+        &[
+            "--server",
+            &server,
+            "login",
+            "--user",
+            "ana",
+            "--password-stdin",
+        ],
+        &dir.path().join("x-cfg"),
+        &format!("{wrong_password}\n"),
+    );
+    assert!(
+        !wrong.success && wrong.stderr.contains("wrong username or password"),
+        "{wrong:?}"
+    );
+    for token in [&ana_token, &bob_token, &api_token] {
+        Api::with_token(gw.http_port, token)
+            .get("/api/v1/devices")
+            .await
+            .expect("a request with the token");
+    }
+    let audit = Api::with_token(gw.http_port, &bob_token)
+        .get("/api/v1/audit?limit=500")
+        .await
+        .expect("auditor reads the audit log");
+    let logout = edgefleet(&["--server", &server, "logout"], &ana_cfg, "");
+    assert!(logout.success, "{logout:?}");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = gw.proc.full_log();
+    assert!(
+        log.contains("TRACE"),
+        "the gateway did not log at trace level; the test proves nothing"
+    );
+    let secrets = [
+        ("the initial admin password", admin_password.as_str()),
+        ("ana's password", ana_password),
+        ("bob's generated password", bob_password.as_str()),
+        ("a wrong password", wrong_password),
+        ("the admin's session token", admin_token.as_str()),
+        ("ana's session token", ana_token.as_str()),
+        ("bob's session token", bob_token.as_str()),
+        ("the API token", api_token.as_str()),
+    ];
+    let audit_text = audit.to_string();
+    for (what, secret) in secrets {
+        assert!(!log.contains(secret), "{what} is in the gateway's log");
+        assert!(!audit_text.contains(secret), "{what} is in the audit log");
+    }
+}
