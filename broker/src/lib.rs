@@ -10,11 +10,12 @@
 //! - [`BrokerConfig`]: the knobs we expose, with the values we chose and why.
 //! - [`start`]: starts the broker on its own thread and waits until the listener accepts.
 //! - [`pki`]: the gateway's CA, server certificate and client certificates.
-//! - `front` (next): the TLS listener that confines each identity to its topics.
+//! - [`front`]: the TLS listener that confines each identity to its topics.
 //!
 //! rumqttd's `Broker::start()` blocks forever and has no shutdown API, so the broker lives as
 //! long as the process that started it.
 
+pub mod front;
 pub mod pki;
 
 use std::collections::HashMap;
