@@ -25,7 +25,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
-use tokio::time::timeout;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -56,10 +55,7 @@ impl Gateway {
         })
         .expect("broker starts");
         let pki = Pki::load_or_create(&dir.path().join("pki"), &[]).unwrap();
-        let mut config = FrontConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            broker.connect_addr(),
-        );
+        let mut config = FrontConfig::new("127.0.0.1:0".parse().unwrap(), broker.connect_addr());
         tune(&mut config);
         let front = start_front(config, pki.server_tls_config()).await.unwrap();
         let files = dir.path().join("files");
@@ -228,7 +224,10 @@ impl Client {
     }
 }
 
-async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Result<Event, ConnectionError>>) {
+async fn drive(
+    mut eventloop: EventLoop,
+    tx: mpsc::UnboundedSender<Result<Event, ConnectionError>>,
+) {
     loop {
         let event = eventloop.poll().await;
         let stop = event.is_err();
@@ -242,7 +241,11 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Result<Event,
 async fn retained(gw: &Gateway, topic: &str) -> Vec<u8> {
     let mut reader = Client::loopback(gw, &format!("reader-{}", rand_suffix()));
     reader.connected().await;
-    reader.client.subscribe(topic, QoS::AtMostOnce).await.unwrap();
+    reader
+        .client
+        .subscribe(topic, QoS::AtMostOnce)
+        .await
+        .unwrap();
     let payload = reader.message(topic).await;
     reader.client.disconnect().await.ok();
     payload
@@ -263,7 +266,9 @@ async fn publish_loopback(gw: &Gateway, topic: &str, payload: &str, retain: bool
         .await
         .unwrap();
     writer
-        .expect("PUBACK", |e| matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(()))
+        .expect("PUBACK", |e| {
+            matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(())
+        })
         .await;
     writer.client.disconnect().await.ok();
 }
@@ -289,7 +294,9 @@ fn mosquitto(program: &str, args: &[&str]) -> Output {
     let out = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} (apt-get install mosquitto-clients): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} (apt-get install mosquitto-clients): {e}")
+        });
     eprintln!(
         "{program} {args:?} → {}\nstdout: {}\nstderr: {}",
         out.status,
@@ -299,8 +306,19 @@ fn mosquitto(program: &str, args: &[&str]) -> Output {
     out
 }
 
-fn tls_args<'a>(gw_port: &'a str, ca: &'a Path, cert: Option<&'a (PathBuf, PathBuf)>) -> Vec<&'a str> {
-    let mut v = vec!["-h", "localhost", "-p", gw_port, "--cafile", ca.to_str().unwrap()];
+fn tls_args<'a>(
+    gw_port: &'a str,
+    ca: &'a Path,
+    cert: Option<&'a (PathBuf, PathBuf)>,
+) -> Vec<&'a str> {
+    let mut v = vec![
+        "-h",
+        "localhost",
+        "-p",
+        gw_port,
+        "--cafile",
+        ca.to_str().unwrap(),
+    ];
     if let Some((c, k)) = cert {
         v.extend(["--cert", c.to_str().unwrap(), "--key", k.to_str().unwrap()]);
     }
@@ -369,7 +387,10 @@ async fn a_device_reads_and_writes_only_its_own_topics() {
         .subscribe_many([
             rumqttc::SubscribeFilter::new(b_desired.clone(), QoS::AtLeastOnce),
             rumqttc::SubscribeFilter::new(a_desired.clone(), QoS::AtLeastOnce),
-            rumqttc::SubscribeFilter::new("edgefleet/v1/devices/+/desired".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new(
+                "edgefleet/v1/devices/+/desired".into(),
+                QoS::AtLeastOnce,
+            ),
             rumqttc::SubscribeFilter::new(topics::controller_presence(), QoS::AtMostOnce),
         ])
         .await
@@ -384,7 +405,13 @@ async fn a_device_reads_and_writes_only_its_own_topics() {
         ]
     );
     let refused = front_event(&mut events, "subscribe refusal", |e| {
-        matches!(&e.kind, FrontEventKind::Refused { action: Action::Subscribe, .. })
+        matches!(
+            &e.kind,
+            FrontEventKind::Refused {
+                action: Action::Subscribe,
+                ..
+            }
+        )
     })
     .await;
     assert_eq!(refused.identity, Some(device("press-a")));
@@ -394,15 +421,20 @@ async fn a_device_reads_and_writes_only_its_own_topics() {
     publish_loopback(&gw, &a_desired, "{\"for\":\"a\"}", true).await;
     assert_eq!(a.message(&a_desired).await, b"{\"for\":\"a\"}");
     let late = a.messages_within(Duration::from_millis(500)).await;
-    assert!(!late.contains(&b_desired), "A received B's desired state: {late:?}");
+    assert!(
+        !late.contains(&b_desired),
+        "A received B's desired state: {late:?}"
+    );
 
     // A publishes its own status (retained): visible on the loopback listener.
     a.client
         .publish(&a_status, QoS::AtLeastOnce, true, b"a-status".to_vec())
         .await
         .unwrap();
-    a.expect("PUBACK", |e| matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(()))
-        .await;
+    a.expect("PUBACK", |e| {
+        matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(())
+    })
+    .await;
     assert_eq!(retained(&gw, &a_status).await, b"a-status");
 
     // A publishing B's status is disconnected; B's retained status is unchanged.
@@ -432,7 +464,10 @@ async fn a_device_reads_and_writes_only_its_own_topics() {
         let mut wrong = Client::tls(&gw, id, &a_cert);
         let err = wrong.closed("refused client id").await;
         assert!(
-            matches!(err, ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId)),
+            matches!(
+                err,
+                ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId)
+            ),
             "{err:?}"
         );
     }
@@ -444,18 +479,40 @@ async fn mosquitto_clients_are_confined_too() {
     let port = gw.port().to_string();
     let ca = gw.ca_file();
     let a = gw.write_cert("a", &gw.issue(&device("press-a")));
-    let scada = gw.write_cert("scada", &gw.issue(&Identity::Integrator("scada".to_owned())));
+    let scada = gw.write_cert(
+        "scada",
+        &gw.issue(&Identity::Integrator("scada".to_owned())),
+    );
     let a_status = TopicKind::DeviceStatus.for_device("press-a");
 
     let mut args = tls_args(&port, &ca, Some(&a));
-    args.extend(["-i", "edgefleet-agent-press-a", "-q", "1", "-r", "-t", &a_status, "-m", "from-mosquitto"]);
+    args.extend([
+        "-i",
+        "edgefleet-agent-press-a",
+        "-q",
+        "1",
+        "-r",
+        "-t",
+        &a_status,
+        "-m",
+        "from-mosquitto",
+    ]);
     assert!(mosquitto("mosquitto_pub", &args).status.success());
     assert_eq!(retained(&gw, &a_status).await, b"from-mosquitto");
 
     // Subscribing to another device's desired state: every filter refused.
     let b_desired = TopicKind::DeviceDesired.for_device("press-b");
     let mut args = tls_args(&port, &ca, Some(&a));
-    args.extend(["-i", "edgefleet-agent-press-a", "-t", &b_desired, "-C", "1", "-W", "5"]);
+    args.extend([
+        "-i",
+        "edgefleet-agent-press-a",
+        "-t",
+        &b_desired,
+        "-C",
+        "1",
+        "-W",
+        "5",
+    ]);
     let out = mosquitto("mosquitto_sub", &args);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("All subscription requests were denied"),
@@ -465,7 +522,17 @@ async fn mosquitto_clients_are_confined_too() {
 
     // The integrator reads every device's status (retained replay) through the front.
     let mut args = tls_args(&port, &ca, Some(&scada));
-    args.extend(["-i", "integrator:scada", "-t", "edgefleet/v1/devices/+/status", "-C", "1", "-W", "5", "-v"]);
+    args.extend([
+        "-i",
+        "integrator:scada",
+        "-t",
+        "edgefleet/v1/devices/+/status",
+        "-C",
+        "1",
+        "-W",
+        "5",
+        "-v",
+    ]);
     let out = mosquitto("mosquitto_sub", &args);
     assert!(out.status.success());
     assert_eq!(
@@ -483,7 +550,15 @@ async fn no_certificate_or_a_foreign_ca_cannot_connect() {
     let a_status = TopicKind::DeviceStatus.for_device("press-a");
 
     let mut args = tls_args(&port, &ca, None);
-    args.extend(["-i", "edgefleet-agent-press-a", "-t", &a_status, "-m", "x", "-r"]);
+    args.extend([
+        "-i",
+        "edgefleet-agent-press-a",
+        "-t",
+        &a_status,
+        "-m",
+        "x",
+        "-r",
+    ]);
     assert!(!mosquitto("mosquitto_pub", &args).status.success());
     front_event(&mut events, "handshake without certificate", |e| {
         matches!(e.kind, FrontEventKind::HandshakeFailed { .. })
@@ -492,9 +567,20 @@ async fn no_certificate_or_a_foreign_ca_cannot_connect() {
 
     let other_dir = tempfile::tempdir().unwrap();
     let other = Pki::load_or_create(other_dir.path(), &[]).unwrap();
-    let foreign = gw.write_cert("foreign", &other.issue_client(&device("press-a"), 1).unwrap());
+    let foreign = gw.write_cert(
+        "foreign",
+        &other.issue_client(&device("press-a"), 1).unwrap(),
+    );
     let mut args = tls_args(&port, &ca, Some(&foreign));
-    args.extend(["-i", "edgefleet-agent-press-a", "-t", &a_status, "-m", "x", "-r"]);
+    args.extend([
+        "-i",
+        "edgefleet-agent-press-a",
+        "-t",
+        &a_status,
+        "-m",
+        "x",
+        "-r",
+    ]);
     assert!(!mosquitto("mosquitto_pub", &args).status.success());
     let failed = front_event(&mut events, "handshake with a foreign certificate", |e| {
         matches!(e.kind, FrontEventKind::HandshakeFailed { .. })
@@ -531,7 +617,9 @@ async fn idle_sockets_do_not_delay_a_device() {
     // The idle sockets are closed once their handshake time is up.
     let started = Instant::now();
     for socket in &mut idle {
-        read_until_closed(socket).await.expect("idle socket closed by the front");
+        read_until_closed(socket)
+            .await
+            .expect("idle socket closed by the front");
     }
     let waited = started.elapsed();
     println!("50 idle sockets closed after a further {waited:?}");
@@ -547,15 +635,31 @@ async fn a_v5_client_is_refused_and_others_keep_working() {
     let b_desired = TopicKind::DeviceDesired.for_device("press-b");
     let mut b = Client::tls(&gw, "edgefleet-agent-press-b", &b_cert);
     b.connected().await;
-    b.client.subscribe(&b_desired, QoS::AtLeastOnce).await.unwrap();
+    b.client
+        .subscribe(&b_desired, QoS::AtLeastOnce)
+        .await
+        .unwrap();
     b.suback().await;
 
     let a = gw.write_cert("a", &gw.issue(&device("press-a")));
     let a_status = TopicKind::DeviceStatus.for_device("press-a");
     let mut args = tls_args(&port, &ca, Some(&a));
     args.extend([
-        "-V", "mqttv5", "-D", "publish", "user-property", "a", "b", "-i",
-        "edgefleet-agent-press-a", "-q", "1", "-t", &a_status, "-m", "v5",
+        "-V",
+        "mqttv5",
+        "-D",
+        "publish",
+        "user-property",
+        "a",
+        "b",
+        "-i",
+        "edgefleet-agent-press-a",
+        "-q",
+        "1",
+        "-t",
+        &a_status,
+        "-m",
+        "v5",
     ]);
     let out = mosquitto("mosquitto_pub", &args);
     assert!(!out.status.success());
@@ -568,7 +672,17 @@ async fn a_v5_client_is_refused_and_others_keep_working() {
     publish_loopback(&gw, &b_desired, "after-v5", true).await;
     assert_eq!(b.message(&b_desired).await, b"after-v5");
     let mut args = tls_args(&port, &ca, Some(&a));
-    args.extend(["-i", "edgefleet-agent-press-a", "-q", "1", "-r", "-t", &a_status, "-m", "v4"]);
+    args.extend([
+        "-i",
+        "edgefleet-agent-press-a",
+        "-q",
+        "1",
+        "-r",
+        "-t",
+        &a_status,
+        "-m",
+        "v4",
+    ]);
     assert!(mosquitto("mosquitto_pub", &args).status.success());
     assert_eq!(retained(&gw, &a_status).await, b"v4");
 }
@@ -580,7 +694,11 @@ async fn garbage_and_oversize_packets_close_only_their_connection() {
     let b_events = TopicKind::DeviceEvents.for_device("press-b");
     let mut reader = Client::loopback(&gw, "events-reader");
     reader.connected().await;
-    reader.client.subscribe(&b_events, QoS::AtLeastOnce).await.unwrap();
+    reader
+        .client
+        .subscribe(&b_events, QoS::AtLeastOnce)
+        .await
+        .unwrap();
     reader.suback().await;
     let mut b = Client::tls(&gw, "edgefleet-agent-press-b", &b_cert);
     b.connected().await;
@@ -588,14 +706,22 @@ async fn garbage_and_oversize_packets_close_only_their_connection() {
     let c_cert = gw.issue(&device("press-c"));
     let cases: [(&str, Vec<u8>); 4] = [
         ("reserved packet type", vec![0xF0, 0x00]),
-        ("remaining length over 4 bytes", vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]),
+        (
+            "remaining length over 4 bytes",
+            vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F],
+        ),
         // PUBLISH announcing 10 MiB: refused from the header, before reading the body.
         ("oversize publish", vec![0x30, 0x80, 0x80, 0x80, 0x05]),
-        ("publish with QoS 3", vec![0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01]),
+        (
+            "publish with QoS 3",
+            vec![0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01],
+        ),
     ];
     for (i, (what, garbage)) in cases.into_iter().enumerate() {
         let mut raw = raw_tls(&gw, &c_cert).await;
-        raw.write_all(&connect_packet("edgefleet-agent-press-c")).await.unwrap();
+        raw.write_all(&connect_packet("edgefleet-agent-press-c"))
+            .await
+            .unwrap();
         let mut connack = [0u8; 4];
         raw.read_exact(&mut connack).await.unwrap();
         assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "{what}");
@@ -608,16 +734,27 @@ async fn garbage_and_oversize_packets_close_only_their_connection() {
         // B is still connected and its events still reach the broker.
         let payload = format!("{{\"n\":{i}}}");
         b.client
-            .publish(&b_events, QoS::AtLeastOnce, false, payload.clone().into_bytes())
+            .publish(
+                &b_events,
+                QoS::AtLeastOnce,
+                false,
+                payload.clone().into_bytes(),
+            )
             .await
             .unwrap();
-        assert_eq!(reader.message(&b_events).await, payload.as_bytes(), "after {what}");
+        assert_eq!(
+            reader.message(&b_events).await,
+            payload.as_bytes(),
+            "after {what}"
+        );
     }
 
     // A first packet that is not CONNECT, and a CONNECT that never comes, are closed too.
     let mut raw = raw_tls(&gw, &c_cert).await;
     raw.write_all(&[0xC0, 0x00]).await.unwrap();
-    read_until_closed(&mut raw).await.expect("PINGREQ before CONNECT closes");
+    read_until_closed(&mut raw)
+        .await
+        .expect("PINGREQ before CONNECT closes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -635,9 +772,15 @@ async fn an_integrator_reads_the_read_model_and_writes_nothing() {
         .client
         .subscribe_many([
             rumqttc::SubscribeFilter::new("#".into(), QoS::AtMostOnce),
-            rumqttc::SubscribeFilter::new(TopicKind::DeviceStatus.all_devices_filter(), QoS::AtMostOnce),
+            rumqttc::SubscribeFilter::new(
+                TopicKind::DeviceStatus.all_devices_filter(),
+                QoS::AtMostOnce,
+            ),
             rumqttc::SubscribeFilter::new(topics::fleet_filter(), QoS::AtMostOnce),
-            rumqttc::SubscribeFilter::new(TopicKind::DeviceDesired.all_devices_filter(), QoS::AtMostOnce),
+            rumqttc::SubscribeFilter::new(
+                TopicKind::DeviceDesired.all_devices_filter(),
+                QoS::AtMostOnce,
+            ),
             rumqttc::SubscribeFilter::new(a_desired.clone(), QoS::AtMostOnce),
         ])
         .await
@@ -662,7 +805,10 @@ async fn an_integrator_reads_the_read_model_and_writes_nothing() {
     assert_eq!(scada.message(&a_status).await, b"a-status");
     assert_eq!(scada.message(&site).await, b"lyon-summary");
     let late = scada.messages_within(Duration::from_millis(300)).await;
-    assert!(!late.contains(&a_desired), "integrator got desired state: {late:?}");
+    assert!(
+        !late.contains(&a_desired),
+        "integrator got desired state: {late:?}"
+    );
 
     // Publishing anything, even a read-model topic, disconnects it.
     scada
@@ -672,7 +818,13 @@ async fn an_integrator_reads_the_read_model_and_writes_nothing() {
         .unwrap();
     scada.closed("disconnect after publishing").await;
     front_event(&mut events, "integrator publish refusal", |e| {
-        matches!(&e.kind, FrontEventKind::Refused { action: Action::Publish, .. })
+        matches!(
+            &e.kind,
+            FrontEventKind::Refused {
+                action: Action::Publish,
+                ..
+            }
+        )
     })
     .await;
     assert_eq!(retained(&gw, &site).await, b"lyon-summary");
@@ -686,7 +838,11 @@ async fn a_revoked_device_is_cut_off_and_its_will_fires() {
     let presence = TopicKind::DevicePresence.for_device("press-a");
     let mut watcher = Client::loopback(&gw, "presence-watcher");
     watcher.connected().await;
-    watcher.client.subscribe(&presence, QoS::AtLeastOnce).await.unwrap();
+    watcher
+        .client
+        .subscribe(&presence, QoS::AtLeastOnce)
+        .await
+        .unwrap();
     watcher.suback().await;
 
     let mut options = Client::tls_options(&gw, "edgefleet-agent-press-a", Some(&cert));
@@ -702,12 +858,22 @@ async fn a_revoked_device_is_cut_off_and_its_will_fires() {
     assert_eq!(gw.front.connections_of(&device("press-a")), 1);
     assert_eq!(gw.front.revoke(&cert.serial), 1);
     a.closed("disconnect on revocation").await;
-    assert_eq!(watcher.message(&presence).await, b"offline", "the will fires");
+    assert_eq!(
+        watcher.message(&presence).await,
+        b"offline",
+        "the will fires"
+    );
 
     let mut again = Client::spawn(options);
     again.closed("revoked certificate refused").await;
     let refused = front_event(&mut events, "revoked connect refused", |e| {
-        matches!(&e.kind, FrontEventKind::Refused { action: Action::Connect, .. })
+        matches!(
+            &e.kind,
+            FrontEventKind::Refused {
+                action: Action::Connect,
+                ..
+            }
+        )
     })
     .await;
     assert_eq!(refused.identity, Some(device("press-a")));
@@ -733,5 +899,4 @@ async fn bind_error_says_what_to_do() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("choose another address"), "{err}");
-    let _ = timeout(Duration::from_millis(1), async {}).await;
 }
