@@ -27,7 +27,7 @@
 //! same tokio runtime, re-apply stored revocations through [`FrontConfig`], and audit
 //! [`FrontEvent`]s:
 //!
-//! ```ignore
+//! ```text
 //! let broker = edgefleet_broker::start(&BrokerConfig { mqtt_listen: "127.0.0.1:1883".parse()?, ..Default::default() })?;
 //! let pki = Pki::load_or_create(&data_dir.join("pki"), &config.server_names)?;
 //! let mut front_config = FrontConfig::new(config.mqtts_listen, broker.connect_addr());
@@ -212,7 +212,9 @@ impl FrontHandle {
 impl Drop for FrontHandle {
     fn drop(&mut self) {
         self.accept.abort();
-        self.shared.lock().close_where(|_| true);
+        let mut state = self.shared.lock();
+        state.closed = true;
+        state.close_where(|_| true);
     }
 }
 
@@ -239,6 +241,7 @@ pub async fn start_front(
             revoked_identities: config.revoked_identities.iter().cloned().collect(),
             live: HashMap::new(),
             next_id: 0,
+            closed: false,
         }),
         events: broadcast::channel(1024).0,
     });
@@ -265,6 +268,8 @@ struct State {
     revoked_identities: HashSet<Identity>,
     live: HashMap<u64, Live>,
     next_id: u64,
+    /// Set when the handle is dropped: handshakes still in flight are not admitted.
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -334,6 +339,9 @@ impl Shared {
         serial: &str,
     ) -> Result<Registration, &'static str> {
         let mut state = self.lock();
+        if state.closed {
+            return Err("the front is shutting down");
+        }
         if state.revoked_serials.contains(serial) {
             return Err("certificate revoked");
         }
@@ -565,7 +573,6 @@ impl Session {
     }
 
     fn dropped_early(&self, reason: String) {
-        info!(identity = %self.identity, peer = %self.peer, %reason, "closed before CONNECT was relayed");
         self.shared.emit(
             Some(&self.identity),
             self.peer,
