@@ -749,7 +749,36 @@ async fn garbage_and_oversize_packets_close_only_their_connection() {
         );
     }
 
-    // A first packet that is not CONNECT, and a CONNECT that never comes, are closed too.
+    // A last will on another device's topic is refused at CONNECT (CONNACK 5).
+    let mut raw = raw_tls(&gw, &c_cert).await;
+    let mut connect = BytesMut::new();
+    V4.write(
+        Packet::Connect(
+            Connect {
+                keep_alive: 30,
+                client_id: "edgefleet-agent-press-c".to_owned(),
+                clean_session: true,
+            },
+            None,
+            Some(rumqttd::protocol::LastWill {
+                topic: TopicKind::DevicePresence.for_device("press-b").into(),
+                message: "offline".into(),
+                qos: rumqttd::protocol::QoS::AtLeastOnce,
+                retain: true,
+            }),
+            None,
+            None,
+        ),
+        &mut connect,
+    )
+    .unwrap();
+    raw.write_all(&connect).await.unwrap();
+    let answer = read_until_closed(&mut raw)
+        .await
+        .expect("closed after the refusal");
+    assert_eq!(answer, [0x20, 0x02, 0x00, 0x05]);
+
+    // A first packet that is not CONNECT is closed too.
     let mut raw = raw_tls(&gw, &c_cert).await;
     raw.write_all(&[0xC0, 0x00]).await.unwrap();
     read_until_closed(&mut raw)
