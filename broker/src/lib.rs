@@ -1,15 +1,22 @@
 //! # edgefleet-broker
 //!
 //! rumqttd embedded in-process, configured from code (no TOML file): one plain MQTT v3.1.1
-//! listener with deliberately chosen limits. TLS and per-device confinement come with the
-//! security work, as our own network front on rumqttd's router (see ARCHITECTURE.md).
+//! listener with deliberately chosen limits, kept on loopback; and the network front devices
+//! and integrators connect to: TLS with client certificates from our own CA, every packet
+//! checked against the confinement rules of `edgefleet_protocol::acl`, then relayed to the
+//! plain listener (see ARCHITECTURE.md, "Network front").
 //!
 //! ## Layout
 //! - [`BrokerConfig`]: the knobs we expose, with the values we chose and why.
 //! - [`start`]: starts the broker on its own thread and waits until the listener accepts.
+//! - [`pki`]: the gateway's CA, server certificate and client certificates.
+//! - [`front`]: the TLS listener that confines each identity to its topics.
 //!
 //! rumqttd's `Broker::start()` blocks forever and has no shutdown API, so the broker lives as
 //! long as the process that started it.
+
+pub mod front;
+pub mod pki;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};

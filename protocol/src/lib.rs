@@ -6,6 +6,7 @@
 //!
 //! ## Layout
 //! - [`topics`]: the topic tree. The only place in the workspace that knows topic strings.
+//! - [`acl`]: identities (device / integrator) and who may publish or subscribe to what.
 //! - [`ids`]: device ids and label keys/values that are safe to put in a topic.
 //! - [`spec`]: the normalized service/stack spec the controller derives from Compose.
 //! - [`desired`], [`status`], [`presence`], [`event`], [`sync`], [`site`]: payloads (JSON,
@@ -17,6 +18,7 @@
 //!
 //! No I/O happens in this crate.
 
+pub mod acl;
 pub mod broker_url;
 pub mod codec;
 pub mod desired;

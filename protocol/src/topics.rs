@@ -120,6 +120,30 @@ impl TopicKind {
     }
 }
 
+impl TopicKind {
+    /// Subscription filter matching every topic of this kind: each `{…}` placeholder of the
+    /// template becomes `+` (`edgefleet/v1/rollouts/+/status`).
+    pub fn any_filter(self) -> String {
+        self.template()
+            .split('/')
+            .map(|level| {
+                if level.starts_with('{') && level.ends_with('}') {
+                    "+"
+                } else {
+                    level
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
+/// Filter covering every fleet-wide aggregate the controller publishes (site summaries
+/// today; anything added under `edgefleet/v1/fleet/` is read-model too).
+pub fn fleet_filter() -> String {
+    format!("{ROOT}/fleet/#")
+}
+
 /// Topic of the controller's presence.
 pub fn controller_presence() -> String {
     TopicKind::ControllerPresence.template().to_owned()
@@ -200,6 +224,27 @@ mod tests {
         ] {
             assert_eq!(parse(t), None, "{t}");
         }
+    }
+
+    #[test]
+    fn any_filter_replaces_placeholders() {
+        assert_eq!(
+            TopicKind::RolloutStatus.any_filter(),
+            "edgefleet/v1/rollouts/+/status"
+        );
+        assert_eq!(
+            TopicKind::SiteSummary.any_filter(),
+            "edgefleet/v1/fleet/sites/+/summary"
+        );
+        assert_eq!(
+            TopicKind::DeviceDesired.any_filter(),
+            TopicKind::DeviceDesired.all_devices_filter()
+        );
+        assert_eq!(
+            TopicKind::ControllerPresence.any_filter(),
+            controller_presence()
+        );
+        assert!(site_summary("lyon").starts_with(fleet_filter().trim_end_matches('#')));
     }
 
     #[test]

@@ -1,0 +1,977 @@
+//! The network front: the TLS listener devices and integrators connect to (default `:8883`).
+//!
+//! It terminates TLS (client certificate required, signed by our CA: [`crate::pki`]), takes
+//! the identity from the certificate, and relays MQTT v3.1.1 to rumqttd's plain loopback
+//! listener, checking every packet from the client against `edgefleet_protocol::acl`:
+//! - the TLS handshake runs in the connection's own task under `handshake_timeout`: an idle
+//!   socket never delays anyone else (rumqttd's own TLS listener handshakes inside its accept
+//!   loop, so one idle socket stalls every new connection);
+//! - CONNECT must arrive within `connect_timeout`, be MQTT 3.1.1 (anything else gets CONNACK
+//!   "unacceptable protocol version" and is closed, so a v5 packet never reaches rumqttd), use
+//!   the identity's client id (`acl::check_client_id`) and carry an allowed will; username and
+//!   password are stripped;
+//! - a PUBLISH outside the identity's topics, or with an empty payload on a state topic, closes
+//!   the connection (MQTT 3.1.1 has no negative PUBACK); refused SUBSCRIBE filters get return
+//!   code 0x80 and never reach the broker; an oversize or malformed packet closes that
+//!   connection only;
+//! - when the client goes away without DISCONNECT (or is refused or revoked), the upstream
+//!   socket is dropped without DISCONNECT, so rumqttd fires the client's last will (device
+//!   presence relies on it); a DISCONNECT from the client is forwarded.
+//!
+//! rumqttd keeps all session handling (keepalive, wills, retained messages, QoS). Why a proxy
+//! and not a link into rumqttd's router: ARCHITECTURE.md, "Network front".
+//!
+//! ## How to wire (gateway)
+//!
+//! Keep the embedded broker's plain listener on loopback, load the PKI, start the front on the
+//! same tokio runtime, re-apply stored revocations through [`FrontConfig`], and audit
+//! [`FrontEvent`]s:
+//!
+//! ```text
+//! let broker = edgefleet_broker::start(&BrokerConfig { mqtt_listen: "127.0.0.1:1883".parse()?, ..Default::default() })?;
+//! let pki = Pki::load_or_create(&data_dir.join("pki"), &config.server_names)?;
+//! let mut front_config = FrontConfig::new(config.mqtts_listen, broker.connect_addr());
+//! front_config.revoked_serials = store.revoked_serials()?;
+//! let front = start_front(front_config, pki.server_tls_config()).await?;
+//! let mut events = front.subscribe_events(); // audit FrontEventKind::Refused
+//! // enrolling: pki.issue_client(&Identity::Device(id), 365)?  → hand out cert, key, ca_pem
+//! // decommissioning: store the serial, then front.revoke(&serial)
+//! ```
+//!
+//! Revocations live in memory only: the caller persists them. Dropping the [`FrontHandle`]
+//! stops accepting and closes every relayed connection.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use edgefleet_protocol::acl::{self, Action, Denied, Identity};
+use rumqttd::protocol::v4::{self, V4};
+use rumqttd::protocol::{
+    Error as CodecError, Packet, Protocol, SubAck, Subscribe, SubscribeReasonCode,
+};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::pki::identity_from_cert;
+
+/// Largest packet accepted from rumqttd towards a client (the broker is trusted; this only
+/// bounds memory if it misbehaves).
+const MAX_UPSTREAM_PACKET: usize = 64 * 1024 * 1024;
+/// CONNACK return codes of MQTT 3.1.1.
+const CONNACK_BAD_PROTOCOL: u8 = 0x01;
+const CONNACK_BAD_CLIENT_ID: u8 = 0x02;
+const CONNACK_UNAVAILABLE: u8 = 0x03;
+const CONNACK_NOT_AUTHORIZED: u8 = 0x05;
+const SUBACK_FAILURE: u8 = 0x80;
+
+/// Where the front listens and how it treats clients.
+#[derive(Debug, Clone)]
+pub struct FrontConfig {
+    /// TLS listener for devices and integrators.
+    pub listen: SocketAddr,
+    /// rumqttd's plain listener (loopback) every accepted connection is relayed to.
+    pub upstream: SocketAddr,
+    /// Time a client has to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time a client has, after the handshake, to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Largest packet (remaining length) accepted from a client; larger closes the connection.
+    pub max_packet_bytes: usize,
+    /// Certificate serials (lowercase hex) refused from the start.
+    pub revoked_serials: Vec<String>,
+    /// Identities refused from the start, whatever their certificate.
+    pub revoked_identities: Vec<Identity>,
+}
+
+impl FrontConfig {
+    /// Defaults: 5 s handshake, 10 s to CONNECT, packets up to 1 MiB + 64 KiB (the broker's
+    /// payload limit), nothing revoked.
+    pub fn new(listen: SocketAddr, upstream: SocketAddr) -> FrontConfig {
+        FrontConfig {
+            listen,
+            upstream,
+            handshake_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            max_packet_bytes: edgefleet_protocol::MAX_PAYLOAD_BYTES + 64 * 1024,
+            revoked_serials: Vec::new(),
+            revoked_identities: Vec::new(),
+        }
+    }
+}
+
+impl Default for FrontConfig {
+    /// `0.0.0.0:8883` relayed to `127.0.0.1:1883`.
+    fn default() -> Self {
+        FrontConfig::new(
+            SocketAddr::from(([0, 0, 0, 0], 8883)),
+            SocketAddr::from(([127, 0, 0, 1], 1883)),
+        )
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum FrontError {
+    #[error(
+        "cannot listen for MQTT over TLS on {addr}: {source} (is another broker already running there? choose another address with --mqtts-listen)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Something that happened on the front, for audit (see [`FrontHandle::subscribe_events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontEvent {
+    /// `None` until the peer certificate has been read.
+    pub identity: Option<Identity>,
+    pub peer: SocketAddr,
+    pub kind: FrontEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrontEventKind {
+    /// CONNECT passed the policy and was relayed to the broker.
+    Connected,
+    /// A relayed connection ended; `reason` says how (client closed, refused, revoked, …).
+    Disconnected { reason: String },
+    /// The policy refused something. `topic` is the topic, filter or (for
+    /// [`Action::Connect`]) client id or serial. A refused CONNECT or PUBLISH also closes the
+    /// connection; a refused SUBSCRIBE filter only gets return code 0x80.
+    Refused {
+        action: Action,
+        topic: String,
+        reason: String,
+    },
+    /// No usable TLS session: timeout, no or untrusted certificate, not an edgefleet identity.
+    HandshakeFailed { reason: String },
+}
+
+/// The running front. Dropping it stops accepting and closes every relayed connection.
+#[derive(Debug)]
+pub struct FrontHandle {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: JoinHandle<()>,
+}
+
+impl FrontHandle {
+    /// The address the TLS listener is bound to (the real port when started on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Refuses the certificate with this serial (lowercase hex, as in
+    /// [`crate::pki::IssuedCert::serial`]) from now on, and closes its live connections
+    /// without DISCONNECT, so the broker publishes their wills. Returns how many were closed.
+    pub fn revoke(&self, serial: &str) -> usize {
+        let serial = serial.to_ascii_lowercase();
+        let mut state = self.shared.lock();
+        let closed = state.close_where(|live| live.serial == serial);
+        state.revoked_serials.insert(serial);
+        closed
+    }
+
+    /// Refuses every certificate of `identity` from now on and closes its live connections
+    /// (wills fire). Returns how many were closed.
+    pub fn revoke_identity(&self, identity: &Identity) -> usize {
+        let mut state = self.shared.lock();
+        let closed = state.close_where(|live| &live.identity == identity);
+        state.revoked_identities.insert(identity.clone());
+        closed
+    }
+
+    /// Connections currently relayed for `identity`.
+    pub fn connections_of(&self, identity: &Identity) -> usize {
+        self.shared
+            .lock()
+            .live
+            .values()
+            .filter(|l| &l.identity == identity)
+            .count()
+    }
+
+    /// Events from now on. A receiver that falls more than 1024 events behind loses the
+    /// oldest (`RecvError::Lagged`).
+    pub fn subscribe_events(&self) -> broadcast::Receiver<FrontEvent> {
+        self.shared.events.subscribe()
+    }
+}
+
+impl Drop for FrontHandle {
+    fn drop(&mut self) {
+        self.accept.abort();
+        let mut state = self.shared.lock();
+        state.closed = true;
+        state.close_where(|_| true);
+    }
+}
+
+/// Binds the TLS listener and starts accepting. `tls` must require client certificates
+/// ([`crate::pki::Pki::server_tls_config`]). Must be called within a tokio runtime.
+pub async fn start_front(
+    config: FrontConfig,
+    tls: Arc<rustls::ServerConfig>,
+) -> Result<FrontHandle, FrontError> {
+    let addr = config.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| FrontError::Bind { addr, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| FrontError::Bind { addr, source })?;
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            revoked_serials: config
+                .revoked_serials
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+            revoked_identities: config.revoked_identities.iter().cloned().collect(),
+            live: HashMap::new(),
+            next_id: 0,
+            closed: false,
+        }),
+        events: broadcast::channel(1024).0,
+    });
+    let acceptor = TlsAcceptor::from(tls);
+    let config = Arc::new(config);
+    let accept = tokio::spawn(accept_loop(listener, acceptor, config, shared.clone()));
+    info!(%local_addr, "MQTT TLS front listening");
+    Ok(FrontHandle {
+        local_addr,
+        shared,
+        accept,
+    })
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    events: broadcast::Sender<FrontEvent>,
+}
+
+#[derive(Debug)]
+struct State {
+    revoked_serials: HashSet<String>,
+    revoked_identities: HashSet<Identity>,
+    live: HashMap<u64, Live>,
+    next_id: u64,
+    /// Set when the handle is dropped: handshakes still in flight are not admitted.
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Live {
+    identity: Identity,
+    serial: String,
+    cancel: CancellationToken,
+}
+
+impl State {
+    fn close_where(&mut self, mut pred: impl FnMut(&Live) -> bool) -> usize {
+        let mut n = 0;
+        for live in self.live.values().filter(|l| pred(l)) {
+            live.cancel.cancel();
+            n += 1;
+        }
+        n
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the sets inconsistent; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, identity: Option<&Identity>, peer: SocketAddr, kind: FrontEventKind) {
+        let who = identity.map_or_else(|| "unknown".to_owned(), ToString::to_string);
+        match &kind {
+            FrontEventKind::Connected => info!(identity = %who, %peer, "client connected"),
+            FrontEventKind::Disconnected { reason } => {
+                info!(identity = %who, %peer, %reason, "client disconnected");
+            }
+            FrontEventKind::Refused {
+                action,
+                topic,
+                reason,
+            } => warn!(identity = %who, %peer, %action, %topic, %reason, "refused"),
+            FrontEventKind::HandshakeFailed { reason } => {
+                warn!(%peer, %reason, "TLS handshake failed");
+            }
+        }
+        let _ = self.events.send(FrontEvent {
+            identity: identity.cloned(),
+            peer,
+            kind,
+        });
+    }
+
+    fn refused(&self, identity: &Identity, peer: SocketAddr, denied: Denied) {
+        self.emit(
+            Some(identity),
+            peer,
+            FrontEventKind::Refused {
+                action: denied.action,
+                topic: denied.topic,
+                reason: denied.reason,
+            },
+        );
+    }
+
+    /// Registers a live connection, unless its serial or identity is revoked. Checked and
+    /// inserted under one lock, so a revocation cannot slip between the two.
+    fn register(
+        self: &Arc<Self>,
+        identity: &Identity,
+        serial: &str,
+    ) -> Result<Registration, &'static str> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err("the front is shutting down");
+        }
+        if state.revoked_serials.contains(serial) {
+            return Err("certificate revoked");
+        }
+        if state.revoked_identities.contains(identity) {
+            return Err("identity revoked");
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        let cancel = CancellationToken::new();
+        state.live.insert(
+            id,
+            Live {
+                identity: identity.clone(),
+                serial: serial.to_owned(),
+                cancel: cancel.clone(),
+            },
+        );
+        Ok(Registration {
+            shared: self.clone(),
+            id,
+            cancel,
+        })
+    }
+}
+
+/// A live connection's entry; removed when the connection task ends.
+struct Registration {
+    shared: Arc<Shared>,
+    id: u64,
+    cancel: CancellationToken,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared.lock().live.remove(&self.id);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    config: Arc<FrontConfig>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                // Never await anything per connection here: the handshake runs in its task.
+                tokio::spawn(serve(
+                    tcp,
+                    peer,
+                    acceptor.clone(),
+                    config.clone(),
+                    shared.clone(),
+                ));
+            }
+            Err(e) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                warn!(error = %e, "cannot accept a connection on the TLS front");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+type Tls = TlsStream<TcpStream>;
+
+/// How a relayed connection ended.
+#[derive(Debug)]
+enum End {
+    /// The client sent DISCONNECT (forwarded): no will.
+    Clean,
+    /// Anything else: the upstream socket is dropped without DISCONNECT, the will fires.
+    Dropped(String),
+}
+
+async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    config: Arc<FrontConfig>,
+    shared: Arc<Shared>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let tls = match timeout(config.handshake_timeout, acceptor.accept(tcp)).await {
+        Err(_) => {
+            let reason = format!(
+                "no TLS handshake within {} ms",
+                config.handshake_timeout.as_millis()
+            );
+            shared.emit(None, peer, FrontEventKind::HandshakeFailed { reason });
+            return;
+        }
+        Ok(Err(e)) => {
+            let reason = e.to_string();
+            shared.emit(None, peer, FrontEventKind::HandshakeFailed { reason });
+            return;
+        }
+        Ok(Ok(tls)) => tls,
+    };
+    let peer_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|c| identity_from_cert(c.as_ref()));
+    let (identity, serial) = match peer_cert {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => {
+            let reason = e.to_string();
+            shared.emit(None, peer, FrontEventKind::HandshakeFailed { reason });
+            return;
+        }
+        None => {
+            let reason = "no client certificate".to_owned();
+            shared.emit(None, peer, FrontEventKind::HandshakeFailed { reason });
+            return;
+        }
+    };
+    let registration = match shared.register(&identity, &serial) {
+        Ok(r) => r,
+        Err(reason) => {
+            let kind = FrontEventKind::Refused {
+                action: Action::Connect,
+                topic: format!("certificate {serial}"),
+                reason: reason.to_owned(),
+            };
+            shared.emit(Some(&identity), peer, kind);
+            return;
+        }
+    };
+    let session = Session {
+        identity,
+        peer,
+        config,
+        shared: shared.clone(),
+    };
+    let cancel = registration.cancel.clone();
+    let end = tokio::select! {
+        end = session.run(tls) => end,
+        () = cancel.cancelled() => Some(End::Dropped("certificate revoked".to_owned())),
+    };
+    drop(registration);
+    // Both sockets are closed by now (dropped with the futures above).
+    if let Some(end) = end {
+        let reason = match end {
+            End::Clean => "client sent DISCONNECT".to_owned(),
+            End::Dropped(reason) => reason,
+        };
+        shared.emit(
+            Some(&session.identity),
+            peer,
+            FrontEventKind::Disconnected { reason },
+        );
+    }
+}
+
+struct Session {
+    identity: Identity,
+    peer: SocketAddr,
+    config: Arc<FrontConfig>,
+    shared: Arc<Shared>,
+}
+
+/// Refused SUBSCRIBEs waiting for the broker's SUBACK: per packet id, the return codes in the
+/// client's order, `None` where the broker's codes go.
+type PendingSubAcks = Mutex<HashMap<u16, Vec<Option<u8>>>>;
+
+impl Session {
+    /// Runs one connection until it ends. `None` when it ended before being relayed (the
+    /// refusal was already reported).
+    async fn run(&self, tls: Tls) -> Option<End> {
+        let (mut client_rd, mut client_wr) = tokio::io::split(tls);
+        let mut buf = BytesMut::with_capacity(4096);
+        let connect = timeout(
+            self.config.connect_timeout,
+            read_frame(&mut client_rd, &mut buf, self.config.max_packet_bytes),
+        )
+        .await;
+        let frame = match connect {
+            Err(_) => {
+                self.dropped_early(format!(
+                    "no CONNECT within {} ms",
+                    self.config.connect_timeout.as_millis()
+                ));
+                return None;
+            }
+            Ok(Err(e)) => {
+                self.dropped_early(e);
+                return None;
+            }
+            Ok(Ok(frame)) => frame,
+        };
+        let upstream_connect = match self.check_connect(frame) {
+            Ok(bytes) => bytes,
+            Err((code, reason)) => {
+                if let Some(code) = code {
+                    let _ = write_flush(&mut client_wr, &[0x20, 0x02, 0x00, code]).await;
+                }
+                self.dropped_early(reason);
+                return None;
+            }
+        };
+        let upstream = match timeout(
+            self.config.connect_timeout,
+            TcpStream::connect(self.config.upstream),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Some(self.unavailable(&mut client_wr, e.to_string()).await),
+            Err(_) => return Some(self.unavailable(&mut client_wr, "timeout".to_owned()).await),
+        };
+        let _ = upstream.set_nodelay(true);
+        let (up_rd, mut up_wr) = upstream.into_split();
+        if let Err(e) = write_flush(&mut up_wr, &upstream_connect).await {
+            return Some(self.unavailable(&mut client_wr, e.to_string()).await);
+        }
+        self.shared
+            .emit(Some(&self.identity), self.peer, FrontEventKind::Connected);
+
+        let client_wr = tokio::sync::Mutex::new(client_wr);
+        let pending = PendingSubAcks::default();
+        let end = tokio::select! {
+            end = self.client_to_broker(client_rd, buf, up_wr, &client_wr, &pending) => end,
+            end = broker_to_client(up_rd, &client_wr, &pending) => end,
+        };
+        Some(end)
+    }
+
+    fn dropped_early(&self, reason: String) {
+        self.shared.emit(
+            Some(&self.identity),
+            self.peer,
+            FrontEventKind::Disconnected { reason },
+        );
+    }
+
+    async fn unavailable(&self, client_wr: &mut WriteHalf<Tls>, error: String) -> End {
+        let _ = write_flush(client_wr, &[0x20, 0x02, 0x00, CONNACK_UNAVAILABLE]).await;
+        warn!(upstream = %self.config.upstream, %error, "cannot reach the broker behind the front");
+        End::Dropped(format!("broker unreachable: {error}"))
+    }
+
+    /// Checks the CONNECT and returns it re-encoded for the broker (v3.1.1, no login), or the
+    /// CONNACK code to answer (if any) and the reason.
+    fn check_connect(&self, frame: BytesMut) -> Result<BytesMut, (Option<u8>, String)> {
+        let mut frame = frame;
+        let packet = match V4.read_mut(&mut frame, self.config.max_packet_bytes) {
+            Ok(p) => p,
+            Err(CodecError::InvalidProtocolLevel(level)) => {
+                return Err((
+                    Some(CONNACK_BAD_PROTOCOL),
+                    format!("MQTT protocol level {level} refused: only MQTT 3.1.1 is served"),
+                ));
+            }
+            Err(CodecError::InvalidProtocol) => {
+                return Err((
+                    Some(CONNACK_BAD_PROTOCOL),
+                    "not MQTT 3.1.1 (protocol name is not MQTT)".to_owned(),
+                ));
+            }
+            Err(e) => return Err((None, format!("malformed CONNECT: {e}"))),
+        };
+        let Packet::Connect(connect, _, will, _, _login) = packet else {
+            return Err((None, "first packet is not CONNECT".to_owned()));
+        };
+        if let Err(denied) = acl::check_client_id(&self.identity, &connect.client_id) {
+            let reason = denied.to_string();
+            self.shared.refused(&self.identity, self.peer, denied);
+            return Err((Some(CONNACK_BAD_CLIENT_ID), reason));
+        }
+        if let Some(will) = &will {
+            let topic = std::str::from_utf8(&will.topic)
+                .map_err(|_| (None, "will topic is not UTF-8".to_owned()))?;
+            let allowed = acl::check_publish(&self.identity, topic)
+                .and_then(|()| acl::check_payload(&self.identity, topic, will.message.len()));
+            if let Err(denied) = allowed {
+                let reason = format!("last will refused: {denied}");
+                self.shared.refused(&self.identity, self.peer, denied);
+                return Err((Some(CONNACK_NOT_AUTHORIZED), reason));
+            }
+        }
+        let mut out = BytesMut::new();
+        V4.write(Packet::Connect(connect, None, will, None, None), &mut out)
+            .map_err(|e| (None, format!("cannot re-encode CONNECT: {e}")))?;
+        Ok(out)
+    }
+
+    async fn client_to_broker(
+        &self,
+        mut client_rd: ReadHalf<Tls>,
+        mut buf: BytesMut,
+        mut up_wr: tokio::net::tcp::OwnedWriteHalf,
+        client_wr: &tokio::sync::Mutex<WriteHalf<Tls>>,
+        pending: &PendingSubAcks,
+    ) -> End {
+        let max = self.config.max_packet_bytes;
+        loop {
+            let frame = match read_frame(&mut client_rd, &mut buf, max).await {
+                Ok(f) => f,
+                Err(reason) => return End::Dropped(reason),
+            };
+            let raw = frame.clone().freeze();
+            let mut frame = frame;
+            let packet = match V4.read_mut(&mut frame, max) {
+                Ok(p) => p,
+                Err(e) => return End::Dropped(format!("malformed packet: {e}")),
+            };
+            let forward: Bytes = match packet {
+                Packet::Publish(publish, _) => {
+                    let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+                        return End::Dropped("malformed packet: topic is not UTF-8".to_owned());
+                    };
+                    let allowed = acl::check_publish(&self.identity, topic).and_then(|()| {
+                        acl::check_payload(&self.identity, topic, publish.payload.len())
+                    });
+                    if let Err(denied) = allowed {
+                        let reason = denied.to_string();
+                        self.shared.refused(&self.identity, self.peer, denied);
+                        return End::Dropped(reason);
+                    }
+                    raw
+                }
+                Packet::Subscribe(subscribe, _) => {
+                    match self.police_subscribe(subscribe, pending) {
+                        SubscribeVerdict::Forward(None) => raw,
+                        SubscribeVerdict::Forward(Some(bytes)) => bytes,
+                        SubscribeVerdict::Answer(suback) => {
+                            let mut client_wr = client_wr.lock().await;
+                            if let Err(e) = write_flush(&mut *client_wr, &suback).await {
+                                return End::Dropped(format!("client connection lost: {e}"));
+                            }
+                            continue;
+                        }
+                    }
+                }
+                Packet::Disconnect(..) => {
+                    let _ = write_flush(&mut up_wr, &raw).await;
+                    return End::Clean;
+                }
+                Packet::Unsubscribe(..)
+                | Packet::PingReq(_)
+                | Packet::PubAck(..)
+                | Packet::PubRec(..)
+                | Packet::PubRel(..)
+                | Packet::PubComp(..) => raw,
+                Packet::Connect(..) => {
+                    return End::Dropped("protocol violation: second CONNECT".to_owned());
+                }
+                Packet::ConnAck(..)
+                | Packet::SubAck(..)
+                | Packet::UnsubAck(..)
+                | Packet::PingResp(_) => {
+                    return End::Dropped(
+                        "protocol violation: server-only packet from client".to_owned(),
+                    );
+                }
+            };
+            if let Err(e) = write_flush(&mut up_wr, &forward).await {
+                return End::Dropped(format!("broker connection lost: {e}"));
+            }
+        }
+    }
+
+    fn police_subscribe(&self, subscribe: Subscribe, pending: &PendingSubAcks) -> SubscribeVerdict {
+        let total = subscribe.filters.len();
+        let mut codes = Vec::with_capacity(total);
+        let mut allowed = Vec::with_capacity(total);
+        for filter in subscribe.filters {
+            match acl::check_subscribe(&self.identity, &filter.path) {
+                Ok(()) => {
+                    codes.push(None);
+                    allowed.push(filter);
+                }
+                Err(denied) => {
+                    self.shared.refused(&self.identity, self.peer, denied);
+                    codes.push(Some(SUBACK_FAILURE));
+                }
+            }
+        }
+        if allowed.len() == total {
+            return SubscribeVerdict::Forward(None);
+        }
+        if allowed.is_empty() {
+            return SubscribeVerdict::Answer(encode_suback(subscribe.pkid, &codes));
+        }
+        lock(pending).insert(subscribe.pkid, codes);
+        let mut out = BytesMut::new();
+        let packet = Packet::Subscribe(
+            Subscribe {
+                pkid: subscribe.pkid,
+                filters: allowed,
+            },
+            None,
+        );
+        match V4.write(packet, &mut out) {
+            Ok(_) => SubscribeVerdict::Forward(Some(out.freeze())),
+            // Cannot happen for a packet we just decoded with fewer filters; refuse all.
+            Err(_) => {
+                let codes = lock(pending)
+                    .remove(&subscribe.pkid)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|_| Some(SUBACK_FAILURE))
+                    .collect::<Vec<_>>();
+                SubscribeVerdict::Answer(encode_suback(subscribe.pkid, &codes))
+            }
+        }
+    }
+}
+
+enum SubscribeVerdict {
+    /// Forward the original packet (`None`) or this rewritten one.
+    Forward(Option<Bytes>),
+    /// Every filter refused: answer this SUBACK, forward nothing.
+    Answer(Bytes),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Broker → client: copied packet by packet, except SUBACKs of partly refused SUBSCRIBEs,
+/// whose return codes are put back in the client's order.
+async fn broker_to_client(
+    mut up_rd: tokio::net::tcp::OwnedReadHalf,
+    client_wr: &tokio::sync::Mutex<WriteHalf<Tls>>,
+    pending: &PendingSubAcks,
+) -> End {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        match up_rd.read_buf(&mut buf).await {
+            Ok(0) => return End::Dropped("broker closed the connection".to_owned()),
+            Ok(_) => {}
+            Err(e) => return End::Dropped(format!("broker connection lost: {e}")),
+        }
+        let mut out = BytesMut::new();
+        loop {
+            match v4::check(buf.iter(), MAX_UPSTREAM_PACKET) {
+                Ok(header) => {
+                    let frame = buf.split_to(header.frame_length());
+                    let is_suback = header.byte1 >> 4 == 9;
+                    if is_suback && !lock(pending).is_empty() {
+                        out.extend_from_slice(&merge_suback(frame, pending));
+                    } else {
+                        out.extend_from_slice(&frame);
+                    }
+                }
+                Err(CodecError::InsufficientBytes(n)) => {
+                    buf.reserve(n);
+                    break;
+                }
+                Err(e) => return End::Dropped(format!("unreadable packet from broker: {e}")),
+            }
+        }
+        if !out.is_empty() {
+            let mut client_wr = client_wr.lock().await;
+            if let Err(e) = write_flush(&mut *client_wr, &out).await {
+                return End::Dropped(format!("client connection lost: {e}"));
+            }
+        }
+    }
+}
+
+/// Puts the broker's return codes for the forwarded filters back among the refusals.
+fn merge_suback(frame: BytesMut, pending: &PendingSubAcks) -> Bytes {
+    let original = frame.clone().freeze();
+    let mut frame = frame;
+    let Ok(Packet::SubAck(suback, _)) = V4.read_mut(&mut frame, MAX_UPSTREAM_PACKET) else {
+        return original;
+    };
+    let Some(template) = lock(pending).remove(&suback.pkid) else {
+        return original;
+    };
+    let mut from_broker = suback.return_codes.iter().map(|c| match c {
+        SubscribeReasonCode::Success(qos) => *qos as u8,
+        SubscribeReasonCode::QoS0 => 0,
+        SubscribeReasonCode::QoS1 => 1,
+        SubscribeReasonCode::QoS2 => 2,
+        _ => SUBACK_FAILURE,
+    });
+    let codes: Vec<Option<u8>> = template
+        .into_iter()
+        .map(|code| code.or_else(|| from_broker.next()).or(Some(SUBACK_FAILURE)))
+        .collect();
+    encode_suback(suback.pkid, &codes)
+}
+
+fn encode_suback(pkid: u16, codes: &[Option<u8>]) -> Bytes {
+    let return_codes = codes
+        .iter()
+        .map(|c| match c.unwrap_or(SUBACK_FAILURE) {
+            0 => SubscribeReasonCode::Success(rumqttd::protocol::QoS::AtMostOnce),
+            1 => SubscribeReasonCode::Success(rumqttd::protocol::QoS::AtLeastOnce),
+            2 => SubscribeReasonCode::Success(rumqttd::protocol::QoS::ExactlyOnce),
+            _ => SubscribeReasonCode::Failure,
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    // Encoding a SUBACK cannot fail (its length always fits).
+    let _ = V4.write(
+        Packet::SubAck(SubAck { pkid, return_codes }, None),
+        &mut out,
+    );
+    out.freeze()
+}
+
+/// Reads one whole packet (fixed header + remaining length ≤ `max`) from `rd`, keeping any
+/// bytes after it in `buf`. Errors say why the connection must close.
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<BytesMut, String> {
+    loop {
+        match v4::check(buf.iter(), max) {
+            Ok(header) => return Ok(buf.split_to(header.frame_length())),
+            Err(CodecError::InsufficientBytes(n)) => buf.reserve(n),
+            Err(CodecError::PayloadSizeLimitExceeded(len)) => {
+                return Err(format!(
+                    "packet of {len} bytes exceeds the {max}-byte limit"
+                ));
+            }
+            Err(e) => return Err(format!("malformed packet: {e}")),
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) => return Err("client closed the connection without DISCONNECT".to_owned()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("client connection lost: {e}")),
+        }
+    }
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttd::protocol::{Filter, QoS, RetainForwardRule};
+
+    fn filter(path: &str) -> Filter {
+        Filter {
+            path: path.to_owned(),
+            qos: QoS::AtLeastOnce,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+        }
+    }
+
+    #[test]
+    fn merged_suback_keeps_the_clients_order() {
+        let pending = PendingSubAcks::default();
+        lock(&pending).insert(7, vec![Some(0x80), None, Some(0x80), None]);
+        let broker = encode_suback(7, &[Some(1), Some(0)]);
+        let merged = merge_suback(BytesMut::from(&broker[..]), &pending);
+        assert_eq!(
+            &merged[..],
+            &[0x90, 0x06, 0x00, 0x07, 0x80, 0x01, 0x80, 0x00]
+        );
+        assert!(lock(&pending).is_empty());
+        // A SUBACK nobody waits for passes unchanged.
+        let other = encode_suback(8, &[Some(1)]);
+        assert_eq!(merge_suback(BytesMut::from(&other[..]), &pending), other);
+    }
+
+    /// Client bytes go through rumqttd's V4 decoder; random and mutated packets must give
+    /// errors, never a panic (a panic would only end that connection's task, but still).
+    #[test]
+    fn the_decoder_never_panics_on_hostile_bytes() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut valid = BytesMut::new();
+        V4.write(
+            Packet::Subscribe(
+                Subscribe {
+                    pkid: 1,
+                    filters: vec![filter("a/+")],
+                },
+                None,
+            ),
+            &mut valid,
+        )
+        .unwrap();
+        let seeds: Vec<Vec<u8>> = vec![
+            valid.to_vec(),
+            vec![
+                0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30, 0, 0,
+            ],
+            vec![0x30, 0x05, 0, 1, b'a', b'x', b'y'],
+            vec![0x82, 0x04, 0, 1, 0, 0],
+        ];
+        for i in 0..20_000 {
+            let mut bytes = if i % 2 == 0 {
+                let len = rng.random_range(0..32);
+                (0..len).map(|_| rng.random::<u8>()).collect::<Vec<u8>>()
+            } else {
+                let mut b = seeds[i % seeds.len()].clone();
+                for _ in 0..rng.random_range(1..4) {
+                    let at = rng.random_range(0..b.len());
+                    b[at] = rng.random();
+                }
+                b
+            };
+            bytes.truncate(64);
+            let mut buf = BytesMut::from(&bytes[..]);
+            if let Ok(header) = v4::check(buf.iter(), 1024) {
+                let mut frame = buf.split_to(header.frame_length());
+                let _ = V4.read_mut(&mut frame, 1024);
+            }
+        }
+    }
+
+    #[test]
+    fn subscribe_reencoding_round_trips() {
+        let mut out = BytesMut::new();
+        let sub = Subscribe {
+            pkid: 3,
+            filters: vec![filter("a/b"), filter("c/+")],
+        };
+        V4.write(Packet::Subscribe(sub.clone(), None), &mut out)
+            .unwrap();
+        let Packet::Subscribe(back, _) = V4.read_mut(&mut out, 1024).unwrap() else {
+            panic!("not a subscribe");
+        };
+        assert_eq!(back.pkid, 3);
+        assert_eq!(back.filters, sub.filters);
+    }
+}

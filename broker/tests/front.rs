@@ -1,0 +1,931 @@
+//! The TLS front against a real rumqttd (started with `edgefleet_broker::start`) and real
+//! clients: rumqttc over rustls, mosquitto_pub / mosquitto_sub, and a raw TLS socket for
+//! packets no well-behaved client sends. Every wait polls with a deadline.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use edgefleet_broker::front::{FrontConfig, FrontEvent, FrontEventKind, FrontHandle, start_front};
+use edgefleet_broker::pki::{IssuedCert, Pki};
+use edgefleet_broker::{BrokerConfig, start};
+use edgefleet_protocol::acl::{Action, Identity};
+use edgefleet_protocol::topics::{self, TopicKind};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
+    MqttOptions, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{Connect, Packet, Protocol};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A broker, a PKI and a front, each test its own.
+struct Gateway {
+    _dir: tempfile::TempDir,
+    files: PathBuf,
+    pki: Pki,
+    broker: SocketAddr,
+    front: FrontHandle,
+}
+
+impl Gateway {
+    async fn start() -> Gateway {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(tune: impl FnOnce(&mut FrontConfig)) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = start(&BrokerConfig {
+            mqtt_listen: free_addr(),
+            ..BrokerConfig::default()
+        })
+        .expect("broker starts");
+        let pki = Pki::load_or_create(&dir.path().join("pki"), &[]).unwrap();
+        let mut config = FrontConfig::new("127.0.0.1:0".parse().unwrap(), broker.connect_addr());
+        tune(&mut config);
+        let front = start_front(config, pki.server_tls_config()).await.unwrap();
+        let files = dir.path().join("files");
+        std::fs::create_dir(&files).unwrap();
+        std::fs::write(files.join("ca.pem"), pki.ca_pem()).unwrap();
+        Gateway {
+            _dir: dir,
+            files,
+            pki,
+            broker: broker.connect_addr(),
+            front,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.front.local_addr().port()
+    }
+
+    fn issue(&self, identity: &Identity) -> IssuedCert {
+        self.pki.issue_client(identity, 1).unwrap()
+    }
+
+    /// Writes a certificate and key for mosquitto clients; returns (cert, key) paths.
+    fn write_cert(&self, name: &str, cert: &IssuedCert) -> (PathBuf, PathBuf) {
+        let c = self.files.join(format!("{name}.pem"));
+        let k = self.files.join(format!("{name}.key"));
+        std::fs::write(&c, &cert.cert_pem).unwrap();
+        std::fs::write(&k, &cert.key_pem).unwrap();
+        (c, k)
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.files.join("ca.pem")
+    }
+}
+
+fn device(id: &str) -> Identity {
+    Identity::Device(id.to_owned())
+}
+
+fn client_tls(ca_pem: &str, cert: Option<&IssuedCert>) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match cert {
+        Some(cert) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+/// An MQTT client whose events (and final error) arrive on a channel. It never reconnects:
+/// after the first error the event loop stops, so tests see disconnections.
+struct Client {
+    client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<Event, ConnectionError>>,
+}
+
+impl Client {
+    fn spawn(options: MqttOptions) -> Client {
+        let (client, eventloop) = AsyncClient::new(options, 32);
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(drive(eventloop, tx));
+        Client { client, events }
+    }
+
+    /// A plain client on the broker's loopback listener (not through the front).
+    fn loopback(gw: &Gateway, id: &str) -> Client {
+        let mut o = MqttOptions::new(id, gw.broker.ip().to_string(), gw.broker.port());
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        Client::spawn(o)
+    }
+
+    fn tls_options(gw: &Gateway, client_id: &str, cert: Option<&IssuedCert>) -> MqttOptions {
+        let mut o = MqttOptions::new(client_id, "localhost", gw.port());
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            client_tls(gw.pki.ca_pem(), cert),
+        )));
+        o
+    }
+
+    fn tls(gw: &Gateway, client_id: &str, cert: &IssuedCert) -> Client {
+        Client::spawn(Self::tls_options(gw, client_id, Some(cert)))
+    }
+
+    /// Next event matching `pred` within [`WAIT`]; panics on an error or the deadline.
+    async fn expect<T>(&mut self, what: &str, mut pred: impl FnMut(&Event) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => panic!("timed out waiting for {what}"),
+                Ok(None) => panic!("event loop ended while waiting for {what}"),
+                Ok(Some(Err(e))) => panic!("connection error while waiting for {what}: {e}"),
+                Ok(Some(Ok(event))) => {
+                    if let Some(t) = pred(&event) {
+                        return t;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connected(&mut self) {
+        self.expect("CONNACK", |e| match e {
+            Event::Incoming(Incoming::ConnAck(ack)) => {
+                assert_eq!(ack.code, ConnectReturnCode::Success);
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    }
+
+    /// Waits for the connection to fail or close; returns the error.
+    async fn closed(&mut self, what: &str) -> ConnectionError {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => panic!("timed out waiting for {what}"),
+                Ok(None) => panic!("event loop ended without an error ({what})"),
+                Ok(Some(Err(e))) => return e,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    async fn suback(&mut self) -> Vec<SubscribeReasonCode> {
+        self.expect("SUBACK", |e| match e {
+            Event::Incoming(Incoming::SubAck(ack)) => Some(ack.return_codes.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Next PUBLISH received on `topic`.
+    async fn message(&mut self, topic: &str) -> Vec<u8> {
+        self.expect(&format!("a message on {topic}"), |e| match e {
+            Event::Incoming(Incoming::Publish(p)) if p.topic == topic => Some(p.payload.to_vec()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Messages on any topic received within `window` (for asserting an absence, after a
+    /// positive control proved delivery works).
+    async fn messages_within(&mut self, window: Duration) -> Vec<String> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            if let Ok(Event::Incoming(Incoming::Publish(p))) = event {
+                got.push(p.topic.clone());
+            }
+        }
+        got
+    }
+}
+
+async fn drive(
+    mut eventloop: EventLoop,
+    tx: mpsc::UnboundedSender<Result<Event, ConnectionError>>,
+) {
+    loop {
+        let event = eventloop.poll().await;
+        let stop = event.is_err();
+        if tx.send(event).is_err() || stop {
+            return;
+        }
+    }
+}
+
+/// The retained payload of `topic`, read through the loopback listener.
+async fn retained(gw: &Gateway, topic: &str) -> Vec<u8> {
+    let mut reader = Client::loopback(gw, &format!("reader-{}", rand_suffix()));
+    reader.connected().await;
+    reader
+        .client
+        .subscribe(topic, QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let payload = reader.message(topic).await;
+    reader.client.disconnect().await.ok();
+    payload
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn publish_loopback(gw: &Gateway, topic: &str, payload: &str, retain: bool) {
+    let mut writer = Client::loopback(gw, &format!("writer-{}", rand_suffix()));
+    writer.connected().await;
+    writer
+        .client
+        .publish(topic, QoS::AtLeastOnce, retain, payload.as_bytes().to_vec())
+        .await
+        .unwrap();
+    writer
+        .expect("PUBACK", |e| {
+            matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(())
+        })
+        .await;
+    writer.client.disconnect().await.ok();
+}
+
+/// Next front event matching `pred` within [`WAIT`].
+async fn front_event(
+    events: &mut broadcast::Receiver<FrontEvent>,
+    what: &str,
+    mut pred: impl FnMut(&FrontEvent) -> bool,
+) -> FrontEvent {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => panic!("timed out waiting for front event: {what}"),
+            Ok(Err(e)) => panic!("front events: {e}"),
+            Ok(Ok(event)) if pred(&event) => return event,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn mosquitto(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program} (apt-get install mosquitto-clients): {e}")
+        });
+    eprintln!(
+        "{program} {args:?} → {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn tls_args<'a>(
+    gw_port: &'a str,
+    ca: &'a Path,
+    cert: Option<&'a (PathBuf, PathBuf)>,
+) -> Vec<&'a str> {
+    let mut v = vec![
+        "-h",
+        "localhost",
+        "-p",
+        gw_port,
+        "--cafile",
+        ca.to_str().unwrap(),
+    ];
+    if let Some((c, k)) = cert {
+        v.extend(["--cert", c.to_str().unwrap(), "--key", k.to_str().unwrap()]);
+    }
+    v
+}
+
+/// A raw TLS connection for packets no well-behaved client sends.
+async fn raw_tls(gw: &Gateway, cert: &IssuedCert) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(client_tls(gw.pki.ca_pem(), Some(cert)));
+    let tcp = TcpStream::connect(gw.front.local_addr()).await.unwrap();
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+fn connect_packet(client_id: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    V4.write(
+        Packet::Connect(
+            Connect {
+                keep_alive: 30,
+                client_id: client_id.to_owned(),
+                clean_session: true,
+            },
+            None,
+            None,
+            None,
+            None,
+        ),
+        &mut out,
+    )
+    .unwrap();
+    out
+}
+
+/// Reads until the peer closes (Ok) or the deadline passes (Err); returns the bytes read.
+async fn read_until_closed<R: tokio::io::AsyncRead + Unpin>(rd: &mut R) -> Result<Vec<u8>, ()> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
+            Err(_) => return Err(()),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(all),
+            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_reads_and_writes_only_its_own_topics() {
+    let gw = Gateway::start().await;
+    let mut events = gw.front.subscribe_events();
+    let a_cert = gw.issue(&device("press-a"));
+    let a_desired = TopicKind::DeviceDesired.for_device("press-a");
+    let b_desired = TopicKind::DeviceDesired.for_device("press-b");
+    let a_status = TopicKind::DeviceStatus.for_device("press-a");
+    let b_status = TopicKind::DeviceStatus.for_device("press-b");
+    publish_loopback(&gw, &b_status, "b-original", true).await;
+
+    let mut a = Client::tls(&gw, "edgefleet-agent-press-a", &a_cert);
+    a.connected().await;
+    // One SUBSCRIBE, allowed and refused filters mixed: codes come back in order.
+    a.client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new(b_desired.clone(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new(a_desired.clone(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new(
+                "edgefleet/v1/devices/+/desired".into(),
+                QoS::AtLeastOnce,
+            ),
+            rumqttc::SubscribeFilter::new(topics::controller_presence(), QoS::AtMostOnce),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        a.suback().await,
+        vec![
+            SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Success(QoS::AtMostOnce),
+        ]
+    );
+    let refused = front_event(&mut events, "subscribe refusal", |e| {
+        matches!(
+            &e.kind,
+            FrontEventKind::Refused {
+                action: Action::Subscribe,
+                ..
+            }
+        )
+    })
+    .await;
+    assert_eq!(refused.identity, Some(device("press-a")));
+
+    // B's desired state is published first, A's second; A gets its own and never B's.
+    publish_loopback(&gw, &b_desired, "{\"for\":\"b\"}", true).await;
+    publish_loopback(&gw, &a_desired, "{\"for\":\"a\"}", true).await;
+    assert_eq!(a.message(&a_desired).await, b"{\"for\":\"a\"}");
+    let late = a.messages_within(Duration::from_millis(500)).await;
+    assert!(
+        !late.contains(&b_desired),
+        "A received B's desired state: {late:?}"
+    );
+
+    // A publishes its own status (retained): visible on the loopback listener.
+    a.client
+        .publish(&a_status, QoS::AtLeastOnce, true, b"a-status".to_vec())
+        .await
+        .unwrap();
+    a.expect("PUBACK", |e| {
+        matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(())
+    })
+    .await;
+    assert_eq!(retained(&gw, &a_status).await, b"a-status");
+
+    // A publishing B's status is disconnected; B's retained status is unchanged.
+    a.client
+        .publish(&b_status, QoS::AtLeastOnce, true, b"forged".to_vec())
+        .await
+        .unwrap();
+    a.closed("disconnect after a forged publish").await;
+    front_event(&mut events, "publish refusal", |e| {
+        matches!(&e.kind, FrontEventKind::Refused { action: Action::Publish, topic, .. } if topic == &b_status)
+    })
+    .await;
+    assert_eq!(retained(&gw, &b_status).await, b"b-original");
+
+    // An empty retained payload on its own state topic would erase it: refused too.
+    let mut a = Client::tls(&gw, "edgefleet-agent-press-a", &a_cert);
+    a.connected().await;
+    a.client
+        .publish(&a_status, QoS::AtLeastOnce, true, Vec::new())
+        .await
+        .unwrap();
+    a.closed("disconnect after an empty state payload").await;
+    assert_eq!(retained(&gw, &a_status).await, b"a-status");
+
+    // Nobody can take another client's session: A's cert with B's (or the controller's) id.
+    for id in ["edgefleet-agent-press-b", "edgefleet-controller"] {
+        let mut wrong = Client::tls(&gw, id, &a_cert);
+        let err = wrong.closed("refused client id").await;
+        assert!(
+            matches!(
+                err,
+                ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId)
+            ),
+            "{err:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_are_confined_too() {
+    let gw = Gateway::start().await;
+    let port = gw.port().to_string();
+    let ca = gw.ca_file();
+    let a = gw.write_cert("a", &gw.issue(&device("press-a")));
+    let scada = gw.write_cert(
+        "scada",
+        &gw.issue(&Identity::Integrator("scada".to_owned())),
+    );
+    let a_status = TopicKind::DeviceStatus.for_device("press-a");
+
+    let mut args = tls_args(&port, &ca, Some(&a));
+    args.extend([
+        "-i",
+        "edgefleet-agent-press-a",
+        "-q",
+        "1",
+        "-r",
+        "-t",
+        &a_status,
+        "-m",
+        "from-mosquitto",
+    ]);
+    assert!(mosquitto("mosquitto_pub", &args).status.success());
+    assert_eq!(retained(&gw, &a_status).await, b"from-mosquitto");
+
+    // Subscribing to another device's desired state: every filter refused.
+    let b_desired = TopicKind::DeviceDesired.for_device("press-b");
+    let mut args = tls_args(&port, &ca, Some(&a));
+    args.extend([
+        "-i",
+        "edgefleet-agent-press-a",
+        "-t",
+        &b_desired,
+        "-C",
+        "1",
+        "-W",
+        "5",
+    ]);
+    let out = mosquitto("mosquitto_sub", &args);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("All subscription requests were denied"),
+        "mosquitto_sub must see its only filter refused (SUBACK 0x80)"
+    );
+    assert!(out.stdout.is_empty());
+
+    // The integrator reads every device's status (retained replay) through the front.
+    let mut args = tls_args(&port, &ca, Some(&scada));
+    args.extend([
+        "-i",
+        "integrator:scada",
+        "-t",
+        "edgefleet/v1/devices/+/status",
+        "-C",
+        "1",
+        "-W",
+        "5",
+        "-v",
+    ]);
+    let out = mosquitto("mosquitto_sub", &args);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{a_status} from-mosquitto")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_certificate_or_a_foreign_ca_cannot_connect() {
+    let gw = Gateway::start().await;
+    let mut events = gw.front.subscribe_events();
+    let port = gw.port().to_string();
+    let ca = gw.ca_file();
+    let a_status = TopicKind::DeviceStatus.for_device("press-a");
+
+    let mut args = tls_args(&port, &ca, None);
+    args.extend([
+        "-i",
+        "edgefleet-agent-press-a",
+        "-t",
+        &a_status,
+        "-m",
+        "x",
+        "-r",
+    ]);
+    assert!(!mosquitto("mosquitto_pub", &args).status.success());
+    front_event(&mut events, "handshake without certificate", |e| {
+        matches!(e.kind, FrontEventKind::HandshakeFailed { .. })
+    })
+    .await;
+
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Pki::load_or_create(other_dir.path(), &[]).unwrap();
+    let foreign = gw.write_cert(
+        "foreign",
+        &other.issue_client(&device("press-a"), 1).unwrap(),
+    );
+    let mut args = tls_args(&port, &ca, Some(&foreign));
+    args.extend([
+        "-i",
+        "edgefleet-agent-press-a",
+        "-t",
+        &a_status,
+        "-m",
+        "x",
+        "-r",
+    ]);
+    assert!(!mosquitto("mosquitto_pub", &args).status.success());
+    let failed = front_event(&mut events, "handshake with a foreign certificate", |e| {
+        matches!(e.kind, FrontEventKind::HandshakeFailed { .. })
+    })
+    .await;
+    assert_eq!(failed.identity, None);
+
+    // rumqttc without a client certificate fails too, and nothing reached the broker.
+    let mut anonymous = Client::spawn(Client::tls_options(&gw, "edgefleet-agent-press-a", None));
+    anonymous.closed("refused handshake").await;
+    publish_loopback(&gw, &a_status, "control", true).await;
+    assert_eq!(retained(&gw, &a_status).await, b"control");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_do_not_delay_a_device() {
+    let handshake_timeout = Duration::from_secs(3);
+    let gw = Gateway::start_with(|c| c.handshake_timeout = handshake_timeout).await;
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(TcpStream::connect(gw.front.local_addr()).await.unwrap());
+    }
+    let cert = gw.issue(&device("press-a"));
+    let started = Instant::now();
+    let mut a = Client::tls(&gw, "edgefleet-agent-press-a", &cert);
+    a.connected().await;
+    let elapsed = started.elapsed();
+    println!("device TLS+MQTT connect with 50 idle sockets open: {elapsed:?}");
+    eprintln!("device TLS+MQTT connect with 50 idle sockets open: {elapsed:?}");
+    assert!(
+        elapsed < handshake_timeout / 4,
+        "connect took {elapsed:?} with 50 idle sockets (handshake timeout {handshake_timeout:?})"
+    );
+    // The idle sockets are closed once their handshake time is up.
+    let started = Instant::now();
+    for socket in &mut idle {
+        read_until_closed(socket)
+            .await
+            .expect("idle socket closed by the front");
+    }
+    let waited = started.elapsed();
+    println!("50 idle sockets closed after a further {waited:?}");
+    assert!(waited < handshake_timeout + Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v5_client_is_refused_and_others_keep_working() {
+    let gw = Gateway::start().await;
+    let port = gw.port().to_string();
+    let ca = gw.ca_file();
+    let b_cert = gw.issue(&device("press-b"));
+    let b_desired = TopicKind::DeviceDesired.for_device("press-b");
+    let mut b = Client::tls(&gw, "edgefleet-agent-press-b", &b_cert);
+    b.connected().await;
+    b.client
+        .subscribe(&b_desired, QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    b.suback().await;
+
+    let a = gw.write_cert("a", &gw.issue(&device("press-a")));
+    let a_status = TopicKind::DeviceStatus.for_device("press-a");
+    let mut args = tls_args(&port, &ca, Some(&a));
+    args.extend([
+        "-V",
+        "mqttv5",
+        "-D",
+        "publish",
+        "user-property",
+        "a",
+        "b",
+        "-i",
+        "edgefleet-agent-press-a",
+        "-q",
+        "1",
+        "-t",
+        &a_status,
+        "-m",
+        "v5",
+    ]);
+    let out = mosquitto("mosquitto_pub", &args);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unsupported Protocol Version"),
+        "mosquitto_pub should report the refused protocol version"
+    );
+
+    // The broker still serves the connected device and new v3.1.1 connections.
+    publish_loopback(&gw, &b_desired, "after-v5", true).await;
+    assert_eq!(b.message(&b_desired).await, b"after-v5");
+    let mut args = tls_args(&port, &ca, Some(&a));
+    args.extend([
+        "-i",
+        "edgefleet-agent-press-a",
+        "-q",
+        "1",
+        "-r",
+        "-t",
+        &a_status,
+        "-m",
+        "v4",
+    ]);
+    assert!(mosquitto("mosquitto_pub", &args).status.success());
+    assert_eq!(retained(&gw, &a_status).await, b"v4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_oversize_packets_close_only_their_connection() {
+    let gw = Gateway::start_with(|c| c.max_packet_bytes = 64 * 1024).await;
+    let b_cert = gw.issue(&device("press-b"));
+    let b_events = TopicKind::DeviceEvents.for_device("press-b");
+    let mut reader = Client::loopback(&gw, "events-reader");
+    reader.connected().await;
+    reader
+        .client
+        .subscribe(&b_events, QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    reader.suback().await;
+    let mut b = Client::tls(&gw, "edgefleet-agent-press-b", &b_cert);
+    b.connected().await;
+
+    let c_cert = gw.issue(&device("press-c"));
+    let cases: [(&str, Vec<u8>); 4] = [
+        ("reserved packet type", vec![0xF0, 0x00]),
+        (
+            "remaining length over 4 bytes",
+            vec![0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F],
+        ),
+        // PUBLISH announcing 10 MiB: refused from the header, before reading the body.
+        ("oversize publish", vec![0x30, 0x80, 0x80, 0x80, 0x05]),
+        (
+            "publish with QoS 3",
+            vec![0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01],
+        ),
+    ];
+    for (i, (what, garbage)) in cases.into_iter().enumerate() {
+        let mut raw = raw_tls(&gw, &c_cert).await;
+        raw.write_all(&connect_packet("edgefleet-agent-press-c"))
+            .await
+            .unwrap();
+        let mut connack = [0u8; 4];
+        raw.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "{what}");
+        raw.write_all(&garbage).await.unwrap();
+        raw.flush().await.unwrap();
+        read_until_closed(&mut raw)
+            .await
+            .unwrap_or_else(|()| panic!("{what}: connection not closed"));
+
+        // B is still connected and its events still reach the broker.
+        let payload = format!("{{\"n\":{i}}}");
+        b.client
+            .publish(
+                &b_events,
+                QoS::AtLeastOnce,
+                false,
+                payload.clone().into_bytes(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            reader.message(&b_events).await,
+            payload.as_bytes(),
+            "after {what}"
+        );
+    }
+
+    // A last will on another device's topic is refused at CONNECT (CONNACK 5).
+    let mut raw = raw_tls(&gw, &c_cert).await;
+    let mut connect = BytesMut::new();
+    V4.write(
+        Packet::Connect(
+            Connect {
+                keep_alive: 30,
+                client_id: "edgefleet-agent-press-c".to_owned(),
+                clean_session: true,
+            },
+            None,
+            Some(rumqttd::protocol::LastWill {
+                topic: TopicKind::DevicePresence.for_device("press-b").into(),
+                message: "offline".into(),
+                qos: rumqttd::protocol::QoS::AtLeastOnce,
+                retain: true,
+            }),
+            None,
+            None,
+        ),
+        &mut connect,
+    )
+    .unwrap();
+    raw.write_all(&connect).await.unwrap();
+    let answer = read_until_closed(&mut raw)
+        .await
+        .expect("closed after the refusal");
+    assert_eq!(answer, [0x20, 0x02, 0x00, 0x05]);
+
+    // A first packet that is not CONNECT is closed too.
+    let mut raw = raw_tls(&gw, &c_cert).await;
+    raw.write_all(&[0xC0, 0x00]).await.unwrap();
+    read_until_closed(&mut raw)
+        .await
+        .expect("PINGREQ before CONNECT closes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integrator_reads_the_read_model_and_writes_nothing() {
+    let gw = Gateway::start().await;
+    let mut events = gw.front.subscribe_events();
+    let cert = gw.issue(&Identity::Integrator("scada".to_owned()));
+    let a_status = TopicKind::DeviceStatus.for_device("press-a");
+    let a_desired = TopicKind::DeviceDesired.for_device("press-a");
+    let site = topics::site_summary("lyon");
+
+    let mut scada = Client::tls(&gw, "integrator:scada:hmi-1", &cert);
+    scada.connected().await;
+    scada
+        .client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new("#".into(), QoS::AtMostOnce),
+            rumqttc::SubscribeFilter::new(
+                TopicKind::DeviceStatus.all_devices_filter(),
+                QoS::AtMostOnce,
+            ),
+            rumqttc::SubscribeFilter::new(topics::fleet_filter(), QoS::AtMostOnce),
+            rumqttc::SubscribeFilter::new(
+                TopicKind::DeviceDesired.all_devices_filter(),
+                QoS::AtMostOnce,
+            ),
+            rumqttc::SubscribeFilter::new(a_desired.clone(), QoS::AtMostOnce),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        scada.suback().await,
+        vec![
+            SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Success(QoS::AtMostOnce),
+            SubscribeReasonCode::Success(QoS::AtMostOnce),
+            SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Failure,
+        ]
+    );
+    // Only `#` refused alone: answered by the front, nothing forwarded.
+    scada.client.subscribe("#", QoS::AtMostOnce).await.unwrap();
+    assert_eq!(scada.suback().await, vec![SubscribeReasonCode::Failure]);
+
+    publish_loopback(&gw, &a_desired, "secret", true).await;
+    publish_loopback(&gw, &a_status, "a-status", true).await;
+    publish_loopback(&gw, &site, "lyon-summary", true).await;
+    assert_eq!(scada.message(&a_status).await, b"a-status");
+    assert_eq!(scada.message(&site).await, b"lyon-summary");
+    let late = scada.messages_within(Duration::from_millis(300)).await;
+    assert!(
+        !late.contains(&a_desired),
+        "integrator got desired state: {late:?}"
+    );
+
+    // Publishing anything, even a read-model topic, disconnects it.
+    scada
+        .client
+        .publish(&site, QoS::AtLeastOnce, true, b"forged".to_vec())
+        .await
+        .unwrap();
+    scada.closed("disconnect after publishing").await;
+    front_event(&mut events, "integrator publish refusal", |e| {
+        matches!(
+            &e.kind,
+            FrontEventKind::Refused {
+                action: Action::Publish,
+                ..
+            }
+        )
+    })
+    .await;
+    assert_eq!(retained(&gw, &site).await, b"lyon-summary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_cut_off_and_its_will_fires() {
+    let gw = Gateway::start().await;
+    let mut events = gw.front.subscribe_events();
+    let cert = gw.issue(&device("press-a"));
+    let presence = TopicKind::DevicePresence.for_device("press-a");
+    let mut watcher = Client::loopback(&gw, "presence-watcher");
+    watcher.connected().await;
+    watcher
+        .client
+        .subscribe(&presence, QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    watcher.suback().await;
+
+    let mut options = Client::tls_options(&gw, "edgefleet-agent-press-a", Some(&cert));
+    options.set_last_will(LastWill::new(&presence, "offline", QoS::AtLeastOnce, true));
+    let mut a = Client::spawn(options.clone());
+    a.connected().await;
+    a.client
+        .publish(&presence, QoS::AtLeastOnce, true, b"online".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(watcher.message(&presence).await, b"online");
+
+    assert_eq!(gw.front.connections_of(&device("press-a")), 1);
+    assert_eq!(gw.front.revoke(&cert.serial), 1);
+    a.closed("disconnect on revocation").await;
+    assert_eq!(
+        watcher.message(&presence).await,
+        b"offline",
+        "the will fires"
+    );
+
+    let mut again = Client::spawn(options);
+    again.closed("revoked certificate refused").await;
+    let refused = front_event(&mut events, "revoked connect refused", |e| {
+        matches!(
+            &e.kind,
+            FrontEventKind::Refused {
+                action: Action::Connect,
+                ..
+            }
+        )
+    })
+    .await;
+    assert_eq!(refused.identity, Some(device("press-a")));
+
+    // Revoking an identity refuses every certificate it has, including new ones.
+    let b = device("press-b");
+    let mut b_client = Client::tls(&gw, "edgefleet-agent-press-b", &gw.issue(&b));
+    b_client.connected().await;
+    assert_eq!(gw.front.revoke_identity(&b), 1);
+    b_client.closed("disconnect on identity revocation").await;
+    let mut b_new = Client::tls(&gw, "edgefleet-agent-press-b", &gw.issue(&b));
+    b_new.closed("revoked identity refused").await;
+    assert_eq!(gw.front.connections_of(&b), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_error_says_what_to_do() {
+    let gw = Gateway::start().await;
+    let err = start_front(
+        FrontConfig::new(gw.front.local_addr(), gw.broker),
+        gw.pki.server_tls_config(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("choose another address"), "{err}");
+}
