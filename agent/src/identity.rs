@@ -197,9 +197,17 @@ pub async fn enroll(
         .send()
         .await
         .map_err(|e| {
-            // reqwest errors can include the URL, never the body: safe to show.
+            // reqwest errors can include the URL, never the body: safe to show. The cause
+            // (refused connection, TLS verification) sits in the source chain.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                why.push_str(": ");
+                why.push_str(&cause.to_string());
+                source = cause.source();
+            }
             anyhow::anyhow!(
-                "cannot reach the gateway at {base}: {e:#} (check the address, or pass --url https://HOST:PORT)"
+                "cannot reach the gateway at {base}: {why} (check the address, or pass --url https://HOST:PORT)"
             )
         })?;
     let status = response.status();

@@ -104,6 +104,7 @@ pub struct Pki {
     ca_der: CertificateDer<'static>,
     ca_key: KeyPair,
     tls: Arc<ServerConfig>,
+    https: Arc<ServerConfig>,
 }
 
 impl fmt::Debug for Pki {
@@ -188,6 +189,7 @@ impl Pki {
                 what: "server key",
                 reason: e.to_string(),
             })?;
+        let https = https_config(server_chain.clone(), server_key.clone_key())?;
         let tls = server_config(&ca_der, server_chain, server_key)?;
         drop(ca);
         Ok(Pki {
@@ -196,6 +198,7 @@ impl Pki {
             ca_der,
             ca_key,
             tls,
+            https,
         })
     }
 
@@ -254,6 +257,13 @@ impl Pki {
         self.tls.clone()
     }
 
+    /// TLS configuration for the enrollment HTTPS listener: the same server certificate and
+    /// chain (which includes the CA, so a device can match the fingerprint in its token), no
+    /// client certificate (a device enrolling has none yet).
+    pub fn https_tls_config(&self) -> Arc<ServerConfig> {
+        self.https.clone()
+    }
+
     /// The directory the PKI lives in.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -275,6 +285,19 @@ pub fn identity_from_cert(der: &[u8]) -> Result<(Identity, String), PkiError> {
     let identity = Identity::from_common_name(cn)
         .map_err(|e| PkiError::BadClientCert(format!("common name '{cn}': {e}")))?;
     Ok((identity, hex(cert.raw_serial())))
+}
+
+fn https_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, PkiError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 fn server_config(

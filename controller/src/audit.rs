@@ -423,7 +423,7 @@ pub fn device_outcome(e: &edgefleet_protocol::event::DeviceEvent, site: &str) ->
     use edgefleet_protocol::event::EventKind;
     let outcome = match e.kind {
         EventKind::Converged => Outcome::Ok,
-        EventKind::DesiredRejected => Outcome::Refused,
+        EventKind::DesiredRejected | EventKind::SecurityRejected => Outcome::Refused,
         EventKind::Failed | EventKind::DriftDetected => Outcome::Failed,
         _ => return None,
     };

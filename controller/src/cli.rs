@@ -92,6 +92,66 @@ pub enum Command {
     /// The tamper-evident audit log: verify it, list or export records.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Device identities: enroll a device (one-time token) or revoke it (admin only).
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Read-only MQTT credentials for integrators (SCADA, historians), admin only.
+    #[command(subcommand)]
+    Integrator(IntegratorCommand),
+    /// The confinement rules for an external broker.
+    #[command(subcommand)]
+    Acl(AclCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Create a one-time enrollment token for a device (printed once; expires).
+    ///
+    /// On the device run `edgefleet-agent enroll --token TOKEN`: the agent gets its own
+    /// certificate and key and pins this gateway's CA and signing key. A token works once.
+    #[command(
+        after_help = "Example:\n  edgefleet device add press-07 --labels site=lyon,area=stamping,line=3 --expires 2h"
+    )]
+    Add {
+        id: String,
+        /// Labels the device starts with, key=value comma-separated (site, area, line…).
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// How long the token stays valid (e.g. 2h, 7d; at most 30d).
+        #[arg(long, default_value = "24h")]
+        expires: String,
+    },
+    /// Revoke every certificate of a device: it is disconnected now and cannot reconnect.
+    /// Enroll it again (device add) to let it back.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IntegratorCommand {
+    /// Issue a read-only certificate: status, presence, events, site summaries and rollout
+    /// status; it can publish nothing. Writes cert.pem, key.pem (0600) and ca.pem to --out.
+    #[command(
+        after_help = "Then, e.g.:\n  mosquitto_sub -h GATEWAY -p 8883 --cafile OUT/ca.pem --cert OUT/cert.pem --key OUT/key.pem \\\n    -i integrator:NAME -t 'edgefleet/v1/fleet/#' -v"
+    )]
+    Add {
+        name: String,
+        /// Directory to write the credentials to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclCommand {
+    /// Print the ACL file that gives an external broker the same confinement as the gateway.
+    Export {
+        /// Broker flavour.
+        #[arg(long, default_value = "mosquitto", value_parser = ["mosquitto"])]
+        format: String,
+        /// Integrator names to write read-only user blocks for (repeat for several).
+        #[arg(long = "integrator")]
+        integrators: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -193,9 +253,39 @@ pub struct ServerArgs {
 pub struct GatewayArgs {
     #[command(flatten)]
     pub server: ServerArgs,
-    /// Address of the plain MQTT listener. Keep it on loopback unless the network is trusted.
+    /// Address of the plain MQTT listener (no identity, no confinement): for the controller
+    /// and local tools. Keep it on loopback; any other address is accepted with a warning.
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub mqtt_listen: SocketAddr,
+    /// Address of the TLS MQTT listener devices and integrators connect to, with the
+    /// certificate they got at enrollment (`mqtts://`).
+    #[arg(long, default_value = "0.0.0.0:8883")]
+    pub mqtts_listen: SocketAddr,
+    /// Address of the HTTPS listener agents enroll at (`edgefleet-agent enroll`).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub enroll_listen: SocketAddr,
+    /// Name or address devices reach this gateway at: goes into enrollment tokens and the
+    /// gateway's server certificate. Default: this machine's host name.
+    #[arg(long, value_name = "HOST")]
+    pub public_host: Option<String>,
+}
+
+impl GatewayArgs {
+    /// The device-facing listeners, with the public host resolved.
+    pub fn gateway_tls(&self) -> crate::GatewayTls {
+        let public_host = self.public_host.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".to_owned())
+        });
+        crate::GatewayTls {
+            mqtts_listen: self.mqtts_listen,
+            enroll_listen: self.enroll_listen,
+            public_host,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -599,6 +689,45 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
     if let Command::Login(a) = &cli.command {
         return login(cli, a).await;
     }
+    if let Command::Acl(AclCommand::Export {
+        format,
+        integrators,
+    }) = &cli.command
+    {
+        // The rules are the code's own; no gateway needed.
+        let _ = format;
+        let text = edgefleet_protocol::acl::mosquitto_acl_with_integrators(integrators)
+            .map_err(|e| anyhow!("{e}"))?;
+        return Ok(if cli.json {
+            json!({ "format": "mosquitto", "acl": text }).to_string()
+        } else {
+            text.trim_end().to_owned()
+        });
+    }
+    if let Command::Integrator(IntegratorCommand::Add { name, out }) = &cli.command {
+        let api = ApiClient::new(&cli.server)?;
+        let v = api
+            .post("/api/v1/integrators", &json!({ "name": name }))
+            .await?;
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        crate::keys::write_private(&out.join("key.pem"), s(&v, "key_pem").as_bytes())?;
+        std::fs::write(out.join("cert.pem"), s(&v, "cert_pem"))?;
+        std::fs::write(out.join("ca.pem"), s(&v, "ca_pem"))?;
+        return Ok(if cli.json {
+            json!({
+                "name": name, "client_id": v["client_id"], "serial": v["serial"],
+                "broker_url": v["broker_url"], "dir": out.display().to_string(),
+            })
+            .to_string()
+        } else {
+            format!(
+                "integrator {name}: credentials in {} (key.pem is private); connect to {} with client id '{}' (or that id followed by ':' and a suffix)",
+                out.display(),
+                s(&v, "broker_url"),
+                s(&v, "client_id")
+            )
+        });
+    }
     if let Command::Logout = &cli.command {
         return logout(cli).await;
     }
@@ -716,6 +845,38 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
                 .await?,
             render_rollout,
         ),
+        Command::Device(DeviceCommand::Add {
+            id,
+            labels,
+            expires,
+        }) => (
+            api.post(
+                &format!("/api/v1/devices/{id}/enroll"),
+                &json!({ "labels": labels, "expires": expires }),
+            )
+            .await?,
+            |v: &Value| {
+                format!(
+                    "enrollment token for {} (valid until {}, works once):\n\n  {}\n\non the device run:\n  edgefleet-agent enroll --token <the token above>\n(it connects to {}; add --url https://HOST:PORT if the device reaches the gateway under another name)",
+                    s(v, "device"),
+                    s(v, "expires_at"),
+                    s(v, "token"),
+                    s(v, "enroll_url")
+                )
+            },
+        ),
+        Command::Device(DeviceCommand::Revoke { id }) => (
+            api.post(&format!("/api/v1/devices/{id}/revoke"), &json!({}))
+                .await?,
+            |v: &Value| {
+                format!(
+                    "{} revoked: {} certificate(s) refused from now on, {} live connection(s) closed",
+                    s(v, "device"),
+                    v["certificates_revoked"],
+                    v["connections_closed"]
+                )
+            },
+        ),
         Command::Whoami => (api.get("/api/v1/whoami").await?, |v: &Value| {
             format!(
                 "{} ({}{}) — token '{}' valid until {}",
@@ -807,6 +968,8 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
         Command::Audit(AuditCommand::Verify { .. } | AuditCommand::Export { .. })
         | Command::Login(_)
         | Command::Logout
+        | Command::Integrator(_)
+        | Command::Acl(_)
         | Command::Gateway(_)
         | Command::Controller(_)
         | Command::Broker(_) => {

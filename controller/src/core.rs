@@ -114,6 +114,8 @@ pub struct Controller {
     events: Mutex<Vec<(String, String, String)>>,
     /// Device-reported outcomes for the audit log, appended at the next flush.
     audit_pending: Mutex<Vec<crate::audit::Entry>>,
+    /// Device identities (PKI, front, enrollment), set when running inside a gateway.
+    pub security: std::sync::OnceLock<std::sync::Arc<crate::enroll::Security>>,
     /// Rollouts in progress (and the way to start and control them).
     pub rollouts: crate::rollouts::Rollouts,
     /// Site summaries as last published (without `updated_at`).
@@ -173,6 +175,7 @@ impl Controller {
                 queued: DashSet::new(),
                 events: Mutex::new(Vec::new()),
                 audit_pending: Mutex::new(Vec::new()),
+                security: std::sync::OnceLock::new(),
                 rollouts,
                 published_sites: Mutex::new(BTreeMap::new()),
                 started: Instant::now(),

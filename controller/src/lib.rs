@@ -30,6 +30,7 @@ pub mod bus;
 pub mod cli;
 pub mod compose;
 pub mod core;
+pub mod enroll;
 pub mod fleet;
 pub mod keys;
 pub mod rollout;
@@ -64,6 +65,19 @@ pub struct ControllerConfig {
     pub republish_after: Duration,
     /// After a controller start, devices not heard from within this time are shown offline.
     pub presence_grace: Duration,
+    /// Inside a gateway: the device-facing TLS front and the enrollment listener.
+    pub gateway: Option<GatewayTls>,
+}
+
+/// The gateway's device-facing listeners.
+#[derive(Debug, Clone)]
+pub struct GatewayTls {
+    /// The TLS MQTT listener devices and integrators connect to (client certificates).
+    pub mqtts_listen: SocketAddr,
+    /// The HTTPS listener agents enroll at.
+    pub enroll_listen: SocketAddr,
+    /// The name or address devices reach the gateway at (in URLs and the server certificate).
+    pub public_host: String,
 }
 
 impl ControllerConfig {
@@ -75,6 +89,7 @@ impl ControllerConfig {
             keepalive: Duration::from_secs(10),
             republish_after: Duration::from_secs(10),
             presence_grace: Duration::from_secs(30),
+            gateway: None,
         }
     }
 }
@@ -89,6 +104,11 @@ pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyho
     let ctrl = Arc::new(ctrl);
     let signer = Arc::new(keys::load_or_create_signer(&config.data_dir)?);
     auth::ensure_initial_admin(&ctrl, &config.data_dir)?;
+    let token = shutdown.child_token();
+    let mut tasks = JoinSet::new();
+    if let Some(gw) = &config.gateway {
+        start_gateway_security(&ctrl, &config, gw, &signer, &mut tasks, &token).await?;
+    }
     let http = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| {
@@ -100,8 +120,6 @@ pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyho
     let http_addr = http.local_addr()?;
 
     let (client, eventloop) = bus::client(&config.broker, config.keepalive, session);
-    let mut tasks = JoinSet::new();
-    let token = shutdown.child_token();
     tasks.spawn(bus::run_link(
         ctrl.clone(),
         client.clone(),
@@ -175,6 +193,116 @@ async fn housekeeping(
             expired = true;
         }
     }
+}
+
+/// Loads the PKI, starts the TLS front (with the stored revocations) and the enrollment
+/// listener, and audits what the front refuses.
+async fn start_gateway_security(
+    ctrl: &Arc<Controller>,
+    config: &ControllerConfig,
+    gw: &GatewayTls,
+    signer: &edgefleet_protocol::signing::DocumentSigner,
+    tasks: &mut JoinSet<()>,
+    token: &CancellationToken,
+) -> anyhow::Result<()> {
+    use edgefleet_broker::front::{FrontConfig, FrontEventKind, start_front};
+    use edgefleet_broker::pki::Pki;
+    let pki_dir = config.data_dir.join("pki");
+    let names = vec![gw.public_host.clone()];
+    let pki = tokio::task::spawn_blocking(move || Pki::load_or_create(&pki_dir, &names))
+        .await?
+        .context("cannot set up the gateway's certificate authority")?;
+    let upstream = std::net::SocketAddr::new(
+        config
+            .broker
+            .host
+            .parse()
+            .context("the embedded broker address is not an IP address")?,
+        config.broker.port,
+    );
+    let mut front_config = FrontConfig::new(gw.mqtts_listen, upstream);
+    front_config.revoked_serials = ctrl.store().revoked_serials()?;
+    let front = start_front(front_config, pki.server_tls_config()).await?;
+    let mqtts_port = front.local_addr().port();
+    let mut events = front.subscribe_events();
+    let audit_ctrl = ctrl.clone();
+    let audit_token = token.clone();
+    tasks.spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = audit_token.cancelled() => return,
+                e = events.recv() => e,
+            };
+            let event = match event {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "the audit fell behind the network front's events"
+                    );
+                    continue;
+                }
+                Err(_) => return,
+            };
+            if let FrontEventKind::Refused {
+                action,
+                topic,
+                reason,
+            } = &event.kind
+            {
+                let actor = event
+                    .identity
+                    .as_ref()
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "anonymous".into());
+                audit_ctrl.audit(crate::audit::Entry {
+                    actor,
+                    role: "mqtt".into(),
+                    action: format!("mqtt.{}", format!("{action:?}").to_ascii_lowercase()),
+                    target: topic.clone(),
+                    site: String::new(),
+                    outcome: crate::audit::Outcome::Refused,
+                    status: None,
+                    detail: serde_json::json!({ "reason": reason, "peer": event.peer.to_string() }),
+                });
+            }
+        }
+    });
+    let enroll = tokio::net::TcpListener::bind(gw.enroll_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for enrollment on {}: choose another address with --enroll-listen",
+                gw.enroll_listen
+            )
+        })?;
+    let enroll_port = enroll.local_addr()?.port();
+    let host = if gw.public_host.contains(':') {
+        format!("[{}]", gw.public_host)
+    } else {
+        gw.public_host.clone()
+    };
+    tasks.spawn(enroll::serve(
+        enroll,
+        pki.https_tls_config(),
+        enroll::router(ctrl.clone()),
+        token.clone(),
+    ));
+    tracing::info!(
+        mqtts = %gw.mqtts_listen,
+        enroll = %gw.enroll_listen,
+        ca_sha256 = %pki.ca_fingerprint(),
+        "device listeners up"
+    );
+    let security = enroll::Security {
+        pki,
+        front: Some(front),
+        enroll_url: format!("https://{host}:{enroll_port}"),
+        device_broker_url: format!("mqtts://{host}:{mqtts_port}"),
+        controller_key: signer.public_key_text(),
+    };
+    let _ = ctrl.security.set(Arc::new(security));
+    Ok(())
 }
 
 /// The gateway: embedded broker plus controller in one process.

@@ -66,17 +66,29 @@ async fn main() -> ExitCode {
                 ..Default::default()
             };
             let addr = edgefleet_broker::connect_addr(args.mqtt_listen);
-            let config = args.server.controller_config(BrokerAddr {
+            let mut config = args.server.controller_config(BrokerAddr {
                 host: addr.ip().to_string(),
                 port: addr.port(),
                 tls: false,
             });
+            let tls = args.gateway_tls();
+            if !args.mqtt_listen.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %args.mqtt_listen,
+                    "the plain MQTT listener is not on loopback: any client that reaches it can publish and subscribe anywhere, with no identity. Use it only on a trusted network; devices belong on the TLS listener (--mqtts-listen)"
+                );
+            }
             eprintln!(
-                "edgefleet gateway: MQTT on {} , HTTP API on http://{} , data in {}",
+                "edgefleet gateway: devices on mqtts://{}:{} (enroll at https://{}:{}), local MQTT on {}, HTTP API on http://{}, data in {}",
+                tls.public_host,
+                tls.mqtts_listen.port(),
+                tls.public_host,
+                tls.enroll_listen.port(),
                 args.mqtt_listen,
                 args.server.http_listen,
                 args.server.data_dir.display()
             );
+            config.gateway = Some(tls);
             edgefleet_controller::run_gateway(broker, config, token).await
         }
         Command::Controller(args) => {

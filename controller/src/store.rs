@@ -128,6 +128,28 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 "#,
+    // 5: device enrollment tokens (only their SHA-256) and issued client certificates.
+    r#"
+CREATE TABLE enrollments (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    labels_json TEXT NOT NULL,
+    secret_sha256 TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    used_at TEXT
+);
+CREATE INDEX enrollments_by_device ON enrollments (device);
+CREATE TABLE certificates (
+    serial TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    issued_at TEXT NOT NULL,
+    not_after INTEGER NOT NULL,
+    revoked_at TEXT
+);
+CREATE INDEX certificates_by_identity ON certificates (identity);
+"#,
 ];
 
 pub struct Store {

@@ -162,8 +162,13 @@ pub fn wait_port(port: u16, timeout: Duration) -> bool {
 /// A gateway (embedded broker + controller) on its own ports and data dir.
 pub struct Gateway {
     pub proc: Proc,
+    /// The plain loopback listener (controller, tests: the privileged path).
     pub mqtt_port: u16,
     pub http_port: u16,
+    /// The TLS device listener (client certificates, confinement).
+    pub mqtts_port: u16,
+    /// The HTTPS enrollment listener.
+    pub enroll_port: u16,
     /// Its `--data-dir` (holds edgefleet.db and initial-admin-password).
     pub data_dir: PathBuf,
 }
@@ -176,6 +181,7 @@ impl Gateway {
     /// [`Gateway::start`] with extra environment variables (e.g. `RUST_LOG=trace`).
     pub fn start_env(dir: &Path, envs: &[(&str, &str)]) -> Gateway {
         let (mqtt_port, http_port) = (free_port(), free_port());
+        let (mqtts_port, enroll_port) = (free_port(), free_port());
         let data_dir = dir.join("gateway-data");
         let args = vec![
             "gateway".into(),
@@ -187,12 +193,20 @@ impl Gateway {
             format!("127.0.0.1:{http_port}"),
             "--keepalive".into(),
             "5".into(),
+            "--mqtts-listen".into(),
+            format!("127.0.0.1:{mqtts_port}"),
+            "--enroll-listen".into(),
+            format!("127.0.0.1:{enroll_port}"),
+            "--public-host".into(),
+            "127.0.0.1".into(),
         ];
         let proc = Proc::spawn_env("gateway", dir, &bins().edgefleet, &args, envs);
         let gw = Gateway {
             proc,
             mqtt_port,
             http_port,
+            mqtts_port,
+            enroll_port,
             data_dir,
         };
         gw.wait_ready();
@@ -209,6 +223,46 @@ impl Gateway {
             wait_port(self.mqtt_port, Duration::from_secs(10)),
             "gateway MQTT did not come up"
         );
+        assert!(
+            wait_port(self.mqtts_port, Duration::from_secs(10)),
+            "gateway MQTT TLS front did not come up:\n{}",
+            self.proc.log(30)
+        );
+    }
+
+    /// Creates an enrollment token for `id` (`edgefleet device add`), as admin.
+    pub fn enrollment_token(&self, id: &str, labels: &str) -> String {
+        let out = self
+            .api()
+            .cli(&["device", "add", id, "--labels", labels, "--json"]);
+        assert!(out.success, "device add failed: {out:?}");
+        out.json()["token"]
+            .as_str()
+            .expect("token in device add output")
+            .to_owned()
+    }
+
+    /// Enrolls `id` with `edgefleet-agent enroll` into `dir/agent-<id>`; returns the output.
+    pub fn enroll(&self, dir: &Path, id: &str, token: &str) -> std::process::Output {
+        std::process::Command::new(&bins().agent)
+            .args(["enroll", "--token", token, "--data-dir"])
+            .arg(Agent::data_dir(dir, id))
+            .env_remove("EDGEFLEET_ENROLL_TOKEN")
+            .output()
+            .expect("run edgefleet-agent enroll")
+    }
+
+    /// An agent enrolled the way a device is (token → certificate) and connected to the TLS
+    /// front with its own certificate.
+    pub fn agent(&self, dir: &Path, id: &str, labels: &str) -> Agent {
+        let token = self.enrollment_token(id, labels);
+        let out = self.enroll(dir, id, &token);
+        assert!(
+            out.status.success(),
+            "enrollment of {id} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Agent::enrolled(dir, id)
     }
 
     pub fn broker_url(&self) -> String {
@@ -295,7 +349,28 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts an agent that trusts the key of the gateway or controller started in `dir`.
+    /// The agent's `--data-dir` under `dir`.
+    pub fn data_dir(dir: &Path, id: &str) -> PathBuf {
+        dir.join(format!("agent-{id}"))
+    }
+
+    /// Starts an enrolled agent: `--data-dir` carries id, labels, broker and keys.
+    pub fn enrolled(dir: &Path, id: &str) -> Agent {
+        let args = vec![
+            "--data-dir".into(),
+            Agent::data_dir(dir, id).display().to_string(),
+            "--keepalive".into(),
+            "4".into(),
+        ];
+        let proc = Proc::spawn(&format!("agent-{id}"), dir, &bins().agent, &args);
+        Agent {
+            id: id.to_owned(),
+            proc,
+        }
+    }
+
+    /// Starts a plain-MQTT agent (external broker, or the gateway's loopback listener) that
+    /// trusts the key of the gateway or controller started in `dir`.
     pub fn start(dir: &Path, id: &str, labels: &str, broker_url: &str) -> Agent {
         let mut args = vec![
             "--id".into(),

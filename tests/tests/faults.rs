@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use edgefleet_tests::api::{Api, service};
 use edgefleet_tests::docker::{self, Cleanup};
 use edgefleet_tests::images::{self, APP_V1, APP_V2};
-use edgefleet_tests::procs::{Agent, Gateway};
+use edgefleet_tests::procs::Gateway;
 use edgefleet_tests::{mqtt, unique_id, wait};
 use serde_json::Value;
 
@@ -59,7 +59,7 @@ async fn killed_agent_goes_offline_within_keepalive_and_comes_back_converged() {
     let _cleanup = Cleanup(vec![id.clone()]);
     let gw = Gateway::start(dir);
     let api = gw.api();
-    let mut agent = Agent::start(dir, &id, "site=a", &gw.broker_url());
+    let mut agent = gw.agent(dir, &id, "site=a");
     api.apply(dir, "web", &format!("id={id}"), &stack(APP_V1));
     let (_, container) = wait_converged_running(&api, &id, APP_V1).await;
 
@@ -98,10 +98,7 @@ async fn gateway_restart_republishes_desired_state_and_recreates_nothing() {
     let _cleanup = Cleanup(vec![a.clone(), b.clone()]);
     let mut gw = Gateway::start(dir);
     let api = gw.api();
-    let _agents = [
-        Agent::start(dir, &a, "site=x", &gw.broker_url()),
-        Agent::start(dir, &b, "site=x", &gw.broker_url()),
-    ];
+    let _agents = [gw.agent(dir, &a, "site=x"), gw.agent(dir, &b, "site=x")];
     api.apply(dir, "web", "site=x", &stack(APP_V1));
     let (da, ca) = wait_converged_running(&api, &a, APP_V1).await;
     let (db, cb) = wait_converged_running(&api, &b, APP_V1).await;
@@ -150,7 +147,7 @@ async fn malformed_desired_payloads_and_unsupported_compose_keys_change_nothing(
     let _cleanup = Cleanup(vec![id.clone()]);
     let gw = Gateway::start(dir);
     let api = gw.api();
-    let _agent = Agent::start(dir, &id, "site=a", &gw.broker_url());
+    let _agent = gw.agent(dir, &id, "site=a");
     api.apply(dir, "web", &format!("id={id}"), &stack(APP_V1));
     let (before, container) = wait_converged_running(&api, &id, APP_V1).await;
 
@@ -238,7 +235,7 @@ async fn drift_by_hand_is_reported_and_restored() {
     let _cleanup = Cleanup(vec![id.clone()]);
     let gw = Gateway::start(dir);
     let api = gw.api();
-    let _agent = Agent::start(dir, &id, "site=a", &gw.broker_url());
+    let _agent = gw.agent(dir, &id, "site=a");
     api.apply(dir, "web", &format!("id={id}"), &stack(APP_V1));
     let (_, container) = wait_converged_running(&api, &id, APP_V1).await;
 
@@ -281,7 +278,7 @@ async fn agent_restarted_while_the_gateway_is_down_keeps_running_from_local_stat
     let _cleanup = Cleanup(vec![id.clone()]);
     let mut gw = Gateway::start(dir);
     let api = gw.api();
-    let mut agent = Agent::start(dir, &id, "site=a", &gw.broker_url());
+    let mut agent = gw.agent(dir, &id, "site=a");
     api.apply(dir, "web", &format!("id={id}"), &stack(APP_V1));
     let (_, container) = wait_converged_running(&api, &id, APP_V1).await;
 
@@ -329,7 +326,7 @@ async fn silent_agent_goes_offline_after_one_and_a_half_keepalives() {
     let id = unique_id("frozen");
     let gw = Gateway::start(dir);
     let api = gw.api();
-    let agent = Agent::start(dir, &id, "site=a", &gw.broker_url());
+    let agent = gw.agent(dir, &id, "site=a");
     api.wait_connection(&id, "online", T).await;
     let session = api.device(&id).await.expect("device")["session"].as_u64();
 
@@ -371,7 +368,7 @@ async fn unsigned_forged_and_replayed_desired_documents_are_refused() {
     let _cleanup = Cleanup(vec![id.clone()]);
     let gw = Gateway::start(dir);
     let api = gw.api();
-    let _agent = Agent::start(dir, &id, "site=a", &gw.broker_url());
+    let _agent = gw.agent(dir, &id, "site=a");
     let topic = edgefleet_protocol::topics::TopicKind::DeviceDesired.for_device(&id);
 
     api.apply(dir, "web", &format!("id={id}"), &stack(APP_V1));

@@ -70,10 +70,7 @@ async fn rollouts_move_in_waves_and_a_bad_canary_is_rolled_back() {
     let _cleanup = Cleanup(ids.clone());
     let gw = Gateway::start(dir);
     let api = gw.api();
-    let _agents: Vec<Agent> = ids
-        .iter()
-        .map(|id| Agent::start(dir, id, "site=r", &gw.broker_url()))
-        .collect();
+    let _agents: Vec<Agent> = ids.iter().map(|id| gw.agent(dir, id, "site=r")).collect();
     for id in &ids {
         api.wait_connection(id, "online", T).await;
     }
@@ -161,10 +158,7 @@ async fn a_rollout_resumes_after_the_gateway_is_killed_mid_way() {
     let _cleanup = Cleanup(ids.clone());
     let mut gw = Gateway::start(dir);
     let api = gw.api();
-    let _agents: Vec<Agent> = ids
-        .iter()
-        .map(|id| Agent::start(dir, id, "site=k", &gw.broker_url()))
-        .collect();
+    let _agents: Vec<Agent> = ids.iter().map(|id| gw.agent(dir, id, "site=k")).collect();
     for id in &ids {
         api.wait_connection(id, "online", T).await;
     }
@@ -229,10 +223,7 @@ async fn offline_skip_pause_resume_and_abort() {
     let _cleanup = Cleanup(ids.clone());
     let gw = Gateway::start(dir);
     let api = gw.api();
-    let mut agents: Vec<Agent> = ids
-        .iter()
-        .map(|id| Agent::start(dir, id, "site=c", &gw.broker_url()))
-        .collect();
+    let mut agents: Vec<Agent> = ids.iter().map(|id| gw.agent(dir, id, "site=c")).collect();
     for id in &ids {
         api.wait_connection(id, "online", T).await;
     }
@@ -334,10 +325,7 @@ async fn a_wave_waits_for_the_maintenance_window_and_nonsense_is_refused() {
     let _cleanup = Cleanup(ids.clone());
     let gw = Gateway::start(dir);
     let api = gw.api();
-    let _agents: Vec<Agent> = ids
-        .iter()
-        .map(|id| Agent::start(dir, id, "site=w", &gw.broker_url()))
-        .collect();
+    let _agents: Vec<Agent> = ids.iter().map(|id| gw.agent(dir, id, "site=w")).collect();
     for id in &ids {
         api.wait_connection(id, "online", T).await;
     }

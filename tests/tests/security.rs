@@ -1,6 +1,7 @@
 //! Security acceptance with the real binaries: the audit log's tampering is caught by
 //! `edgefleet audit verify` reading the store file, and no password or token ever reaches
-//! the gateway's logs, even at `RUST_LOG=trace`.
+//! the gateway's logs, even at `RUST_LOG=trace` — nor does an enrollment token or a private
+//! key, in the gateway's or the agent's output.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -260,8 +261,57 @@ async fn no_password_or_token_in_the_gateway_logs_at_trace() {
     let logout = edgefleet(&["--server", &server, "logout"], &ana_cfg, "");
     assert!(logout.success, "{logout:?}");
 
+    // A device enrolls (agent at trace too): neither the token, its secret nor any private
+    // key may show up in the gateway's or the agent's output.
+    let enroll_token = gw.enrollment_token("trace-dev", "site=lyon");
+    let enroll = Command::new(&bins().agent)
+        .args(["enroll", "--token", &enroll_token, "--data-dir"])
+        .arg(dir.path().join("agent-trace-dev"))
+        .env("RUST_LOG", "trace")
+        .output()
+        .expect("edgefleet-agent enroll");
+    assert!(enroll.status.success(), "{enroll:?}");
+    let agent_log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&enroll.stdout),
+        String::from_utf8_lossy(&enroll.stderr)
+    );
+    let token_secret = edgefleet_protocol::enrollment::EnrollmentToken::decode(&enroll_token)
+        .expect("token")
+        .secret;
+    let pem_body = |path: std::path::PathBuf| -> String {
+        let text = std::fs::read_to_string(&path).expect("key file");
+        // A line from the middle of the key: unique to it.
+        text.lines().nth(1).expect("key body").to_owned()
+    };
+    let device_key = pem_body(dir.path().join("agent-trace-dev/identity/key.pem"));
+    let ca_key = pem_body(gw.data_dir.join("pki/ca.key"));
+    let signing_key = std::fs::read_to_string(gw.data_dir.join("signing/desired-signing.key"))
+        .expect("signing key")
+        .trim()
+        .to_owned();
+
     tokio::time::sleep(Duration::from_secs(2)).await;
     let log = gw.proc.full_log();
+    for (what, secret) in [
+        ("the enrollment token", enroll_token.as_str()),
+        ("the enrollment secret", token_secret.as_str()),
+        ("the device's private key", device_key.as_str()),
+        ("the CA's private key", ca_key.as_str()),
+        ("the desired-state signing key", signing_key.as_str()),
+    ] {
+        assert!(!log.contains(secret), "{what} is in the gateway's log");
+        assert!(
+            !agent_log.contains(secret),
+            "{what} is in the agent's output"
+        );
+    }
+    assert!(
+        agent_log.contains("TRACE")
+            || agent_log.contains("DEBUG")
+            || agent_log.contains("enrolled"),
+        "the agent produced no output; the check proves nothing"
+    );
     assert!(
         log.contains("TRACE"),
         "the gateway did not log at trace level; the test proves nothing"

@@ -126,7 +126,7 @@ async fn two_agent_scenario(kind: BrokerKind) {
     let _cleanup = Cleanup(vec![lyon.clone(), paris.clone()]);
 
     let mut keep: Vec<Proc> = Vec::new();
-    let (api, mqtt_port, _gw) = match kind {
+    let (api, mqtt_port, gw) = match kind {
         BrokerKind::Embedded => {
             let gw = Gateway::start(dir);
             (gw.api(), gw.mqtt_port, Some(gw))
@@ -143,9 +143,15 @@ async fn two_agent_scenario(kind: BrokerKind) {
             )
         }
     };
+    // With the gateway, agents enroll and connect to the TLS front with their own
+    // certificate; with Mosquitto, they use plain MQTT and the controller key file.
     let url = format!("mqtt://127.0.0.1:{mqtt_port}");
-    let mut agent = Agent::start(dir, &lyon, "site=lyon,line=1", &url);
-    let _other = Agent::start(dir, &paris, "site=paris,line=1", &url);
+    let start = |id: &str, labels: &str| match &gw {
+        Some(gw) => gw.agent(dir, id, labels),
+        None => Agent::start(dir, id, labels, &url),
+    };
+    let mut agent = start(&lyon, "site=lyon,line=1");
+    let _other = start(&paris, "site=paris,line=1");
     wait_online(&api, &lyon).await;
     wait_online(&api, &paris).await;
 

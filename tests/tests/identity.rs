@@ -1,0 +1,313 @@
+//! Acceptance (security) through the gateway, with the real binaries: device enrollment works
+//! once, a token pinned to another CA or expired is refused, a revoked device is cut off and
+//! cannot come back, an enrolled device's certificate is confined to its own topics (shown
+//! with Debian's mosquitto clients), and an integrator's certificate reads the read model and
+//! writes nothing.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use edgefleet_protocol::enrollment::EnrollmentToken;
+use edgefleet_protocol::topics::{self, TopicKind};
+use edgefleet_tests::docker::Cleanup;
+use edgefleet_tests::images::{self, APP_V1};
+use edgefleet_tests::procs::{Agent, Gateway};
+use edgefleet_tests::{mqtt, unique_id, wait};
+
+const T: Duration = Duration::from_secs(60);
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// mosquitto_sub/pub TLS arguments with the credentials in `creds` (ca.pem, cert.pem, key.pem).
+fn tls(port: u16, creds: &Path, client_id: &str) -> Vec<String> {
+    let p = |f: &str| creds.join(f).display().to_string();
+    vec![
+        "-h".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "--cafile".into(),
+        p("ca.pem"),
+        "--cert".into(),
+        p("cert.pem"),
+        "--key".into(),
+        p("key.pem"),
+        "-i".into(),
+        client_id.into(),
+        "-V".into(),
+        "mqttv311".into(),
+    ]
+}
+
+fn run(program: &str, args: &[String]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (Debian mosquitto-clients): {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrollment_works_once_and_a_revoked_device_cannot_come_back() {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let id = unique_id("enr");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let gw = Gateway::start(dir);
+    let api = gw.api();
+
+    // A token pinned to another CA: the agent refuses to talk to this gateway.
+    let token = gw.enrollment_token(&id, "site=e,line=1");
+    let mut forged = EnrollmentToken::decode(&token).expect("token");
+    forged.ca_sha256 = "0".repeat(64);
+    let out = gw.enroll(&dir.join("forged"), &id, &forged.encode());
+    assert!(
+        !out.status.success(),
+        "a token pinned to another CA must fail"
+    );
+    assert!(
+        stderr(&out).contains("did not present the CA"),
+        "unclear: {}",
+        stderr(&out)
+    );
+
+    // The real token works once…
+    let out = gw.enroll(dir, &id, &token);
+    assert!(out.status.success(), "enrollment failed: {}", stderr(&out));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = Agent::data_dir(dir, &id).join("identity/key.pem");
+        let mode = std::fs::metadata(&key).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the device key must be private");
+    }
+    // …and never twice, even for another data dir.
+    let again = gw.enroll(&dir.join("again"), &id, &token);
+    assert!(!again.status.success(), "a used token must be refused");
+    assert!(
+        stderr(&again).contains("already used"),
+        "unclear: {}",
+        stderr(&again)
+    );
+    // An expired token is refused.
+    let short = api.cli(&["device", "add", "late-dev", "--expires", "1s", "--json"]);
+    assert!(short.success, "{short:?}");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let late = gw.enroll(dir, "late-dev", short.json()["token"].as_str().unwrap());
+    assert!(
+        !late.status.success() && stderr(&late).contains("expired"),
+        "an expired token must be refused: {}",
+        stderr(&late)
+    );
+
+    // The enrolled agent connects over TLS with its certificate and converges.
+    let mut agent = Agent::enrolled(dir, &id);
+    api.wait_connection(&id, "online", T).await;
+    api.apply(
+        dir,
+        "web",
+        &format!("id={id}"),
+        &format!("services:\n  app:\n    image: {APP_V1}\n"),
+    );
+    wait::until("the enrolled device converges", T, || async {
+        let d = api.device(&id).await?;
+        if d["converged"] == true {
+            Ok(())
+        } else {
+            Err(d["status"].to_string())
+        }
+    })
+    .await;
+
+    // Revoke: disconnected now (its will fires: offline), and it cannot reconnect.
+    let t0 = Instant::now();
+    let out = api.cli(&["device", "revoke", &id, "--json"]);
+    assert!(out.success, "revoke failed: {out:?}");
+    assert!(
+        out.json()["connections_closed"].as_u64() >= Some(1),
+        "{out:?}"
+    );
+    api.wait_connection(&id, "offline", Duration::from_secs(15))
+        .await;
+    eprintln!("revoked device shown offline after {:?}", t0.elapsed());
+    // The agent keeps trying (jittered backoff); it must stay out.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        agent.proc.alive(),
+        "the agent should keep running and retrying"
+    );
+    let d = api.device(&id).await.expect("device");
+    assert_eq!(d["online"], false, "a revoked device came back: {d}");
+    let audit = api
+        .get("/api/v1/audit?limit=500")
+        .await
+        .expect("audit")
+        .to_string();
+    for action in ["device.add", "device.enroll", "device.revoke"] {
+        assert!(audit.contains(action), "{action} is not audited");
+    }
+    // A revoked device's token cannot be reused either, and a new one lets it back.
+    let token = gw.enrollment_token(&id, "site=e,line=1");
+    agent.proc.stop();
+    let out = gw.enroll(dir, &id, &token);
+    assert!(
+        out.status.success(),
+        "re-enrollment failed: {}",
+        stderr(&out)
+    );
+    let _agent = Agent::enrolled(dir, &id);
+    api.wait_connection(&id, "online", T).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_certificate_reaches_only_its_own_topics_and_integrators_only_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let (a, b) = (unique_id("conf-a"), unique_id("conf-b"));
+    let gw = Gateway::start(dir);
+    let api = gw.api();
+    for id in [&a, &b] {
+        let token = gw.enrollment_token(id, "site=c");
+        let out = gw.enroll(dir, id, &token);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // B is a running agent; A's credentials are used by hand with mosquitto clients.
+    let _agent_b = Agent::enrolled(dir, &b);
+    api.wait_connection(&b, "online", T).await;
+    let creds_a = Agent::data_dir(dir, &a).join("identity");
+    let a_client = edgefleet_protocol::acl::device_client_id(&a);
+    let b_status = TopicKind::DeviceStatus.for_device(&b);
+    let before = mqtt::retained(gw.mqtt_port, &b_status, 5).expect("B's retained status");
+
+    // A cannot read B's desired state…
+    let mut args = tls(gw.mqtts_port, &creds_a, &a_client);
+    args.extend([
+        "-t".into(),
+        TopicKind::DeviceDesired.for_device(&b),
+        "-C".into(),
+        "1".into(),
+        "-W".into(),
+        "3".into(),
+    ]);
+    let sub = Command::new("mosquitto_sub")
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    mqtt::publish(
+        gw.mqtt_port,
+        &TopicKind::DeviceDesired.for_device(&b),
+        b"{\"probe\":1}",
+        false,
+    );
+    let out = sub.wait_with_output().expect("mosquitto_sub");
+    assert!(
+        out.stdout.is_empty(),
+        "device A read B's desired topic: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // …nor publish B's status: the front closes the connection, B's status is unchanged.
+    let mut args = tls(gw.mqtts_port, &creds_a, &a_client);
+    args.extend([
+        "-q".into(),
+        "1".into(),
+        "-r".into(),
+        "-t".into(),
+        b_status.clone(),
+        "-m".into(),
+        format!("{{\"schema\":1,\"device\":\"{b}\",\"forged\":true}}"),
+    ]);
+    let _ = run("mosquitto_pub", &args);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = mqtt::retained(gw.mqtt_port, &b_status, 5).expect("B's retained status");
+    assert!(
+        after.get("forged").is_none(),
+        "A overwrote B's status: {after}"
+    );
+    assert_eq!(after["device"], before["device"]);
+    // A can publish its own events.
+    let mut args = tls(gw.mqtts_port, &creds_a, &a_client);
+    args.extend([
+        "-q".into(),
+        "1".into(),
+        "-t".into(),
+        TopicKind::DeviceEvents.for_device(&a),
+        "-m".into(),
+        "{}".into(),
+    ]);
+    let own = run("mosquitto_pub", &args);
+    assert!(own.status.success(), "A's own topic: {}", stderr(&own));
+
+    // No certificate: no connection.
+    let anon = run(
+        "mosquitto_pub",
+        &[
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            gw.mqtts_port.to_string(),
+            "--cafile".into(),
+            creds_a.join("ca.pem").display().to_string(),
+            "-t".into(),
+            b_status.clone(),
+            "-m".into(),
+            "x".into(),
+        ],
+    );
+    assert!(
+        !anon.status.success(),
+        "a client without certificate connected"
+    );
+
+    // An integrator reads the read model and can publish nothing.
+    let creds_i = dir.join("historian");
+    let out = api.cli(&[
+        "integrator",
+        "add",
+        "historian",
+        "--out",
+        &creds_i.display().to_string(),
+    ]);
+    assert!(out.success, "integrator add: {out:?}");
+    let mut args = tls(gw.mqtts_port, &creds_i, "integrator:historian");
+    args.extend([
+        "-t".into(),
+        topics::site_summary("c"),
+        "-C".into(),
+        "1".into(),
+        "-W".into(),
+        "10".into(),
+    ]);
+    let read = run("mosquitto_sub", &args);
+    let summary: serde_json::Value = serde_json::from_slice(&read.stdout)
+        .unwrap_or_else(|_| panic!("integrator read nothing: {}", stderr(&read)));
+    assert!(summary["devices"].as_u64() >= Some(1), "{summary}");
+    let mut args = tls(gw.mqtts_port, &creds_i, "integrator:historian");
+    args.extend([
+        "-q".into(),
+        "1".into(),
+        "-t".into(),
+        TopicKind::DeviceDesired.for_device(&b),
+        "-m".into(),
+        "{}".into(),
+    ]);
+    let _ = run("mosquitto_pub", &args);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let desired = mqtt::retained_raw(gw.mqtt_port, &TopicKind::DeviceDesired.for_device(&b), 3);
+    assert_ne!(desired, b"{}", "an integrator published a desired document");
+
+    // The refusals are in the audit log.
+    let audit = api
+        .get("/api/v1/audit?limit=500")
+        .await
+        .expect("audit")
+        .to_string();
+    assert!(
+        audit.contains("mqtt.publish") && audit.contains(&format!("device:{a}")),
+        "the front's refusals are not audited: {audit}"
+    );
+}
