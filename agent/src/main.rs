@@ -46,6 +46,20 @@ async fn wait_for_signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
+/// The agent's single-threaded runtime (it is small and mostly waits).
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("edgefleet-agent: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
 fn enroll(args: EnrollArgs) -> ExitCode {
     init_logging(LogFormat::Text);
     let token = match EnrollmentToken::decode(&args.token) {
@@ -65,15 +79,8 @@ fn enroll(args: EnrollArgs) -> ExitCode {
             }
         },
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("edgefleet-agent: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(identity::enroll(&token, args.url.as_deref(), &data_dir)) {
         Ok(enrolled) => {
@@ -106,15 +113,8 @@ fn main() -> ExitCode {
         }
     };
     init_logging(log_format);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("edgefleet-agent: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();

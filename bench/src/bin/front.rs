@@ -101,7 +101,11 @@ async fn connect_once(path: &Path_, client_id: &str) -> anyhow::Result<Duration>
 async fn throughput(path: &Path_, device: &str, messages: usize) -> anyhow::Result<Duration> {
     let topic = TopicKind::DeviceEvents.for_device(device);
     // The subscriber, on the broker's plain listener.
-    let mut so = MqttOptions::new(format!("bench-sub-{}", path.port), "127.0.0.1", path.plain_port);
+    let mut so = MqttOptions::new(
+        format!("bench-sub-{}", path.port),
+        "127.0.0.1",
+        path.plain_port,
+    );
     so.set_keep_alive(Duration::from_secs(30));
     let (sub, mut sub_loop) = AsyncClient::new(so, 100);
     sub.subscribe(&topic, QoS::AtLeastOnce).await?;
@@ -123,7 +127,8 @@ async fn throughput(path: &Path_, device: &str, messages: usize) -> anyhow::Resu
             }
         }
     });
-    let (publisher, mut pub_loop) = AsyncClient::new(options(path, &device_client_id(device)), 1000);
+    let (publisher, mut pub_loop) =
+        AsyncClient::new(options(path, &device_client_id(device)), 1000);
     tokio::spawn(async move { while pub_loop.poll().await.is_ok() {} });
     let payload = vec![b'x'; 220];
     let t0 = Instant::now();
@@ -149,7 +154,9 @@ fn start_mosquitto(dir: &Path, pki: &Pki, tls_port: u16, plain_port: u16) -> any
              listener {tls_port} 127.0.0.1\nallow_anonymous true\nrequire_certificate true\n\
              cafile {}\ncertfile {}\nkeyfile {}\n",
             // Run as root, Mosquitto drops to user `mosquitto`, which cannot read our 0600 keys.
-            if std::env::var("USER").as_deref() == Ok("root") || std::env::var("HOME").as_deref() == Ok("/root") {
+            if std::env::var("USER").as_deref() == Ok("root")
+                || std::env::var("HOME").as_deref() == Ok("/root")
+            {
                 "user root\n"
             } else {
                 ""
@@ -164,7 +171,11 @@ fn start_mosquitto(dir: &Path, pki: &Pki, tls_port: u16, plain_port: u16) -> any
         .arg(&conf)
         .stderr(std::fs::File::create(dir.join("mosquitto.log"))?)
         .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start mosquitto (apt-get install mosquitto, or --no-mosquitto): {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot start mosquitto (apt-get install mosquitto, or --no-mosquitto): {e}"
+            )
+        })?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok() {
