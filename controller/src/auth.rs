@@ -332,7 +332,26 @@ pub async fn middleware(
         });
         err.into_response()
     };
-    let caller = match bearer(&req) {
+    // A browser sends its session in a cookie (EventSource cannot send headers); a change
+    // made with a cookie must carry the dashboard's custom header (CSRF, see `web`).
+    let (token, from_cookie) = match bearer(&req) {
+        Some(t) => (Some(t.to_owned()), false),
+        None => (crate::web::session_token(req.headers()), true),
+    };
+    if from_cookie
+        && mutating
+        && token.is_some()
+        && !req.headers().contains_key(crate::web::CSRF_HEADER)
+    {
+        return refuse(
+            "anonymous",
+            "",
+            ApiError::Forbidden(
+                "a change made with the dashboard's session cookie needs the X-Edgefleet-Csrf header (send it from the dashboard's own page, or use a Bearer token)".into(),
+            ),
+        );
+    }
+    let caller = match token.as_deref() {
         None => {
             return refuse(
                 "anonymous",
