@@ -71,6 +71,7 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/logout", post(logout))
         .route("/static/app.css", get(css))
         .route("/static/app.js", get(js))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/openapi.json", get(openapi::document))
         .merge(api)
         .with_state(ctrl)

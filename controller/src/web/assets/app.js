@@ -272,8 +272,13 @@
   }
 
   // ---- the stream ---------------------------------------------------------------------------
-  if (document.body.getAttribute('data-role') && window.EventSource) {
-    var es = new EventSource('/api/v1/events/stream');
+  // Closed when the page is hidden: a page kept in the back/forward cache must not hold
+  // one of the browser's six connections to the gateway (they would run out after a few
+  // navigations); reopened, with a full snapshot, when it is shown again.
+  var es = null;
+  function connect() {
+    if (es) return;
+    es = new EventSource('/api/v1/events/stream');
     var live = document.getElementById('live');
     es.onopen = function () {
       perf.connectedAt = performance.now();
@@ -282,5 +287,10 @@
     es.onerror = function () { if (live) { live.textContent = 'reconnecting'; live.className = 'live off'; } };
     es.addEventListener('fleet', function (e) { applyFleet(JSON.parse(e.data)); });
     es.addEventListener('rollouts', function (e) { applyRollouts(JSON.parse(e.data)); });
+  }
+  if (document.body.getAttribute('data-role') && window.EventSource) {
+    connect();
+    window.addEventListener('pagehide', function () { if (es) { es.close(); es = null; } });
+    window.addEventListener('pageshow', function (e) { if (e.persisted) connect(); });
   }
 })();
