@@ -1,6 +1,6 @@
-//! The HTTP JSON API (axum). The CLI's client commands use exactly this API; so will the
-//! dashboard. Every request is untrusted: errors come back as `{"error": "…"}` with a 4xx
-//! status and a sentence saying what to change.
+//! The HTTP JSON API (axum). The CLI's client commands use exactly this API; so does the
+//! dashboard ([`crate::web`]). Every request is untrusted: errors come back as
+//! `{"error": "…"}` with a 4xx status and a sentence saying what to change.
 //!
 //! Every route but `health` and `login` needs `Authorization: Bearer TOKEN`; the
 //! [`crate::auth`] middleware authenticates, applies the role table and writes the audit

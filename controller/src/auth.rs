@@ -22,6 +22,11 @@
 //! rollout's deployment is within S. A change of target must stay within scope on both
 //! sides (an operator of lyon cannot take over or give away a paris deployment).
 //!
+//! ## Browsers
+//! Without an `Authorization` header the middleware takes the dashboard's session cookie
+//! ([`crate::web::SESSION_COOKIE`]); a POST/PUT/DELETE authenticated that way must also carry
+//! [`crate::web::CSRF_HEADER`], which a cross-site form cannot send.
+//!
 //! ## Audit
 //! The middleware records every mutating call (POST/PUT/DELETE) and every refusal (401/403,
 //! also of reads) in the audit log, after the handler ran, with the target and site the

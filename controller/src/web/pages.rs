@@ -101,6 +101,7 @@ fn alarm_li(a: &AlarmLine) -> String {
         since = a
             .since
             .as_deref()
+            .filter(|_| !a.message.contains("since"))
             .map(|s| format!(" <span class=\"since\">since {}</span>", esc(&clock(s))))
             .unwrap_or_default(),
     )

@@ -193,7 +193,7 @@
       li.appendChild(el('span', 'kind', a.kind));
       li.appendChild(document.createTextNode(' '));
       li.appendChild(el('span', 'msg', a.message));
-      if (a.since) li.appendChild(el('span', 'since', ' since ' + a.since.slice(11, 19)));
+      if (a.since && a.message.indexOf('since') < 0) li.appendChild(el('span', 'since', ' since ' + a.since.slice(11, 19)));
       list.appendChild(li);
     });
   }
