@@ -563,6 +563,92 @@ async fn pages_read_without_javascript_and_escape_device_strings() {
         .expect("json");
     assert!(openapi["paths"]["/api/v1/reports/compliance"]["get"].is_object());
 
+    // Rollout controls and the apply form only for roles that may use them.
+    let staged = json!({ "name": "web", "target": "site=lab", "compose": "services:\n  app:\n    image: app:2\nx-edgefleet-rollout: { canary: 1 }\n" });
+    let api_post = |path: &str, body: Value| {
+        http.post(format!("{base}{path}"))
+            .header("cookie", &cookie)
+            .header("x-edgefleet-csrf", "1")
+            .json(&body)
+            .send()
+    };
+    assert!(
+        api_post("/api/v1/deployments", staged)
+            .await
+            .expect("apply")
+            .status()
+            .is_success()
+    );
+    let started = api_post("/api/v1/rollouts", json!({ "deployment": "web" }))
+        .await
+        .expect("rollout");
+    assert_eq!(started.status(), 201);
+    let rollout_id = started.json::<Value>().await.expect("json")["id"]
+        .as_u64()
+        .expect("id");
+    let viewer = api_post(
+        "/api/v1/users",
+        json!({ "username": "vic", "role": "viewer", "sites": ["lab"], "password": "viewer-password-123" }),
+    )
+    .await
+    .expect("user");
+    assert_eq!(viewer.status(), 201);
+    let vic = http
+        .post(format!("{base}/login"))
+        .form(&[("username", "vic"), ("password", "viewer-password-123")])
+        .send()
+        .await
+        .expect("login");
+    let vic_cookie = vic.headers()["set-cookie"]
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    let as_user = |c: String, path: String| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            http.get(format!("{base}{path}"))
+                .header("cookie", c)
+                .send()
+                .await
+                .expect("page")
+                .text()
+                .await
+                .expect("html")
+        }
+    };
+    let rollout_path = format!("/rollouts/{rollout_id}");
+    let admin_view = as_user(cookie.clone(), rollout_path.clone()).await;
+    let viewer_view = as_user(vic_cookie.clone(), rollout_path).await;
+    assert!(
+        admin_view.contains("data-control=\"pause\""),
+        "an admin gets the controls"
+    );
+    assert!(
+        viewer_view.contains("id=\"rollout-live\""),
+        "a viewer sees the rollout"
+    );
+    assert!(
+        !viewer_view.contains("data-control="),
+        "a viewer gets no controls"
+    );
+    let viewer_deployments = as_user(vic_cookie.clone(), "/deployments".into()).await;
+    assert!(viewer_deployments.contains(">web</a>") && !viewer_deployments.contains("apply-form"));
+    let viewer_audit = http
+        .get(format!("{base}/audit"))
+        .header("cookie", &vic_cookie)
+        .send()
+        .await
+        .expect("audit");
+    assert_eq!(
+        viewer_audit.status(),
+        403,
+        "the audit page needs admin or auditor"
+    );
+
     // Logout revokes the session.
     let out = http
         .post(format!("{base}/logout"))
