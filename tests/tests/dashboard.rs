@@ -168,6 +168,12 @@ async fn dashboard_in_a_real_browser() {
         shown, api_message,
         "the API's message, next to the Compose field"
     );
+    b.exec(
+        "document.querySelector('.err[data-for=\"compose\"]').scrollIntoView({block: 'center'}); return 1;",
+        json!([]),
+    )
+    .await;
+    shot(&b, "bad-input").await;
     assert!(
         api.get("/api/v1/deployments/web").await.is_err(),
         "a refused apply records nothing"
@@ -191,6 +197,7 @@ async fn dashboard_in_a_real_browser() {
     .await;
     b.click("#apply-submit").await;
     b.wait_text("#latest-revision", T, |t| t == "2").await;
+    shot(&b, "deployment").await;
     b.click("#rollout-submit").await;
     b.wait_text("h1", T, |t| t.starts_with("Rollout")).await;
     b.exec("window.__sameDocument = 'yes'; return 1;", json!([]))

@@ -777,7 +777,7 @@ pub async fn audit(
         Err(e) => format!("cannot verify: {e}"),
     };
     let mut b = String::from("<main class=\"audit\"><div class=\"toolbar\"><h1>Audit log</h1>");
-    b += "<a class=\"button\" href=\"/api/v1/audit/export?format=csv\" download>Export CSV</a> <a class=\"button\" id=\"compliance-csv\" href=\"/api/v1/reports/compliance?format=csv\" download>Compliance report (CSV)</a> <a class=\"button\" href=\"/api/v1/reports/compliance?format=json\">Compliance (JSON)</a></div>";
+    b += "<div class=\"actions\"><a class=\"button\" href=\"/api/v1/audit/export?format=csv\" download>Export CSV</a> <a class=\"button\" id=\"compliance-csv\" href=\"/api/v1/reports/compliance?format=csv\" download>Compliance report (CSV)</a> <a class=\"button\" href=\"/api/v1/reports/compliance?format=json\">Compliance (JSON)</a></div></div>";
     b += &format!(
         "<p class=\"panel verify\" id=\"verify\">{}</p>",
         esc(&verify)
