@@ -343,19 +343,6 @@ pub async fn middleware(
         Some(t) => (Some(t.to_owned()), false),
         None => (crate::web::session_token(req.headers()), true),
     };
-    if from_cookie
-        && mutating
-        && token.is_some()
-        && !req.headers().contains_key(crate::web::CSRF_HEADER)
-    {
-        return refuse(
-            "anonymous",
-            "",
-            ApiError::Forbidden(
-                "a change made with the dashboard's session cookie needs the X-Edgefleet-Csrf header (send it from the dashboard's own page, or use a Bearer token)".into(),
-            ),
-        );
-    }
     let caller = match token.as_deref() {
         None => {
             return refuse(
@@ -379,6 +366,15 @@ pub async fn middleware(
             Err(e) => return e.into_response(),
         },
     };
+    if from_cookie && mutating && !req.headers().contains_key(crate::web::CSRF_HEADER) {
+        return refuse(
+            &caller.username,
+            caller.role.as_str(),
+            ApiError::Forbidden(
+                "a change made with the dashboard's session cookie needs the X-Edgefleet-Csrf header (send it from the dashboard's own page, or use a Bearer token)".into(),
+            ),
+        );
+    }
     if let Access::Roles(roles) = need
         && !roles.contains(&caller.role)
     {

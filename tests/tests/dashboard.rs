@@ -536,6 +536,23 @@ async fn pages_read_without_javascript_and_escape_device_strings() {
         403,
         "a cookie alone cannot change anything (CSRF)"
     );
+    let audit = http
+        .get(format!("{base}/api/v1/audit?limit=50"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("audit")
+        .json::<Value>()
+        .await
+        .expect("json");
+    assert!(
+        audit["records"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|rec| rec["actor"] == "admin"
+                && rec["status"] == 403
+                && rec["detail"].to_string().contains("X-Edgefleet-Csrf"))),
+        "the refused cookie change is audited under its user: {audit}"
+    );
     let real = http
         .post(format!("{base}/api/v1/deployments"))
         .header("cookie", &cookie)
