@@ -1,6 +1,6 @@
-//! The HTTP JSON API (axum). The CLI's client commands use exactly this API; so will the
-//! dashboard. Every request is untrusted: errors come back as `{"error": "…"}` with a 4xx
-//! status and a sentence saying what to change.
+//! The HTTP JSON API (axum). The CLI's client commands use exactly this API; so does the
+//! dashboard ([`crate::web`]). Every request is untrusted: errors come back as
+//! `{"error": "…"}` with a 4xx status and a sentence saying what to change.
 //!
 //! Every route but `health` and `login` needs `Authorization: Bearer TOKEN`; the
 //! [`crate::auth`] middleware authenticates, applies the role table and writes the audit
@@ -274,7 +274,10 @@ async fn deployments(State(ctrl): Ctx, auth: Auth) -> ApiResult<DeploymentList> 
 }
 
 /// The site of a deployment (also of a deleted one: its last revision's target).
-fn site_of_deployment(ctrl: &Controller, name: &str) -> Result<Option<String>, ApiError> {
+pub(crate) fn site_of_deployment(
+    ctrl: &Controller,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
     let store = ctrl.store();
     let target = match store.deployment(name)? {
         Some(d) => Some(d.target),
@@ -665,34 +668,59 @@ async fn login(
     State(ctrl): Ctx,
     body: Result<Json<LoginBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let refused = |who: &str, status: u16, why: &str| {
-        ctrl.audit(Entry {
-            actor: "anonymous".into(),
-            role: String::new(),
-            action: "auth.login".into(),
-            target: who.into(),
-            site: String::new(),
-            outcome: Outcome::Refused,
-            status: Some(status),
-            detail: json!({ "error": why }),
-        });
-    };
     let Json(body) = match body {
         Ok(b) => b,
         Err(e) => {
-            refused("", 400, "the request body could not be read");
+            login_refused(&ctrl, "", 400, "the request body could not be read");
             return Err(ApiError::BadBody(format!(
                 "request body: {}; send {{\"username\": …, \"password\": …}}",
                 e.status()
             )));
         }
     };
-    let user = ctrl.store().user(&body.username)?;
+    let s = password_login(&ctrl, &body.username, body.password).await?;
+    Ok(Json(json!({
+        "token": s.token,
+        "username": s.user.username,
+        "expires_at": auth::rfc3339(s.expires_at),
+        "role": s.user.role,
+        "sites": s.user.sites,
+    })))
+}
+
+fn login_refused(ctrl: &Controller, who: &str, status: u16, why: &str) {
+    ctrl.audit(Entry {
+        actor: "anonymous".into(),
+        role: String::new(),
+        action: "auth.login".into(),
+        target: who.into(),
+        site: String::new(),
+        outcome: Outcome::Refused,
+        status: Some(status),
+        detail: json!({ "error": why }),
+    });
+}
+
+/// A login session just issued.
+pub struct Session {
+    pub token: String,
+    pub user: crate::users::User,
+    pub expires_at: i64,
+    pub lifetime_secs: i64,
+}
+
+/// Checks a password (argon2 off the runtime, a decoy hash for unknown users), issues a
+/// session token and audits the outcome. Shared by the API's and the dashboard's login.
+pub async fn password_login(
+    ctrl: &Controller,
+    username: &str,
+    password: String,
+) -> Result<Session, ApiError> {
+    let user = ctrl.store().user(username)?;
     let phc = user.as_ref().map_or_else(
         || crate::users::decoy_hash().to_owned(),
         |u| u.password_hash.clone(),
     );
-    let password = body.password;
     let matches =
         tokio::task::spawn_blocking(move || crate::users::verify_password(&password, &phc))
             .await
@@ -700,13 +728,13 @@ async fn login(
     let user = match user {
         Some(u) if matches && !u.disabled => u,
         _ => {
-            refused(&body.username, 401, "wrong username or password");
+            login_refused(ctrl, username, 401, "wrong username or password");
             return Err(ApiError::Unauthorized(
                 "wrong username or password; check them and run 'edgefleet login' again".into(),
             ));
         }
     };
-    let (token, expires_at) = issue_token(&ctrl, &user.username, "login", SESSION_SECS)?;
+    let (token, expires_at) = issue_token(ctrl, &user.username, "login", SESSION_SECS)?;
     ctrl.audit(Entry {
         actor: user.username.clone(),
         role: user.role.as_str().into(),
@@ -717,13 +745,12 @@ async fn login(
         status: Some(200),
         detail: json!({ "expires_at": auth::rfc3339(expires_at) }),
     });
-    Ok(Json(json!({
-        "token": token,
-        "username": user.username,
-        "expires_at": auth::rfc3339(expires_at),
-        "role": user.role,
-        "sites": user.sites,
-    })))
+    Ok(Session {
+        token,
+        user,
+        expires_at,
+        lifetime_secs: SESSION_SECS,
+    })
 }
 
 /// Revokes the token the request carries.

@@ -409,7 +409,7 @@ pub fn export(records: &[Record], format: &str) -> Result<String, AuditError> {
     }
 }
 
-fn csv_field(f: &str) -> String {
+pub fn csv_field(f: &str) -> String {
     if f.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", f.replace('"', "\"\""))
     } else {

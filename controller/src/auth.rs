@@ -22,6 +22,11 @@
 //! rollout's deployment is within S. A change of target must stay within scope on both
 //! sides (an operator of lyon cannot take over or give away a paris deployment).
 //!
+//! ## Browsers
+//! Without an `Authorization` header the middleware takes the dashboard's session cookie
+//! ([`crate::web::SESSION_COOKIE`]); a POST/PUT/DELETE authenticated that way must also carry
+//! [`crate::web::CSRF_HEADER`], which a cross-site form cannot send.
+//!
 //! ## Audit
 //! The middleware records every mutating call (POST/PUT/DELETE) and every refusal (401/403,
 //! also of reads) in the audit log, after the handler ran, with the target and site the
@@ -337,7 +342,13 @@ pub async fn middleware(
         });
         err.into_response()
     };
-    let caller = match bearer(&req) {
+    // A browser sends its session in a cookie (EventSource cannot send headers); a change
+    // made with a cookie must carry the dashboard's custom header (CSRF, see `web`).
+    let (token, from_cookie) = match bearer(&req) {
+        Some(t) => (Some(t.to_owned()), false),
+        None => (crate::web::session_token(req.headers()), true),
+    };
+    let caller = match token.as_deref() {
         None => {
             return refuse(
                 "anonymous",
@@ -360,6 +371,15 @@ pub async fn middleware(
             Err(e) => return e.into_response(),
         },
     };
+    if from_cookie && mutating && !req.headers().contains_key(crate::web::CSRF_HEADER) {
+        return refuse(
+            &caller.username,
+            caller.role.as_str(),
+            ApiError::Forbidden(
+                "a change made with the dashboard's session cookie needs the X-Edgefleet-Csrf header (send it from the dashboard's own page, or use a Bearer token)".into(),
+            ),
+        );
+    }
     if let Access::Roles(roles) = need
         && !roles.contains(&caller.role)
     {

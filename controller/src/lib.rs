@@ -19,6 +19,8 @@
 //! - [`api`]: the HTTP JSON API; [`auth`]: roles, site scope, the authentication
 //!   middleware, the first-start admin; [`users`]: users and API tokens (hashed) in the store.
 //! - [`audit`]: the hash-chained, append-only audit log (append, verify, export).
+//! - [`web`]: the dashboard (server-rendered pages, session cookie, live updates over SSE),
+//!   the compliance report and the OpenAPI document.
 //! - [`cli`]: the `edgefleet` client commands (talk to the API).
 //! - [`run`] / [`run_gateway`]: start everything; return when `shutdown` is cancelled.
 
@@ -39,6 +41,7 @@ pub mod selector;
 pub mod sites;
 pub mod store;
 pub mod users;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -136,7 +139,7 @@ pub async fn run(config: ControllerConfig, shutdown: CancellationToken) -> anyho
         token.clone(),
     ));
     tasks.spawn(housekeeping(ctrl.clone(), config.clone(), token.clone()));
-    let app = api::router(ctrl.clone());
+    let app = api::router(ctrl.clone()).merge(web::router(ctrl.clone()));
     let http_token = token.clone();
     tasks.spawn(async move {
         if let Err(e) = axum::serve(http, app)

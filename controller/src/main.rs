@@ -55,6 +55,9 @@ fn watch_signals(token: CancellationToken) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // One crypto stack (ring) for every rustls user in the process: built together with the
+    // agent, reqwest's rustls has no provider of its own and panics without this.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Gateway(args) => {

@@ -15,7 +15,7 @@ fn label<'a>(d: &'a DeviceView, key: &str) -> &'a str {
 }
 
 /// Alarms of one device: offline, failed apply, unhealthy services.
-fn alarms(d: &DeviceView) -> Vec<Alarm> {
+pub fn alarms(d: &DeviceView) -> Vec<Alarm> {
     let mut out = Vec::new();
     let alarm = |severity, kind: &str, since: Option<String>, message: String| Alarm {
         device: d.id.clone(),

@@ -5,6 +5,7 @@
 //! the gateway over HTTP and MQTT like a user or an integrator would.
 //!
 //! ## Layout
+//! - [`browser`]: headless Chromium over WebDriver (chromedriver), screenshots.
 //! - [`bins`]: builds the binaries once per test process and finds them.
 //! - [`procs`]: child processes (gateway, controller, broker, agent, Mosquitto) that die with
 //!   the test, logs kept under the test's temp dir and printed on failure.
@@ -16,6 +17,7 @@
 
 pub mod api;
 pub mod bins;
+pub mod browser;
 pub mod docker;
 pub mod images;
 pub mod mqtt;

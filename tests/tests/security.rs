@@ -254,6 +254,68 @@ async fn no_password_or_token_in_the_gateway_logs_at_trace() {
             .await
             .expect("a request with the token");
     }
+    // The dashboard: a form login (and a wrong one), pages, the event stream and a refused
+    // change, all with the session cookie.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let wrong_form_password = "not-bobs-dashboard-password";
+    let refused = browser
+        .post(format!("{server}/login"))
+        .form(&[("username", "bob"), ("password", wrong_form_password)])
+        .send()
+        .await
+        .expect("form login");
+    assert_eq!(refused.status(), 401);
+    let form = browser
+        .post(format!("{server}/login"))
+        .form(&[("username", "bob"), ("password", bob_password.as_str())])
+        .send()
+        .await
+        .expect("form login");
+    assert_eq!(form.status(), 303);
+    let cookie = form.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("cookie")
+        .to_owned();
+    let cookie_token = cookie
+        .split_once('=')
+        .map(|(_, v)| v.to_owned())
+        .expect("token in cookie");
+    for path in ["/", "/audit", "/deployments", "/api/v1/devices"] {
+        let r = browser
+            .get(format!("{server}{path}"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("page");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let mut stream = browser
+        .get(format!("{server}/api/v1/events/stream"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("stream");
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.chunk())
+        .await
+        .expect("a first event")
+        .expect("stream body");
+    assert!(first.is_some_and(|c| String::from_utf8_lossy(&c).contains("event: fleet")));
+    drop(stream);
+    let no_csrf = browser
+        .post(format!("{server}/api/v1/tokens"))
+        .header("cookie", &cookie)
+        .json(&serde_json::json!({ "name": "x" }))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(no_csrf.status(), 403);
+
     let audit = Api::with_token(gw.http_port, &bob_token)
         .get("/api/v1/audit?limit=500")
         .await
@@ -325,6 +387,8 @@ async fn no_password_or_token_in_the_gateway_logs_at_trace() {
         ("ana's session token", ana_token.as_str()),
         ("bob's session token", bob_token.as_str()),
         ("the API token", api_token.as_str()),
+        ("a wrong dashboard password", wrong_form_password),
+        ("the dashboard's session cookie", cookie_token.as_str()),
     ];
     let audit_text = audit.to_string();
     for (what, secret) in secrets {

@@ -1,0 +1,116 @@
+//! `GET /api/openapi.json`: the HTTP API described as OpenAPI 3.1, hand-written
+//! (`openapi.json` beside this file, shipped in the binary). A test reads the router sources
+//! and fails when a route or method is missing from it, so the document cannot fall behind.
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+pub const DOCUMENT: &str = include_str!("openapi.json");
+
+pub async fn document() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DOCUMENT,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(path, methods)` of every `.route("PATH", HANDLERS)` in a router's source.
+    fn routes(src: &str) -> Vec<(String, Vec<String>)> {
+        let mut out = Vec::new();
+        let mut rest = src;
+        while let Some(i) = rest.find(".route(") {
+            rest = &rest[i + ".route(".len()..];
+            let Some(q0) = rest.find('"') else { break };
+            let after = &rest[q0 + 1..];
+            let Some(q1) = after.find('"') else { break };
+            let path = after[..q1].to_owned();
+            // The handler expression runs to the paren closing `.route(`.
+            let mut depth = 1;
+            let mut end = 0;
+            for (j, c) in after[q1..].char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = q1 + j;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let handlers = &after[q1..end];
+            let methods = ["get", "post", "put", "delete", "patch"]
+                .iter()
+                .filter(|m| {
+                    handlers
+                        .match_indices(&format!("{m}("))
+                        .any(|(k, _)| k == 0 || !handlers.as_bytes()[k - 1].is_ascii_alphanumeric())
+                })
+                .map(|m| m.to_string())
+                .collect();
+            out.push((path, methods));
+            rest = &after[end..];
+        }
+        out
+    }
+
+    #[test]
+    fn every_route_of_the_router_is_documented() {
+        let doc: serde_json::Value = serde_json::from_str(DOCUMENT).expect("openapi.json parses");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut checked = 0;
+        // enroll.rs: only its HTTP API routes (the enrollment listener is not this API).
+        let enroll = include_str!("../enroll.rs");
+        let start = enroll
+            .find("pub fn api_routes")
+            .expect("enroll::api_routes");
+        let end = enroll[start..].find("\n}\n").expect("end of api_routes") + start;
+        for src in [
+            include_str!("../api.rs"),
+            &enroll[start..end],
+            include_str!("mod.rs"),
+        ] {
+            for (path, methods) in routes(src) {
+                assert!(!methods.is_empty(), "no method found for route {path}");
+                for m in methods {
+                    assert!(
+                        doc["paths"][&path][&m].is_object(),
+                        "{} {path} is routed but missing from web/openapi.json",
+                        m.to_uppercase()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(
+            checked >= 30,
+            "only {checked} routes found: is the parser broken?"
+        );
+    }
+
+    #[test]
+    fn the_route_parser_reads_methods() {
+        let src =
+            r#".route("/a/{x}", get(one).delete(two)) .route("/b", axum::routing::post(three))"#;
+        assert_eq!(
+            routes(src),
+            vec![
+                (
+                    "/a/{x}".to_owned(),
+                    vec!["get".to_owned(), "delete".to_owned()]
+                ),
+                ("/b".to_owned(), vec!["post".to_owned()]),
+            ]
+        );
+    }
+}
