@@ -224,7 +224,7 @@ async fn dashboard_in_a_real_browser() {
         "{waves}"
     );
     assert!(
-        b.find("#control-pause").await.is_ok(),
+        b.find("#control-rollback").await.is_ok(),
         "an admin sees the controls"
     );
     shot(&b, "rollout").await;
@@ -648,7 +648,7 @@ async fn pages_read_without_javascript_and_escape_device_strings() {
     let admin_view = as_user(cookie.clone(), rollout_path.clone()).await;
     let viewer_view = as_user(vic_cookie.clone(), rollout_path).await;
     assert!(
-        admin_view.contains("data-control=\"pause\""),
+        admin_view.contains("data-control=\"rollback\""),
         "an admin gets the controls"
     );
     assert!(

@@ -679,12 +679,22 @@ pub async fn rollout(State(ctrl): Ctx, headers: HeaderMap, Path(id): Path<u64>) 
         &format!("/api/v1/rollouts/{id}/pause"),
     ) {
         b += "<div class=\"panel controls\" id=\"controls\">";
-        for (action, label) in [
-            ("pause", "Pause"),
-            ("resume", "Resume"),
-            ("abort", "Abort"),
-            ("rollback", "Roll back"),
-        ] {
+        // Only the controls that mean something in the rollout's state (as rendered; the API
+        // refuses the rest anyway). A finished rollout can still be rolled back.
+        let actions: &[(&str, &str)] = match &v.rollout.state {
+            RolloutState::Running => &[
+                ("pause", "Pause"),
+                ("abort", "Abort"),
+                ("rollback", "Roll back"),
+            ],
+            RolloutState::Paused { .. } => &[
+                ("resume", "Resume"),
+                ("abort", "Abort"),
+                ("rollback", "Roll back"),
+            ],
+            _ => &[("rollback", "Roll back")],
+        };
+        for &(action, label) in actions {
             b += &format!(
                 "<button type=\"button\" data-control=\"{action}\" data-rollout=\"{id}\" id=\"control-{action}\">{label}</button>"
             );
