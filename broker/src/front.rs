@@ -92,6 +92,10 @@ pub struct FrontConfig {
     pub revoked_serials: Vec<String>,
     /// Identities refused from the start, whatever their certificate.
     pub revoked_identities: Vec<Identity>,
+    /// Most TLS handshakes in progress at once. A socket beyond it is closed at accept, so a
+    /// flood of idle sockets costs a bounded amount of memory; each pending one still waits at
+    /// most `handshake_timeout`.
+    pub max_pending_handshakes: usize,
 }
 
 impl FrontConfig {
@@ -106,6 +110,7 @@ impl FrontConfig {
             max_packet_bytes: edgefleet_protocol::MAX_PAYLOAD_BYTES + 64 * 1024,
             revoked_serials: Vec::new(),
             revoked_identities: Vec::new(),
+            max_pending_handshakes: 1024,
         }
     }
 }
@@ -386,9 +391,19 @@ async fn accept_loop(
     config: Arc<FrontConfig>,
     shared: Arc<Shared>,
 ) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(config.max_pending_handshakes));
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    drop(tcp);
+                    let reason = format!(
+                        "{} TLS handshakes already pending: connection closed at accept",
+                        config.max_pending_handshakes
+                    );
+                    shared.emit(None, peer, FrontEventKind::HandshakeFailed { reason });
+                    continue;
+                };
                 // Never await anything per connection here: the handshake runs in its task.
                 tokio::spawn(serve(
                     tcp,
@@ -396,6 +411,7 @@ async fn accept_loop(
                     acceptor.clone(),
                     config.clone(),
                     shared.clone(),
+                    permit,
                 ));
             }
             Err(e) => {
@@ -424,9 +440,12 @@ async fn serve(
     acceptor: TlsAcceptor,
     config: Arc<FrontConfig>,
     shared: Arc<Shared>,
+    pending: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = tcp.set_nodelay(true);
-    let tls = match timeout(config.handshake_timeout, acceptor.accept(tcp)).await {
+    let handshake = timeout(config.handshake_timeout, acceptor.accept(tcp)).await;
+    drop(pending);
+    let tls = match handshake {
         Err(_) => {
             let reason = format!(
                 "no TLS handshake within {} ms",

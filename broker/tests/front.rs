@@ -627,6 +627,40 @@ async fn idle_sockets_do_not_delay_a_device() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_beyond_the_pending_handshake_cap_are_closed_at_once() {
+    let gw = Gateway::start_with(|c| {
+        c.max_pending_handshakes = 2;
+        c.handshake_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let mut events = gw.front.subscribe_events();
+    let _held = [
+        TcpStream::connect(gw.front.local_addr()).await.unwrap(),
+        TcpStream::connect(gw.front.local_addr()).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(gw.front.local_addr()).await.unwrap();
+    let started = Instant::now();
+    read_until_closed(&mut third)
+        .await
+        .expect("the socket over the cap is closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed only after {:?}: not at accept",
+        started.elapsed()
+    );
+    front_event(&mut events, "the socket over the cap is reported", |e| {
+        matches!(&e.kind, FrontEventKind::HandshakeFailed { reason } if reason.contains("already pending"))
+    })
+    .await;
+    // Once the held sockets time out, devices connect again.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let cert = gw.issue(&device("press-cap"));
+    let mut a = Client::tls(&gw, "edgefleet-agent-press-cap", &cert);
+    a.connected().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v5_client_is_refused_and_others_keep_working() {
     let gw = Gateway::start().await;
     let port = gw.port().to_string();
