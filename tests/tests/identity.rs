@@ -286,10 +286,12 @@ async fn a_device_certificate_reaches_only_its_own_topics_and_integrators_only_r
     let summary: serde_json::Value = serde_json::from_slice(&read.stdout)
         .unwrap_or_else(|_| panic!("integrator read nothing: {}", stderr(&read)));
     assert!(summary["devices"].as_u64() >= Some(1), "{summary}");
+    // Retained, so that had it gone through, the retained desired document would now be it.
     let mut args = tls(gw.mqtts_port, &creds_i, "integrator:historian");
     args.extend([
         "-q".into(),
         "1".into(),
+        "-r".into(),
         "-t".into(),
         TopicKind::DeviceDesired.for_device(&b),
         "-m".into(),
