@@ -24,6 +24,7 @@
 //! under one [`CancellationToken`]; if one ends, the others are cancelled.
 
 pub mod backoff;
+pub mod commands;
 pub mod config;
 pub mod container;
 pub mod desired;
@@ -76,6 +77,8 @@ pub async fn run_with_runtime<R: ContainerRuntime>(
         let store = Arc::new(store);
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
         let (bus, link) = mqtt::link(&config, store.clone(), inbound_tx);
+        let (commands_tx, commands_rx) = mpsc::channel(8);
+        let link = link.with_commands(commands_tx);
         let outbox: Arc<dyn Outbox> = bus;
 
         if let Some(corrupt) = &loaded.corrupt {
@@ -114,6 +117,17 @@ pub async fn run_with_runtime<R: ContainerRuntime>(
             inbound_rx,
         );
         tasks.spawn(intake.run(tasks_done.clone()).in_current_span());
+        tasks.spawn(
+            commands::run(
+                config.device_id.clone(),
+                config.trusted_key,
+                runtime.clone(),
+                outbox.clone(),
+                commands_rx,
+                tasks_done.clone(),
+            )
+            .in_current_span(),
+        );
         let reconciler = Reconciler::new(
             config.device_id.clone(),
             runtime.clone(),

@@ -59,6 +59,8 @@ struct Topics {
     presence: String,
     events: String,
     sync: String,
+    commands: String,
+    replies: String,
     controller: String,
 }
 
@@ -70,6 +72,8 @@ impl Topics {
             presence: TopicKind::DevicePresence.for_device(device),
             events: TopicKind::DeviceEvents.for_device(device),
             sync: TopicKind::DeviceSync.for_device(device),
+            commands: TopicKind::DeviceCommands.for_device(device),
+            replies: TopicKind::DeviceReplies.for_device(device),
             controller: controller_presence(),
         }
     }
@@ -154,7 +158,11 @@ impl Bus {
             s.since = now_rfc3339();
             std::mem::take(&mut s.events)
         };
-        for topic in [&self.topics.desired, &self.topics.controller] {
+        for topic in [
+            &self.topics.desired,
+            &self.topics.commands,
+            &self.topics.controller,
+        ] {
             if let Err(e) = self.client.try_subscribe(topic.as_str(), QoS::AtLeastOnce) {
                 warn!(topic, error = %e, "cannot queue subscription");
             }
@@ -175,6 +183,10 @@ impl Bus {
 }
 
 impl Outbox for Bus {
+    fn reply(&self, reply: &edgefleet_protocol::command::Reply) {
+        self.publish(&self.topics.replies, false, encode(reply));
+    }
+
     fn event(&self, event: DeviceEvent) {
         {
             let mut s = self.lock();
@@ -212,10 +224,20 @@ pub struct Link {
     bus: Arc<Bus>,
     store: Arc<StateStore>,
     inbound: mpsc::Sender<Inbound>,
+    /// Signed controller commands, for the command task.
+    commands: Option<mpsc::Sender<Vec<u8>>>,
     broker: String,
     /// Session of the current (or next) connection attempt.
     session: u64,
     last_controller_session: Option<u64>,
+}
+
+impl Link {
+    /// Sends payloads from this device's commands topic to `tx` (the command task).
+    pub fn with_commands(mut self, tx: mpsc::Sender<Vec<u8>>) -> Self {
+        self.commands = Some(tx);
+        self
+    }
 }
 
 /// Creates the link for `config`: the [`Bus`] to publish through and the [`Link`] task.
@@ -252,6 +274,7 @@ pub fn link(
         bus: bus.clone(),
         store,
         inbound,
+        commands: None,
         broker: config.broker.to_string(),
         session: 0,
         last_controller_session: None,
@@ -371,6 +394,14 @@ impl Link {
     fn route(&mut self, p: Publish) {
         if p.topic == self.bus.topics.desired {
             self.forward(Inbound::Desired(p.payload.to_vec()));
+        } else if p.topic == self.bus.topics.commands {
+            if let Some(tx) = &self.commands
+                && tx.try_send(p.payload.to_vec()).is_err()
+            {
+                warn!(
+                    "busy with earlier commands: one dropped (the controller's request times out)"
+                );
+            }
         } else if p.topic == self.bus.topics.controller {
             if p.payload.is_empty() {
                 return;

@@ -17,6 +17,9 @@ pub trait Outbox: Send + Sync + 'static {
     fn status(&self, status: &DeviceStatus) -> bool;
     /// Asks the controller to publish this device's desired document again.
     fn sync_request(&self, request: SyncRequest);
+    /// The answer to a controller command (not retained; dropped while disconnected: the
+    /// controller's request times out and the user asks again).
+    fn reply(&self, reply: &edgefleet_protocol::command::Reply);
 }
 
 /// An [`Outbox`] that records everything.
@@ -25,6 +28,7 @@ pub struct RecordingOutbox {
     events: Mutex<Vec<DeviceEvent>>,
     statuses: Mutex<Vec<DeviceStatus>>,
     syncs: Mutex<Vec<SyncRequest>>,
+    replies: Mutex<Vec<edgefleet_protocol::command::Reply>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -42,6 +46,10 @@ impl RecordingOutbox {
 
     pub fn syncs(&self) -> Vec<SyncRequest> {
         lock(&self.syncs).clone()
+    }
+
+    pub fn replies(&self) -> Vec<edgefleet_protocol::command::Reply> {
+        lock(&self.replies).clone()
     }
 
     /// Forgets what was recorded so far.
@@ -64,5 +72,9 @@ impl Outbox for RecordingOutbox {
 
     fn sync_request(&self, request: SyncRequest) {
         lock(&self.syncs).push(request);
+    }
+
+    fn reply(&self, reply: &edgefleet_protocol::command::Reply) {
+        lock(&self.replies).push(reply.clone());
     }
 }

@@ -169,6 +169,7 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/api/v1/audit/verify", get(audit_verify))
         .route("/api/v1/audit/export", get(audit_export))
         .merge(crate::enroll::api_routes())
+        .merge(crate::commands::api_routes())
         .fallback(|| async { ApiError::NotFound("no such API route; see /api/v1/health".into()) })
         .layer(axum::middleware::from_fn_with_state(
             ctrl.clone(),

@@ -115,6 +115,7 @@ async fn announce(ctrl: Arc<Controller>, client: AsyncClient, session: u64) {
         TopicKind::DeviceStatus,
         TopicKind::DeviceEvents,
         TopicKind::DeviceSync,
+        TopicKind::DeviceReplies,
     ]
     .map(|k| rumqttc::SubscribeFilter::new(k.all_devices_filter(), QoS::AtLeastOnce));
     if let Err(e) = client.subscribe_many(filters).await {
@@ -168,6 +169,15 @@ pub async fn run_publisher(
                     .await
                 {
                     tracing::warn!(topic, "cannot hand a summary to the MQTT client: {e}");
+                }
+            }
+            Outgoing::Command { device, command } => {
+                let topic = TopicKind::DeviceCommands.for_device(&device);
+                if let Err(e) = client
+                    .publish(topic, QoS::AtLeastOnce, false, signer.sign_bytes(&command))
+                    .await
+                {
+                    tracing::warn!(%device, "cannot hand a command to the MQTT client: {e}");
                 }
             }
         }

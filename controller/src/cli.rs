@@ -101,6 +101,16 @@ pub enum Command {
     /// The confinement rules for an external broker.
     #[command(subcommand)]
     Acl(AclCommand),
+    /// The last lines a service wrote on a device, read from the device now.
+    #[command(after_help = "Example:\n  edgefleet logs press-07 opcua-bridge bridge --tail 200")]
+    Logs {
+        device: String,
+        stack: String,
+        service: String,
+        /// How many lines (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -876,6 +886,18 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
                     v["connections_closed"]
                 )
             },
+        ),
+        Command::Logs {
+            device,
+            stack,
+            service,
+            tail,
+        } => (
+            api.get(&format!(
+                "/api/v1/devices/{device}/logs?stack={stack}&service={service}&tail={tail}"
+            ))
+            .await?,
+            |v: &Value| list(v, "lines").join("\n"),
         ),
         Command::Whoami => (api.get("/api/v1/whoami").await?, |v: &Value| {
             format!(

@@ -99,6 +99,8 @@ pub enum Outgoing {
     Desired(String),
     /// A retained document as it is (site summaries).
     Retained { topic: String, payload: Vec<u8> },
+    /// A command document for one device, signed by the publisher (not retained).
+    Command { device: String, command: Vec<u8> },
 }
 
 pub struct Controller {
@@ -116,6 +118,8 @@ pub struct Controller {
     audit_pending: Mutex<Vec<crate::audit::Entry>>,
     /// Device identities (PKI, front, enrollment), set when running inside a gateway.
     pub security: std::sync::OnceLock<std::sync::Arc<crate::enroll::Security>>,
+    /// Commands sent to agents and waiting for their reply.
+    pub commands: crate::commands::Pending,
     /// Rollouts in progress (and the way to start and control them).
     pub rollouts: crate::rollouts::Rollouts,
     /// Site summaries as last published (without `updated_at`).
@@ -176,12 +180,18 @@ impl Controller {
                 events: Mutex::new(Vec::new()),
                 audit_pending: Mutex::new(Vec::new()),
                 security: std::sync::OnceLock::new(),
+                commands: crate::commands::Pending::default(),
                 rollouts,
                 published_sites: Mutex::new(BTreeMap::new()),
                 started: Instant::now(),
             },
             rx,
         ))
+    }
+
+    /// Queues something for the publisher task.
+    pub(crate) fn send_outgoing(&self, out: Outgoing) -> bool {
+        self.outgoing.send(out).is_ok()
     }
 
     pub fn store(&self) -> MutexGuard<'_, Store> {
@@ -605,7 +615,14 @@ impl Controller {
                     self.queue_desired(device);
                 }
             }),
+            TopicKind::DeviceReplies => decode_for::<edgefleet_protocol::command::Reply>(
+                device,
+                payload,
+                |r| &r.device,
+            )
+            .map(|r| self.commands.on_reply(r)),
             TopicKind::DeviceDesired
+            | TopicKind::DeviceCommands
             | TopicKind::ControllerPresence
             | TopicKind::SiteSummary
             | TopicKind::RolloutStatus => Ok(()),

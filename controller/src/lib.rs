@@ -30,6 +30,7 @@ pub mod auth;
 pub mod book;
 pub mod bus;
 pub mod cli;
+pub mod commands;
 pub mod compose;
 pub mod core;
 pub mod enroll;

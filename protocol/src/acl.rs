@@ -30,11 +30,12 @@ pub const DEVICE_CLIENT_ID_PREFIX: &str = "edgefleet-agent-";
 pub const MAX_TOPIC_BYTES: usize = 1024;
 
 /// Kinds a device publishes on its own prefix.
-const DEVICE_PUBLISHES: [TopicKind; 4] = [
+const DEVICE_PUBLISHES: [TopicKind; 5] = [
     TopicKind::DeviceStatus,
     TopicKind::DevicePresence,
     TopicKind::DeviceEvents,
     TopicKind::DeviceSync,
+    TopicKind::DeviceReplies,
 ];
 
 /// Per-device kinds an integrator may read for every device.
@@ -269,6 +270,7 @@ fn readable_filters(identity: &Identity) -> Vec<String> {
     match identity {
         Identity::Device(id) => vec![
             TopicKind::DeviceDesired.for_device(id),
+            TopicKind::DeviceCommands.for_device(id),
             topics::controller_presence(),
         ],
         Identity::Integrator(_) => {
@@ -398,10 +400,9 @@ fn mosquitto_device_patterns() -> String {
             kind.for_device_pattern("%u")
         ));
     }
-    out.push_str(&format!(
-        "pattern read {}\n",
-        TopicKind::DeviceDesired.for_device_pattern("%u")
-    ));
+    for kind in [TopicKind::DeviceDesired, TopicKind::DeviceCommands] {
+        out.push_str(&format!("pattern read {}\n", kind.for_device_pattern("%u")));
+    }
     out.push_str(&format!("pattern read {}\n", topics::controller_presence()));
     out
 }

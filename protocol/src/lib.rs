@@ -14,6 +14,7 @@
 //! - [`broker_url`]: `mqtt://HOST:PORT` broker addresses (agent and controller agree).
 //! - [`codec`]: decoding untrusted bytes into payloads, with errors that say what is wrong.
 //! - [`enrollment`]: the one-time enrollment token and the HTTPS exchange's payloads.
+//! - [`command`]: signed on-demand requests to one agent (log tail) and its replies.
 //! - [`signing`]: the signed envelope around desired documents (ed25519).
 //!
 //! No I/O happens in this crate.
@@ -21,6 +22,7 @@
 pub mod acl;
 pub mod broker_url;
 pub mod codec;
+pub mod command;
 pub mod desired;
 pub mod enrollment;
 pub mod event;

@@ -158,6 +158,14 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
 /// The agent's side: checks the envelope against the pinned key, then decodes the document.
 /// Nothing in the document is looked at before its signature has been checked.
 pub fn verify(trusted: &VerifyingKey, payload: &[u8]) -> Result<DesiredState, SignatureError> {
+    verify_as(trusted, payload)
+}
+
+/// [`verify`] for any signed payload type (desired state, commands).
+pub fn verify_as<T: serde::de::DeserializeOwned>(
+    trusted: &VerifyingKey,
+    payload: &[u8],
+) -> Result<T, SignatureError> {
     if payload.is_empty() {
         return Err(DecodeError::Empty.into());
     }

@@ -28,18 +28,22 @@ pub enum TopicKind {
     DevicePresence,
     DeviceEvents,
     DeviceSync,
+    DeviceCommands,
+    DeviceReplies,
     ControllerPresence,
     SiteSummary,
     RolloutStatus,
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 8] = [
+    pub const ALL: [TopicKind; 10] = [
         TopicKind::DeviceDesired,
         TopicKind::DeviceStatus,
         TopicKind::DevicePresence,
         TopicKind::DeviceEvents,
         TopicKind::DeviceSync,
+        TopicKind::DeviceCommands,
+        TopicKind::DeviceReplies,
         TopicKind::ControllerPresence,
         TopicKind::SiteSummary,
         TopicKind::RolloutStatus,
@@ -53,6 +57,8 @@ impl TopicKind {
             TopicKind::DevicePresence => "edgefleet/v1/devices/{device}/presence",
             TopicKind::DeviceEvents => "edgefleet/v1/devices/{device}/events",
             TopicKind::DeviceSync => "edgefleet/v1/devices/{device}/sync",
+            TopicKind::DeviceCommands => "edgefleet/v1/devices/{device}/commands",
+            TopicKind::DeviceReplies => "edgefleet/v1/devices/{device}/replies",
             TopicKind::ControllerPresence => "edgefleet/v1/controller/presence",
             TopicKind::SiteSummary => "edgefleet/v1/fleet/sites/{site}/summary",
             TopicKind::RolloutStatus => "edgefleet/v1/rollouts/{rollout}/status",
@@ -74,11 +80,11 @@ impl TopicKind {
 
     pub fn direction(self) -> Direction {
         match self {
-            TopicKind::DeviceDesired => Direction::ControllerToAgent,
+            TopicKind::DeviceDesired | TopicKind::DeviceCommands => Direction::ControllerToAgent,
             TopicKind::DeviceStatus | TopicKind::DevicePresence | TopicKind::DeviceEvents => {
                 Direction::AgentToAll
             }
-            TopicKind::DeviceSync => Direction::AgentToController,
+            TopicKind::DeviceSync | TopicKind::DeviceReplies => Direction::AgentToController,
             TopicKind::ControllerPresence | TopicKind::SiteSummary | TopicKind::RolloutStatus => {
                 Direction::ControllerToAll
             }
@@ -92,6 +98,8 @@ impl TopicKind {
             TopicKind::DevicePresence => Some("presence"),
             TopicKind::DeviceEvents => Some("events"),
             TopicKind::DeviceSync => Some("sync"),
+            TopicKind::DeviceCommands => Some("commands"),
+            TopicKind::DeviceReplies => Some("replies"),
             TopicKind::ControllerPresence | TopicKind::SiteSummary | TopicKind::RolloutStatus => {
                 None
             }

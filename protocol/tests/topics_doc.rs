@@ -68,6 +68,16 @@ fn documented_examples_decode() {
     decode::<DevicePresence>(&e(TopicKind::DevicePresence)).expect("presence example");
     decode::<DeviceEvent>(&e(TopicKind::DeviceEvents)).expect("event example");
     decode::<SyncRequest>(&e(TopicKind::DeviceSync)).expect("sync example");
+    let envelope: serde_json::Value =
+        serde_json::from_slice(&e(TopicKind::DeviceCommands)).expect("command envelope");
+    assert!(
+        envelope["signature"].is_string(),
+        "command example lacks its signature"
+    );
+    decode::<edgefleet_protocol::command::Command>(envelope["document"].to_string().as_bytes())
+        .expect("command example");
+    decode::<edgefleet_protocol::command::Reply>(&e(TopicKind::DeviceReplies))
+        .expect("reply example");
     decode::<ControllerPresence>(&e(TopicKind::ControllerPresence))
         .expect("controller presence example");
     decode::<SiteSummary>(&e(TopicKind::SiteSummary)).expect("site summary example");

@@ -129,6 +129,22 @@ impl Api {
         }
     }
 
+    /// A dashboard page as HTML, with the session as the browser's cookie; panics unless 2xx.
+    pub async fn get_text(&self, path: &str) -> String {
+        let token = self.token().expect("login").expect("a token");
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url()))
+            .header("cookie", format!("edgefleet_session={token}"))
+            .send()
+            .await
+            .expect("page");
+        let status = resp.status();
+        let text = resp.text().await.expect("page text");
+        assert!(status.is_success(), "{path}: {status}: {text}");
+        text
+    }
+
     pub async fn devices(&self) -> Result<Vec<Value>, String> {
         Ok(self.get("/api/v1/devices").await?["devices"]
             .as_array()

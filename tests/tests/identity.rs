@@ -313,3 +313,93 @@ async fn a_device_certificate_reaches_only_its_own_topics_and_integrators_only_r
         "the front's refusals are not audited: {audit}"
     );
 }
+
+/// Logs on demand: the controller asks the enrolled agent (a signed command over the TLS
+/// front), the agent reads its container's logs from the real engine and replies; the API and
+/// the dashboard's page show the lines. A forged command gets no answer, only a security event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_logs_are_read_from_the_device_on_demand() {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let id = unique_id("logs");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let gw = Gateway::start(dir);
+    let api = gw.api();
+    let _agent = gw.agent(dir, &id, "site=l");
+    api.wait_connection(&id, "online", T).await;
+    let compose = format!(
+        "services:\n  app:\n    image: {APP_V1}\n    command: [\"/bin/sh\", \"-c\", \"echo first-line; echo 'second-line <b>'; while :; do sleep 1; done\"]\n"
+    );
+    api.apply(dir, "web", &format!("id={id}"), &compose);
+    let path = format!("/api/v1/devices/{id}/logs?stack=web&service=app&tail=50");
+    let t0 = Instant::now();
+    let logs = wait::until("the service's logs", T, || async {
+        let v = api.get(&path).await?;
+        let lines: Vec<String> = serde_json::from_value(v["lines"].clone()).unwrap_or_default();
+        if lines.iter().any(|l| l == "second-line <b>") {
+            Ok(lines)
+        } else {
+            Err(format!("{v}"))
+        }
+    })
+    .await;
+    eprintln!(
+        "logs read from the device in {:?} (incl. convergence)",
+        t0.elapsed()
+    );
+    assert_eq!(logs[0], "first-line", "{logs:?}");
+    let t1 = Instant::now();
+    api.get(&path).await.expect("logs again");
+    eprintln!(
+        "one logs round trip through the TLS front: {:?}",
+        t1.elapsed()
+    );
+
+    // The CLI uses the same API.
+    let out = api.cli(&["logs", &id, "web", "app", "--tail", "5"]);
+    assert!(
+        out.success && out.stdout.contains("second-line <b>"),
+        "{out:?}"
+    );
+
+    // Refusals say what is wrong.
+    let err = api
+        .get(&format!("/api/v1/devices/{id}/logs?stack=web&service=nope"))
+        .await
+        .expect_err("unknown service");
+    assert!(err.contains("no container of service 'nope'"), "{err}");
+
+    // The dashboard page, as plain HTML, escapes what the container wrote.
+    let html = api
+        .get_text(&format!("/devices/{id}/logs?stack=web&service=app"))
+        .await;
+    assert!(html.contains("second-line &lt;b&gt;"), "{html}");
+
+    // A forged command on the privileged listener: no reply, a security event.
+    let forged = format!(
+        "{{\"schema\":1,\"device\":\"{id}\",\"request_id\":1,\"issued_at\":\"{}\",\"kind\":\"logs\",\"stack\":\"web\",\"service\":\"app\",\"tail\":5}}",
+        edgefleet_protocol::now_rfc3339()
+    );
+    mqtt::publish(
+        gw.mqtt_port,
+        &TopicKind::DeviceCommands.for_device(&id),
+        forged.as_bytes(),
+        false,
+    );
+    wait::until("a security event for the unsigned command", T, || async {
+        let d = api.device(&id).await?;
+        let found = d["events"].as_array().into_iter().flatten().any(|e| {
+            e["kind"] == "security_rejected"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("command refused"))
+        });
+        if found {
+            Ok(())
+        } else {
+            Err("no event yet".to_owned())
+        }
+    })
+    .await;
+}

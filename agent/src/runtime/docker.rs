@@ -382,6 +382,25 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
+    async fn logs(&self, container: &str, tail: u32) -> Result<Vec<String>, RuntimeError> {
+        let docker = self.client().await?;
+        let options = bollard::query_parameters::LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail.to_string())
+            .build();
+        let chunks: Vec<_> = docker
+            .logs(container, Some(options))
+            .try_collect()
+            .await
+            .map_err(|e| container_err(e, "read the logs of", container))?;
+        let text: String = chunks
+            .iter()
+            .map(|c| String::from_utf8_lossy(&c.clone().into_bytes()).into_owned())
+            .collect();
+        Ok(text.lines().map(str::to_owned).collect())
+    }
+
     async fn rename(&self, container: &str, new_name: &str) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
         let options = RenameContainerOptionsBuilder::default()

@@ -424,6 +424,19 @@ impl ContainerRuntime for MemoryRuntime {
         Ok(())
     }
 
+    async fn logs(&self, container: &str, tail: u32) -> Result<Vec<String>, RuntimeError> {
+        let e = self.engine();
+        let id = e.find(container).ok_or_else(|| RuntimeError::NotFound {
+            what: "container",
+            target: container.to_owned(),
+        })?;
+        // The in-memory engine runs nothing; it reports one line per start.
+        let starts = e.containers.get(&id).map(|c| c.info.name.clone());
+        let lines: Vec<String> = starts.into_iter().map(|n| format!("{n} started")).collect();
+        let skip = lines.len().saturating_sub(tail as usize);
+        Ok(lines.into_iter().skip(skip).collect())
+    }
+
     async fn inspect(&self, container: &str) -> Result<ContainerInfo, RuntimeError> {
         let mut e = self.engine();
         e.check(MemOp::List)?;

@@ -153,6 +153,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         new_name: &str,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
+    /// The last `tail` lines a container wrote (stdout and stderr, in order).
+    fn logs(
+        &self,
+        container: &str,
+        tail: u32,
+    ) -> impl Future<Output = Result<Vec<String>, RuntimeError>> + Send;
+
     /// A stream yielding one item per engine event about `device`'s containers. It ends or
     /// errors when the engine connection is lost; the caller subscribes again.
     fn events(

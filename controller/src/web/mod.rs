@@ -62,6 +62,7 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
     Router::new()
         .route("/", get(pages::fleet))
         .route("/devices/{id}", get(pages::device))
+        .route("/devices/{id}/logs", get(pages::device_logs))
         .route("/deployments", get(pages::deployments))
         .route("/deployments/{name}", get(pages::deployment))
         .route("/rollouts", get(pages::rollouts))

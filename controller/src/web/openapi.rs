@@ -78,6 +78,7 @@ mod tests {
         for src in [
             include_str!("../api.rs"),
             &enroll[start..end],
+            include_str!("../commands.rs"),
             include_str!("mod.rs"),
         ] {
             for (path, methods) in routes(src) {

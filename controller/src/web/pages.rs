@@ -221,7 +221,7 @@ pub async fn device(State(ctrl): Ctx, headers: HeaderMap, Path(id): Path<String>
     );
     fact("last error", s.last_error.as_deref().unwrap_or("–"));
     b += "</dl></section>";
-    b += "<section class=\"panel\"><h2>Stacks and services</h2><table class=\"services\"><thead><tr><th>stack</th><th>revision</th><th>service</th><th>image</th><th>image id</th><th>state</th><th>health</th><th>restarts</th><th>last error</th></tr></thead><tbody>";
+    b += "<section class=\"panel\"><h2>Stacks and services</h2><table class=\"services\"><thead><tr><th>stack</th><th>revision</th><th>service</th><th>image</th><th>image id</th><th>state</th><th>health</th><th>restarts</th><th>last error</th><th>logs</th></tr></thead><tbody>";
     let mut any = false;
     if let Some(st) = &d.status {
         for (stack, ss) in &st.stacks {
@@ -229,7 +229,7 @@ pub async fn device(State(ctrl): Ctx, headers: HeaderMap, Path(id): Path<String>
                 any = true;
                 let health = state_word(&svc.health, "");
                 b += &format!(
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td class=\"h-{}\">{}</td><td>{}</td><td class=\"error\">{}</td></tr>",
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td class=\"h-{}\">{}</td><td>{}</td><td class=\"error\">{}</td><td><a class=\"logs-link\" href=\"/devices/{}/logs?stack={}&amp;service={}\">last 100 lines</a></td></tr>",
                     esc(stack),
                     ss.deployment_revision,
                     esc(name),
@@ -242,15 +242,18 @@ pub async fn device(State(ctrl): Ctx, headers: HeaderMap, Path(id): Path<String>
                     esc(&health),
                     esc(&health),
                     svc.restart_count,
-                    esc(svc.last_error.as_deref().unwrap_or(""))
+                    esc(svc.last_error.as_deref().unwrap_or("")),
+                    esc(&seg(&d.id)),
+                    esc(&seg(stack)),
+                    esc(&seg(name))
                 );
             }
         }
     }
     if !any {
-        b += "<tr><td colspan=\"9\">No service reported.</td></tr>";
+        b += "<tr><td colspan=\"10\">No service reported.</td></tr>";
     }
-    b += "</tbody></table><p class=\"note\">Logs on demand are not available yet (they need a command path to the agent).</p></section>";
+    b += "</tbody></table><p class=\"note\">Logs are read from the device when you ask (a signed request to its agent); nothing is stored.</p></section>";
     b += "<section class=\"panel\"><h2>Recent events</h2><table class=\"events\"><thead><tr><th>time</th><th>severity</th><th>kind</th><th>stack/service</th><th>message</th></tr></thead><tbody>";
     let mut events: Vec<_> = d.events.iter().cloned().collect();
     if events.is_empty() {
@@ -828,4 +831,62 @@ pub async fn audit(
     }
     b += "</tbody></table></section></main>";
     page_response(StatusCode::OK, frame("Audit", Some(&caller), "audit", &b))
+}
+
+/// `/devices/{id}/logs?stack&service&tail`: a service's last lines, asked of the agent now.
+pub async fn device_logs(
+    State(ctrl): Ctx,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<crate::commands::LogsQuery>,
+) -> Response {
+    let back = format!(
+        "/devices/{}/logs?stack={}&service={}",
+        seg(&id),
+        seg(&q.stack),
+        seg(&q.service)
+    );
+    let Some(caller) = page_caller(&ctrl, &headers) else {
+        return to_login(&back);
+    };
+    let site = ctrl
+        .fleet
+        .devices
+        .get(&id)
+        .and_then(|d| d.labels.get("site").cloned());
+    if !caller.sees(site.as_deref()) {
+        return not_found(&caller, &format!("Device '{id}' is outside your sites."));
+    }
+    let tail = q.tail.unwrap_or(100);
+    let mut b = format!(
+        "<main class=\"logs\"><h1><a href=\"/devices/{}\">{}</a> · {} / {}: last {tail} lines</h1>",
+        esc(&seg(&id)),
+        esc(&id),
+        esc(&q.stack),
+        esc(&q.service)
+    );
+    match ctrl.device_logs(&id, &q.stack, &q.service, tail).await {
+        Ok(lines) if lines.is_empty() => {
+            b += "<p class=\"panel\" id=\"logs-empty\">The container has written nothing yet.</p>";
+        }
+        Ok(lines) => {
+            b += "<pre class=\"panel mono\" id=\"logs\">";
+            for line in &lines {
+                b += &esc(line);
+                b += "\n";
+            }
+            b += "</pre>";
+        }
+        Err(e) => {
+            b += &format!(
+                "<p class=\"panel error\" id=\"logs-error\">{}</p>",
+                esc(&e.to_string())
+            );
+        }
+    }
+    b += "</main>";
+    page_response(
+        StatusCode::OK,
+        frame(&format!("Logs of {id}"), Some(&caller), "fleet", &b),
+    )
 }
