@@ -46,15 +46,18 @@ impl Pending {
     /// A reply from the bus: hands it to its waiting request (a reply nobody waits for, or
     /// from another device than the one asked, is dropped).
     pub fn on_reply(&self, reply: Reply) {
-        match self.waiting.remove(&reply.request_id) {
-            Some((_, (device, tx))) if device == reply.device => {
+        let mine = self
+            .waiting
+            .remove_if(&reply.request_id, |_, (device, _)| *device == reply.device);
+        match mine {
+            Some((_, (_, tx))) => {
                 let _ = tx.send(reply);
             }
-            Some((id, entry)) => {
-                tracing::warn!(device = %reply.device, "reply to another device's request: dropped");
-                self.waiting.insert(id, entry);
-            }
-            None => tracing::debug!(request = reply.request_id, "reply nobody waits for"),
+            None => tracing::debug!(
+                device = %reply.device,
+                request = reply.request_id,
+                "reply nobody waits for (or to another device's request): dropped"
+            ),
         }
     }
 }
@@ -155,11 +158,7 @@ async fn api_logs(
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let site = ctrl
-        .fleet
-        .devices
-        .get(&id)
-        .and_then(|d| d.labels.get("site").cloned());
+    let site = ctrl.fleet.site_of(&id);
     auth.check_site(&format!("device '{id}'"), site.as_deref())?;
     let tail = q.tail.unwrap_or(100);
     let lines = ctrl.device_logs(&id, &q.stack, &q.service, tail).await?;

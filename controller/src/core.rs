@@ -598,7 +598,7 @@ impl Controller {
             TopicKind::DeviceEvents => decode_for::<DeviceEvent>(device, payload, |e| &e.device).map(|e| {
                 let json = serde_json::to_string(&e).ok();
                 if self.fleet.on_event(e.clone()) {
-                    let site = self.fleet.devices.get(device).and_then(|d| d.labels.get("site").cloned());
+                    let site = self.fleet.site_of(device);
                     if let Some(entry) = crate::audit::device_outcome(&e, site.as_deref().unwrap_or("")) {
                         lock(&self.audit_pending).push(entry);
                     }

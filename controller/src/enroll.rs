@@ -32,7 +32,6 @@ use edgefleet_broker::pki::{IssuedCert, Pki};
 use edgefleet_protocol::acl::Identity;
 use edgefleet_protocol::enrollment::{ENROLL_PATH, EnrollRequest, EnrollResponse, EnrollmentToken};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -114,12 +113,8 @@ impl std::fmt::Debug for NewToken {
     }
 }
 
-fn digest(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+/// Tokens and enrollment secrets are stored the same way: their SHA-256 only.
+use crate::users::token_digest as digest;
 
 impl Store {
     fn insert_enrollment(
@@ -335,12 +330,7 @@ impl Controller {
     }
 
     fn audit_enrollment(&self, device: &str, outcome: Outcome, message: &str) {
-        let site = self
-            .fleet
-            .devices
-            .get(device)
-            .and_then(|d| d.labels.get("site").cloned())
-            .unwrap_or_default();
+        let site = self.fleet.site_of(device).unwrap_or_default();
         self.audit(Entry {
             actor: format!("device:{device}"),
             role: "device".into(),
@@ -449,11 +439,7 @@ async fn api_revoke_device(
     auth: crate::auth::Auth,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<serde_json::Value>, crate::api::ApiError> {
-    let site = ctrl
-        .fleet
-        .devices
-        .get(&id)
-        .and_then(|d| d.labels.get("site").cloned());
+    let site = ctrl.fleet.site_of(&id);
     auth.note(&id, site.as_deref());
     let (certificates, disconnected) = ctrl.revoke_device(&id)?;
     Ok(Json(serde_json::json!({

@@ -206,6 +206,13 @@ impl Fleet {
         r
     }
 
+    /// The `site` label of a device, without cloning its view.
+    pub fn site_of(&self, id: &str) -> Option<String> {
+        self.devices
+            .get(id)
+            .and_then(|d| d.labels.get("site").cloned())
+    }
+
     pub fn get(&self, id: &str) -> Option<DeviceView> {
         self.devices.get(id).map(|d| d.value().clone())
     }

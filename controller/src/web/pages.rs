@@ -849,11 +849,7 @@ pub async fn device_logs(
     let Some(caller) = page_caller(&ctrl, &headers) else {
         return to_login(&back);
     };
-    let site = ctrl
-        .fleet
-        .devices
-        .get(&id)
-        .and_then(|d| d.labels.get("site").cloned());
+    let site = ctrl.fleet.site_of(&id);
     if !caller.sees(site.as_deref()) {
         return not_found(&caller, &format!("Device '{id}' is outside your sites."));
     }
