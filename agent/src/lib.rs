@@ -18,12 +18,10 @@
 //! - [`status`]: building the status document.
 //! - [`state_file`]: the local state (last desired document, session counter).
 //! - [`outbox`]: what the agent publishes, as a trait.
-//! - [`backoff`]: jittered exponential backoff.
 //!
 //! Tasks: the link, the desired-state intake, the reconciler and the engine-event watcher run
 //! under one [`CancellationToken`]; if one ends, the others are cancelled.
 
-pub mod backoff;
 pub mod commands;
 pub mod config;
 pub mod container;

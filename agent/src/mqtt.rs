@@ -30,12 +30,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::desired::Inbound;
 use crate::outbox::Outbox;
 use crate::state_file::StateStore;
 use crate::status::AGENT_VERSION;
+use edgefleet_protocol::backoff::Backoff;
 
 /// Largest MQTT packet sent or accepted: the largest payload plus room for the topic and
 /// headers. rumqttc's default (10 KiB) would tear the connection down on a large document.

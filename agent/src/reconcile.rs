@@ -24,13 +24,13 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
-use crate::backoff::Backoff;
 use crate::desired::HeldDesired;
 use crate::outbox::Outbox;
 use crate::plan::{Action, Finding, Observed, Op, Readiness, plan, state_name};
 use crate::runtime::{ContainerRuntime, RuntimeError};
 use crate::state_file::StateStore;
 use crate::status::{self, ServiceErrors, StatusInput, reported_container};
+use edgefleet_protocol::backoff::Backoff;
 
 /// A pass runs at least this often, to catch what no event announced.
 pub const PERIOD: Duration = Duration::from_secs(10);

@@ -240,7 +240,11 @@ impl Store {
         {
             let tx = self.conn.transaction()?;
             tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", n + 1)?;
+            tx.pragma_update(
+                None,
+                "user_version",
+                i64::try_from(n + 1).unwrap_or(i64::MAX),
+            )?;
             tx.commit()?;
             tracing::info!(version = n + 1, "store migrated");
         }

@@ -12,6 +12,7 @@
 //! - [`desired`], [`status`], [`presence`], [`event`], [`sync`], [`site`]: payloads (JSON,
 //!   versioned).
 //! - [`broker_url`]: `mqtt://HOST:PORT` broker addresses (agent and controller agree).
+//! - [`backoff`]: how every client of the bus paces its reconnects (jittered, exponential).
 //! - [`codec`]: decoding untrusted bytes into payloads, with errors that say what is wrong.
 //! - [`enrollment`]: the one-time enrollment token and the HTTPS exchange's payloads.
 //! - [`command`]: signed on-demand requests to one agent (log tail) and its replies.
@@ -20,6 +21,7 @@
 //! No I/O happens in this crate.
 
 pub mod acl;
+pub mod backoff;
 pub mod broker_url;
 pub mod codec;
 pub mod command;

@@ -72,7 +72,7 @@ struct EnvelopeIn {
 /// Short, stable name of a public key: the first 16 hex digits of its SHA-256.
 pub fn key_id(key: &VerifyingKey) -> String {
     let digest = Sha256::digest(key.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&digest[..8])
 }
 
 /// The controller's side: holds the private key and signs documents.

@@ -68,7 +68,7 @@ impl ServiceSpec {
         // serde_json writes struct fields in declaration order and BTreeMaps sorted: canonical.
         let bytes = serde_json::to_vec(spec).unwrap_or_default();
         let digest = Sha256::digest(&bytes);
-        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(&digest[..8])
     }
 }
 

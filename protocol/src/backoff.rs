@@ -1,5 +1,5 @@
-//! Jittered exponential backoff, shared by the MQTT link (reconnects) and the reconciler
-//! (retries after a failed pass). Jitter spreads a fleet's retries so that a gateway restart
+//! Jittered exponential backoff, shared by every client of the bus: the agent's MQTT link
+//! (reconnects) and reconciler (retries after a failed pass), the controller's link. Jitter spreads a fleet's retries so that a gateway restart
 //! does not turn into a synchronized reconnect storm.
 
 use std::time::Duration;
