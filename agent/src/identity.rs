@@ -103,7 +103,7 @@ impl ServerCertVerifier for PinnedCa {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let ca = intermediates
             .iter()
-            .find(|c| hex(&Sha256::digest(c.as_ref())) == self.fingerprint)
+            .find(|c| hex::encode(Sha256::digest(c.as_ref())) == self.fingerprint)
             .ok_or_else(|| {
                 rustls::Error::General(
                     "the gateway did not present the CA named in the enrollment token (wrong gateway, or a machine in between)".into(),
@@ -153,10 +153,6 @@ impl ServerCertVerifier for PinnedCa {
             .signature_verification_algorithms
             .supported_schemes()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Exchanges `token` for this device's identity and writes it under `data_dir`. `url`

@@ -11,7 +11,7 @@
 //! - a clear log line when the broker keeps closing the connection before its CONNACK.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use edgefleet_protocol::codec::{decode, encode};
@@ -21,6 +21,7 @@ use edgefleet_protocol::status::DeviceStatus;
 use edgefleet_protocol::sync::SyncRequest;
 use edgefleet_protocol::topics::{TopicKind, controller_presence};
 use edgefleet_protocol::{MAX_PAYLOAD_BYTES, SCHEMA_VERSION, now_rfc3339};
+use parking_lot::Mutex;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
     Publish, QoS, StateError, SubscribeReasonCode,
@@ -100,10 +101,6 @@ pub struct Bus {
 }
 
 impl Bus {
-    fn lock(&self) -> MutexGuard<'_, BusState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Hands a message to the MQTT client; false if it was dropped (queue full).
     fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) -> bool {
         if payload.is_empty() {
@@ -138,7 +135,7 @@ impl Bus {
     /// Publishes presence `online` and the current status (after a ConnAck or a rebirth).
     fn announce(&self) {
         let (presence, status) = {
-            let s = self.lock();
+            let s = self.state.lock();
             (
                 self.presence(PresenceState::Online, s.session, s.since.clone()),
                 s.status.clone(),
@@ -152,7 +149,7 @@ impl Bus {
 
     fn on_connected(&self, session: u64) {
         let buffered = {
-            let mut s = self.lock();
+            let mut s = self.state.lock();
             s.connected = true;
             s.session = session;
             s.since = now_rfc3339();
@@ -174,11 +171,11 @@ impl Bus {
     }
 
     fn on_disconnected(&self) {
-        self.lock().connected = false;
+        self.state.lock().connected = false;
     }
 
     pub fn is_connected(&self) -> bool {
-        self.lock().connected
+        self.state.lock().connected
     }
 }
 
@@ -189,7 +186,7 @@ impl Outbox for Bus {
 
     fn event(&self, event: DeviceEvent) {
         {
-            let mut s = self.lock();
+            let mut s = self.state.lock();
             if !s.connected {
                 if s.events.len() >= EVENT_BUFFER {
                     s.events.pop_front();
@@ -203,7 +200,7 @@ impl Outbox for Bus {
 
     fn status(&self, status: &DeviceStatus) -> bool {
         let connected = {
-            let mut s = self.lock();
+            let mut s = self.state.lock();
             s.status = Some(status.clone());
             s.connected
         };
