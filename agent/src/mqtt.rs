@@ -2,6 +2,13 @@
 //! incoming messages out over channels; [`Bus`] is the non-blocking publishing side every
 //! other task uses.
 //!
+//! "Never blocks": the link does no file I/O and never waits on another task while a
+//! connection is up. Incoming messages are handed on with `try_send` (dropped with a warning
+//! when the receiver is busy), publishes are queued with `try_publish`. The one thing it
+//! awaits outside `poll()` is the session number before a connection attempt, which the
+//! state file's writer thread persists ([`StateStore::next_session`]): at that moment there
+//! is no connection to keep alive.
+//!
 //! rumqttc reconnects immediately after an error and never resubscribes, so the link adds:
 //! - jittered exponential backoff between connection attempts;
 //! - a new session number for every attempt (persisted), carried by the `offline` last will
@@ -306,7 +313,11 @@ impl Link {
         let mut connected_at: Option<Instant> = None;
         loop {
             if self.eventloop.network.is_none() {
-                self.prepare_connect();
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = self.prepare_connect() => {}
+                }
             }
             let polled = tokio::select! {
                 biased;
@@ -367,8 +378,12 @@ impl Link {
     }
 
     /// New session number, and the last will that carries it, before each connection attempt.
-    fn prepare_connect(&mut self) {
-        self.session = self.store.next_session();
+    ///
+    /// Awaits the state file's writer thread (the link itself does no file I/O). That wait
+    /// stalls nothing: this runs only when the event loop has no network, so no connection is
+    /// live whose keepalive or inbound traffic could be held up, and publishes queue meanwhile.
+    async fn prepare_connect(&mut self) {
+        self.session = self.store.next_session().await;
         let offline = self
             .bus
             .presence(PresenceState::Offline, self.session, now_rfc3339());
