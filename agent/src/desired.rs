@@ -279,7 +279,7 @@ impl Intake {
                         sync_at = Some(Instant::now() + SYNC_AFTER_CONNECT);
                     }
                     Some(Inbound::Disconnected) => sync_at = None,
-                    Some(Inbound::Desired(payload)) => received |= self.handle(&payload),
+                    Some(Inbound::Desired(payload)) => received |= self.handle(&payload).await,
                 },
                 _ = sync_due => {
                     let held = self.held_revision();
@@ -305,8 +305,9 @@ impl Intake {
         }
     }
 
-    /// Handles one payload; returns whether it counts as having the desired document.
-    pub fn handle(&self, payload: &[u8]) -> bool {
+    /// Handles one payload; returns whether it counts as having the desired document. An
+    /// accepted document is persisted first (awaiting the state file's writer thread).
+    pub async fn handle(&self, payload: &[u8]) -> bool {
         let held_doc = self.held.borrow().clone();
         let held = held_doc.as_ref().map(|d| d.revision);
         let event = |kind, severity, message: String| {
@@ -320,7 +321,7 @@ impl Intake {
                     stacks = doc.stacks.len(),
                     "accepted desired state"
                 );
-                if let Err(e) = self.store.save_desired(&doc) {
+                if let Err(e) = self.store.save_desired(&doc).await {
                     warn!(revision, error = %e, "could not persist desired state");
                     self.outbox.event(
                         event(
@@ -651,19 +652,31 @@ mod tests {
         )
     }
 
-    #[test]
-    fn rejected_documents_keep_the_current_state() {
+    #[tokio::test]
+    async fn rejected_documents_keep_the_current_state() {
         let dir = tempfile::tempdir().unwrap();
         let (intake, outbox, held) = intake(dir.path());
         let good = doc("d", 2, app(json!({"web": {"image": "app:1"}})));
-        assert!(intake.handle(&good));
+        assert!(intake.handle(&good).await);
         assert_eq!(held.borrow().as_ref().map(|d| d.revision), Some(2));
-        assert!(!intake.handle(&doc("d", 3, app(json!({"web": {"image": ""}})))));
-        assert!(!intake.handle(b""));
-        assert!(intake.handle(&good));
-        assert!(intake.handle(&doc("d", 1, app(json!({})))));
-        assert!(!intake.handle(&bare("d", 5, app(json!({"web": {"image": "evil:1"}})))));
-        assert!(!intake.handle(&forger().sign_bytes(&bare("d", 6, app(json!({}))))));
+        assert!(
+            !intake
+                .handle(&doc("d", 3, app(json!({"web": {"image": ""}}))))
+                .await
+        );
+        assert!(!intake.handle(b"").await);
+        assert!(intake.handle(&good).await);
+        assert!(intake.handle(&doc("d", 1, app(json!({})))).await);
+        assert!(
+            !intake
+                .handle(&bare("d", 5, app(json!({"web": {"image": "evil:1"}}))))
+                .await
+        );
+        assert!(
+            !intake
+                .handle(&forger().sign_bytes(&bare("d", 6, app(json!({})))))
+                .await
+        );
         assert_eq!(held.borrow().as_ref().map(|d| d.revision), Some(2));
 
         let events = outbox.events();
@@ -707,7 +720,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = StateStore::open(dir.path(), "d").unwrap();
         let outbox = Arc::new(RecordingOutbox::default());
-        let (tx, _rx) = watch::channel(None);
+        let (tx, mut held) = watch::channel(None);
         let (in_tx, in_rx) = mpsc::channel(4);
         let intake = Intake::new(
             "d".into(),
@@ -733,6 +746,9 @@ mod tests {
             .send(Inbound::Desired(doc("d", 1, app(json!({})))))
             .await
             .unwrap();
+        // Accepting it waits (in real time) for the state file's writer thread; the paused
+        // clock must not run ahead meanwhile, so let the intake finish first.
+        held.changed().await.unwrap();
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(
             outbox.syncs().len(),

@@ -14,11 +14,11 @@
 //! must verify against it. No key, secret or token is ever logged.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use edgefleet_files::{Mode, write_atomic};
 use edgefleet_protocol::enrollment::{ENROLL_PATH, EnrollRequest, EnrollResponse, EnrollmentToken};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -103,7 +103,7 @@ impl ServerCertVerifier for PinnedCa {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let ca = intermediates
             .iter()
-            .find(|c| hex(&Sha256::digest(c.as_ref())) == self.fingerprint)
+            .find(|c| hex::encode(Sha256::digest(c.as_ref())) == self.fingerprint)
             .ok_or_else(|| {
                 rustls::Error::General(
                     "the gateway did not present the CA named in the enrollment token (wrong gateway, or a machine in between)".into(),
@@ -153,10 +153,6 @@ impl ServerCertVerifier for PinnedCa {
             .signature_verification_algorithms
             .supported_schemes()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Exchanges `token` for this device's identity and writes it under `data_dir`. `url`
@@ -229,10 +225,15 @@ pub async fn enroll(
     }
     edgefleet_protocol::signing::parse_public_key(&reply.controller_key)
         .map_err(|e| anyhow::anyhow!("the gateway sent an unusable controller key: {e}"))?;
-    save(&reply, data_dir)
+    // Writing and syncing files is blocking I/O: off the runtime.
+    let data_dir = data_dir.to_owned();
+    tokio::task::spawn_blocking(move || save(&reply, &data_dir))
+        .await
+        .context("the task writing the identity failed")?
 }
 
-/// Writes the identity files (the key with 0600, created that way).
+/// Writes the identity files, each atomically (the key with 0600, created that way; the
+/// rest 0644). Blocking.
 pub fn save(reply: &EnrollResponse, data_dir: &Path) -> anyhow::Result<Enrolled> {
     let dir = identity_dir(data_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -241,44 +242,22 @@ pub fn save(reply: &EnrollResponse, data_dir: &Path) -> anyhow::Result<Enrolled>
         labels: reply.labels.clone(),
         broker_url: reply.broker_url.clone(),
     };
-    write_file(&dir.join("key.pem"), reply.key_pem.as_bytes(), 0o600)?;
-    write_file(&dir.join("cert.pem"), reply.cert_pem.as_bytes(), 0o644)?;
-    write_file(&dir.join("ca.pem"), reply.ca_pem.as_bytes(), 0o644)?;
-    write_file(
-        &dir.join("controller.pub"),
-        format!("{}\n", reply.controller_key).as_bytes(),
-        0o644,
-    )?;
-    write_file(
-        &dir.join("device.json"),
+    let write = |name: &str, contents: &[u8], mode: Mode| {
+        let path = dir.join(name);
+        write_atomic(&path, contents, mode)
+            .with_context(|| format!("cannot write {}", path.display()))
+    };
+    write("key.pem", reply.key_pem.as_bytes(), Mode::Private)?;
+    write("cert.pem", reply.cert_pem.as_bytes(), Mode::Public)?;
+    write("ca.pem", reply.ca_pem.as_bytes(), Mode::Public)?;
+    let controller = format!("{}\n", reply.controller_key);
+    write("controller.pub", controller.as_bytes(), Mode::Public)?;
+    write(
+        "device.json",
         &serde_json::to_vec_pretty(&enrolled)?,
-        0o644,
+        Mode::Public,
     )?;
     Ok(enrolled)
-}
-
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        options.mode(mode);
-        let mut file = options
-            .open(path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        // An existing file keeps its old mode on open: set it explicitly.
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = mode;
-        let mut file = options.open(path)?;
-        file.write_all(contents)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

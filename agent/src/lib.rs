@@ -16,11 +16,15 @@
 //! - [`runtime`]: the [`runtime::ContainerRuntime`] trait, with Docker (bollard) and
 //!   in-memory implementations.
 //! - [`status`]: building the status document.
-//! - [`state_file`]: the local state (last desired document, session counter).
+//! - [`state_file`]: the local state (last desired document, session counter), written by
+//!   its own thread.
 //! - [`outbox`]: what the agent publishes, as a trait.
 //!
-//! Tasks: the link, the desired-state intake, the reconciler and the engine-event watcher run
-//! under one [`CancellationToken`]; if one ends, the others are cancelled.
+//! Tasks: the link, the desired-state intake, the command handler, the reconciler and the
+//! engine-event watcher run under one [`CancellationToken`]; if one ends, the others are
+//! cancelled. The runtime is single-threaded, so nothing on it does blocking file I/O: the
+//! state file is read on a blocking thread at start and written by the
+//! [`StateStore`](state_file::StateStore)'s own writer thread, which callers await.
 
 pub mod commands;
 pub mod config;
@@ -56,6 +60,9 @@ use crate::state_file::StateStore;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Desired-topic messages queued between the link and the intake.
 const INBOUND_CAPACITY: usize = 16;
+/// How long a stopping agent waits for state-file writes still queued (one whose caller was
+/// cancelled by the shutdown, e.g. the applied revision).
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the agent against the local Docker engine until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -71,7 +78,11 @@ pub async fn run_with_runtime<R: ContainerRuntime>(
 ) -> anyhow::Result<()> {
     let span = info_span!("agent", device = %config.device_id);
     async move {
-        let (store, loaded) = StateStore::open(&config.data_dir, &config.device_id)?;
+        // Reading (and moving aside a corrupt file) is blocking I/O: off the runtime.
+        let (dir, device) = (config.data_dir.clone(), config.device_id.clone());
+        let (store, loaded) = tokio::task::spawn_blocking(move || StateStore::open(&dir, &device))
+            .await
+            .context("the task opening the local state failed")??;
         let store = Arc::new(store);
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
         let (bus, link) = mqtt::link(&config, store.clone(), inbound_tx);
@@ -164,6 +175,9 @@ pub async fn run_with_runtime<R: ContainerRuntime>(
         if drained.is_err() {
             warn!("tasks did not stop in time; aborting them");
             tasks.abort_all();
+        }
+        if tokio::time::timeout(FLUSH_TIMEOUT, store.flush()).await.is_err() {
+            warn!(data_dir = %store.dir().display(), "local state writes did not finish in time");
         }
         info!("agent stopped");
         failure.map_or(Ok(()), Err)

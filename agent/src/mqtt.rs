@@ -2,6 +2,13 @@
 //! incoming messages out over channels; [`Bus`] is the non-blocking publishing side every
 //! other task uses.
 //!
+//! "Never blocks": the link does no file I/O and never waits on another task while a
+//! connection is up. Incoming messages are handed on with `try_send` (dropped with a warning
+//! when the receiver is busy), publishes are queued with `try_publish`. The one thing it
+//! awaits outside `poll()` is the session number before a connection attempt, which the
+//! state file's writer thread persists ([`StateStore::next_session`]): at that moment there
+//! is no connection to keep alive.
+//!
 //! rumqttc reconnects immediately after an error and never resubscribes, so the link adds:
 //! - jittered exponential backoff between connection attempts;
 //! - a new session number for every attempt (persisted), carried by the `offline` last will
@@ -11,7 +18,7 @@
 //! - a clear log line when the broker keeps closing the connection before its CONNACK.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use edgefleet_protocol::codec::{decode, encode};
@@ -21,6 +28,7 @@ use edgefleet_protocol::status::DeviceStatus;
 use edgefleet_protocol::sync::SyncRequest;
 use edgefleet_protocol::topics::{TopicKind, controller_presence};
 use edgefleet_protocol::{MAX_PAYLOAD_BYTES, SCHEMA_VERSION, now_rfc3339};
+use parking_lot::Mutex;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
     Publish, QoS, StateError, SubscribeReasonCode,
@@ -100,10 +108,6 @@ pub struct Bus {
 }
 
 impl Bus {
-    fn lock(&self) -> MutexGuard<'_, BusState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Hands a message to the MQTT client; false if it was dropped (queue full).
     fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) -> bool {
         if payload.is_empty() {
@@ -138,7 +142,7 @@ impl Bus {
     /// Publishes presence `online` and the current status (after a ConnAck or a rebirth).
     fn announce(&self) {
         let (presence, status) = {
-            let s = self.lock();
+            let s = self.state.lock();
             (
                 self.presence(PresenceState::Online, s.session, s.since.clone()),
                 s.status.clone(),
@@ -152,7 +156,7 @@ impl Bus {
 
     fn on_connected(&self, session: u64) {
         let buffered = {
-            let mut s = self.lock();
+            let mut s = self.state.lock();
             s.connected = true;
             s.session = session;
             s.since = now_rfc3339();
@@ -174,11 +178,11 @@ impl Bus {
     }
 
     fn on_disconnected(&self) {
-        self.lock().connected = false;
+        self.state.lock().connected = false;
     }
 
     pub fn is_connected(&self) -> bool {
-        self.lock().connected
+        self.state.lock().connected
     }
 }
 
@@ -189,7 +193,7 @@ impl Outbox for Bus {
 
     fn event(&self, event: DeviceEvent) {
         {
-            let mut s = self.lock();
+            let mut s = self.state.lock();
             if !s.connected {
                 if s.events.len() >= EVENT_BUFFER {
                     s.events.pop_front();
@@ -203,7 +207,7 @@ impl Outbox for Bus {
 
     fn status(&self, status: &DeviceStatus) -> bool {
         let connected = {
-            let mut s = self.lock();
+            let mut s = self.state.lock();
             s.status = Some(status.clone());
             s.connected
         };
@@ -309,7 +313,11 @@ impl Link {
         let mut connected_at: Option<Instant> = None;
         loop {
             if self.eventloop.network.is_none() {
-                self.prepare_connect();
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = self.prepare_connect() => {}
+                }
             }
             let polled = tokio::select! {
                 biased;
@@ -370,8 +378,12 @@ impl Link {
     }
 
     /// New session number, and the last will that carries it, before each connection attempt.
-    fn prepare_connect(&mut self) {
-        self.session = self.store.next_session();
+    ///
+    /// Awaits the state file's writer thread (the link itself does no file I/O). That wait
+    /// stalls nothing: this runs only when the event loop has no network, so no connection is
+    /// live whose keepalive or inbound traffic could be held up, and publishes queue meanwhile.
+    async fn prepare_connect(&mut self) {
+        self.session = self.store.next_session().await;
         let offline = self
             .bus
             .presence(PresenceState::Offline, self.session, now_rfc3339());

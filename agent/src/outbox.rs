@@ -2,11 +2,10 @@
 //! The MQTT link ([`crate::mqtt::Bus`]) implements it; [`RecordingOutbox`] keeps everything
 //! in memory for tests and the simulator. Implementations never block.
 
-use std::sync::{Mutex, MutexGuard};
-
 use edgefleet_protocol::event::DeviceEvent;
 use edgefleet_protocol::status::DeviceStatus;
 use edgefleet_protocol::sync::SyncRequest;
+use parking_lot::Mutex;
 
 /// Where the reconciler and the desired-state intake send what they have to say.
 pub trait Outbox: Send + Sync + 'static {
@@ -31,50 +30,46 @@ pub struct RecordingOutbox {
     replies: Mutex<Vec<edgefleet_protocol::command::Reply>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl RecordingOutbox {
     pub fn events(&self) -> Vec<DeviceEvent> {
-        lock(&self.events).clone()
+        self.events.lock().clone()
     }
 
     pub fn statuses(&self) -> Vec<DeviceStatus> {
-        lock(&self.statuses).clone()
+        self.statuses.lock().clone()
     }
 
     pub fn syncs(&self) -> Vec<SyncRequest> {
-        lock(&self.syncs).clone()
+        self.syncs.lock().clone()
     }
 
     pub fn replies(&self) -> Vec<edgefleet_protocol::command::Reply> {
-        lock(&self.replies).clone()
+        self.replies.lock().clone()
     }
 
     /// Forgets what was recorded so far.
     pub fn clear(&self) {
-        lock(&self.events).clear();
-        lock(&self.statuses).clear();
-        lock(&self.syncs).clear();
+        self.events.lock().clear();
+        self.statuses.lock().clear();
+        self.syncs.lock().clear();
     }
 }
 
 impl Outbox for RecordingOutbox {
     fn event(&self, event: DeviceEvent) {
-        lock(&self.events).push(event);
+        self.events.lock().push(event);
     }
 
     fn status(&self, status: &DeviceStatus) -> bool {
-        lock(&self.statuses).push(status.clone());
+        self.statuses.lock().push(status.clone());
         true
     }
 
     fn sync_request(&self, request: SyncRequest) {
-        lock(&self.syncs).push(request);
+        self.syncs.lock().push(request);
     }
 
     fn reply(&self, reply: &edgefleet_protocol::command::Reply) {
-        lock(&self.replies).push(reply.clone());
+        self.replies.lock().push(reply.clone());
     }
 }

@@ -220,7 +220,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
             self.last_failure = None;
             self.observed_revision = desired.revision;
             if self.converged_revision != desired.revision {
-                self.converged(&desired);
+                self.converged(&desired).await;
             }
         }
         let observed = if actions.is_empty() {
@@ -496,10 +496,10 @@ impl<R: ContainerRuntime> Reconciler<R> {
         }
     }
 
-    fn converged(&mut self, desired: &DesiredState) {
+    async fn converged(&mut self, desired: &DesiredState) {
         info!("desired revision converged");
         self.converged_revision = desired.revision;
-        if let Err(e) = self.store.save_applied(desired.revision) {
+        if let Err(e) = self.store.save_applied(desired.revision).await {
             warn!(error = %e, "could not persist the applied revision");
         }
         let msg = format!("desired revision {} applied", desired.revision);

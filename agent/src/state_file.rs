@@ -1,22 +1,38 @@
 //! Local persistence in the data dir, so a rebooted device keeps running its last state with
 //! the broker unreachable:
-//! - `state.bin`: the last valid desired document and the revision last fully applied;
+//! - `state.bin`: the last valid desired document and the revision last fully applied
+//!   (0600: a document's environment may carry credentials);
 //! - `session.bin`: the MQTT session counter (one increment per connection attempt).
 //!
-//! Both are postcard, written to a temporary file, synced and renamed over the old one (a
-//! crash or power cut leaves the old or the new file, never half of one). postcard is not
-//! self-describing and `DesiredState` uses `skip_serializing_if`, so the document is stored
-//! as its JSON text inside the postcard record rather than as postcard itself.
+//! Both are postcard, written through [`edgefleet_files::write_atomic`] (temporary file,
+//! sync, rename, sync of the directory: a crash or power cut leaves the old or the new file,
+//! never half of one). postcard is not self-describing and `DesiredState` uses
+//! `skip_serializing_if`, so the document is stored as its JSON text inside the postcard
+//! record rather than as postcard itself.
+//!
+//! # The writer thread
+//! The agent runs on a current-thread runtime, where one `fsync` would stall every task (the
+//! MQTT link among them). So a [`StateStore`] owns one dedicated std thread, the only code
+//! that writes these files: callers send it a job over a channel and `await` its answer on a
+//! [`tokio::sync::oneshot`]. Jobs run one at a time in the order sent, so the thread also owns
+//! the in-memory copy of `state.bin`'s record (updated only once a write succeeded) and the
+//! session numbers reach the disk in increasing order. [`StateStore::open`] reads the files
+//! and starts the thread; it blocks, so async callers run it on a blocking thread. The
+//! thread ends once the store is dropped and the jobs already sent are done
+//! ([`StateStore::flush`] waits for them).
 
-use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
+use std::fs;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use edgefleet_files::{Mode, write_atomic};
 use edgefleet_protocol::desired::DesiredState;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tokio::sync::oneshot;
 
 const STATE_FILE: &str = "state.bin";
 const SESSION_FILE: &str = "session.bin";
@@ -39,6 +55,12 @@ pub enum StateFileError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start the thread that writes the local state: {0}")]
+    StartWriter(std::io::Error),
+    #[error(
+        "the thread that writes the local state in {dir} has stopped, nothing more is saved (restart the agent)"
+    )]
+    WriterStopped { dir: PathBuf },
 }
 
 /// The record in `state.bin`.
@@ -72,16 +94,29 @@ pub struct Loaded {
     pub corrupt: Option<Corrupt>,
 }
 
-/// The data dir of one device.
+type Ack = oneshot::Sender<Result<(), StateFileError>>;
+
+/// Work for the writer thread; each job is answered on its `done`.
+enum Job {
+    /// Store this desired document (its JSON text) in `state.bin`.
+    Desired { json: String, done: Ack },
+    /// Store this revision as the last fully applied one in `state.bin`.
+    Applied { revision: u64, done: Ack },
+    /// Write this session number to `session.bin`.
+    Session { session: u64, done: Ack },
+    /// Nothing to write: answered once every job sent before it is done.
+    Flush { done: oneshot::Sender<()> },
+}
+
+/// The data dir of one device: reads at [`open`](Self::open), writes through its writer
+/// thread (see the module docs).
 #[derive(Debug)]
 pub struct StateStore {
     dir: PathBuf,
-    record: Mutex<StateRecord>,
+    jobs: mpsc::Sender<Job>,
+    /// The last session number handed out. Held only while a job is queued (never across an
+    /// `.await`), so the writer receives the numbers in increasing order.
     session: Mutex<u64>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn unix_secs() -> u64 {
@@ -89,25 +124,6 @@ fn unix_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync of the directory).
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateFileError> {
-    let err = |source| StateFileError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).map_err(err)?;
-    file.write_all(bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent() {
-        // Makes the rename durable; not every filesystem allows it, and it is not fatal.
-        let _ = File::open(dir).and_then(|d| d.sync_all());
-    }
-    Ok(())
 }
 
 fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
@@ -150,10 +166,66 @@ fn decode_state(bytes: &[u8], device: &str) -> Result<(StateRecord, Option<Desir
     Ok((record, desired))
 }
 
+/// Encodes `value` with postcard and writes it atomically to `path` (blocking).
+fn write_postcard<T: Serialize>(path: &Path, value: &T, mode: Mode) -> Result<(), StateFileError> {
+    let err = |source| StateFileError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes = postcard::to_stdvec(value).map_err(|e| err(std::io::Error::other(e)))?;
+    write_atomic(path, &bytes, mode).map_err(err)
+}
+
+/// Applies `change` to a copy of `record`, writes it to `path`, and only then keeps it, so a
+/// failed write is not carried into the next one.
+fn save_record(
+    path: &Path,
+    record: &mut StateRecord,
+    change: impl FnOnce(&mut StateRecord),
+) -> Result<(), StateFileError> {
+    let mut next = record.clone();
+    change(&mut next);
+    write_postcard(path, &next, Mode::Private)?;
+    *record = next;
+    Ok(())
+}
+
+/// The writer thread: runs jobs in order until the store (the only sender) is gone.
+fn write_jobs(dir: PathBuf, mut record: StateRecord, jobs: mpsc::Receiver<Job>) {
+    let state_path = dir.join(STATE_FILE);
+    let session_path = dir.join(SESSION_FILE);
+    // An answer is lost only if its caller stopped waiting (cancelled): the job is done anyway.
+    for job in jobs {
+        match job {
+            Job::Desired { json, done } => {
+                let saved = save_record(&state_path, &mut record, |r| r.desired_json = Some(json));
+                let _ = done.send(saved);
+            }
+            Job::Applied { revision, done } => {
+                let saved = save_record(&state_path, &mut record, |r| {
+                    r.last_applied_revision = revision
+                });
+                let _ = done.send(saved);
+            }
+            Job::Session { session, done } => {
+                let record = SessionRecord {
+                    format_version: FORMAT_VERSION,
+                    session,
+                };
+                let _ = done.send(write_postcard(&session_path, &record, Mode::Public));
+            }
+            Job::Flush { done } => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
 impl StateStore {
-    /// Opens (creating) the data dir and loads what it holds. A corrupt `state.bin` is moved
-    /// aside as `state.bin.corrupt-<unix seconds>` and reported in [`Loaded::corrupt`]; the
-    /// agent then starts with no desired state (and touches nothing).
+    /// Opens (creating) the data dir, loads what it holds and starts the writer thread.
+    /// Blocking: call it from a blocking thread (`spawn_blocking`) in async code. A corrupt
+    /// `state.bin` is moved aside as `state.bin.corrupt-<unix seconds>` and reported in
+    /// [`Loaded::corrupt`]; the agent then starts with no desired state (and touches nothing).
     pub fn open(dir: &Path, device: &str) -> Result<(StateStore, Loaded), StateFileError> {
         fs::create_dir_all(dir).map_err(|source| StateFileError::CreateDir {
             path: dir.to_owned(),
@@ -191,9 +263,15 @@ impl StateStore {
                 }
             },
         };
+        let (jobs, queue) = mpsc::channel();
+        let writer_dir = dir.to_owned();
+        std::thread::Builder::new()
+            .name("state-writer".into())
+            .spawn(move || write_jobs(writer_dir, record, queue))
+            .map_err(StateFileError::StartWriter)?;
         let store = StateStore {
             dir: dir.to_owned(),
-            record: Mutex::new(record),
+            jobs,
             session: Mutex::new(session),
         };
         Ok((store, loaded))
@@ -203,56 +281,69 @@ impl StateStore {
         &self.dir
     }
 
-    fn save(&self, record: &StateRecord) -> Result<(), StateFileError> {
-        let path = self.dir.join(STATE_FILE);
-        let bytes = postcard::to_stdvec(record).map_err(|e| StateFileError::Write {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        write_atomic(&path, &bytes)
+    fn stopped(&self) -> StateFileError {
+        StateFileError::WriterStopped {
+            dir: self.dir.clone(),
+        }
     }
 
-    /// Persists a newly accepted desired document.
-    pub fn save_desired(&self, desired: &DesiredState) -> Result<(), StateFileError> {
-        let mut record = lock(&self.record);
-        let mut next = record.clone();
-        next.desired_json =
-            Some(String::from_utf8_lossy(&edgefleet_protocol::codec::encode(desired)).into_owned());
-        self.save(&next)?;
-        *record = next;
-        Ok(())
+    /// Hands `job` (built around its answer channel) to the writer; the receiver of the
+    /// answer, or an error if the writer is gone.
+    fn submit(
+        &self,
+        job: impl FnOnce(Ack) -> Job,
+    ) -> oneshot::Receiver<Result<(), StateFileError>> {
+        let (done, answer) = oneshot::channel();
+        // On failure the job (and `done` inside it) is dropped: the receiver then reports
+        // the writer as stopped.
+        let _ = self.jobs.send(job(done));
+        answer
     }
 
-    /// Persists the revision last fully applied.
-    pub fn save_applied(&self, revision: u64) -> Result<(), StateFileError> {
-        let mut record = lock(&self.record);
-        let mut next = record.clone();
-        next.last_applied_revision = revision;
-        self.save(&next)?;
-        *record = next;
-        Ok(())
+    async fn answer(
+        &self,
+        answer: oneshot::Receiver<Result<(), StateFileError>>,
+    ) -> Result<(), StateFileError> {
+        answer.await.unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    /// Persists a newly accepted desired document; returns once it is on disk (or failed).
+    pub async fn save_desired(&self, desired: &DesiredState) -> Result<(), StateFileError> {
+        let json =
+            String::from_utf8_lossy(&edgefleet_protocol::codec::encode(desired)).into_owned();
+        let answer = self.submit(|done| Job::Desired { json, done });
+        self.answer(answer).await
+    }
+
+    /// Persists the revision last fully applied; returns once it is on disk (or failed).
+    pub async fn save_applied(&self, revision: u64) -> Result<(), StateFileError> {
+        let answer = self.submit(|done| Job::Applied { revision, done });
+        self.answer(answer).await
     }
 
     /// The session number for the next connection attempt: one more than the last one ever
-    /// used. If it cannot be persisted, the number is still used (and a warning logged).
-    pub fn next_session(&self) -> u64 {
-        let mut session = lock(&self.session);
-        *session = session.saturating_add(1);
-        let path = self.dir.join(SESSION_FILE);
-        let record = SessionRecord {
-            format_version: FORMAT_VERSION,
-            session: *session,
+    /// used, returned once the writer has persisted it, so that a restarted agent continues
+    /// above it. If it cannot be persisted, the number is still used (and a warning logged).
+    pub async fn next_session(&self) -> u64 {
+        let (session, answer) = {
+            let mut last = self.session.lock();
+            *last = last.saturating_add(1);
+            let session = *last;
+            // Queued under the lock: the file never goes back to a smaller number.
+            (session, self.submit(|done| Job::Session { session, done }))
         };
-        let result = postcard::to_stdvec(&record)
-            .map_err(|e| StateFileError::Write {
-                path: path.clone(),
-                source: std::io::Error::other(e),
-            })
-            .and_then(|bytes| write_atomic(&path, &bytes));
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not persist the session counter");
+        if let Err(e) = self.answer(answer).await {
+            tracing::warn!(session, error = %e, "could not persist the session counter");
         }
-        *session
+        session
+    }
+
+    /// Waits until every write handed to the writer before this call is done.
+    pub async fn flush(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.jobs.send(Job::Flush { done }).is_ok() {
+            let _ = finished.await;
+        }
     }
 }
 
@@ -276,26 +367,70 @@ mod tests {
         serde_json::from_value(json).unwrap()
     }
 
-    #[test]
-    fn round_trip_desired_applied_and_session() {
+    #[tokio::test]
+    async fn round_trip_desired_applied_and_session() {
         let dir = tempfile::tempdir().unwrap();
         let (store, loaded) = StateStore::open(dir.path(), "press-07").unwrap();
         assert!(loaded.desired.is_none() && loaded.corrupt.is_none());
-        assert_eq!(store.next_session(), 1);
-        assert_eq!(store.next_session(), 2);
-        store.save_desired(&doc(5)).unwrap();
-        store.save_applied(4).unwrap();
+        assert_eq!(store.next_session().await, 1);
+        assert_eq!(store.next_session().await, 2);
+        store.save_desired(&doc(5)).await.unwrap();
+        store.save_applied(4).await.unwrap();
         drop(store);
 
         let (store, loaded) = StateStore::open(dir.path(), "press-07").unwrap();
         assert_eq!(loaded.desired, Some(doc(5)));
         assert_eq!(loaded.last_applied_revision, 4);
-        assert_eq!(store.next_session(), 3);
+        assert_eq!(store.next_session().await, 3);
         assert!(!dir.path().join("state.tmp").exists());
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 
-    #[test]
-    fn corrupt_file_is_moved_aside() {
+    #[tokio::test]
+    async fn a_session_number_is_on_disk_before_it_is_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = StateStore::open(dir.path(), "press-07").unwrap();
+        for want in 1..=3 {
+            let session = store.next_session().await;
+            assert_eq!(session, want);
+            let bytes = fs::read(dir.path().join(SESSION_FILE)).unwrap();
+            let record: SessionRecord = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(record.session, session);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_is_reported_and_not_carried_into_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (store, _) = StateStore::open(&data, "press-07").unwrap();
+        store.save_desired(&doc(1)).await.unwrap();
+        fs::remove_dir_all(&data).unwrap();
+
+        let err = store.save_desired(&doc(2)).await.unwrap_err();
+        assert!(
+            matches!(&err, StateFileError::Write { path, .. } if path.ends_with(STATE_FILE)),
+            "{err:?}"
+        );
+        // The session number is still used when it cannot be persisted.
+        assert_eq!(store.next_session().await, 1);
+
+        fs::create_dir_all(&data).unwrap();
+        store.save_applied(1).await.unwrap();
+        assert_eq!(store.next_session().await, 2);
+        drop(store);
+        let (_, loaded) = StateStore::open(&data, "press-07").unwrap();
+        assert_eq!(loaded.desired, Some(doc(1)), "revision 2 was never saved");
+        assert_eq!(loaded.last_applied_revision, 1);
+    }
+
+    #[tokio::test]
+    async fn corrupt_file_is_moved_aside() {
         for garbage in [
             &b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"[..],
             b"",
@@ -317,15 +452,15 @@ mod tests {
             );
             assert!(!dir.path().join(STATE_FILE).exists());
             // A new document can be stored afterwards.
-            store.save_desired(&doc(1)).unwrap();
+            store.save_desired(&doc(1)).await.unwrap();
         }
     }
 
-    #[test]
-    fn document_of_another_device_is_refused() {
+    #[tokio::test]
+    async fn document_of_another_device_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = StateStore::open(dir.path(), "press-07").unwrap();
-        store.save_desired(&doc(1)).unwrap();
+        store.save_desired(&doc(1)).await.unwrap();
         let (_, loaded) = StateStore::open(dir.path(), "press-08").unwrap();
         assert!(loaded.corrupt.unwrap().reason.contains("press-07"));
         assert!(loaded.desired.is_none());

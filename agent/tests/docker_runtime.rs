@@ -362,12 +362,16 @@ async fn reconciler_converges_on_the_real_engine() {
     assert_eq!(runtime.list_volumes(&fx.device).await.unwrap().len(), 1);
 }
 
-/// A TCP port free on the host right now, for a fixed host-port binding.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("0.0.0.0:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+/// The host port `container` publishes its port 8080/tcp on (the first binding listed).
+fn published_port(container: &str) -> u16 {
+    let out = docker(&["port", container, "8080/tcp"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .next()
+        .and_then(|line| line.rsplit(':').next())
+        .and_then(|port| port.trim().parse().ok())
+        .filter(|port| *port != 0)
+        .unwrap_or_else(|| panic!("no host port published for {container}: {out:?}"))
 }
 
 /// One service `web` (`MODE=mode`) in `order`, publishing container port 8080 on `host_port`
@@ -433,16 +437,19 @@ fn desired_hash(d: &DesiredState) -> String {
 async fn fixed_host_port_updates_stop_first_but_not_start_first() {
     let fx = Fixture::new("port");
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    // Revision 1 publishes on a host port Docker chooses; the following revisions fix that
+    // port, which the running container holds all along: no port is picked by binding and
+    // releasing it (another process could take it in between).
     let (mut r, held, outbox, rt) = docker_reconciler(
         &fx,
         dir.path(),
-        web_service(&fx, 1, "stop-first", "a", Some(port)),
+        web_service(&fx, 1, "stop-first", "a", None),
     );
     let name = edgefleet_agent::container::container_name(&fx.device, "app", "web");
     assert!(!r.pass().await.failed, "{:?}", outbox.statuses().last());
     let first = rt.inspect(&name).await.unwrap();
     assert_eq!(first.state, ContainerState::Running);
+    let port = published_port(&name);
 
     // Stop-first: the old container frees the port before the new one binds it.
     let rev2 = web_service(&fx, 2, "stop-first", "b", Some(port));

@@ -6,12 +6,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use edgefleet_protocol::spec::RestartPolicy;
 use edgefleet_protocol::status::{ContainerState, Health};
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use super::{ContainerInfo, ContainerRuntime, EngineEvents, RuntimeError};
@@ -124,11 +125,6 @@ impl MemoryRuntime {
         }
     }
 
-    fn engine(&self) -> MutexGuard<'_, Engine> {
-        // A panic while holding the lock can only come from a test; keep going with the data.
-        self.engine.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn notify(&self, device: Option<String>) {
         if let Some(device) = device {
             let _ = self.events.send(device);
@@ -137,42 +133,43 @@ impl MemoryRuntime {
 
     /// Makes `image` present locally (like `docker load`).
     pub fn add_image(&self, image: &str) {
-        self.engine().images.insert(image.to_owned());
+        self.engine.lock().images.insert(image.to_owned());
     }
 
     /// Makes `image` pullable.
     pub fn add_to_registry(&self, image: &str) {
-        self.engine().registry.insert(image.to_owned());
+        self.engine.lock().registry.insert(image.to_owned());
     }
 
     /// Started containers with a healthcheck become healthy at once (for the simulator)
     /// instead of `starting`.
     pub fn set_auto_healthy(&self, on: bool) {
-        self.engine().auto_healthy = on;
+        self.engine.lock().auto_healthy = on;
     }
 
     /// Simulates the engine being down (every call fails with `Unreachable`).
     pub fn set_unreachable(&self, down: bool) {
-        self.engine().unreachable = down;
+        self.engine.lock().unreachable = down;
     }
 
     /// The next call of `op` fails with `message`.
     pub fn fail_next(&self, op: MemOp, message: &str) {
-        self.engine().failures.push((op, message.to_owned()));
+        self.engine.lock().failures.push((op, message.to_owned()));
     }
 
     /// Mutating calls made so far (`pull x`, `create name`, `start name`, …).
     pub fn calls(&self) -> Vec<String> {
-        self.engine().calls.clone()
+        self.engine.lock().calls.clone()
     }
 
     pub fn clear_calls(&self) {
-        self.engine().calls.clear();
+        self.engine.lock().calls.clear();
     }
 
     /// Every container, of every device.
     pub fn containers(&self) -> Vec<ContainerInfo> {
-        self.engine()
+        self.engine
+            .lock()
             .containers
             .values()
             .map(|c| c.info.clone())
@@ -181,19 +178,19 @@ impl MemoryRuntime {
 
     /// One container by id or name.
     pub fn container(&self, key: &str) -> Option<ContainerInfo> {
-        let e = self.engine();
+        let e = self.engine.lock();
         e.find(key)
             .and_then(|id| e.containers.get(&id))
             .map(|c| c.info.clone())
     }
 
     pub fn volumes(&self) -> Vec<String> {
-        self.engine().volumes.keys().cloned().collect()
+        self.engine.lock().volumes.keys().cloned().collect()
     }
 
     fn mutate(&self, key: &str, f: impl FnOnce(&mut Stored, &Engine)) -> bool {
         let device = {
-            let mut e = self.engine();
+            let mut e = self.engine.lock();
             let Some(id) = e.find(key) else { return false };
             let Some(mut c) = e.containers.remove(&id) else {
                 return false;
@@ -219,7 +216,7 @@ impl MemoryRuntime {
     /// `docker rm -f` behind the agent's back.
     pub fn docker_rm(&self, key: &str) -> bool {
         let device = {
-            let mut e = self.engine();
+            let mut e = self.engine.lock();
             let Some(id) = e.find(key) else { return false };
             e.containers
                 .remove(&id)
@@ -251,7 +248,7 @@ impl MemoryRuntime {
     /// container), in the given state. Returns its id.
     pub fn insert(&self, spec: &ContainerSpec, state: ContainerState) -> String {
         let id = {
-            let mut e = self.engine();
+            let mut e = self.engine.lock();
             e.next_id += 1;
             let id = format!("mem{:08}", e.next_id);
             let info = ContainerInfo {
@@ -282,7 +279,7 @@ impl MemoryRuntime {
 
 impl ContainerRuntime for MemoryRuntime {
     async fn list_containers(&self, device: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
-        let mut e = self.engine();
+        let mut e = self.engine.lock();
         e.check(MemOp::List)?;
         Ok(e.containers
             .values()
@@ -292,7 +289,7 @@ impl ContainerRuntime for MemoryRuntime {
     }
 
     async fn list_volumes(&self, device: &str) -> Result<BTreeSet<String>, RuntimeError> {
-        let mut e = self.engine();
+        let mut e = self.engine.lock();
         e.check(MemOp::List)?;
         Ok(e.volumes
             .iter()
@@ -302,13 +299,13 @@ impl ContainerRuntime for MemoryRuntime {
     }
 
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
-        let mut e = self.engine();
+        let mut e = self.engine.lock();
         e.check(MemOp::List)?;
         Ok(e.images.contains(image))
     }
 
     async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
-        let mut e = self.engine();
+        let mut e = self.engine.lock();
         e.calls.push(format!("pull {image}"));
         e.check(MemOp::Pull).map_err(|err| RuntimeError::Pull {
             image: image.to_owned(),
@@ -325,7 +322,7 @@ impl ContainerRuntime for MemoryRuntime {
     }
 
     async fn ensure_volume(&self, name: &str, device: &str) -> Result<(), RuntimeError> {
-        let mut e = self.engine();
+        let mut e = self.engine.lock();
         e.calls.push(format!("volume {name}"));
         e.check(MemOp::Volume)?;
         e.volumes
@@ -336,7 +333,7 @@ impl ContainerRuntime for MemoryRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         {
-            let mut e = self.engine();
+            let mut e = self.engine.lock();
             e.calls.push(format!("create {}", spec.name));
             e.check(MemOp::Create)?;
             if !e.images.contains(&spec.image) {
@@ -357,7 +354,7 @@ impl ContainerRuntime for MemoryRuntime {
 
     async fn start(&self, container: &str) -> Result<(), RuntimeError> {
         let result = {
-            let mut e = self.engine();
+            let mut e = self.engine.lock();
             e.record("start", container);
             e.check(MemOp::Start)?;
             let id = e.find(container).ok_or_else(|| RuntimeError::NotFound {
@@ -389,7 +386,7 @@ impl ContainerRuntime for MemoryRuntime {
 
     async fn stop(&self, container: &str, _timeout: Duration) -> Result<(), RuntimeError> {
         {
-            let mut e = self.engine();
+            let mut e = self.engine.lock();
             e.record("stop", container);
             e.check(MemOp::Stop)?;
             if e.find(container).is_none() {
@@ -405,7 +402,7 @@ impl ContainerRuntime for MemoryRuntime {
 
     async fn remove(&self, container: &str) -> Result<(), RuntimeError> {
         {
-            let mut e = self.engine();
+            let mut e = self.engine.lock();
             e.record("remove", container);
             e.check(MemOp::Remove)?;
             let id = e.find(container).ok_or_else(|| RuntimeError::NotFound {
@@ -425,7 +422,7 @@ impl ContainerRuntime for MemoryRuntime {
     }
 
     async fn logs(&self, container: &str, tail: u32) -> Result<Vec<String>, RuntimeError> {
-        let e = self.engine();
+        let e = self.engine.lock();
         let id = e.find(container).ok_or_else(|| RuntimeError::NotFound {
             what: "container",
             target: container.to_owned(),
@@ -438,7 +435,7 @@ impl ContainerRuntime for MemoryRuntime {
     }
 
     async fn inspect(&self, container: &str) -> Result<ContainerInfo, RuntimeError> {
-        let mut e = self.engine();
+        let mut e = self.engine.lock();
         e.check(MemOp::List)?;
         e.find(container)
             .and_then(|id| e.containers.get(&id))
@@ -451,7 +448,7 @@ impl ContainerRuntime for MemoryRuntime {
 
     async fn rename(&self, container: &str, new_name: &str) -> Result<(), RuntimeError> {
         {
-            let mut e = self.engine();
+            let mut e = self.engine.lock();
             let from = e
                 .find(container)
                 .and_then(|id| e.containers.get(&id))
@@ -474,7 +471,7 @@ impl ContainerRuntime for MemoryRuntime {
     }
 
     async fn events(&self, device: &str) -> Result<EngineEvents, RuntimeError> {
-        self.engine().check(MemOp::List)?;
+        self.engine.lock().check(MemOp::List)?;
         let device = device.to_owned();
         let rx = self.events.subscribe();
         Ok(futures_util::stream::unfold(rx, move |mut rx| {
