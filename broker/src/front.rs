@@ -43,11 +43,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use edgefleet_protocol::acl::{self, Action, Denied, Identity};
+use parking_lot::Mutex;
 use rumqttd::protocol::v4::{self, V4};
 use rumqttd::protocol::{
     Error as CodecError, Packet, Protocol, SubAck, Subscribe, SubscribeReasonCode,
@@ -182,7 +183,7 @@ impl FrontHandle {
     /// without DISCONNECT, so the broker publishes their wills. Returns how many were closed.
     pub fn revoke(&self, serial: &str) -> usize {
         let serial = serial.to_ascii_lowercase();
-        let mut state = self.shared.lock();
+        let mut state = self.shared.state.lock();
         let closed = state.close_where(|live| live.serial == serial);
         state.revoked_serials.insert(serial);
         closed
@@ -191,7 +192,7 @@ impl FrontHandle {
     /// Refuses every certificate of `identity` from now on and closes its live connections
     /// (wills fire). Returns how many were closed.
     pub fn revoke_identity(&self, identity: &Identity) -> usize {
-        let mut state = self.shared.lock();
+        let mut state = self.shared.state.lock();
         let closed = state.close_where(|live| &live.identity == identity);
         state.revoked_identities.insert(identity.clone());
         closed
@@ -200,6 +201,7 @@ impl FrontHandle {
     /// Connections currently relayed for `identity`.
     pub fn connections_of(&self, identity: &Identity) -> usize {
         self.shared
+            .state
             .lock()
             .live
             .values()
@@ -217,7 +219,7 @@ impl FrontHandle {
 impl Drop for FrontHandle {
     fn drop(&mut self) {
         self.accept.abort();
-        let mut state = self.shared.lock();
+        let mut state = self.shared.state.lock();
         state.closed = true;
         state.close_where(|_| true);
     }
@@ -263,6 +265,8 @@ pub async fn start_front(
 
 #[derive(Debug)]
 struct Shared {
+    /// `parking_lot`: no poisoning, so a panic in one connection's task (which never holds
+    /// this across anything that can leave the sets half-changed) does not stop the others.
     state: Mutex<State>,
     events: broadcast::Sender<FrontEvent>,
 }
@@ -296,11 +300,6 @@ impl State {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the sets inconsistent; keep serving.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn emit(&self, identity: Option<&Identity>, peer: SocketAddr, kind: FrontEventKind) {
         let who = identity.map_or_else(|| "unknown".to_owned(), ToString::to_string);
         match &kind {
@@ -343,7 +342,7 @@ impl Shared {
         identity: &Identity,
         serial: &str,
     ) -> Result<Registration, &'static str> {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if state.closed {
             return Err("the front is shutting down");
         }
@@ -381,7 +380,7 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.shared.lock().live.remove(&self.id);
+        self.shared.state.lock().live.remove(&self.id);
     }
 }
 
@@ -748,7 +747,7 @@ impl Session {
         if allowed.is_empty() {
             return SubscribeVerdict::Answer(encode_suback(subscribe.pkid, &codes));
         }
-        lock(pending).insert(subscribe.pkid, codes);
+        pending.lock().insert(subscribe.pkid, codes);
         let mut out = BytesMut::new();
         let packet = Packet::Subscribe(
             Subscribe {
@@ -761,7 +760,8 @@ impl Session {
             Ok(_) => SubscribeVerdict::Forward(Some(out.freeze())),
             // Cannot happen for a packet we just decoded with fewer filters; refuse all.
             Err(_) => {
-                let codes = lock(pending)
+                let codes = pending
+                    .lock()
                     .remove(&subscribe.pkid)
                     .unwrap_or_default()
                     .iter()
@@ -778,10 +778,6 @@ enum SubscribeVerdict {
     Forward(Option<Bytes>),
     /// Every filter refused: answer this SUBACK, forward nothing.
     Answer(Bytes),
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Broker → client: copied packet by packet, except SUBACKs of partly refused SUBSCRIBEs,
@@ -804,7 +800,7 @@ async fn broker_to_client(
                 Ok(header) => {
                     let frame = buf.split_to(header.frame_length());
                     let is_suback = header.byte1 >> 4 == 9;
-                    if is_suback && !lock(pending).is_empty() {
+                    if is_suback && !pending.lock().is_empty() {
                         out.extend_from_slice(&merge_suback(frame, pending));
                     } else {
                         out.extend_from_slice(&frame);
@@ -833,7 +829,7 @@ fn merge_suback(frame: BytesMut, pending: &PendingSubAcks) -> Bytes {
     let Ok(Packet::SubAck(suback, _)) = V4.read_mut(&mut frame, MAX_UPSTREAM_PACKET) else {
         return original;
     };
-    let Some(template) = lock(pending).remove(&suback.pkid) else {
+    let Some(template) = pending.lock().remove(&suback.pkid) else {
         return original;
     };
     let mut from_broker = suback.return_codes.iter().map(|c| match c {
@@ -918,14 +914,16 @@ mod tests {
     #[test]
     fn merged_suback_keeps_the_clients_order() {
         let pending = PendingSubAcks::default();
-        lock(&pending).insert(7, vec![Some(0x80), None, Some(0x80), None]);
+        pending
+            .lock()
+            .insert(7, vec![Some(0x80), None, Some(0x80), None]);
         let broker = encode_suback(7, &[Some(1), Some(0)]);
         let merged = merge_suback(BytesMut::from(&broker[..]), &pending);
         assert_eq!(
             &merged[..],
             &[0x90, 0x06, 0x00, 0x07, 0x80, 0x01, 0x80, 0x00]
         );
-        assert!(lock(&pending).is_empty());
+        assert!(pending.lock().is_empty());
         // A SUBACK nobody waits for passes unchanged.
         let other = encode_suback(8, &[Some(1)]);
         assert_eq!(merge_suback(BytesMut::from(&other[..]), &pending), other);
