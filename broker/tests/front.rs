@@ -2,7 +2,7 @@
 //! clients: rumqttc over rustls, mosquitto_pub / mosquitto_sub, and a raw TLS socket for
 //! packets no well-behaved client sends. Every wait polls with a deadline.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -28,9 +28,8 @@ use tokio::sync::{broadcast, mpsc};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// A broker, a PKI and a front, each test its own.
@@ -50,12 +49,12 @@ impl Gateway {
     async fn start_with(tune: impl FnOnce(&mut FrontConfig)) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let broker = start(&BrokerConfig {
-            mqtt_listen: free_addr(),
+            mqtt_listen: any_port(),
             ..BrokerConfig::default()
         })
         .expect("broker starts");
         let pki = Pki::load_or_create(&dir.path().join("pki"), &[]).unwrap();
-        let mut config = FrontConfig::new("127.0.0.1:0".parse().unwrap(), broker.connect_addr());
+        let mut config = FrontConfig::new(any_port(), broker.connect_addr());
         tune(&mut config);
         let front = start_front(config, pki.server_tls_config()).await.unwrap();
         let files = dir.path().join("files");

@@ -195,12 +195,12 @@ async fn main() -> anyhow::Result<()> {
     let cert = pki.issue_client(&Identity::Device(device.to_owned()), 1)?;
     let tls = tls_config(pki.ca_pem(), &cert)?;
 
-    let plain = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let cfg = edgefleet_broker::BrokerConfig {
-        mqtt_listen: plain,
+        mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         ..Default::default()
     };
-    tokio::task::spawn_blocking(move || edgefleet_broker::start(&cfg)).await??;
+    let broker = tokio::task::spawn_blocking(move || edgefleet_broker::start(&cfg)).await??;
+    let plain = broker.connect_addr();
     let front = start_front(
         FrontConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), plain),
         pki.server_tls_config(),
