@@ -23,25 +23,36 @@
 //!
 //! ## How to wire (gateway)
 //!
-//! Keep the embedded broker's plain listener on loopback, load the PKI, start the front on the
-//! same tokio runtime, re-apply stored revocations through [`FrontConfig`], and audit
-//! [`FrontEvent`]s:
+//! Keep the embedded broker's plain listener on loopback, load the PKI, bind the TLS listener
+//! (port 0 allowed: report `local_addr()`), start the front on the same tokio runtime,
+//! re-apply stored revocations through [`FrontConfig`], audit [`FrontEvent`]s, and treat the
+//! front as essential:
 //!
 //! ```text
-//! let broker = edgefleet_broker::start(&BrokerConfig { mqtt_listen: "127.0.0.1:1883".parse()?, ..Default::default() })?;
+//! let broker = spawn_blocking(move || edgefleet_broker::start(&BrokerConfig { mqtt_listen: "127.0.0.1:0".parse()?, ..Default::default() })).await??;
 //! let pki = Pki::load_or_create(&data_dir.join("pki"), &config.server_names)?;
-//! let mut front_config = FrontConfig::new(config.mqtts_listen, broker.connect_addr());
+//! let listener = front::bind(config.mqtts_listen).await?;   // FrontError::Bind says what to do
+//! let mqtts_addr = listener.local_addr()?;                   // the real port
+//! let mut front_config = FrontConfig::new(broker.connect_addr());
 //! front_config.revoked_serials = store.revoked_serials()?;
-//! let front = start_front(front_config, pki.server_tls_config()).await?;
+//! let front = start_front(listener, front_config, pki.server_tls_config())?;
 //! let mut events = front.subscribe_events(); // audit FrontEventKind::Refused
+//! let front_stopped = front.stopped();          // 'static: spawn it, select on it
+//! tasks.spawn(async move { let reason = front_stopped.await; /* log it, cancel the rest */ });
 //! // enrolling: pki.issue_client(&Identity::Device(id), 365)?  → hand out cert, key, ca_pem
 //! // decommissioning: store the serial, then front.revoke(&serial)
 //! ```
+//!
+//! Supervised: the accept loop. [`FrontHandle::stopped`] resolves if it ends (the listener
+//! failed for good: `EINVAL`, e.g. it was shut down) or panics; a transient accept error (out
+//! of file descriptors, …) is retried after 100 ms. One connection's task failing ends only
+//! that connection.
 //!
 //! Revocations live in memory only: the caller persists them. Dropping the [`FrontHandle`]
 //! stops accepting and closes every relayed connection.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +68,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -65,6 +76,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::pki::identity_from_cert;
+use crate::supervision::{self, StopSignal};
 
 /// Largest packet accepted from rumqttd towards a client (the broker is trusted; this only
 /// bounds memory if it misbehaves).
@@ -76,11 +88,10 @@ const CONNACK_UNAVAILABLE: u8 = 0x03;
 const CONNACK_NOT_AUTHORIZED: u8 = 0x05;
 const SUBACK_FAILURE: u8 = 0x80;
 
-/// Where the front listens and how it treats clients.
+/// How the front treats clients, and where it relays them. The TLS listener itself is bound
+/// by the caller and handed to [`start_front`] (see [`bind`]).
 #[derive(Debug, Clone)]
 pub struct FrontConfig {
-    /// TLS listener for devices and integrators.
-    pub listen: SocketAddr,
     /// rumqttd's plain listener (loopback) every accepted connection is relayed to.
     pub upstream: SocketAddr,
     /// Time a client has to complete the TLS handshake.
@@ -102,9 +113,8 @@ pub struct FrontConfig {
 impl FrontConfig {
     /// Defaults: 5 s handshake, 10 s to CONNECT, packets up to 1 MiB + 64 KiB (the broker's
     /// payload limit), nothing revoked.
-    pub fn new(listen: SocketAddr, upstream: SocketAddr) -> FrontConfig {
+    pub fn new(upstream: SocketAddr) -> FrontConfig {
         FrontConfig {
-            listen,
             upstream,
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
@@ -117,12 +127,9 @@ impl FrontConfig {
 }
 
 impl Default for FrontConfig {
-    /// `0.0.0.0:8883` relayed to `127.0.0.1:1883`.
+    /// Relayed to `127.0.0.1:1883`.
     fn default() -> Self {
-        FrontConfig::new(
-            SocketAddr::from(([0, 0, 0, 0], 8883)),
-            SocketAddr::from(([127, 0, 0, 1], 1883)),
-        )
+        FrontConfig::new(SocketAddr::from(([127, 0, 0, 1], 1883)))
     }
 }
 
@@ -135,6 +142,8 @@ pub enum FrontError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the TLS listener handed to the front is unusable: {0}")]
+    Listener(std::io::Error),
 }
 
 /// Something that happened on the front, for audit (see [`FrontHandle::subscribe_events`]).
@@ -169,13 +178,21 @@ pub enum FrontEventKind {
 pub struct FrontHandle {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
-    accept: JoinHandle<()>,
+    accept: AbortHandle,
+    signal: Arc<StopSignal>,
 }
 
 impl FrontHandle {
-    /// The address the TLS listener is bound to (the real port when started on port 0).
+    /// The address the TLS listener is bound to (the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Resolves, with the reason, once the accept loop is gone: it ended because the listener
+    /// failed for good, it panicked, or this handle was dropped. No new client can connect
+    /// after that; the gateway should exit. Resolves at once if that already happened.
+    pub fn stopped(&self) -> impl Future<Output = String> + Send + 'static {
+        self.signal.stopped()
     }
 
     /// Refuses the certificate with this serial (lowercase hex, as in
@@ -225,19 +242,23 @@ impl Drop for FrontHandle {
     }
 }
 
-/// Binds the TLS listener and starts accepting. `tls` must require client certificates
-/// ([`crate::pki::Pki::server_tls_config`]). Must be called within a tokio runtime.
-pub async fn start_front(
+/// Binds the TLS listener for [`start_front`] (port 0: the kernel picks one; read it with
+/// `local_addr()`), with an error that tells the operator what to do.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, FrontError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| FrontError::Bind { addr, source })
+}
+
+/// Starts accepting on `listener` (bound by the caller, e.g. with [`bind`]). `tls` must
+/// require client certificates ([`crate::pki::Pki::server_tls_config`]). Must be called
+/// within a tokio runtime: the accept loop and each connection are tasks on it.
+pub fn start_front(
+    listener: TcpListener,
     config: FrontConfig,
     tls: Arc<rustls::ServerConfig>,
 ) -> Result<FrontHandle, FrontError> {
-    let addr = config.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| FrontError::Bind { addr, source })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| FrontError::Bind { addr, source })?;
+    let local_addr = listener.local_addr().map_err(FrontError::Listener)?;
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             revoked_serials: config
@@ -255,11 +276,15 @@ pub async fn start_front(
     let acceptor = TlsAcceptor::from(tls);
     let config = Arc::new(config);
     let accept = tokio::spawn(accept_loop(listener, acceptor, config, shared.clone()));
+    let abort = accept.abort_handle();
+    let signal = StopSignal::new();
+    supervision::supervise_task("the TLS front's accept loop", accept, signal.clone());
     info!(%local_addr, "MQTT TLS front listening");
     Ok(FrontHandle {
         local_addr,
         shared,
-        accept,
+        accept: abort,
+        signal,
     })
 }
 
@@ -384,12 +409,13 @@ impl Drop for Registration {
     }
 }
 
+/// Accepts until the listener fails for good; returns why.
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     config: Arc<FrontConfig>,
     shared: Arc<Shared>,
-) {
+) -> String {
     let pending = Arc::new(tokio::sync::Semaphore::new(config.max_pending_handshakes));
     loop {
         match listener.accept().await {
@@ -412,6 +438,12 @@ async fn accept_loop(
                     shared.clone(),
                     permit,
                 ));
+            }
+            // EINVAL: the socket is not listening any more (shut down); nothing will ever be
+            // accepted again.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                warn!(error = %e, "the TLS front's listener failed; no more connections");
+                return format!("the listener failed: {e}");
             }
             Err(e) => {
                 // Typically out of file descriptors: back off instead of spinning.

@@ -22,8 +22,12 @@
 //! ```text
 //! let broker = spawn_blocking(move || edgefleet_broker::start(&broker_config)).await??;
 //! report(broker.listen_addr());                       // the real port when given port 0
-//! tokio::select! {                                    // essential: its end ends the process
+//! let listener = front::bind(config.mqtts_listen).await?;
+//! report(listener.local_addr()?);
+//! let front = start_front(listener, FrontConfig::new(broker.connect_addr()), tls)?;
+//! tokio::select! {                                    // essential: either ending ends the process
 //!     reason = broker.stopped() => exit(reason),
+//!     reason = front.stopped() => exit(reason),
 //!     _ = shutdown.cancelled() => {}
 //! }
 //! ```

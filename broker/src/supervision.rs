@@ -8,6 +8,7 @@
 //!   leaves the process up with no MQTT moving (SPEC.md §13); a process-wide panic hook,
 //!   installed once and chained to the previous one (panics are still printed), recognizes
 //!   these threads by name and sets their broker's signal.
+//! - [`supervise_task`]: the same for a tokio task (the front's accept loop).
 //!
 //! Any panic on a broker thread counts as the broker being dead: rumqttd holds locks across
 //! code that panics (a panic poisons them and every later connection fails), so nothing short
@@ -21,6 +22,7 @@ use std::sync::{Arc, LazyLock, Once};
 
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Set once, with the reason; later reasons are ignored (the first cause is the one to read).
 #[derive(Debug)]
@@ -147,6 +149,25 @@ fn install_panic_hook() {
     });
 }
 
+/// Sets `signal` when `task` ends: how it ended (returned with a reason, panicked, or was
+/// aborted) becomes the reason. Spawns a small watcher task.
+pub(crate) fn supervise_task(
+    what: &'static str,
+    task: JoinHandle<String>,
+    signal: Arc<StopSignal>,
+) {
+    tokio::spawn(async move {
+        let reason = match task.await {
+            Ok(reason) => format!("{what} ended: {reason}"),
+            Err(e) if e.is_panic() => {
+                format!("{what} panicked: {}", panic_message(&*e.into_panic()))
+            }
+            Err(_) => format!("{what} was shut down"),
+        };
+        signal.stop(reason);
+    });
+}
+
 /// The message of a panic payload (`panic!` gives a `&str` or a `String`).
 fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -160,6 +181,10 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use futures_util::FutureExt;
+
     use super::*;
 
     #[tokio::test]
@@ -171,6 +196,40 @@ mod tests {
         assert_eq!(early.await, "first");
         assert_eq!(signal.stopped().await, "first");
         assert_eq!(signal.reason().as_deref(), Some("first"));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_stops_its_signal_with_the_message() {
+        let signal = StopSignal::new();
+        let task = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("accept loop exploded");
+            }
+            String::new()
+        });
+        supervise_task("the accept loop", task, signal.clone());
+        let reason = tokio::time::timeout(Duration::from_secs(5), signal.stopped())
+            .await
+            .expect("a panicked task is noticed");
+        assert_eq!(reason, "the accept loop panicked: accept loop exploded");
+    }
+
+    #[tokio::test]
+    async fn an_aborted_or_finished_task_stops_its_signal() {
+        let signal = StopSignal::new();
+        let task = tokio::spawn(std::future::pending::<String>());
+        let abort = task.abort_handle();
+        supervise_task("the accept loop", task, signal.clone());
+        assert!(signal.stopped().now_or_never().is_none());
+        abort.abort();
+        let reason = tokio::time::timeout(Duration::from_secs(5), signal.stopped()).await;
+        assert_eq!(reason.unwrap(), "the accept loop was shut down");
+
+        let signal = StopSignal::new();
+        let task = tokio::spawn(async { "listener closed".to_owned() });
+        supervise_task("the accept loop", task, signal.clone());
+        let reason = tokio::time::timeout(Duration::from_secs(5), signal.stopped()).await;
+        assert_eq!(reason.unwrap(), "the accept loop ended: listener closed");
     }
 
     #[test]

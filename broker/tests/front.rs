@@ -1,6 +1,7 @@
 //! The TLS front against a real rumqttd (started with `edgefleet_broker::start`) and real
 //! clients: rumqttc over rustls, mosquitto_pub / mosquitto_sub, and a raw TLS socket for
-//! packets no well-behaved client sends. Every wait polls with a deadline.
+//! packets no well-behaved client sends. Every wait polls with a deadline. Every listener is
+//! on port 0 and asked for its real address.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,11 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use edgefleet_broker::front::{FrontConfig, FrontEvent, FrontEventKind, FrontHandle, start_front};
+use edgefleet_broker::front::{
+    self, FrontConfig, FrontEvent, FrontEventKind, FrontHandle, start_front,
+};
 use edgefleet_broker::pki::{IssuedCert, Pki};
 use edgefleet_broker::{BrokerConfig, start};
 use edgefleet_protocol::acl::{Action, Identity};
 use edgefleet_protocol::topics::{self, TopicKind};
+use futures_util::FutureExt;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
     MqttOptions, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
@@ -47,6 +51,12 @@ impl Gateway {
     }
 
     async fn start_with(tune: impl FnOnce(&mut FrontConfig)) -> Gateway {
+        let listener = front::bind(any_port()).await.unwrap();
+        Self::start_on(listener, tune)
+    }
+
+    /// The front on a listener the test bound itself.
+    fn start_on(listener: tokio::net::TcpListener, tune: impl FnOnce(&mut FrontConfig)) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let broker = start(&BrokerConfig {
             mqtt_listen: any_port(),
@@ -54,9 +64,9 @@ impl Gateway {
         })
         .expect("broker starts");
         let pki = Pki::load_or_create(&dir.path().join("pki"), &[]).unwrap();
-        let mut config = FrontConfig::new(any_port(), broker.connect_addr());
+        let mut config = FrontConfig::new(broker.connect_addr());
         tune(&mut config);
-        let front = start_front(config, pki.server_tls_config()).await.unwrap();
+        let front = start_front(listener, config, pki.server_tls_config()).unwrap();
         let files = dir.path().join("files");
         std::fs::create_dir(&files).unwrap();
         std::fs::write(files.join("ca.pem"), pki.ca_pem()).unwrap();
@@ -954,11 +964,74 @@ async fn a_revoked_device_is_cut_off_and_its_will_fires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_error_says_what_to_do() {
     let gw = Gateway::start().await;
-    let err = start_front(
-        FrontConfig::new(gw.front.local_addr(), gw.broker),
-        gw.pki.server_tls_config(),
-    )
-    .await
-    .unwrap_err();
+    let err = front::bind(gw.front.local_addr()).await.unwrap_err();
     assert!(err.to_string().contains("choose another address"), "{err}");
+}
+
+/// A front that serves is not stopped; dropping its handle stops it (and closes the relayed
+/// connections, as before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_front_is_not_stopped_and_a_dropped_one_is() {
+    let gw = Gateway::start().await;
+    let mut stopped = Box::pin(gw.front.stopped());
+    assert!((&mut stopped).now_or_never().is_none());
+    let cert = gw.issue(&device("press-a"));
+    let a_status = TopicKind::DeviceStatus.for_device("press-a");
+    let mut a = Client::tls(&gw, "edgefleet-agent-press-a", &cert);
+    a.connected().await;
+    a.client
+        .publish(
+            &a_status,
+            QoS::AtLeastOnce,
+            true,
+            b"through-the-front".to_vec(),
+        )
+        .await
+        .unwrap();
+    a.expect("PUBACK", |e| {
+        matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(())
+    })
+    .await;
+    assert_eq!(retained(&gw, &a_status).await, b"through-the-front");
+    assert!(
+        (&mut stopped).now_or_never().is_none(),
+        "a front that just relayed a round trip is not stopped"
+    );
+
+    let Gateway { front, .. } = gw;
+    drop(front);
+    let reason = tokio::time::timeout(WAIT, stopped)
+        .await
+        .expect("dropping the handle stops the front");
+    assert_eq!(reason, "the TLS front's accept loop was shut down");
+    a.closed("relayed connection closed with the front").await;
+}
+
+/// When the listening socket fails for good (here: shut down through a duplicate of its
+/// descriptor, after which accept(2) gives EINVAL), the accept loop ends and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_whose_listener_fails_is_stopped() {
+    let listener = std::net::TcpListener::bind(any_port()).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let duplicate = listener.try_clone().unwrap();
+    let gw = Gateway::start_on(tokio::net::TcpListener::from_std(listener).unwrap(), |_| {});
+    let stopped = gw.front.stopped();
+    let mut a = Client::tls(
+        &gw,
+        "edgefleet-agent-press-a",
+        &gw.issue(&device("press-a")),
+    );
+    a.connected().await;
+
+    let socket = std::net::TcpStream::from(std::os::fd::OwnedFd::from(duplicate));
+    socket.shutdown(std::net::Shutdown::Read).unwrap();
+    let reason = tokio::time::timeout(WAIT, stopped)
+        .await
+        .expect("the accept loop's end is reported");
+    assert!(
+        reason.starts_with("the TLS front's accept loop ended: the listener failed: "),
+        "{reason}"
+    );
+    let refused = TcpStream::connect(gw.front.local_addr()).await;
+    assert!(refused.is_err(), "nothing listens any more");
 }

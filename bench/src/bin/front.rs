@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use edgefleet_broker::front::{FrontConfig, start_front};
+use edgefleet_broker::front::{self, FrontConfig, start_front};
 use edgefleet_broker::pki::{IssuedCert, Pki};
 use edgefleet_protocol::acl::{Identity, device_client_id};
 use edgefleet_protocol::topics::TopicKind;
@@ -202,10 +202,10 @@ async fn main() -> anyhow::Result<()> {
     let broker = tokio::task::spawn_blocking(move || edgefleet_broker::start(&cfg)).await??;
     let plain = broker.connect_addr();
     let front = start_front(
-        FrontConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), plain),
+        front::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?,
+        FrontConfig::new(plain),
         pki.server_tls_config(),
-    )
-    .await?;
+    )?;
 
     let mut paths = vec![
         Path_ {
