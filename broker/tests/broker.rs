@@ -51,7 +51,16 @@ async fn round_trip(addr: SocketAddr, topic: &str) {
             Ok(Ok(_)) => {}
         }
     }
-    client.disconnect().await.ok();
+    // Let the broker close first: dropping the socket right after DISCONNECT can make
+    // rumqttd 0.20 disconnect the next client given the same connection id.
+    client.disconnect().await.unwrap();
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Err(_) => panic!("the broker on {addr} did not close after DISCONNECT"),
+            Ok(Err(_)) => break,
+            Ok(Ok(_)) => {}
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

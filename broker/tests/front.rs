@@ -202,6 +202,17 @@ impl Client {
         }
     }
 
+    /// Sends DISCONNECT and waits until the broker has closed the connection. Dropping the
+    /// socket right after DISCONNECT instead races inside rumqttd 0.20: its router frees the
+    /// connection id on the DISCONNECT, then the link, seeing the socket closed, reports a
+    /// disconnect for that id, which by then may belong to the next client (seen here: a
+    /// `writer-8` cut off right after its CONNACK by `writer-7`'s late report).
+    async fn disconnect(&mut self) {
+        self.client.disconnect().await.unwrap();
+        self.closed("the broker closing the connection after DISCONNECT")
+            .await;
+    }
+
     async fn suback(&mut self) -> Vec<SubscribeReasonCode> {
         self.expect("SUBACK", |e| match e {
             Event::Incoming(Incoming::SubAck(ack)) => Some(ack.return_codes.clone()),
@@ -256,7 +267,7 @@ async fn retained(gw: &Gateway, topic: &str) -> Vec<u8> {
         .await
         .unwrap();
     let payload = reader.message(topic).await;
-    reader.client.disconnect().await.ok();
+    reader.disconnect().await;
     payload
 }
 
@@ -279,7 +290,7 @@ async fn publish_loopback(gw: &Gateway, topic: &str, payload: &str, retain: bool
             matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(())
         })
         .await;
-    writer.client.disconnect().await.ok();
+    writer.disconnect().await;
 }
 
 /// Next front event matching `pred` within [`WAIT`].
