@@ -16,7 +16,10 @@
 //!   connection only;
 //! - when the client goes away without DISCONNECT (or is refused or revoked), the upstream
 //!   socket is dropped without DISCONNECT, so rumqttd fires the client's last will (device
-//!   presence relies on it); a DISCONNECT from the client is forwarded.
+//!   presence relies on it); a DISCONNECT from the client is forwarded, and then rumqttd
+//!   closes the upstream connection first (if the front closed it first, rumqttd 0.20 could
+//!   report that disconnect again under a connection id already given to the next client,
+//!   and cut that client off).
 //!
 //! rumqttd keeps all session handling (keepalive, wills, retained messages, QoS). Why a proxy
 //! and not a link into rumqttd's router: ARCHITECTURE.md, "Network front".
@@ -87,6 +90,9 @@ const CONNACK_BAD_CLIENT_ID: u8 = 0x02;
 const CONNACK_UNAVAILABLE: u8 = 0x03;
 const CONNACK_NOT_AUTHORIZED: u8 = 0x05;
 const SUBACK_FAILURE: u8 = 0x80;
+/// After forwarding a client's DISCONNECT, how long the front waits for rumqttd to close the
+/// upstream connection before closing it itself.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 
 /// How the front treats clients, and where it relays them. The TLS listener itself is bound
 /// by the caller and handed to [`start_front`] (see [`bind`]).
@@ -615,10 +621,20 @@ impl Session {
 
         let client_wr = tokio::sync::Mutex::new(client_wr);
         let pending = PendingSubAcks::default();
+        let to_client = broker_to_client(up_rd, &client_wr, &pending);
+        tokio::pin!(to_client);
         let end = tokio::select! {
-            end = self.client_to_broker(client_rd, buf, up_wr, &client_wr, &pending) => end,
-            end = broker_to_client(up_rd, &client_wr, &pending) => end,
+            end = self.client_to_broker(client_rd, buf, &mut up_wr, &client_wr, &pending) => end,
+            end = &mut to_client => end,
         };
+        if let End::Clean = end {
+            // The DISCONNECT is forwarded: let rumqttd close first. Its router frees the
+            // connection id on the DISCONNECT; if our socket closed before the link saw the
+            // router let go, the link would report a disconnect for that id too, and by then
+            // the id may belong to the next client, which rumqttd 0.20 would cut off (and fire
+            // its will). `up_wr` is still open here; the broker closing ends `to_client`.
+            let _ = timeout(DISCONNECT_GRACE, &mut to_client).await;
+        }
         Some(end)
     }
 
@@ -685,7 +701,7 @@ impl Session {
         &self,
         mut client_rd: ReadHalf<Tls>,
         mut buf: BytesMut,
-        mut up_wr: tokio::net::tcp::OwnedWriteHalf,
+        up_wr: &mut tokio::net::tcp::OwnedWriteHalf,
         client_wr: &tokio::sync::Mutex<WriteHalf<Tls>>,
         pending: &PendingSubAcks,
     ) -> End {
@@ -730,7 +746,7 @@ impl Session {
                     }
                 }
                 Packet::Disconnect(..) => {
-                    let _ = write_flush(&mut up_wr, &raw).await;
+                    let _ = write_flush(up_wr, &raw).await;
                     return End::Clean;
                 }
                 Packet::Unsubscribe(..)
@@ -751,7 +767,7 @@ impl Session {
                     );
                 }
             };
-            if let Err(e) = write_flush(&mut up_wr, &forward).await {
+            if let Err(e) = write_flush(up_wr, &forward).await {
                 return End::Dropped(format!("broker connection lost: {e}"));
             }
         }

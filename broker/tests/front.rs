@@ -1046,3 +1046,54 @@ async fn a_front_whose_listener_fails_is_stopped() {
     let refused = TcpStream::connect(gw.front.local_addr()).await;
     assert!(refused.is_err(), "nothing listens any more");
 }
+
+/// After forwarding a client's DISCONNECT the front leaves the upstream connection open until
+/// the broker closes it: rumqttd 0.20 frees the connection id on the DISCONNECT, and if the
+/// socket closed first its link would report the disconnect again, under an id that may
+/// already be the next client's (seen in this suite: a client cut off right after CONNACK).
+/// A fake upstream shows it: what it sends after the DISCONNECT still reaches the client,
+/// which is only possible if the front has not closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_clean_disconnect_the_broker_closes_first() {
+    let upstream = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let fake = upstream.local_addr().unwrap();
+    let gw = Gateway::start_with(|c| c.upstream = fake).await;
+    let mut events = gw.front.subscribe_events();
+    let mut raw = raw_tls(&gw, &gw.issue(&device("press-a"))).await;
+    raw.write_all(&connect_packet("edgefleet-agent-press-a"))
+        .await
+        .unwrap();
+
+    let (mut broker, _) = upstream.accept().await.unwrap();
+    let connect = connect_packet("edgefleet-agent-press-a");
+    let mut got = vec![0u8; connect.len()];
+    broker.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, &connect[..], "the CONNECT reaches the broker");
+    broker.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+    let mut connack = [0u8; 4];
+    raw.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+
+    raw.write_all(&[0xE0, 0x00]).await.unwrap();
+    raw.flush().await.unwrap();
+    let mut disconnect = [0u8; 2];
+    broker.read_exact(&mut disconnect).await.unwrap();
+    assert_eq!(disconnect, [0xE0, 0x00], "the DISCONNECT is forwarded");
+    // A PINGRESP after the DISCONNECT, then the broker closes.
+    broker.write_all(&[0xD0, 0x00]).await.unwrap();
+    drop(broker);
+    let after = read_until_closed(&mut raw)
+        .await
+        .expect("the front closes once the broker has");
+    assert_eq!(after, [0xD0, 0x00], "the front was still relaying");
+    let ended = front_event(&mut events, "the clean disconnect", |e| {
+        matches!(e.kind, FrontEventKind::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(
+        ended.kind,
+        FrontEventKind::Disconnected {
+            reason: "client sent DISCONNECT".to_owned()
+        }
+    );
+}
