@@ -11,11 +11,11 @@ ulimit -n 65536 2>/dev/null || true
 echo "| broker | clients | connect+subscribe | delivered | all delivered in | reconnects |"
 echo "|---|---|---|---|---|---|"
 for n in "${counts[@]}"; do
-  "$bin" --clients "$n" --broker sample --port 18883 --label "rumqttd, sample limits"
-  "$bin" --clients "$n" --broker tuned --port 18884 --label "rumqttd, gateway limits"
+  "$bin" --clients "$n" --broker sample --label "rumqttd, sample limits"
+  "$bin" --clients "$n" --broker tuned --label "rumqttd, gateway limits"
   conf=$(mktemp); printf 'listener 18885 127.0.0.1\nallow_anonymous true\nmax_connections -1\n' > "$conf"
   mosquitto -c "$conf" >/dev/null 2>&1 & mpid=$!
-  sleep 0.5
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/18885) 2>/dev/null && break; sleep 0.05; done
   "$bin" --clients "$n" --broker external --port 18885 --label "mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')"
   kill "$mpid"; wait "$mpid" 2>/dev/null || true; rm -f "$conf"
 done

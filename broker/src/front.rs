@@ -16,38 +16,53 @@
 //!   connection only;
 //! - when the client goes away without DISCONNECT (or is refused or revoked), the upstream
 //!   socket is dropped without DISCONNECT, so rumqttd fires the client's last will (device
-//!   presence relies on it); a DISCONNECT from the client is forwarded.
+//!   presence relies on it); a DISCONNECT from the client is forwarded, and then rumqttd
+//!   closes the upstream connection first (if the front closed it first, rumqttd 0.20 could
+//!   report that disconnect again under a connection id already given to the next client,
+//!   and cut that client off).
 //!
 //! rumqttd keeps all session handling (keepalive, wills, retained messages, QoS). Why a proxy
 //! and not a link into rumqttd's router: ARCHITECTURE.md, "Network front".
 //!
 //! ## How to wire (gateway)
 //!
-//! Keep the embedded broker's plain listener on loopback, load the PKI, start the front on the
-//! same tokio runtime, re-apply stored revocations through [`FrontConfig`], and audit
-//! [`FrontEvent`]s:
+//! Keep the embedded broker's plain listener on loopback, load the PKI, bind the TLS listener
+//! (port 0 allowed: report `local_addr()`), start the front on the same tokio runtime,
+//! re-apply stored revocations through [`FrontConfig`], audit [`FrontEvent`]s, and treat the
+//! front as essential:
 //!
 //! ```text
-//! let broker = edgefleet_broker::start(&BrokerConfig { mqtt_listen: "127.0.0.1:1883".parse()?, ..Default::default() })?;
+//! let broker = spawn_blocking(move || edgefleet_broker::start(&BrokerConfig { mqtt_listen: "127.0.0.1:0".parse()?, ..Default::default() })).await??;
 //! let pki = Pki::load_or_create(&data_dir.join("pki"), &config.server_names)?;
-//! let mut front_config = FrontConfig::new(config.mqtts_listen, broker.connect_addr());
+//! let listener = front::bind(config.mqtts_listen).await?;   // FrontError::Bind says what to do
+//! let mqtts_addr = listener.local_addr()?;                   // the real port
+//! let mut front_config = FrontConfig::new(broker.connect_addr());
 //! front_config.revoked_serials = store.revoked_serials()?;
-//! let front = start_front(front_config, pki.server_tls_config()).await?;
+//! let front = start_front(listener, front_config, pki.server_tls_config())?;
 //! let mut events = front.subscribe_events(); // audit FrontEventKind::Refused
+//! let front_stopped = front.stopped();          // 'static: spawn it, select on it
+//! tasks.spawn(async move { let reason = front_stopped.await; /* log it, cancel the rest */ });
 //! // enrolling: pki.issue_client(&Identity::Device(id), 365)?  → hand out cert, key, ca_pem
 //! // decommissioning: store the serial, then front.revoke(&serial)
 //! ```
+//!
+//! Supervised: the accept loop. [`FrontHandle::stopped`] resolves if it ends (the listener
+//! failed for good: `EINVAL`, e.g. it was shut down) or panics; a transient accept error (out
+//! of file descriptors, …) is retried after 100 ms. One connection's task failing ends only
+//! that connection.
 //!
 //! Revocations live in memory only: the caller persists them. Dropping the [`FrontHandle`]
 //! stops accepting and closes every relayed connection.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use edgefleet_protocol::acl::{self, Action, Denied, Identity};
+use parking_lot::Mutex;
 use rumqttd::protocol::v4::{self, V4};
 use rumqttd::protocol::{
     Error as CodecError, Packet, Protocol, SubAck, Subscribe, SubscribeReasonCode,
@@ -56,7 +71,7 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -64,6 +79,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::pki::identity_from_cert;
+use crate::supervision::{self, StopSignal};
 
 /// Largest packet accepted from rumqttd towards a client (the broker is trusted; this only
 /// bounds memory if it misbehaves).
@@ -74,12 +90,14 @@ const CONNACK_BAD_CLIENT_ID: u8 = 0x02;
 const CONNACK_UNAVAILABLE: u8 = 0x03;
 const CONNACK_NOT_AUTHORIZED: u8 = 0x05;
 const SUBACK_FAILURE: u8 = 0x80;
+/// After forwarding a client's DISCONNECT, how long the front waits for rumqttd to close the
+/// upstream connection before closing it itself.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 
-/// Where the front listens and how it treats clients.
+/// How the front treats clients, and where it relays them. The TLS listener itself is bound
+/// by the caller and handed to [`start_front`] (see [`bind`]).
 #[derive(Debug, Clone)]
 pub struct FrontConfig {
-    /// TLS listener for devices and integrators.
-    pub listen: SocketAddr,
     /// rumqttd's plain listener (loopback) every accepted connection is relayed to.
     pub upstream: SocketAddr,
     /// Time a client has to complete the TLS handshake.
@@ -101,9 +119,8 @@ pub struct FrontConfig {
 impl FrontConfig {
     /// Defaults: 5 s handshake, 10 s to CONNECT, packets up to 1 MiB + 64 KiB (the broker's
     /// payload limit), nothing revoked.
-    pub fn new(listen: SocketAddr, upstream: SocketAddr) -> FrontConfig {
+    pub fn new(upstream: SocketAddr) -> FrontConfig {
         FrontConfig {
-            listen,
             upstream,
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
@@ -116,12 +133,9 @@ impl FrontConfig {
 }
 
 impl Default for FrontConfig {
-    /// `0.0.0.0:8883` relayed to `127.0.0.1:1883`.
+    /// Relayed to `127.0.0.1:1883`.
     fn default() -> Self {
-        FrontConfig::new(
-            SocketAddr::from(([0, 0, 0, 0], 8883)),
-            SocketAddr::from(([127, 0, 0, 1], 1883)),
-        )
+        FrontConfig::new(SocketAddr::from(([127, 0, 0, 1], 1883)))
     }
 }
 
@@ -134,6 +148,8 @@ pub enum FrontError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the TLS listener handed to the front is unusable: {0}")]
+    Listener(std::io::Error),
 }
 
 /// Something that happened on the front, for audit (see [`FrontHandle::subscribe_events`]).
@@ -168,13 +184,21 @@ pub enum FrontEventKind {
 pub struct FrontHandle {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
-    accept: JoinHandle<()>,
+    accept: AbortHandle,
+    signal: Arc<StopSignal>,
 }
 
 impl FrontHandle {
-    /// The address the TLS listener is bound to (the real port when started on port 0).
+    /// The address the TLS listener is bound to (the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Resolves, with the reason, once the accept loop is gone: it ended because the listener
+    /// failed for good, it panicked, or this handle was dropped. No new client can connect
+    /// after that; the gateway should exit. Resolves at once if that already happened.
+    pub fn stopped(&self) -> impl Future<Output = String> + Send + 'static {
+        self.signal.stopped()
     }
 
     /// Refuses the certificate with this serial (lowercase hex, as in
@@ -182,7 +206,7 @@ impl FrontHandle {
     /// without DISCONNECT, so the broker publishes their wills. Returns how many were closed.
     pub fn revoke(&self, serial: &str) -> usize {
         let serial = serial.to_ascii_lowercase();
-        let mut state = self.shared.lock();
+        let mut state = self.shared.state.lock();
         let closed = state.close_where(|live| live.serial == serial);
         state.revoked_serials.insert(serial);
         closed
@@ -191,7 +215,7 @@ impl FrontHandle {
     /// Refuses every certificate of `identity` from now on and closes its live connections
     /// (wills fire). Returns how many were closed.
     pub fn revoke_identity(&self, identity: &Identity) -> usize {
-        let mut state = self.shared.lock();
+        let mut state = self.shared.state.lock();
         let closed = state.close_where(|live| &live.identity == identity);
         state.revoked_identities.insert(identity.clone());
         closed
@@ -200,6 +224,7 @@ impl FrontHandle {
     /// Connections currently relayed for `identity`.
     pub fn connections_of(&self, identity: &Identity) -> usize {
         self.shared
+            .state
             .lock()
             .live
             .values()
@@ -217,25 +242,29 @@ impl FrontHandle {
 impl Drop for FrontHandle {
     fn drop(&mut self) {
         self.accept.abort();
-        let mut state = self.shared.lock();
+        let mut state = self.shared.state.lock();
         state.closed = true;
         state.close_where(|_| true);
     }
 }
 
-/// Binds the TLS listener and starts accepting. `tls` must require client certificates
-/// ([`crate::pki::Pki::server_tls_config`]). Must be called within a tokio runtime.
-pub async fn start_front(
+/// Binds the TLS listener for [`start_front`] (port 0: the kernel picks one; read it with
+/// `local_addr()`), with an error that tells the operator what to do.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, FrontError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| FrontError::Bind { addr, source })
+}
+
+/// Starts accepting on `listener` (bound by the caller, e.g. with [`bind`]). `tls` must
+/// require client certificates ([`crate::pki::Pki::server_tls_config`]). Must be called
+/// within a tokio runtime: the accept loop and each connection are tasks on it.
+pub fn start_front(
+    listener: TcpListener,
     config: FrontConfig,
     tls: Arc<rustls::ServerConfig>,
 ) -> Result<FrontHandle, FrontError> {
-    let addr = config.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| FrontError::Bind { addr, source })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| FrontError::Bind { addr, source })?;
+    let local_addr = listener.local_addr().map_err(FrontError::Listener)?;
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             revoked_serials: config
@@ -253,16 +282,22 @@ pub async fn start_front(
     let acceptor = TlsAcceptor::from(tls);
     let config = Arc::new(config);
     let accept = tokio::spawn(accept_loop(listener, acceptor, config, shared.clone()));
+    let abort = accept.abort_handle();
+    let signal = StopSignal::new();
+    supervision::supervise_task("the TLS front's accept loop", accept, signal.clone());
     info!(%local_addr, "MQTT TLS front listening");
     Ok(FrontHandle {
         local_addr,
         shared,
-        accept,
+        accept: abort,
+        signal,
     })
 }
 
 #[derive(Debug)]
 struct Shared {
+    /// `parking_lot`: no poisoning, so a panic in one connection's task (which never holds
+    /// this across anything that can leave the sets half-changed) does not stop the others.
     state: Mutex<State>,
     events: broadcast::Sender<FrontEvent>,
 }
@@ -296,11 +331,6 @@ impl State {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the sets inconsistent; keep serving.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn emit(&self, identity: Option<&Identity>, peer: SocketAddr, kind: FrontEventKind) {
         let who = identity.map_or_else(|| "unknown".to_owned(), ToString::to_string);
         match &kind {
@@ -343,7 +373,7 @@ impl Shared {
         identity: &Identity,
         serial: &str,
     ) -> Result<Registration, &'static str> {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if state.closed {
             return Err("the front is shutting down");
         }
@@ -381,16 +411,17 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.shared.lock().live.remove(&self.id);
+        self.shared.state.lock().live.remove(&self.id);
     }
 }
 
+/// Accepts until the listener fails for good; returns why.
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     config: Arc<FrontConfig>,
     shared: Arc<Shared>,
-) {
+) -> String {
     let pending = Arc::new(tokio::sync::Semaphore::new(config.max_pending_handshakes));
     loop {
         match listener.accept().await {
@@ -413,6 +444,12 @@ async fn accept_loop(
                     shared.clone(),
                     permit,
                 ));
+            }
+            // EINVAL: the socket is not listening any more (shut down); nothing will ever be
+            // accepted again.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                warn!(error = %e, "the TLS front's listener failed; no more connections");
+                return format!("the listener failed: {e}");
             }
             Err(e) => {
                 // Typically out of file descriptors: back off instead of spinning.
@@ -584,10 +621,20 @@ impl Session {
 
         let client_wr = tokio::sync::Mutex::new(client_wr);
         let pending = PendingSubAcks::default();
+        let to_client = broker_to_client(up_rd, &client_wr, &pending);
+        tokio::pin!(to_client);
         let end = tokio::select! {
-            end = self.client_to_broker(client_rd, buf, up_wr, &client_wr, &pending) => end,
-            end = broker_to_client(up_rd, &client_wr, &pending) => end,
+            end = self.client_to_broker(client_rd, buf, &mut up_wr, &client_wr, &pending) => end,
+            end = &mut to_client => end,
         };
+        if let End::Clean = end {
+            // The DISCONNECT is forwarded: let rumqttd close first. Its router frees the
+            // connection id on the DISCONNECT; if our socket closed before the link saw the
+            // router let go, the link would report a disconnect for that id too, and by then
+            // the id may belong to the next client, which rumqttd 0.20 would cut off (and fire
+            // its will). `up_wr` is still open here; the broker closing ends `to_client`.
+            let _ = timeout(DISCONNECT_GRACE, &mut to_client).await;
+        }
         Some(end)
     }
 
@@ -654,7 +701,7 @@ impl Session {
         &self,
         mut client_rd: ReadHalf<Tls>,
         mut buf: BytesMut,
-        mut up_wr: tokio::net::tcp::OwnedWriteHalf,
+        up_wr: &mut tokio::net::tcp::OwnedWriteHalf,
         client_wr: &tokio::sync::Mutex<WriteHalf<Tls>>,
         pending: &PendingSubAcks,
     ) -> End {
@@ -699,7 +746,7 @@ impl Session {
                     }
                 }
                 Packet::Disconnect(..) => {
-                    let _ = write_flush(&mut up_wr, &raw).await;
+                    let _ = write_flush(up_wr, &raw).await;
                     return End::Clean;
                 }
                 Packet::Unsubscribe(..)
@@ -720,7 +767,7 @@ impl Session {
                     );
                 }
             };
-            if let Err(e) = write_flush(&mut up_wr, &forward).await {
+            if let Err(e) = write_flush(up_wr, &forward).await {
                 return End::Dropped(format!("broker connection lost: {e}"));
             }
         }
@@ -748,7 +795,7 @@ impl Session {
         if allowed.is_empty() {
             return SubscribeVerdict::Answer(encode_suback(subscribe.pkid, &codes));
         }
-        lock(pending).insert(subscribe.pkid, codes);
+        pending.lock().insert(subscribe.pkid, codes);
         let mut out = BytesMut::new();
         let packet = Packet::Subscribe(
             Subscribe {
@@ -761,7 +808,8 @@ impl Session {
             Ok(_) => SubscribeVerdict::Forward(Some(out.freeze())),
             // Cannot happen for a packet we just decoded with fewer filters; refuse all.
             Err(_) => {
-                let codes = lock(pending)
+                let codes = pending
+                    .lock()
                     .remove(&subscribe.pkid)
                     .unwrap_or_default()
                     .iter()
@@ -778,10 +826,6 @@ enum SubscribeVerdict {
     Forward(Option<Bytes>),
     /// Every filter refused: answer this SUBACK, forward nothing.
     Answer(Bytes),
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Broker → client: copied packet by packet, except SUBACKs of partly refused SUBSCRIBEs,
@@ -804,7 +848,7 @@ async fn broker_to_client(
                 Ok(header) => {
                     let frame = buf.split_to(header.frame_length());
                     let is_suback = header.byte1 >> 4 == 9;
-                    if is_suback && !lock(pending).is_empty() {
+                    if is_suback && !pending.lock().is_empty() {
                         out.extend_from_slice(&merge_suback(frame, pending));
                     } else {
                         out.extend_from_slice(&frame);
@@ -833,7 +877,7 @@ fn merge_suback(frame: BytesMut, pending: &PendingSubAcks) -> Bytes {
     let Ok(Packet::SubAck(suback, _)) = V4.read_mut(&mut frame, MAX_UPSTREAM_PACKET) else {
         return original;
     };
-    let Some(template) = lock(pending).remove(&suback.pkid) else {
+    let Some(template) = pending.lock().remove(&suback.pkid) else {
         return original;
     };
     let mut from_broker = suback.return_codes.iter().map(|c| match c {
@@ -918,14 +962,16 @@ mod tests {
     #[test]
     fn merged_suback_keeps_the_clients_order() {
         let pending = PendingSubAcks::default();
-        lock(&pending).insert(7, vec![Some(0x80), None, Some(0x80), None]);
+        pending
+            .lock()
+            .insert(7, vec![Some(0x80), None, Some(0x80), None]);
         let broker = encode_suback(7, &[Some(1), Some(0)]);
         let merged = merge_suback(BytesMut::from(&broker[..]), &pending);
         assert_eq!(
             &merged[..],
             &[0x90, 0x06, 0x00, 0x07, 0x80, 0x01, 0x80, 0x00]
         );
-        assert!(lock(&pending).is_empty());
+        assert!(pending.lock().is_empty());
         // A SUBACK nobody waits for passes unchanged.
         let other = encode_suback(8, &[Some(1)]);
         assert_eq!(merge_suback(BytesMut::from(&other[..]), &pending), other);

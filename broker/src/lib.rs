@@ -8,23 +8,59 @@
 //!
 //! ## Layout
 //! - [`BrokerConfig`]: the knobs we expose, with the values we chose and why.
-//! - [`start`]: starts the broker on its own thread and waits until the listener accepts.
+//! - [`start`]: starts the broker on its own thread (any address, port 0 included) and waits
+//!   until its listener accepts; the [`BrokerHandle`] reports the real address and when the
+//!   broker died ([`BrokerHandle::stopped`]).
+//! - [`reservation`]: holds an address for a listener that binds it itself (rumqttd,
+//!   Mosquitto), which is how port 0 works without a bind-and-release race.
+//! - `supervision`: the stop signals, and the panic hook that recognizes the broker's threads.
 //! - [`pki`]: the gateway's CA, server certificate and client certificates.
 //! - [`front`]: the TLS listener that confines each identity to its topics.
 //!
+//! ## How to wire (gateway)
+//!
+//! ```text
+//! let broker = spawn_blocking(move || edgefleet_broker::start(&broker_config)).await??;
+//! report(broker.listen_addr());                       // the real port when given port 0
+//! let listener = front::bind(config.mqtts_listen).await?;
+//! report(listener.local_addr()?);
+//! let front = start_front(listener, FrontConfig::new(broker.connect_addr()), tls)?;
+//! tokio::select! {                                    // essential: either ending ends the process
+//!     reason = broker.stopped() => exit(reason),
+//!     reason = front.stopped() => exit(reason),
+//!     _ = shutdown.cancelled() => {}
+//! }
+//! ```
+//!
 //! rumqttd's `Broker::start()` blocks forever and has no shutdown API, so the broker lives as
-//! long as the process that started it.
+//! long as the process that started it. Nor does it notice its own death: a panic on its
+//! router thread leaves the listener accepting and no message moving (SPEC.md §13). So
+//! [`BrokerHandle::stopped`] resolves when any of the broker's threads panics or when
+//! `Broker::start()` returns, and the process is meant to exit then and be restarted. Panics
+//! are seen through a process-wide panic hook installed by the first [`start`]; a hook set
+//! later must chain to the one it replaces (`std::panic::take_hook`), or broker panics go
+//! unnoticed again.
 
 pub mod front;
 pub mod pki;
+pub mod reservation;
+mod supervision;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
 use thiserror::Error;
+
+use crate::reservation::PortReservation;
+use crate::supervision::{BrokerThreads, StopSignal};
+
+/// How long [`start`] waits for rumqttd's listener.
+const READY_WITHIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Error)]
 pub enum BrokerError {
@@ -37,6 +73,8 @@ pub enum BrokerError {
     },
     #[error("the MQTT listener on {0} did not come up within 10 s; see the broker log above")]
     NotReady(SocketAddr),
+    #[error("the embedded MQTT broker on {addr} stopped while starting: {reason}")]
+    Stopped { addr: SocketAddr, reason: String },
     #[error("cannot start the broker thread: {0}")]
     Thread(std::io::Error),
 }
@@ -45,7 +83,8 @@ pub enum BrokerError {
 /// ARCHITECTURE.md ("Broker settings") for the measurements behind them.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// Plain MQTT listener. Keep it on loopback unless the network is trusted.
+    /// Plain MQTT listener. Keep it on loopback unless the network is trusted. Port 0 lets
+    /// the kernel pick one; [`BrokerHandle::listen_addr`] tells which.
     pub mqtt_listen: SocketAddr,
     /// Most concurrent connections the router accepts.
     pub max_connections: usize,
@@ -75,7 +114,9 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
-    fn to_rumqttd(&self) -> Config {
+    /// rumqttd's configuration for listening on `listen` (the reserved address, real port)
+    /// with the thread names of `threads`.
+    fn to_rumqttd(&self, listen: SocketAddr, threads: &BrokerThreads) -> Config {
         let connections = ConnectionSettings {
             // Time a client has to send CONNECT after TCP accept.
             connection_timeout_ms: 10_000,
@@ -86,8 +127,8 @@ impl BrokerConfig {
             dynamic_filters: true,
         };
         let server = ServerSettings {
-            name: "edgefleet-v4".to_owned(),
-            listen: self.mqtt_listen,
+            name: threads.server(),
+            listen,
             tls: None,
             next_connection_delay_ms: self.next_connection_delay_ms,
             connections,
@@ -101,7 +142,7 @@ impl BrokerConfig {
             ..RouterConfig::default()
         };
         Config {
-            id: 0,
+            id: threads.router_id(),
             router,
             v4: Some(HashMap::from([("1".to_owned(), server)])),
             ..Config::default()
@@ -109,53 +150,153 @@ impl BrokerConfig {
     }
 }
 
-/// A running embedded broker.
-#[derive(Debug)]
+/// A running embedded broker. Cloning it is cheap; dropping it changes nothing (the broker
+/// lives as long as the process).
+#[derive(Debug, Clone)]
 pub struct BrokerHandle {
     listen: SocketAddr,
+    signal: Arc<StopSignal>,
 }
 
 impl BrokerHandle {
+    /// The address the listener is bound to, with the real port when started on port 0.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
     /// Address clients should connect to (loopback when listening on all interfaces).
     pub fn connect_addr(&self) -> SocketAddr {
         connect_addr(self.listen)
     }
+
+    /// Resolves, with the reason, once the broker is dead: one of its threads panicked (the
+    /// router, the listener and its connections, or the thread running `Broker::start()`), or
+    /// every listener ended. It never comes back: exit the process. Resolves at once if that
+    /// already happened; any number of these futures may wait.
+    pub fn stopped(&self) -> impl Future<Output = String> + Send + 'static {
+        self.signal.stopped()
+    }
 }
 
-/// Address a local client uses to reach a listener (`0.0.0.0` → `127.0.0.1`).
+/// Address a local client uses to reach a listener (`0.0.0.0` → `127.0.0.1`, `::` → `::1`).
 pub fn connect_addr(listen: SocketAddr) -> SocketAddr {
     let mut addr = listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    match addr {
+        SocketAddr::V4(_) if addr.ip().is_unspecified() => {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        SocketAddr::V6(_) if addr.ip().is_unspecified() => {
+            addr.set_ip(std::net::Ipv6Addr::LOCALHOST.into());
+        }
+        _ => {}
     }
     addr
 }
 
 /// Starts the broker on a dedicated thread and returns once its listener accepts TCP
-/// connections.
+/// connections. `config.mqtt_listen` may have port 0. Blocking (up to 10 s): call it from a
+/// blocking context (`spawn_blocking`).
+///
+/// rumqttd binds its listener itself, so the address is first held by a
+/// [`PortReservation`] (bound, `SO_REUSEADDR`, not listening) that rumqttd can bind over and
+/// nobody else can take, and released once rumqttd accepts on it. An address something
+/// already listens on is refused at once with [`BrokerError::Bind`].
 pub fn start(config: &BrokerConfig) -> Result<BrokerHandle, BrokerError> {
-    let addr = config.mqtt_listen;
-    // rumqttd binds inside its own thread and only logs a failure; probe first so the user
-    // gets a clear error instead of a silent gateway.
-    drop(TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?);
-    let rumqttd_config = config.to_rumqttd();
+    let requested = config.mqtt_listen;
+    let reservation = PortReservation::new(requested).map_err(|source| BrokerError::Bind {
+        addr: requested,
+        source,
+    })?;
+    let listen = reservation.addr();
+    let threads = BrokerThreads::next();
+    launch(config.to_rumqttd(listen, &threads), &threads, reservation)
+}
+
+/// Runs rumqttd with `rumqttd_config` (which listens on `reservation`'s address) under
+/// supervision, and waits until it accepts.
+fn launch(
+    rumqttd_config: Config,
+    threads: &BrokerThreads,
+    reservation: PortReservation,
+) -> Result<BrokerHandle, BrokerError> {
+    let listen = reservation.addr();
+    let signal = StopSignal::new();
+    // Before any of the threads exists: rumqttd's router starts in `Broker::new`.
+    supervision::watch_broker_threads(threads, &signal);
+    let on_exit = signal.clone();
     thread::Builder::new()
-        .name("mqtt-broker".to_owned())
+        .name(threads.supervisor())
         .spawn(move || {
             let mut broker = rumqttd::Broker::new(rumqttd_config);
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded MQTT broker stopped");
-            }
+            // Returns only once every listener thread has ended (rumqttd logs why).
+            let reason = match broker.start() {
+                Ok(()) => "every listener of the embedded broker ended".to_owned(),
+                // rumqttd's `Display` drops the detail (`Error::Config` says "Invalid configuration").
+                Err(e) => format!("the embedded broker could not run: {e:?}"),
+            };
+            tracing::error!(%reason, "embedded MQTT broker stopped");
+            on_exit.stop(reason);
         })
         .map_err(BrokerError::Thread)?;
-    let target = connect_addr(addr);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok() {
-            tracing::info!(%addr, "embedded MQTT broker listening");
-            return Ok(BrokerHandle { listen: addr });
+    let deadline = Instant::now() + READY_WITHIN;
+    loop {
+        if let Some(reason) = signal.reason() {
+            return Err(BrokerError::Stopped {
+                addr: listen,
+                reason,
+            });
+        }
+        if reservation.is_listened_on() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(BrokerError::NotReady(listen));
         }
         thread::sleep(Duration::from_millis(20));
     }
-    Err(BrokerError::NotReady(addr))
+    // rumqttd listens: from now on the address is in use for everyone else.
+    drop(reservation);
+    tracing::info!(%listen, "embedded MQTT broker listening");
+    Ok(BrokerHandle { listen, signal })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_addr_goes_to_loopback_for_unspecified_addresses() {
+        let v4: SocketAddr = "0.0.0.0:1883".parse().unwrap();
+        assert_eq!(connect_addr(v4), "127.0.0.1:1883".parse().unwrap());
+        let v6: SocketAddr = "[::]:1883".parse().unwrap();
+        assert_eq!(connect_addr(v6), "[::1]:1883".parse().unwrap());
+        let given: SocketAddr = "10.0.0.5:1883".parse().unwrap();
+        assert_eq!(connect_addr(given), given);
+    }
+
+    /// A rumqttd whose `Broker::start()` returns (here: no listener configured, so it returns
+    /// at once) is reported as stopped, and `start` says so instead of waiting 10 s.
+    #[test]
+    fn a_broker_whose_listeners_end_is_stopped() {
+        let threads = BrokerThreads::next();
+        let reservation = PortReservation::new("127.0.0.1:0".parse().unwrap()).unwrap();
+        let config = Config {
+            id: threads.router_id(),
+            v4: None,
+            ..Config::default()
+        };
+        let started = Instant::now();
+        let err = launch(config, &threads, reservation).unwrap_err();
+        assert!(
+            started.elapsed() < READY_WITHIN / 2,
+            "{:?}",
+            started.elapsed()
+        );
+        match err {
+            BrokerError::Stopped { reason, .. } => {
+                assert!(reason.contains("Atleast one server config"), "{reason}");
+            }
+            other => panic!("expected Stopped, got {other}"),
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! The gateway's own certificate authority: it issues the TLS server certificate of the
 //! network front and one client certificate per device or integrator.
 //!
-//! Files in the PKI directory (created with mode 0700; keys with mode 0600):
+//! Files in the PKI directory (created with mode 0700; keys with mode 0600; every file replaced
+//! atomically and durably through `edgefleet_files`):
 //! - `ca.pem`, `ca.key`: the CA, created on first start, ECDSA P-256, valid 20 years;
 //! - `server.pem`, `server.key`: the front's certificate, reissued at start when missing,
 //!   expiring within 30 days, not signed by the current CA, or when the configured names change.
@@ -15,12 +16,12 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use edgefleet_files::{Mode, write_atomic};
 use edgefleet_protocol::acl::Identity;
 use edgefleet_protocol::ids::IdError;
 use rcgen::{
@@ -137,8 +138,8 @@ impl Pki {
         } else {
             let key = KeyPair::generate()?;
             let cert = ca_params()?.self_signed(&key)?;
-            write_private(&ca_key_path, &key.serialize_pem())?;
-            write_file(&ca_cert_path, &cert.pem(), 0o644)?;
+            write(&ca_key_path, &key.serialize_pem(), Mode::Private)?;
+            write(&ca_cert_path, &cert.pem(), Mode::Public)?;
             tracing::info!(dir = %dir.display(), "created the gateway's certificate authority");
             (cert.pem(), key)
         };
@@ -169,8 +170,8 @@ impl Pki {
             let key = KeyPair::generate()?;
             let issuer = Issuer::from_ca_cert_der(&ca_der, &ca_key)?;
             let cert = server_params(&names)?.signed_by(&key, &issuer)?;
-            write_private(&server_key_path, &key.serialize_pem())?;
-            write_file(&server_cert_path, &cert.pem(), 0o644)?;
+            write(&server_key_path, &key.serialize_pem(), Mode::Private)?;
+            write(&server_cert_path, &cert.pem(), Mode::Public)?;
             tracing::info!(%reason, names = ?names, "issued the front's server certificate");
         }
         let server_chain = vec![
@@ -210,7 +211,7 @@ impl Pki {
     /// SHA-256 of the CA certificate's DER, lowercase hex (64 characters), to compare out of
     /// band when enrolling.
     pub fn ca_fingerprint(&self) -> String {
-        hex(&Sha256::digest(self.ca_der.as_ref()))
+        hex::encode(Sha256::digest(self.ca_der.as_ref()))
     }
 
     /// Issues a client certificate for `identity`, valid from now (backdated one hour for
@@ -241,7 +242,7 @@ impl Pki {
         let cert = params.signed_by(&key, &issuer)?;
         let not_after = SystemTime::UNIX_EPOCH
             + Duration::from_secs(u64::try_from(params.not_after.unix_timestamp()).unwrap_or(0));
-        let serial = hex(&serial_bytes);
+        let serial = hex::encode(serial_bytes);
         tracing::info!(%identity, %serial, valid_days, "issued a client certificate");
         Ok(IssuedCert {
             cert_pem: cert.pem(),
@@ -284,7 +285,7 @@ pub fn identity_from_cert(der: &[u8]) -> Result<(Identity, String), PkiError> {
         .map_err(|e| PkiError::BadClientCert(format!("common name is not text: {e}")))?;
     let identity = Identity::from_common_name(cn)
         .map_err(|e| PkiError::BadClientCert(format!("common name '{cn}': {e}")))?;
-    Ok((identity, hex(cert.raw_serial())))
+    Ok((identity, hex::encode(cert.raw_serial())))
 }
 
 fn https_config(
@@ -457,10 +458,6 @@ fn random_serial() -> [u8; 16] {
     bytes
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn create_dir(dir: &Path) -> Result<(), PkiError> {
     let io = |source| PkiError::Io {
         action: "create directory",
@@ -485,30 +482,13 @@ fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
-    write_file(path, contents, 0o600)
-}
-
-/// Writes through a temporary file and a rename, with `mode` set at creation.
-fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let io = |action, source| PkiError::Io {
-        action,
+/// Replaces `path` atomically and durably, `mode` set from creation (`edgefleet_files`).
+fn write(path: &Path, contents: &str, mode: Mode) -> Result<(), PkiError> {
+    write_atomic(path, contents.as_bytes(), mode).map_err(|source| PkiError::Io {
+        action: "write",
         path: path.to_owned(),
         source,
-    };
-    let _ = fs::remove_file(&tmp);
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = options.open(&tmp).map_err(|e| io("create", e))?;
-    file.write_all(contents.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io("write", e))?;
-    fs::rename(&tmp, path).map_err(|e| io("rename into", e))
+    })
 }
 
 #[cfg(test)]
@@ -616,9 +596,10 @@ mod tests {
     fn refuses_a_key_that_is_not_the_cas() {
         let dir = tempfile::tempdir().unwrap();
         Pki::load_or_create(dir.path(), &[]).unwrap();
-        write_private(
+        write(
             &dir.path().join(CA_KEY),
             &KeyPair::generate().unwrap().serialize_pem(),
+            Mode::Private,
         )
         .unwrap();
         let err = Pki::load_or_create(dir.path(), &[]).unwrap_err();

@@ -1,19 +1,23 @@
 //! The TLS front against a real rumqttd (started with `edgefleet_broker::start`) and real
 //! clients: rumqttc over rustls, mosquitto_pub / mosquitto_sub, and a raw TLS socket for
-//! packets no well-behaved client sends. Every wait polls with a deadline.
+//! packets no well-behaved client sends. Every wait polls with a deadline. Every listener is
+//! on port 0 and asked for its real address.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use edgefleet_broker::front::{FrontConfig, FrontEvent, FrontEventKind, FrontHandle, start_front};
+use edgefleet_broker::front::{
+    self, FrontConfig, FrontEvent, FrontEventKind, FrontHandle, start_front,
+};
 use edgefleet_broker::pki::{IssuedCert, Pki};
 use edgefleet_broker::{BrokerConfig, start};
 use edgefleet_protocol::acl::{Action, Identity};
 use edgefleet_protocol::topics::{self, TopicKind};
+use futures_util::FutureExt;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
     MqttOptions, QoS, SubscribeReasonCode, TlsConfiguration, Transport,
@@ -28,9 +32,8 @@ use tokio::sync::{broadcast, mpsc};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// A broker, a PKI and a front, each test its own.
@@ -48,16 +51,22 @@ impl Gateway {
     }
 
     async fn start_with(tune: impl FnOnce(&mut FrontConfig)) -> Gateway {
+        let listener = front::bind(any_port()).await.unwrap();
+        Self::start_on(listener, tune)
+    }
+
+    /// The front on a listener the test bound itself.
+    fn start_on(listener: tokio::net::TcpListener, tune: impl FnOnce(&mut FrontConfig)) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let broker = start(&BrokerConfig {
-            mqtt_listen: free_addr(),
+            mqtt_listen: any_port(),
             ..BrokerConfig::default()
         })
         .expect("broker starts");
         let pki = Pki::load_or_create(&dir.path().join("pki"), &[]).unwrap();
-        let mut config = FrontConfig::new("127.0.0.1:0".parse().unwrap(), broker.connect_addr());
+        let mut config = FrontConfig::new(broker.connect_addr());
         tune(&mut config);
-        let front = start_front(config, pki.server_tls_config()).await.unwrap();
+        let front = start_front(listener, config, pki.server_tls_config()).unwrap();
         let files = dir.path().join("files");
         std::fs::create_dir(&files).unwrap();
         std::fs::write(files.join("ca.pem"), pki.ca_pem()).unwrap();
@@ -193,6 +202,17 @@ impl Client {
         }
     }
 
+    /// Sends DISCONNECT and waits until the broker has closed the connection. Dropping the
+    /// socket right after DISCONNECT instead races inside rumqttd 0.20: its router frees the
+    /// connection id on the DISCONNECT, then the link, seeing the socket closed, reports a
+    /// disconnect for that id, which by then may belong to the next client (seen here: a
+    /// `writer-8` cut off right after its CONNACK by `writer-7`'s late report).
+    async fn disconnect(&mut self) {
+        self.client.disconnect().await.unwrap();
+        self.closed("the broker closing the connection after DISCONNECT")
+            .await;
+    }
+
     async fn suback(&mut self) -> Vec<SubscribeReasonCode> {
         self.expect("SUBACK", |e| match e {
             Event::Incoming(Incoming::SubAck(ack)) => Some(ack.return_codes.clone()),
@@ -247,7 +267,7 @@ async fn retained(gw: &Gateway, topic: &str) -> Vec<u8> {
         .await
         .unwrap();
     let payload = reader.message(topic).await;
-    reader.client.disconnect().await.ok();
+    reader.disconnect().await;
     payload
 }
 
@@ -270,7 +290,7 @@ async fn publish_loopback(gw: &Gateway, topic: &str, payload: &str, retain: bool
             matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(())
         })
         .await;
-    writer.client.disconnect().await.ok();
+    writer.disconnect().await;
 }
 
 /// Next front event matching `pred` within [`WAIT`].
@@ -955,11 +975,125 @@ async fn a_revoked_device_is_cut_off_and_its_will_fires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_error_says_what_to_do() {
     let gw = Gateway::start().await;
-    let err = start_front(
-        FrontConfig::new(gw.front.local_addr(), gw.broker),
-        gw.pki.server_tls_config(),
-    )
-    .await
-    .unwrap_err();
+    let err = front::bind(gw.front.local_addr()).await.unwrap_err();
     assert!(err.to_string().contains("choose another address"), "{err}");
+}
+
+/// A front that serves is not stopped; dropping its handle stops it (and closes the relayed
+/// connections, as before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_front_is_not_stopped_and_a_dropped_one_is() {
+    let gw = Gateway::start().await;
+    let mut stopped = Box::pin(gw.front.stopped());
+    assert!((&mut stopped).now_or_never().is_none());
+    let cert = gw.issue(&device("press-a"));
+    let a_status = TopicKind::DeviceStatus.for_device("press-a");
+    let mut a = Client::tls(&gw, "edgefleet-agent-press-a", &cert);
+    a.connected().await;
+    a.client
+        .publish(
+            &a_status,
+            QoS::AtLeastOnce,
+            true,
+            b"through-the-front".to_vec(),
+        )
+        .await
+        .unwrap();
+    a.expect("PUBACK", |e| {
+        matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(())
+    })
+    .await;
+    assert_eq!(retained(&gw, &a_status).await, b"through-the-front");
+    assert!(
+        (&mut stopped).now_or_never().is_none(),
+        "a front that just relayed a round trip is not stopped"
+    );
+
+    let Gateway { front, .. } = gw;
+    drop(front);
+    let reason = tokio::time::timeout(WAIT, stopped)
+        .await
+        .expect("dropping the handle stops the front");
+    assert_eq!(reason, "the TLS front's accept loop was shut down");
+    a.closed("relayed connection closed with the front").await;
+}
+
+/// When the listening socket fails for good (here: shut down through a duplicate of its
+/// descriptor, after which accept(2) gives EINVAL), the accept loop ends and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_whose_listener_fails_is_stopped() {
+    let listener = std::net::TcpListener::bind(any_port()).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let duplicate = listener.try_clone().unwrap();
+    let gw = Gateway::start_on(tokio::net::TcpListener::from_std(listener).unwrap(), |_| {});
+    let stopped = gw.front.stopped();
+    let mut a = Client::tls(
+        &gw,
+        "edgefleet-agent-press-a",
+        &gw.issue(&device("press-a")),
+    );
+    a.connected().await;
+
+    let socket = std::net::TcpStream::from(std::os::fd::OwnedFd::from(duplicate));
+    socket.shutdown(std::net::Shutdown::Read).unwrap();
+    let reason = tokio::time::timeout(WAIT, stopped)
+        .await
+        .expect("the accept loop's end is reported");
+    assert!(
+        reason.starts_with("the TLS front's accept loop ended: the listener failed: "),
+        "{reason}"
+    );
+    let refused = TcpStream::connect(gw.front.local_addr()).await;
+    assert!(refused.is_err(), "nothing listens any more");
+}
+
+/// After forwarding a client's DISCONNECT the front leaves the upstream connection open until
+/// the broker closes it: rumqttd 0.20 frees the connection id on the DISCONNECT, and if the
+/// socket closed first its link would report the disconnect again, under an id that may
+/// already be the next client's (seen in this suite: a client cut off right after CONNACK).
+/// A fake upstream shows it: what it sends after the DISCONNECT still reaches the client,
+/// which is only possible if the front has not closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_clean_disconnect_the_broker_closes_first() {
+    let upstream = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let fake = upstream.local_addr().unwrap();
+    let gw = Gateway::start_with(|c| c.upstream = fake).await;
+    let mut events = gw.front.subscribe_events();
+    let mut raw = raw_tls(&gw, &gw.issue(&device("press-a"))).await;
+    raw.write_all(&connect_packet("edgefleet-agent-press-a"))
+        .await
+        .unwrap();
+
+    let (mut broker, _) = upstream.accept().await.unwrap();
+    let connect = connect_packet("edgefleet-agent-press-a");
+    let mut got = vec![0u8; connect.len()];
+    broker.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, &connect[..], "the CONNECT reaches the broker");
+    broker.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+    let mut connack = [0u8; 4];
+    raw.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+
+    raw.write_all(&[0xE0, 0x00]).await.unwrap();
+    raw.flush().await.unwrap();
+    let mut disconnect = [0u8; 2];
+    broker.read_exact(&mut disconnect).await.unwrap();
+    assert_eq!(disconnect, [0xE0, 0x00], "the DISCONNECT is forwarded");
+    // A PINGRESP after the DISCONNECT, then the broker closes.
+    broker.write_all(&[0xD0, 0x00]).await.unwrap();
+    drop(broker);
+    let after = read_until_closed(&mut raw)
+        .await
+        .expect("the front closes once the broker has");
+    assert_eq!(after, [0xD0, 0x00], "the front was still relaying");
+    let ended = front_event(&mut events, "the clean disconnect", |e| {
+        matches!(e.kind, FrontEventKind::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(
+        ended.kind,
+        FrontEventKind::Disconnected {
+            reason: "client sent DISCONNECT".to_owned()
+        }
+    );
 }

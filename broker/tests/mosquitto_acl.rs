@@ -2,12 +2,13 @@
 //! a real Mosquitto with TLS client certificates from our PKI and the generated `acl_file`,
 //! driven with mosquitto_pub / mosquitto_sub.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use edgefleet_broker::pki::{IssuedCert, Pki};
+use edgefleet_broker::reservation::PortReservation;
 use edgefleet_protocol::acl::{Identity, mosquitto_acl_with_integrators};
 use edgefleet_protocol::topics::TopicKind;
 
@@ -21,11 +22,8 @@ impl Drop for Mosquitto {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 fn write_cert(dir: &Path, name: &str, cert: &IssuedCert) -> (PathBuf, PathBuf) {
@@ -65,8 +63,14 @@ fn generated_acl_confines_devices_and_integrators_on_mosquitto() {
         mosquitto_acl_with_integrators(&["scada".to_owned()]).unwrap(),
     )
     .unwrap();
-    let addr = free_addr();
-    let admin_addr = free_addr();
+    // Mosquitto cannot listen on port 0 and tell us which port it got, so each port is
+    // reserved (bound with SO_REUSEADDR, not listening) and held until Mosquitto accepts on
+    // it. No race: while held, neither bind(0) nor an outgoing connection can be given the
+    // port, and Mosquitto (which sets SO_REUSEADDR before bind, checked with strace on 2.0.11)
+    // binds over the reservation. See `edgefleet_broker::reservation`.
+    let tls_port = PortReservation::new(any_port()).unwrap();
+    let admin_port = PortReservation::new(any_port()).unwrap();
+    let (addr, admin_addr) = (tls_port.addr(), admin_port.addr());
     let conf = files.join("mosquitto.conf");
     // Like the gateway: a TLS listener under the ACL for devices and integrators, and a plain
     // loopback listener without it for the controller (here: the test's publisher).
@@ -97,14 +101,22 @@ fn generated_acl_confines_devices_and_integrators_on_mosquitto() {
     let child = spawn("mosquitto")
         .or_else(|_| spawn("/usr/sbin/mosquitto"))
         .expect("mosquitto is installed (apt-get install mosquitto)");
-    let _mosquitto = Mosquitto(child);
+    let mut mosquitto = Mosquitto(child);
     let deadline = Instant::now() + Duration::from_secs(10);
-    for a in [addr, admin_addr] {
-        while TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
+    for reservation in [&tls_port, &admin_port] {
+        while !reservation.is_listened_on() {
+            if let Some(status) = mosquitto.0.try_wait().unwrap() {
+                panic!(
+                    "mosquitto exited ({status}) instead of listening on {}",
+                    reservation.addr()
+                );
+            }
             assert!(Instant::now() < deadline, "mosquitto did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // Mosquitto listens on both: the ports are in use for everyone else from now on.
+    drop((tls_port, admin_port));
 
     let issue = |name: &str, identity: Identity| {
         write_cert(files, name, &pki.issue_client(&identity, 1).unwrap())

@@ -29,9 +29,10 @@ struct Args {
     clients: usize,
     #[arg(long, value_enum, default_value = "tuned")]
     broker: BrokerKind,
-    /// Port of the external broker, or of the embedded one.
-    #[arg(long, default_value_t = 18883)]
-    port: u16,
+    /// Port of the external broker (required with `--broker external`). The embedded broker
+    /// listens on this port if given, else on one the kernel picks.
+    #[arg(long)]
+    port: Option<u16>,
     /// Give up waiting for deliveries after this many seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -43,27 +44,35 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
-    match args.broker {
-        BrokerKind::Sample => {
-            let cfg = edgefleet_broker::BrokerConfig {
-                mqtt_listen: addr,
-                max_inflight: 100,
-                max_outgoing_packets: 200,
-                next_connection_delay_ms: 1,
-                ..Default::default()
-            };
-            tokio::task::spawn_blocking(move || edgefleet_broker::start(&cfg)).await??;
+    let requested = std::net::SocketAddr::from(([127, 0, 0, 1], args.port.unwrap_or(0)));
+    let embedded = match args.broker {
+        BrokerKind::Sample => Some(edgefleet_broker::BrokerConfig {
+            mqtt_listen: requested,
+            max_inflight: 100,
+            max_outgoing_packets: 200,
+            next_connection_delay_ms: 1,
+            ..Default::default()
+        }),
+        BrokerKind::Tuned => Some(edgefleet_broker::BrokerConfig {
+            mqtt_listen: requested,
+            ..Default::default()
+        }),
+        BrokerKind::External => None,
+    };
+    let port = match embedded {
+        Some(cfg) => {
+            let broker =
+                tokio::task::spawn_blocking(move || edgefleet_broker::start(&cfg)).await??;
+            // A broker that dies mid-run (SPEC.md §13: rumqttd's scheduler panicked in a 5k
+            // storm) would otherwise only show up as missing deliveries.
+            let stopped = broker.stopped();
+            tokio::spawn(async move { eprintln!("embedded broker died: {}", stopped.await) });
+            broker.connect_addr().port()
         }
-        BrokerKind::Tuned => {
-            let cfg = edgefleet_broker::BrokerConfig {
-                mqtt_listen: addr,
-                ..Default::default()
-            };
-            tokio::task::spawn_blocking(move || edgefleet_broker::start(&cfg)).await??;
-        }
-        BrokerKind::External => {}
-    }
+        None => args
+            .port
+            .ok_or_else(|| anyhow::anyhow!("--broker external needs --port"))?,
+    };
     let n = args.clients;
     let subscribed = Arc::new(AtomicUsize::new(0));
     let delivered = Arc::new(AtomicUsize::new(0));
@@ -79,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
             all_subscribed.clone(),
         );
         tokio::spawn(async move {
-            let mut opts = MqttOptions::new(&id, "127.0.0.1", args.port);
+            let mut opts = MqttOptions::new(&id, "127.0.0.1", port);
             opts.set_keep_alive(Duration::from_secs(30));
             opts.set_max_packet_size(1 << 20, 1 << 20);
             let (client, mut el) = AsyncClient::new(opts, 10);
@@ -116,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
         .is_ok();
     let connect_time = start.elapsed();
 
-    let mut opts = MqttOptions::new("probe-publisher", "127.0.0.1", args.port);
+    let mut opts = MqttOptions::new("probe-publisher", "127.0.0.1", port);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     opts.set_inflight(1000);
     let (publisher, mut el) = AsyncClient::new(opts, 1000);

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use edgefleet_broker::front::{FrontConfig, start_front};
+use edgefleet_broker::front::{self, FrontConfig, start_front};
 use edgefleet_broker::pki::{IssuedCert, Pki};
+use edgefleet_broker::reservation::PortReservation;
 use edgefleet_protocol::acl::{Identity, device_client_id};
 use edgefleet_protocol::topics::TopicKind;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
@@ -40,11 +41,8 @@ struct Args {
     no_mosquitto: bool,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 fn tls_config(ca_pem: &str, cert: &IssuedCert) -> anyhow::Result<Arc<rustls::ClientConfig>> {
@@ -143,7 +141,17 @@ async fn throughput(path: &Path_, device: &str, messages: usize) -> anyhow::Resu
     Ok(done - t0)
 }
 
-fn start_mosquitto(dir: &Path, pki: &Pki, tls_port: u16, plain_port: u16) -> anyhow::Result<Child> {
+/// Starts Mosquitto on two reserved ports and returns once it accepts on both. The
+/// reservations (bound with SO_REUSEADDR, not listening: no one else can be given the ports,
+/// and Mosquitto, which sets SO_REUSEADDR, binds over them) are released only then, so there
+/// is no window in which another program could take a port (`edgefleet_broker::reservation`).
+fn start_mosquitto(
+    dir: &Path,
+    pki: &Pki,
+    tls: PortReservation,
+    plain: PortReservation,
+) -> anyhow::Result<KillOnDrop> {
+    let (tls_port, plain_port) = (tls.addr().port(), plain.addr().port());
     let conf = dir.join("mosquitto.conf");
     let p = |f: &str| pki.dir().join(f).display().to_string();
     std::fs::write(
@@ -166,24 +174,36 @@ fn start_mosquitto(dir: &Path, pki: &Pki, tls_port: u16, plain_port: u16) -> any
             p("server.key")
         ),
     )?;
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stderr(std::fs::File::create(dir.join("mosquitto.log"))?)
-        .spawn()
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot start mosquitto (apt-get install mosquitto, or --no-mosquitto): {e}"
-            )
-        })?;
+    let mut child = KillOnDrop(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stderr(std::fs::File::create(dir.join("mosquitto.log"))?)
+            .spawn()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot start mosquitto (apt-get install mosquitto, or --no-mosquitto): {e}"
+                )
+            })?,
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok() {
-            return Ok(child);
+    for reservation in [&tls, &plain] {
+        while !reservation.is_listened_on() {
+            if let Some(status) = child.0.try_wait()? {
+                anyhow::bail!(
+                    "mosquitto exited ({status}) instead of listening on {}; see {}",
+                    reservation.addr(),
+                    dir.join("mosquitto.log").display()
+                );
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!("mosquitto did not come up on {}", reservation.addr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
-    anyhow::bail!("mosquitto did not come up")
+    drop((tls, plain));
+    Ok(child)
 }
 
 #[tokio::main]
@@ -195,17 +215,17 @@ async fn main() -> anyhow::Result<()> {
     let cert = pki.issue_client(&Identity::Device(device.to_owned()), 1)?;
     let tls = tls_config(pki.ca_pem(), &cert)?;
 
-    let plain = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let cfg = edgefleet_broker::BrokerConfig {
-        mqtt_listen: plain,
+        mqtt_listen: any_port(),
         ..Default::default()
     };
-    tokio::task::spawn_blocking(move || edgefleet_broker::start(&cfg)).await??;
+    let broker = tokio::task::spawn_blocking(move || edgefleet_broker::start(&cfg)).await??;
+    let plain = broker.connect_addr();
     let front = start_front(
-        FrontConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), plain),
+        front::bind(any_port()).await?,
+        FrontConfig::new(plain),
         pki.server_tls_config(),
-    )
-    .await?;
+    )?;
 
     let mut paths = vec![
         Path_ {
@@ -224,15 +244,20 @@ async fn main() -> anyhow::Result<()> {
     let _mosquitto = if args.no_mosquitto {
         None
     } else {
-        let (tls_port, plain_port) = (free_port(), free_port());
-        let child = start_mosquitto(dir.path(), &pki, tls_port, plain_port)?;
+        let (tls_reserved, plain_reserved) = (
+            PortReservation::new(any_port())?,
+            PortReservation::new(any_port())?,
+        );
+        let tls_port = tls_reserved.addr().port();
+        let plain_port = plain_reserved.addr().port();
+        let child = start_mosquitto(dir.path(), &pki, tls_reserved, plain_reserved)?;
         paths.push(Path_ {
             name: "mosquitto TLS (no ACL)",
             port: tls_port,
             tls: Some(tls.clone()),
             plain_port,
         });
-        Some(KillOnDrop(child))
+        Some(child)
     };
 
     println!(
