@@ -1,11 +1,10 @@
 //! The HTTP API on a real socket, without a broker: every refusal is a 4xx with a sentence
 //! saying what to change, and a refused request records nothing.
 
-use std::sync::Arc;
-
-use edgefleet_controller::api;
-use edgefleet_controller::core::Controller;
-use edgefleet_controller::store::Store;
+use edgefleet_controller::App;
+use edgefleet_domain::access::Role;
+use edgefleet_domain::user::User;
+use edgefleet_store::Store;
 use serde_json::{Value, json};
 
 struct Server {
@@ -16,32 +15,32 @@ struct Server {
 }
 
 /// An admin and a token of theirs, written straight into the store.
-fn admin_token(store: &Store) -> String {
-    let user = edgefleet_controller::users::User {
+async fn admin_token(store: &Store) -> String {
+    let user = User {
         username: "admin".into(),
-        role: edgefleet_controller::auth::Role::Admin,
+        role: Role::Admin,
         sites: vec![],
         created_at: "t".into(),
         disabled: false,
         password_hash: String::new(),
     };
-    store.insert_user(&user).unwrap();
-    let token = edgefleet_controller::users::new_token();
-    let digest = edgefleet_controller::users::token_digest(&token);
+    store.insert_user(user).await.unwrap();
+    let token = edgefleet_controller::services::users::new_token();
+    let digest = edgefleet_controller::services::users::token_digest(&token);
     store
-        .insert_token(&digest, "admin", "test", "t", i64::MAX)
+        .insert_token(&digest, "admin", "test", "t", i64::MAX, 0)
+        .await
         .unwrap();
     token
 }
 
 async fn server() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("edgefleet.db")).unwrap();
-    let token = admin_token(&store);
-    let (ctrl, _queue) = Controller::new(store).unwrap();
+    let ctrl = App::open(dir.path()).await.unwrap();
+    let token = admin_token(&ctrl.store).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = api::router(Arc::new(ctrl));
+    let app = edgefleet_controller::http::router(ctrl.api_state());
     tokio::spawn(async move { axum::serve(listener, app).await });
     Server {
         base,

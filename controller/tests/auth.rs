@@ -4,9 +4,8 @@
 
 use std::sync::Arc;
 
-use edgefleet_controller::core::Controller;
-use edgefleet_controller::store::Store;
-use edgefleet_controller::{api, auth};
+use edgefleet_controller::App;
+use edgefleet_controller::services::users::INITIAL_ADMIN_FILE;
 use edgefleet_protocol::topics::TopicKind;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -17,27 +16,29 @@ struct Server {
     dir: tempfile::TempDir,
 }
 
-async fn server() -> (Server, Arc<Controller>) {
+async fn server() -> (Server, Arc<App>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("edgefleet.db")).unwrap();
-    let (ctrl, _queue) = Controller::new(store).unwrap();
-    let ctrl = Arc::new(ctrl);
-    assert!(auth::ensure_initial_admin(&ctrl, dir.path()).unwrap());
+    let ctrl = Arc::new(App::open(dir.path()).await.unwrap());
+    // As if the broker link were up: health answers 200 only then.
+    ctrl.link.set_connected(true);
+    assert!(ctrl.users.ensure_initial_admin(dir.path()).await.unwrap());
     assert!(
-        !auth::ensure_initial_admin(&ctrl, dir.path()).unwrap(),
+        !ctrl.users.ensure_initial_admin(dir.path()).await.unwrap(),
         "only the first start creates an admin"
     );
     for (id, site) in [("d-lyon", "lyon"), ("d-paris", "paris")] {
         let p = json!({"schema": 1, "device": id, "state": "online", "session": 1,
                        "labels": {"site": site}, "agent_version": "t", "since": "t"});
-        ctrl.on_message(
-            &TopicKind::DevicePresence.for_device(id),
-            p.to_string().as_bytes(),
-        );
+        ctrl.intake
+            .on_message(
+                &TopicKind::DevicePresence.for_device(id),
+                p.to_string().as_bytes(),
+            )
+            .await;
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = api::router(ctrl.clone());
+    let app = edgefleet_controller::http::router(ctrl.api_state());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (
         Server {
@@ -130,7 +131,7 @@ fn refused(what: &str, got: (u16, Value), status: u16, words: &[&str]) {
 #[tokio::test]
 async fn roles_and_site_scope_over_http_and_refusals_are_audited() {
     let (s, _ctrl) = server().await;
-    let file = s.dir.path().join(auth::INITIAL_ADMIN_FILE);
+    let file = s.dir.path().join(INITIAL_ADMIN_FILE);
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;

@@ -2,18 +2,20 @@
 //! strays are refused, and a device holding a newer revision than the store gets its
 //! document reissued above it.
 
-use edgefleet_controller::core::{ApplyRequest, Controller, Outgoing};
-use edgefleet_controller::store::Store;
+use edgefleet_controller::App;
+use edgefleet_controller::services::deployments::ApplyRequest;
+use edgefleet_controller::services::outbox::Outgoing;
 use edgefleet_protocol::topics::{self, TopicKind};
 use serde_json::json;
 
-fn controller() -> (
-    Controller,
+async fn controller() -> (
+    App,
     tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
     tempfile::TempDir,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let (c, rx) = Controller::new(Store::open(&dir.path().join("s.db")).unwrap()).unwrap();
+    let mut c = App::open(dir.path()).await.unwrap();
+    let rx = c.outgoing.take().unwrap();
     (c, rx, dir)
 }
 
@@ -31,38 +33,48 @@ fn status(id: &str, desired: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-#[test]
-fn strays_are_refused_and_presence_creates_devices() {
-    let (c, _rx, _dir) = controller();
-    c.on_message(
-        &TopicKind::DeviceStatus.for_device("ghost"),
-        &status("ghost", 0),
-    );
-    c.on_message(
-        &TopicKind::DeviceEvents.for_device("ghost"),
-        br#"{"schema":1}"#,
-    );
+#[tokio::test]
+async fn strays_are_refused_and_presence_creates_devices() {
+    let (c, _rx, _dir) = controller().await;
+    c.intake
+        .on_message(
+            &TopicKind::DeviceStatus.for_device("ghost"),
+            &status("ghost", 0),
+        )
+        .await;
+    c.intake
+        .on_message(
+            &TopicKind::DeviceEvents.for_device("ghost"),
+            br#"{"schema":1}"#,
+        )
+        .await;
     assert!(
         c.fleet.get("ghost").is_none(),
         "status of an unknown device must not create it"
     );
-    c.on_message(
-        &TopicKind::DevicePresence.for_device("d1"),
-        &presence("d1", "lyon"),
-    );
+    c.intake
+        .on_message(
+            &TopicKind::DevicePresence.for_device("d1"),
+            &presence("d1", "lyon"),
+        )
+        .await;
     assert_eq!(c.fleet.get("d1").unwrap().desired_revision(), 1);
     // A payload naming another device than its topic is refused.
-    c.on_message(&TopicKind::DeviceStatus.for_device("d1"), &status("d2", 1));
+    c.intake
+        .on_message(&TopicKind::DeviceStatus.for_device("d1"), &status("d2", 1))
+        .await;
     assert!(c.fleet.get("d1").unwrap().status.is_none());
 }
 
-#[test]
-fn device_outcomes_are_audited_progress_is_not() {
-    let (c, _rx, _dir) = controller();
-    c.on_message(
-        &TopicKind::DevicePresence.for_device("d1"),
-        &presence("d1", "lyon"),
-    );
+#[tokio::test]
+async fn device_outcomes_are_audited_progress_is_not() {
+    let (c, _rx, _dir) = controller().await;
+    c.intake
+        .on_message(
+            &TopicKind::DevicePresence.for_device("d1"),
+            &presence("d1", "lyon"),
+        )
+        .await;
     for (kind, severity) in [
         ("pulling", "info"),
         ("converged", "info"),
@@ -70,15 +82,18 @@ fn device_outcomes_are_audited_progress_is_not() {
     ] {
         let e = json!({"schema": 1, "device": "d1", "ts": "t", "kind": kind, "severity": severity,
                        "revision": 1, "message": format!("{kind} happened")});
-        c.on_message(
-            &TopicKind::DeviceEvents.for_device("d1"),
-            e.to_string().as_bytes(),
-        );
+        c.intake
+            .on_message(
+                &TopicKind::DeviceEvents.for_device("d1"),
+                e.to_string().as_bytes(),
+            )
+            .await;
     }
-    c.flush().unwrap();
+    c.intake.flush().await.unwrap();
     let got: Vec<(String, String, String, String)> = c
-        .store()
+        .store
         .audit_records(&Default::default())
+        .await
         .unwrap()
         .into_iter()
         .filter(|r| r.action == "device.outcome")
@@ -93,22 +108,26 @@ fn device_outcomes_are_audited_progress_is_not() {
     assert_eq!(got[1].2, "failed");
 }
 
-#[test]
-fn a_device_ahead_of_the_store_gets_a_revision_above_its_own() {
-    let (c, _rx, _dir) = controller();
-    c.on_message(
-        &TopicKind::DevicePresence.for_device("d1"),
-        &presence("d1", "lyon"),
-    );
+#[tokio::test]
+async fn a_device_ahead_of_the_store_gets_a_revision_above_its_own() {
+    let (c, _rx, _dir) = controller().await;
+    c.intake
+        .on_message(
+            &TopicKind::DevicePresence.for_device("d1"),
+            &presence("d1", "lyon"),
+        )
+        .await;
     let req = ApplyRequest {
         name: "web".into(),
         target: "*".into(),
         compose: "services:\n  a:\n    image: a:1\n".into(),
     };
-    c.apply(&req, "test").unwrap();
+    c.deployments.apply(&req, "test").await.unwrap();
     assert_eq!(c.fleet.get("d1").unwrap().desired_revision(), 2);
     // The agent holds revision 7 (the store lost writes or was restored from a backup).
-    c.on_message(&TopicKind::DeviceStatus.for_device("d1"), &status("d1", 7));
+    c.intake
+        .on_message(&TopicKind::DeviceStatus.for_device("d1"), &status("d1", 7))
+        .await;
     let d = c.fleet.get("d1").unwrap();
     assert_eq!(
         d.desired_revision(),
@@ -120,33 +139,37 @@ fn a_device_ahead_of_the_store_gets_a_revision_above_its_own() {
         "same content"
     );
     // And it is in the store: a restart keeps it.
-    let stored = c.store().devices().unwrap();
+    let stored = c.store.devices().await.unwrap();
     assert_eq!(
         stored
             .iter()
             .find(|r| r.id == "d1")
             .unwrap()
-            .desired_revision,
+            .desired_revision(),
         8
     );
 }
 
-#[test]
-fn a_site_that_empties_gets_a_zeroed_summary() {
-    let (c, mut rx, _dir) = controller();
-    c.on_message(
-        &TopicKind::DevicePresence.for_device("d1"),
-        &presence("d1", "lyon"),
-    );
-    c.queue_site_summaries();
+#[tokio::test]
+async fn a_site_that_empties_gets_a_zeroed_summary() {
+    let (c, mut rx, _dir) = controller().await;
+    c.intake
+        .on_message(
+            &TopicKind::DevicePresence.for_device("d1"),
+            &presence("d1", "lyon"),
+        )
+        .await;
+    c.sites.queue_changed();
     // Relabelled to another site: lyon must be overwritten with zeros, not left stale.
     let mut moved = presence("d1", "paris");
     moved = String::from_utf8(moved)
         .unwrap()
         .replace("\"session\":1", "\"session\":2")
         .into_bytes();
-    c.on_message(&TopicKind::DevicePresence.for_device("d1"), &moved);
-    c.queue_site_summaries();
+    c.intake
+        .on_message(&TopicKind::DevicePresence.for_device("d1"), &moved)
+        .await;
+    c.sites.queue_changed();
     let mut last = std::collections::BTreeMap::new();
     while let Ok(job) = rx.try_recv() {
         if let Outgoing::Retained { topic, payload } = job {
@@ -160,44 +183,57 @@ fn a_site_that_empties_gets_a_zeroed_summary() {
     assert_eq!(last[&topics::site_summary("paris")]["devices"], 1);
 }
 
-#[test]
-fn pins_hold_devices_on_a_revision_and_survive_a_restart() {
-    let (c, _rx, dir) = controller();
+#[tokio::test]
+async fn pins_hold_devices_on_a_revision_and_survive_a_restart() {
+    let (c, _rx, dir) = controller().await;
     for d in ["d1", "d2"] {
-        c.on_message(
-            &TopicKind::DevicePresence.for_device(d),
-            &presence(d, "lyon"),
-        );
+        c.intake
+            .on_message(
+                &TopicKind::DevicePresence.for_device(d),
+                &presence(d, "lyon"),
+            )
+            .await;
     }
-    let apply = |c: &Controller, image: &str| {
+    async fn apply(c: &App, image: &str) {
         let req = ApplyRequest {
             name: "web".into(),
             target: "*".into(),
             compose: format!("services:\n  a:\n    image: {image}\n"),
         };
-        c.apply(&req, "test").unwrap()
-    };
-    apply(&c, "a:1");
-    apply(&c, "a:2");
-    c.pin("web", &[("d1".into(), Some(1))]).unwrap();
-    let rev_of = |c: &Controller, d: &str| {
+        c.deployments.apply(&req, "test").await.unwrap();
+    }
+    apply(&c, "a:1").await;
+    apply(&c, "a:2").await;
+    c.deployments
+        .pin("web", &[("d1".into(), Some(1))])
+        .await
+        .unwrap();
+    let rev_of = |c: &App, d: &str| {
         c.fleet.get(d).unwrap().desired.unwrap().stacks["web"].deployment_revision
     };
     assert_eq!((rev_of(&c, "d1"), rev_of(&c, "d2")), (1, 2));
     assert!(
-        c.pin("web", &[("d1".into(), Some(9))])
+        c.deployments
+            .pin("web", &[("d1".into(), Some(9))])
+            .await
             .unwrap_err()
             .to_string()
             .contains("no revision 9")
     );
-    c.flush().unwrap();
+    c.intake.flush().await.unwrap();
     drop(c);
-    let (c, _rx) = Controller::new(Store::open(&dir.path().join("s.db")).unwrap()).unwrap();
+    let c = App::open(dir.path()).await.unwrap();
     assert_eq!(rev_of(&c, "d1"), 1, "the pin survives a controller restart");
-    c.pin("web", &[("d1".into(), None)]).unwrap();
+    c.deployments
+        .pin("web", &[("d1".into(), None)])
+        .await
+        .unwrap();
     assert_eq!(rev_of(&c, "d1"), 2, "released to the latest");
-    c.pin("web", &[("d2".into(), Some(1))]).unwrap();
-    apply(&c, "a:3");
+    c.deployments
+        .pin("web", &[("d2".into(), Some(1))])
+        .await
+        .unwrap();
+    apply(&c, "a:3").await;
     assert_eq!(
         rev_of(&c, "d2"),
         3,

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use edgefleet_controller::core::{ApplyRequest, Controller, Outgoing};
-use edgefleet_controller::rollouts::StartRequest;
-use edgefleet_controller::store::Store;
+use edgefleet_controller::App;
+use edgefleet_controller::services::deployments::ApplyRequest;
+use edgefleet_controller::services::outbox::Outgoing;
+use edgefleet_controller::services::rollouts::{Control, StartRequest};
 use edgefleet_protocol::codec::encode;
 use edgefleet_protocol::status::{
     ContainerState, ConvergenceState, DeviceStatus, Health, ServiceStatus, StackStatus,
@@ -16,21 +17,24 @@ use serde_json::json;
 
 const N: usize = 5;
 
-fn setup() -> (
-    Controller,
+async fn setup() -> (
+    App,
     tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
     tempfile::TempDir,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let (c, rx) = Controller::new(Store::open(&dir.path().join("s.db")).unwrap()).unwrap();
+    let mut c = App::open(dir.path()).await.unwrap();
+    let rx = c.outgoing.take().unwrap();
     for i in 0..N {
         let id = format!("d{i}");
         let p = json!({"schema": 1, "device": id, "state": "online", "session": 1, "labels": {"site": "lyon", "line": format!("{}", i % 2)},
                        "agent_version": "t", "since": "t"});
-        c.on_message(
-            &TopicKind::DevicePresence.for_device(&id),
-            p.to_string().as_bytes(),
-        );
+        c.intake
+            .on_message(
+                &TopicKind::DevicePresence.for_device(&id),
+                p.to_string().as_bytes(),
+            )
+            .await;
     }
     (c, rx, dir)
 }
@@ -41,18 +45,18 @@ fn compose(image: &str) -> String {
     )
 }
 
-fn apply(c: &Controller, image: &str) -> serde_json::Value {
+async fn apply(c: &App, image: &str) -> serde_json::Value {
     let req = ApplyRequest {
         name: "web".into(),
         target: "site=lyon".into(),
         compose: compose(image),
     };
-    serde_json::to_value(c.apply(&req, "test").unwrap()).unwrap()
+    serde_json::to_value(c.deployments.apply(&req, "test").await.unwrap()).unwrap()
 }
 
 /// Every device reports its current desired document as applied; images named `bad:*`
 /// exit at start.
-fn agents_report(c: &Controller) {
+async fn agents_report(c: &App) {
     for i in 0..N {
         let id = format!("d{i}");
         let Some(d) = c.fleet.get(&id).and_then(|v| v.desired) else {
@@ -106,19 +110,21 @@ fn agents_report(c: &Controller) {
             agent_version: "t".into(),
             updated_at: "t".into(),
         };
-        c.on_message(&TopicKind::DeviceStatus.for_device(&id), &encode(&status));
+        c.intake
+            .on_message(&TopicKind::DeviceStatus.for_device(&id), &encode(&status))
+            .await;
     }
 }
 
 /// `n` passes of the loop, the simulated agents answering after each.
-fn passes(c: &Controller, n: usize) {
+async fn passes(c: &App, n: usize) {
     for _ in 0..n {
-        c.rollouts.tick(c);
-        agents_report(c);
+        c.rollouts.tick().await;
+        agents_report(c).await;
     }
 }
 
-fn running_revisions(c: &Controller) -> BTreeMap<String, u64> {
+fn running_revisions(c: &App) -> BTreeMap<String, u64> {
     (0..N)
         .map(|i| {
             let id = format!("d{i}");
@@ -128,12 +134,12 @@ fn running_revisions(c: &Controller) -> BTreeMap<String, u64> {
         .collect()
 }
 
-#[test]
-fn staged_apply_holds_devices_and_a_rollout_moves_them_wave_by_wave() {
-    let (c, mut rx, _dir) = setup();
-    apply(&c, "app:1");
-    agents_report(&c);
-    let out = apply(&c, "app:2");
+#[tokio::test]
+async fn staged_apply_holds_devices_and_a_rollout_moves_them_wave_by_wave() {
+    let (c, mut rx, _dir) = setup().await;
+    apply(&c, "app:1").await;
+    agents_report(&c).await;
+    let out = apply(&c, "app:2").await;
     assert_eq!(
         out["held"].as_array().map(Vec::len),
         Some(N),
@@ -144,7 +150,6 @@ fn staged_apply_holds_devices_and_a_rollout_moves_them_wave_by_wave() {
     let view = c
         .rollouts
         .start(
-            &c,
             &StartRequest {
                 deployment: "web".into(),
                 revision: None,
@@ -152,20 +157,23 @@ fn staged_apply_holds_devices_and_a_rollout_moves_them_wave_by_wave() {
             },
             "test",
         )
+        .await
         .unwrap();
     assert_eq!(
         view.rollout.waves.iter().map(Vec::len).collect::<Vec<_>>(),
         vec![1, 2, 2]
     );
-    let busy = c.rollouts.start(
-        &c,
-        &StartRequest {
-            deployment: "web".into(),
-            revision: None,
-            strategy: None,
-        },
-        "test",
-    );
+    let busy = c
+        .rollouts
+        .start(
+            &StartRequest {
+                deployment: "web".into(),
+                revision: None,
+                strategy: None,
+            },
+            "test",
+        )
+        .await;
     assert!(
         busy.unwrap_err().to_string().contains("still running"),
         "no two rollouts of one deployment"
@@ -174,12 +182,12 @@ fn staged_apply_holds_devices_and_a_rollout_moves_them_wave_by_wave() {
     let mut max_moved_at_once = 0;
     let mut last = running_revisions(&c);
     for _ in 0..30 {
-        c.rollouts.tick(&c);
+        c.rollouts.tick().await;
         let now = running_revisions(&c);
         let moved = now.iter().filter(|(d, r)| last[*d] != **r).count();
         max_moved_at_once = max_moved_at_once.max(moved);
         last = now;
-        agents_report(&c);
+        agents_report(&c).await;
     }
     assert!(
         running_revisions(&c).values().all(|r| *r == 2),
@@ -190,7 +198,7 @@ fn staged_apply_holds_devices_and_a_rollout_moves_them_wave_by_wave() {
         max_moved_at_once <= 2,
         "never more devices moved at once than a wave"
     );
-    let done = c.rollouts.get(&c, view.id).unwrap();
+    let done = c.rollouts.get(view.id).await.unwrap();
     assert_eq!(
         serde_json::to_value(&done.rollout.state).unwrap()["state"],
         "succeeded"
@@ -213,8 +221,9 @@ fn staged_apply_holds_devices_and_a_rollout_moves_them_wave_by_wave() {
     assert_eq!(published.last().unwrap()["state"]["state"], "succeeded");
     // Every state change is in the audit log, and the chain holds.
     let transitions: Vec<(serde_json::Value, serde_json::Value)> = c
-        .store()
+        .store
         .audit_records(&Default::default())
+        .await
         .unwrap()
         .into_iter()
         .filter(|r| r.action == "rollout.transition" && r.target == view.id.to_string())
@@ -231,19 +240,18 @@ fn staged_apply_holds_devices_and_a_rollout_moves_them_wave_by_wave() {
             (json!("running"), json!("succeeded"))
         ]
     );
-    assert!(c.store().audit_verify().unwrap().ok);
+    assert!(c.store.audit_verify().await.unwrap().ok);
 }
 
-#[test]
-fn a_bad_revision_stops_after_the_canary_and_rolls_it_back() {
-    let (c, _rx, _dir) = setup();
-    apply(&c, "app:1");
-    agents_report(&c);
-    apply(&c, "bad:2");
+#[tokio::test]
+async fn a_bad_revision_stops_after_the_canary_and_rolls_it_back() {
+    let (c, _rx, _dir) = setup().await;
+    apply(&c, "app:1").await;
+    agents_report(&c).await;
+    apply(&c, "bad:2").await;
     let view = c
         .rollouts
         .start(
-            &c,
             &StartRequest {
                 deployment: "web".into(),
                 revision: None,
@@ -251,9 +259,10 @@ fn a_bad_revision_stops_after_the_canary_and_rolls_it_back() {
             },
             "test",
         )
+        .await
         .unwrap();
-    passes(&c, 30);
-    let failed = c.rollouts.get(&c, view.id).unwrap();
+    passes(&c, 30).await;
+    let failed = c.rollouts.get(view.id).await.unwrap();
     let state = serde_json::to_value(&failed.rollout.state).unwrap();
     assert_eq!(state["state"], "failed", "{state}");
     assert!(
@@ -268,19 +277,19 @@ fn a_bad_revision_stops_after_the_canary_and_rolls_it_back() {
         "canary rolled back, nobody else touched: {:?}",
         running_revisions(&c)
     );
-    let all = c.rollouts.list(&c).unwrap();
+    let all = c.rollouts.list().await.unwrap();
     assert!(
         all.iter().any(|r| r.created_by.starts_with("rollback")),
         "the rollback is recorded as its own rollout"
     );
 }
 
-#[test]
-fn nonsense_is_refused_and_nothing_changes() {
-    let (c, _rx, _dir) = setup();
-    apply(&c, "app:1");
-    agents_report(&c);
-    apply(&c, "app:2");
+#[tokio::test]
+async fn nonsense_is_refused_and_nothing_changes() {
+    let (c, _rx, _dir) = setup().await;
+    apply(&c, "app:1").await;
+    agents_report(&c).await;
+    apply(&c, "app:2").await;
     for (req, needle) in [
         (
             StartRequest {
@@ -331,19 +340,24 @@ fn nonsense_is_refused_and_nothing_changes() {
             "already runs revision 1",
         ),
     ] {
-        let e = c.rollouts.start(&c, &req, "test").unwrap_err().to_string();
+        let e = c
+            .rollouts
+            .start(&req, "test")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(needle), "{needle}: {e}");
     }
-    assert!(c.rollouts.list(&c).unwrap().is_empty());
+    assert!(c.rollouts.list().await.unwrap().is_empty());
     assert!(running_revisions(&c).values().all(|r| *r == 1));
 }
 
-#[test]
-fn a_closed_maintenance_window_holds_the_wave_until_it_opens() {
-    let (c, _rx, _dir) = setup();
-    apply(&c, "app:1");
-    agents_report(&c);
-    apply(&c, "app:2");
+#[tokio::test]
+async fn a_closed_maintenance_window_holds_the_wave_until_it_opens() {
+    let (c, _rx, _dir) = setup().await;
+    apply(&c, "app:1").await;
+    agents_report(&c).await;
+    apply(&c, "app:2").await;
     let h = i32::from(
         jiff::Timestamp::now()
             .to_zoned_datetime(jiff::tz::TimeZone::UTC)
@@ -356,17 +370,20 @@ fn a_closed_maintenance_window_holds_the_wave_until_it_opens() {
             to.rem_euclid(24)
         )
     };
-    c.set_site_window("lyon", Some((&window(h + 2, h + 3), "UTC")))
+    c.windows
+        .set("lyon", Some((&window(h + 2, h + 3), "UTC")))
+        .await
         .unwrap();
     assert!(
-        c.set_site_window("lyon", Some(("Someday 10:00-11:00", "UTC")))
+        c.windows
+            .set("lyon", Some(("Someday 10:00-11:00", "UTC")))
+            .await
             .is_err(),
         "invalid windows are refused"
     );
     let view = c
         .rollouts
         .start(
-            &c,
             &StartRequest {
                 deployment: "web".into(),
                 revision: None,
@@ -374,9 +391,10 @@ fn a_closed_maintenance_window_holds_the_wave_until_it_opens() {
             },
             "test",
         )
+        .await
         .unwrap();
-    passes(&c, 3);
-    let waiting = c.rollouts.get(&c, view.id).unwrap();
+    passes(&c, 3).await;
+    let waiting = c.rollouts.get(view.id).await.unwrap();
     assert!(
         running_revisions(&c).values().all(|r| *r == 1),
         "nothing moves while the window is closed"
@@ -390,40 +408,42 @@ fn a_closed_maintenance_window_holds_the_wave_until_it_opens() {
         "the status says why it waits"
     );
     // The window opens.
-    c.set_site_window("lyon", Some((&window(h - 1, h + 1), "UTC")))
+    c.windows
+        .set("lyon", Some((&window(h - 1, h + 1), "UTC")))
+        .await
         .unwrap();
-    passes(&c, 30);
+    passes(&c, 30).await;
     assert!(running_revisions(&c).values().all(|r| *r == 2));
 }
 
-#[test]
-fn pause_resume_and_an_operator_rollback() {
-    let (c, _rx, _dir) = setup();
-    apply(&c, "app:1");
-    agents_report(&c);
-    apply(&c, "app:2");
+#[tokio::test]
+async fn pause_resume_and_an_operator_rollback() {
+    let (c, _rx, _dir) = setup().await;
+    apply(&c, "app:1").await;
+    agents_report(&c).await;
+    apply(&c, "app:2").await;
     let start = StartRequest {
         deployment: "web".into(),
         revision: None,
         strategy: None,
     };
-    let id = c.rollouts.start(&c, &start, "test").unwrap().id;
-    c.rollouts.control(&c, id, "pause").unwrap();
-    passes(&c, 5);
+    let id = c.rollouts.start(&start, "test").await.unwrap().id;
+    c.rollouts.control(id, Control::Pause).await.unwrap();
+    passes(&c, 5).await;
     assert!(
         running_revisions(&c).values().all(|r| *r == 1),
         "a paused rollout moves nobody"
     );
     assert!(
-        c.rollouts.control(&c, id, "pause").is_err(),
+        c.rollouts.control(id, Control::Pause).await.is_err(),
         "pausing twice is refused"
     );
-    c.rollouts.control(&c, id, "resume").unwrap();
-    passes(&c, 30);
+    c.rollouts.control(id, Control::Resume).await.unwrap();
+    passes(&c, 30).await;
     assert!(running_revisions(&c).values().all(|r| *r == 2));
-    let back = c.rollouts.rollback(&c, id, "operator").unwrap();
+    let back = c.rollouts.rollback(id, "operator").await.unwrap();
     assert!(back.created_by.starts_with("rollback"));
-    passes(&c, 10);
+    passes(&c, 10).await;
     assert!(
         running_revisions(&c).values().all(|r| *r == 1),
         "{:?}",

@@ -29,7 +29,7 @@ pub fn bins() -> &'static Bins {
             "build",
             "--bins",
             "-p",
-            "edgefleet-controller",
+            "edgefleet-cli",
             "-p",
             "edgefleet-agent",
         ]);

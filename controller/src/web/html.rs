@@ -2,7 +2,16 @@
 //! user or the store is written through [`esc`]; the frame loads only same-origin assets
 //! (the Content-Security-Policy forbids inline scripts and styles).
 
-use crate::auth::{Caller, Role};
+use edgefleet_domain::access::{Caller, Role};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+/// What a URL component keeps as it is: letters, digits and `- _ . ~ /`.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
 
 /// Escapes text for an HTML element or a quoted attribute.
 pub fn esc(s: &str) -> String {
@@ -22,15 +31,7 @@ pub fn esc(s: &str) -> String {
 
 /// Percent-encodes a URL path segment or query value.
 pub fn url_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, COMPONENT).to_string()
 }
 
 /// Percent-encodes a path segment (also `/`).

@@ -29,34 +29,30 @@ pub mod report;
 pub mod stream;
 pub mod tile;
 
-use std::sync::Arc;
-
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use edgefleet_domain::access::Caller;
+use edgefleet_domain::audit::{Entry, Outcome};
 use serde::Deserialize;
 
-use crate::auth::{self, Caller};
-use crate::core::Controller;
-
-/// The session cookie's name.
-pub const SESSION_COOKIE: &str = "edgefleet_session";
-/// The header a cookie-authenticated mutating request must carry (any value).
-pub const CSRF_HEADER: &str = "x-edgefleet-csrf";
+use crate::http::auth::{self, SESSION_COOKIE, session_token};
+use crate::http::state::ApiState;
 
 const APP_CSS: &str = include_str!("assets/app.css");
 const APP_JS: &str = include_str!("assets/app.js");
 
 /// The dashboard's routes, to be merged into the API router. Its own `/api/…` routes
 /// (stream, compliance report) go through the same authentication middleware as the API.
-pub fn router(ctrl: Arc<Controller>) -> Router {
+pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/api/v1/events/stream", get(stream::stream))
         .route("/api/v1/reports/compliance", get(report::compliance))
         .layer(axum::middleware::from_fn_with_state(
-            ctrl.clone(),
+            state.clone(),
             auth::middleware,
         ));
     Router::new()
@@ -75,26 +71,13 @@ pub fn router(ctrl: Arc<Controller>) -> Router {
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/openapi.json", get(openapi::document))
         .merge(api)
-        .with_state(ctrl)
-}
-
-/// The session token a browser sends in its cookie.
-pub fn session_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
+        .with_state(state)
 }
 
 /// The logged-in caller of a page request, from its session cookie.
-pub fn page_caller(ctrl: &Controller, headers: &HeaderMap) -> Option<Caller> {
+pub async fn page_caller(state: &ApiState, headers: &HeaderMap) -> Option<Caller> {
     let token = session_token(headers)?;
-    auth::caller_of(ctrl, &token).ok().flatten()
+    state.users.caller_of(&token).await.ok().flatten()
 }
 
 /// Where to send a visitor without a session.
@@ -201,43 +184,50 @@ struct LoginForm {
 }
 
 /// `POST /login` (form): the same check as the API's login, then the session cookie.
-async fn login(State(ctrl): State<Arc<Controller>>, Form(f): Form<LoginForm>) -> Response {
+async fn login(State(state): State<ApiState>, Form(f): Form<LoginForm>) -> Response {
     let next = safe_next(f.next.as_deref());
-    match crate::api::password_login(&ctrl, &f.username, f.password).await {
+    match state.users.password_login(&f.username, f.password).await {
         Ok(session) => {
-            let cookie = format!(
-                "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-                session.token, session.lifetime_secs
-            );
+            let cookie = Cookie::build((SESSION_COOKIE, session.token))
+                .http_only(true)
+                .same_site(SameSite::Strict)
+                .path("/")
+                .max_age(time::Duration::seconds(session.lifetime_secs));
             let mut resp = Redirect::to(&next).into_response();
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
+            if let Ok(v) = HeaderValue::from_str(&cookie.to_string()) {
                 resp.headers_mut().insert(header::SET_COOKIE, v);
             }
             resp
         }
-        Err(e) => page_response(
-            e.status(),
-            login_form(&next, &f.username, Some(e.message())),
-        ),
+        Err(e) => {
+            let e = crate::http::error::ApiError::from(e);
+            page_response(
+                e.status(),
+                login_form(&next, &f.username, Some(e.message())),
+            )
+        }
     }
 }
 
 /// `POST /logout`: revokes the session token and clears the cookie.
-async fn logout(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Response {
-    if let Some(caller) = page_caller(&ctrl, &headers) {
-        if let Err(e) = ctrl.store().delete_token(&caller.token_digest) {
+async fn logout(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Some(caller) = page_caller(&state, &headers).await {
+        if let Err(e) = state.users.revoke_token(&caller.token_digest).await {
             tracing::error!("cannot revoke a session at logout: {e}");
         }
-        ctrl.audit(crate::audit::Entry {
-            actor: caller.username.clone(),
-            role: caller.role.as_str().into(),
-            action: "auth.logout".into(),
-            target: caller.username.clone(),
-            site: String::new(),
-            outcome: crate::audit::Outcome::Ok,
-            status: Some(303),
-            detail: serde_json::json!({ "via": "dashboard" }),
-        });
+        state
+            .audit
+            .record(Entry {
+                actor: caller.username.clone(),
+                role: caller.role.as_str().into(),
+                action: "auth.logout".into(),
+                target: caller.username.clone(),
+                site: String::new(),
+                outcome: Outcome::Ok,
+                status: Some(303),
+                detail: serde_json::json!({ "via": "dashboard" }),
+            })
+            .await;
     }
     let mut resp = Redirect::to("/login").into_response();
     resp.headers_mut().insert(
@@ -252,21 +242,6 @@ async fn logout(State(ctrl): State<Arc<Controller>>, headers: HeaderMap) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn session_cookie_is_found_among_others() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; edgefleet_session=eft_abc ; b=2"),
-        );
-        assert_eq!(session_token(&h).as_deref(), Some("eft_abc"));
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("edgefleet_session="),
-        );
-        assert_eq!(session_token(&h), None);
-    }
 
     #[test]
     fn only_local_paths_are_followed_after_login() {

@@ -69,18 +69,8 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(DOCUMENT).expect("openapi.json parses");
         assert_eq!(doc["openapi"], "3.1.0");
         let mut checked = 0;
-        // enroll.rs: only its HTTP API routes (the enrollment listener is not this API).
-        let enroll = include_str!("../enroll.rs");
-        let start = enroll
-            .find("pub fn api_routes")
-            .expect("enroll::api_routes");
-        let end = enroll[start..].find("\n}\n").expect("end of api_routes") + start;
-        for src in [
-            include_str!("../api.rs"),
-            &enroll[start..end],
-            include_str!("../commands.rs"),
-            include_str!("mod.rs"),
-        ] {
+        // Every API route is registered in http::router; the dashboard's own in web::router.
+        for src in [include_str!("../http/mod.rs"), include_str!("mod.rs")] {
             for (path, methods) in routes(src) {
                 assert!(!methods.is_empty(), "no method found for route {path}");
                 for m in methods {

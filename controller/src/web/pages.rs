@@ -3,27 +3,32 @@
 //! them live from the event stream and sends changes through the JSON API.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
+use edgefleet_domain::access::{Caller, Role, deployment_site};
+use edgefleet_domain::rollout::engine::{Phase, RolloutState};
+use edgefleet_domain::rollout::view::RolloutView;
+use edgefleet_domain::selector::Selector;
+use edgefleet_store::audit::PageQuery;
+
 use super::html::{esc, frame, seg};
 use super::tile::{AlarmLine, Tile, clock};
 use super::{page_caller, page_response, stream, to_login};
-use crate::auth::{self, Access, Caller, Role, deployment_site};
-use crate::core::Controller;
-use crate::rollout::engine::{Phase, RolloutState};
-use crate::rollouts::RolloutView;
+use crate::http::auth::{Access, access};
+use crate::http::routes::deployments::unified_diff;
+use crate::http::routes::devices::{LogsQuery, recent_events};
+use crate::http::state::ApiState;
 
-type Ctx = State<Arc<Controller>>;
+type Ctx = State<ApiState>;
 
 /// Whether the caller's role may call `method path` (the API's role table; site scope is
 /// checked separately).
 fn allowed(caller: &Caller, method: Method, path: &str) -> bool {
-    match auth::access(&method, path) {
+    match access(&method, path) {
         Access::Public | Access::Any => true,
         Access::Roles(roles) => roles.contains(&caller.role),
     }
@@ -108,12 +113,12 @@ fn alarm_li(a: &AlarmLine) -> String {
 }
 
 /// `/`: every device the caller may see, as tiles grouped site → area → line, and the alarms.
-pub async fn fleet(State(ctrl): Ctx, headers: HeaderMap) -> Response {
-    let Some(caller) = page_caller(&ctrl, &headers) else {
+pub async fn fleet(State(state): Ctx, headers: HeaderMap) -> Response {
+    let Some(caller) = page_caller(&state, &headers).await else {
         return to_login("/");
     };
-    let rollouts = stream::visible_rollouts(&ctrl, &caller, 20);
-    let (tiles, alarms) = stream::fleet_snapshot(&ctrl, &caller, &rollouts);
+    let rollouts = stream::visible_rollouts(&state.rollouts, &state.deployments, &caller, 20).await;
+    let (tiles, alarms) = stream::fleet_snapshot(&state.fleet, &caller, &rollouts);
     type Lines<'a> = BTreeMap<&'a str, Vec<&'a Tile>>;
     let mut groups: BTreeMap<&str, BTreeMap<&str, Lines<'_>>> = BTreeMap::new();
     for t in &tiles {
@@ -177,11 +182,11 @@ pub async fn fleet(State(ctrl): Ctx, headers: HeaderMap) -> Response {
 }
 
 /// `/devices/{id}`: labels, agent, every stack and service, recent events.
-pub async fn device(State(ctrl): Ctx, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let Some(caller) = page_caller(&ctrl, &headers) else {
+pub async fn device(State(state): Ctx, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let Some(caller) = page_caller(&state, &headers).await else {
         return to_login(&format!("/devices/{}", seg(&id)));
     };
-    let Some(d) = ctrl.fleet.get(&id) else {
+    let Some(d) = state.fleet.get(&id) else {
         return not_found(&caller, &format!("No device '{id}' has connected yet."));
     };
     if !caller.sees(d.labels.get("site").map(String::as_str)) {
@@ -255,16 +260,9 @@ pub async fn device(State(ctrl): Ctx, headers: HeaderMap, Path(id): Path<String>
     }
     b += "</tbody></table><p class=\"note\">Logs are read from the device when you ask (a signed request to its agent); nothing is stored.</p></section>";
     b += "<section class=\"panel\"><h2>Recent events</h2><table class=\"events\"><thead><tr><th>time</th><th>severity</th><th>kind</th><th>stack/service</th><th>message</th></tr></thead><tbody>";
-    let mut events: Vec<_> = d.events.iter().cloned().collect();
-    if events.is_empty() {
-        events = ctrl
-            .store()
-            .events(&id, 50)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|j| serde_json::from_str(j).ok())
-            .collect();
-    }
+    let events = recent_events(&state.store, &id, d.events.iter().cloned().collect())
+        .await
+        .unwrap_or_default();
     for e in events.iter().rev() {
         let e: &edgefleet_protocol::event::DeviceEvent = e;
         b += &format!(
@@ -314,11 +312,11 @@ fn apply_form(name: &str, target: &str, compose: &str, locked: bool) -> String {
 }
 
 /// `/deployments`: every deployment the caller may see; the apply form for writers.
-pub async fn deployments(State(ctrl): Ctx, headers: HeaderMap) -> Response {
-    let Some(caller) = page_caller(&ctrl, &headers) else {
+pub async fn deployments(State(state): Ctx, headers: HeaderMap) -> Response {
+    let Some(caller) = page_caller(&state, &headers).await else {
         return to_login("/deployments");
     };
-    let rows = match ctrl.store().deployments() {
+    let rows = match state.store.deployments().await {
         Ok(r) => r,
         Err(e) => return store_error(&caller, &e.to_string()),
     };
@@ -331,8 +329,8 @@ pub async fn deployments(State(ctrl): Ctx, headers: HeaderMap) -> Response {
         .filter(|d| caller.sees(deployment_site(&d.target).as_deref()))
     {
         n += 1;
-        let devices = crate::selector::Selector::parse(&d.target)
-            .map(|s| ctrl.targets(&s).len())
+        let devices = Selector::parse(&d.target)
+            .map(|s| state.fleet.targets(&s).len())
             .unwrap_or(0);
         b += &format!(
             "<tr><td><a href=\"/deployments/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -389,24 +387,21 @@ pub struct DiffQuery {
 /// `/deployments/{name}`: revisions (who, when), a diff between two, which devices run
 /// which revision; the change and rollout forms for writers.
 pub async fn deployment(
-    State(ctrl): Ctx,
+    State(state): Ctx,
     headers: HeaderMap,
     Path(name): Path<String>,
     q: Result<Query<DiffQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Some(caller) = page_caller(&ctrl, &headers) else {
+    let Some(caller) = page_caller(&state, &headers).await else {
         return to_login(&format!("/deployments/{}", seg(&name)));
     };
     let q = q.map(|Query(q)| q).unwrap_or_default();
-    let (row, revisions) = {
-        let store = ctrl.store();
-        match (store.deployment(&name), store.revisions(&name)) {
-            (Ok(r), Ok(revs)) => (r, revs),
-            (Err(e), _) | (_, Err(e)) => {
-                drop(store);
-                return store_error(&caller, &e.to_string());
-            }
-        }
+    let (row, revisions) = match (
+        state.store.deployment(&name).await,
+        state.store.revisions(&name).await,
+    ) {
+        (Ok(r), Ok(revs)) => (r, revs),
+        (Err(e), _) | (_, Err(e)) => return store_error(&caller, &e.to_string()),
     };
     let Some(row) = row else {
         return not_found(&caller, &format!("No deployment '{name}'."));
@@ -428,12 +423,12 @@ pub async fn deployment(
     );
     // Which devices run which revision.
     b += "<section class=\"panel\"><h2>Devices</h2><table id=\"deployment-devices\"><thead><tr><th>device</th><th>state</th><th>running revision</th><th>desired revision</th></tr></thead><tbody>";
-    let targets = crate::selector::Selector::parse(&row.target)
-        .map(|s| ctrl.targets(&s))
+    let targets = Selector::parse(&row.target)
+        .map(|s| state.fleet.targets(&s))
         .unwrap_or_default();
     let now = jiff::Timestamp::now();
     for id in &targets {
-        let Some(d) = ctrl.fleet.get(id) else {
+        let Some(d) = state.fleet.get(id) else {
             continue;
         };
         if !caller.sees(d.labels.get("site").map(String::as_str)) {
@@ -496,23 +491,9 @@ pub async fn deployment(
         options(from),
         options(to)
     );
-    let text = |r: u64| {
-        revisions.iter().find(|x| x.revision == r).map(|x| {
-            format!(
-                "# target: {}\n{}",
-                x.target,
-                x.compose.as_deref().unwrap_or("")
-            )
-        })
-    };
-    if let (Some(a), Some(bb)) = (text(from), text(to)) {
-        let diff = similar::TextDiff::from_lines(&a, &bb)
-            .unified_diff()
-            .header(
-                &format!("{name} revision {from}"),
-                &format!("{name} revision {to}"),
-            )
-            .to_string();
+    let revision = |r: u64| revisions.iter().find(|x| x.revision == r);
+    if let (Some(a), Some(bb)) = (revision(from), revision(to)) {
+        let diff = unified_diff(&name, a, bb);
         b += "<pre class=\"diff\" id=\"diff\">";
         if diff.is_empty() {
             b += "(no difference)";
@@ -621,11 +602,11 @@ fn rollout_progress(v: &RolloutView) -> String {
 }
 
 /// `/rollouts`: the newest rollouts with their state (live).
-pub async fn rollouts(State(ctrl): Ctx, headers: HeaderMap) -> Response {
-    let Some(caller) = page_caller(&ctrl, &headers) else {
+pub async fn rollouts(State(state): Ctx, headers: HeaderMap) -> Response {
+    let Some(caller) = page_caller(&state, &headers).await else {
         return to_login("/rollouts");
     };
-    let list = stream::visible_rollouts(&ctrl, &caller, 200);
+    let list = stream::visible_rollouts(&state.rollouts, &state.deployments, &caller, 200).await;
     let mut b = String::from(
         "<main><h1>Rollouts</h1><section class=\"panel\"><table id=\"rollouts\"><thead><tr><th>id</th><th>deployment</th><th>revisions</th><th>state</th><th>progress</th><th>started by</th></tr></thead><tbody>",
     );
@@ -655,14 +636,17 @@ pub async fn rollouts(State(ctrl): Ctx, headers: HeaderMap) -> Response {
 }
 
 /// `/rollouts/{id}`: wave-by-wave progress (live) and the operator's controls.
-pub async fn rollout(State(ctrl): Ctx, headers: HeaderMap, Path(id): Path<u64>) -> Response {
-    let Some(caller) = page_caller(&ctrl, &headers) else {
+pub async fn rollout(State(state): Ctx, headers: HeaderMap, Path(id): Path<u64>) -> Response {
+    let Some(caller) = page_caller(&state, &headers).await else {
         return to_login(&format!("/rollouts/{id}"));
     };
-    let Ok(v) = ctrl.rollouts.get(&ctrl, id) else {
+    let Ok(v) = state.rollouts.get(id).await else {
         return not_found(&caller, &format!("No rollout {id}."));
     };
-    let site = crate::api::site_of_deployment(&ctrl, &v.rollout.deployment)
+    let site = state
+        .deployments
+        .site_of(&v.rollout.deployment)
+        .await
         .ok()
         .flatten();
     if !caller.sees(site.as_deref()) {
@@ -725,15 +709,20 @@ pub struct AuditQuery {
     q: Option<String>,
     #[serde(default)]
     limit: Option<u64>,
+    /// Only records older than this `seq` (the next page).
+    #[serde(default)]
+    before: Option<u64>,
 }
 
-/// `/audit` (admin, auditor): the audit log, searchable; the chain's verification; exports.
+/// `/audit` (admin, auditor): the audit log, searchable and paged (newest first); the
+/// chain's verification (incremental: only the records since the last check are walked);
+/// exports.
 pub async fn audit(
-    State(ctrl): Ctx,
+    State(state): Ctx,
     headers: HeaderMap,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Some(caller) = page_caller(&ctrl, &headers) else {
+    let Some(caller) = page_caller(&state, &headers).await else {
         return to_login("/audit");
     };
     if !matches!(caller.role, Role::Admin | Role::Auditor) {
@@ -751,32 +740,20 @@ pub async fn audit(
     let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
     let since = nonempty(&q.since);
     let site = nonempty(&q.site);
-    let text = nonempty(&q.q).map(|s| s.to_lowercase());
+    let text = nonempty(&q.q);
     let limit = q.limit.unwrap_or(200).clamp(1, 10_000);
-    let filter = crate::audit::Filter {
+    let page = PageQuery {
         since: since.clone(),
         site: site.clone(),
-        limit: if text.is_some() { None } else { Some(limit) },
+        text,
+        before: q.before,
+        limit,
     };
-    let (records, since_error) = match ctrl.store().audit_records(&filter) {
+    let (records, since_error) = match state.store.audit_page(page).await {
         Ok(r) => (r, None),
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
-    let mut records: Vec<_> = records
-        .into_iter()
-        .filter(|r| {
-            text.as_ref().is_none_or(|t| {
-                [
-                    &r.actor, &r.action, &r.target, &r.site, &r.outcome, &r.detail,
-                ]
-                .iter()
-                .any(|f| f.to_lowercase().contains(t.as_str()))
-            })
-        })
-        .collect();
-    records.reverse();
-    records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let verify = match ctrl.store().audit_verify() {
+    let verify = match state.audit.verify_incremental().await {
         Ok(v) if v.ok => format!(
             "Chain verified: {} records, head #{} {}",
             v.records,
@@ -829,16 +806,31 @@ pub async fn audit(
     if records.is_empty() {
         b += "<tr><td colspan=\"9\">No matching record.</td></tr>";
     }
-    b += "</tbody></table></section></main>";
+    b += "</tbody></table>";
+    if let Some(oldest) = records.last().filter(|_| records.len() as u64 == limit) {
+        let param = |k: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|v| format!("&{k}={}", super::html::url_component(v)))
+                .unwrap_or_default()
+        };
+        b += &format!(
+            "<p><a class=\"button\" id=\"audit-older\" href=\"/audit?limit={limit}&before={}{}{}{}\">Older records</a></p>",
+            oldest.seq,
+            esc(&param("q", &q.q)),
+            esc(&param("since", &since)),
+            esc(&param("site", &site)),
+        );
+    }
+    b += "</section></main>";
     page_response(StatusCode::OK, frame("Audit", Some(&caller), "audit", &b))
 }
 
 /// `/devices/{id}/logs?stack&service&tail`: a service's last lines, asked of the agent now.
 pub async fn device_logs(
-    State(ctrl): Ctx,
+    State(state): Ctx,
     headers: HeaderMap,
     Path(id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<crate::commands::LogsQuery>,
+    axum::extract::Query(q): axum::extract::Query<LogsQuery>,
 ) -> Response {
     let back = format!(
         "/devices/{}/logs?stack={}&service={}",
@@ -846,10 +838,10 @@ pub async fn device_logs(
         seg(&q.stack),
         seg(&q.service)
     );
-    let Some(caller) = page_caller(&ctrl, &headers) else {
+    let Some(caller) = page_caller(&state, &headers).await else {
         return to_login(&back);
     };
-    let site = ctrl.fleet.site_of(&id);
+    let site = state.fleet.site_of(&id);
     if !caller.sees(site.as_deref()) {
         return not_found(&caller, &format!("Device '{id}' is outside your sites."));
     }
@@ -861,7 +853,11 @@ pub async fn device_logs(
         esc(&q.stack),
         esc(&q.service)
     );
-    match ctrl.device_logs(&id, &q.stack, &q.service, tail).await {
+    match state
+        .commands
+        .device_logs(&id, &q.stack, &q.service, tail)
+        .await
+    {
         Ok(lines) if lines.is_empty() => {
             b += "<p class=\"panel\" id=\"logs-empty\">The container has written nothing yet.</p>";
         }

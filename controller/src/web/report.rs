@@ -12,12 +12,14 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use edgefleet_domain::access::Caller;
+use edgefleet_domain::device::DeviceView;
+use edgefleet_store::Store;
 use serde::{Deserialize, Serialize};
 
-use crate::api::ApiError;
-use crate::audit::csv_field;
-use crate::auth::{Auth, Caller};
-use crate::core::Controller;
+use crate::http::auth::Auth;
+use crate::http::error::ApiError;
+use crate::services::fleet::Fleet;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ComplianceRow {
@@ -95,9 +97,12 @@ fn word<T: Serialize>(v: &T) -> String {
 }
 
 /// The report's rows, sorted by device, deployment, service.
-pub fn rows(ctrl: &Controller, caller: &Caller) -> Result<Vec<ComplianceRow>, ApiError> {
-    let mut devices: Vec<crate::fleet::DeviceView> = ctrl
-        .fleet
+pub async fn rows(
+    fleet: &Fleet,
+    store: &Store,
+    caller: &Caller,
+) -> Result<Vec<ComplianceRow>, ApiError> {
+    let mut devices: Vec<DeviceView> = fleet
         .devices
         .iter()
         .filter(|d| caller.sees(d.labels.get("site").map(String::as_str)))
@@ -146,9 +151,9 @@ pub fn rows(ctrl: &Controller, caller: &Caller) -> Result<Vec<ComplianceRow>, Ap
                 Some(r) => {
                     let key = (name.clone(), r);
                     if !revisions.contains_key(&key) {
-                        let found = ctrl
-                            .store()
-                            .revision(&name, r)?
+                        let found = store
+                            .revision(&name, r)
+                            .await?
                             .map(|row| (row.created_at, row.created_by))
                             .unwrap_or_default();
                         revisions.insert(key.clone(), found);
@@ -197,15 +202,13 @@ pub fn rows(ctrl: &Controller, caller: &Caller) -> Result<Vec<ComplianceRow>, Ap
     Ok(out)
 }
 
-pub fn csv(rows: &[ComplianceRow]) -> String {
-    let mut out = COLUMNS.join(",");
-    out.push('\n');
+pub fn csv(rows: &[ComplianceRow]) -> Result<Vec<u8>, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(COLUMNS)?;
     for r in rows {
-        let line: Vec<String> = r.fields().iter().map(|f| csv_field(f)).collect();
-        out += &line.join(",");
-        out.push('\n');
+        w.write_record(r.fields())?;
     }
-    out
+    w.into_inner().map_err(|e| e.into_error().into())
 }
 
 #[derive(Deserialize)]
@@ -215,13 +218,14 @@ pub struct ReportQuery {
 }
 
 pub async fn compliance(
-    State(ctrl): State<Arc<Controller>>,
+    State(fleet): State<Arc<Fleet>>,
+    State(store): State<Store>,
     auth: Auth,
     q: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) =
         q.map_err(|_| ApiError::BadRequest("compliance report: ?format=csv|json".into()))?;
-    let rows = rows(&ctrl, &auth.caller)?;
+    let rows = rows(&fleet, &store, &auth.caller).await?;
     let generated = edgefleet_protocol::now_rfc3339();
     match q.format.as_deref().unwrap_or("json") {
         "csv" => Ok((
@@ -232,7 +236,7 @@ pub async fn compliance(
                     "attachment; filename=\"edgefleet-compliance.csv\"".to_owned(),
                 ),
             ],
-            csv(&rows),
+            csv(&rows).map_err(|e| ApiError::Internal(format!("cannot write the report: {e}")))?,
         )
             .into_response()),
         "json" => Ok(axum::Json(serde_json::json!({

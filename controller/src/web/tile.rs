@@ -7,7 +7,7 @@ use edgefleet_protocol::event::{EventKind, Severity};
 use edgefleet_protocol::status::ConvergenceState;
 use serde::Serialize;
 
-use crate::fleet::{Connection, DeviceView};
+use edgefleet_domain::device::{Connection, DeviceView};
 
 /// A drift report keeps a device shown as drifted this long (the agent restores it).
 const DRIFT_SHOWN_SECS: i64 = 120;
@@ -148,7 +148,7 @@ pub struct AlarmLine {
 /// Alarms of one device: the site summaries' (offline, failed, unhealthy) plus drift.
 pub fn device_alarms(d: &DeviceView, now: jiff::Timestamp) -> Vec<AlarmLine> {
     let href = format!("/devices/{}", super::html::seg(&d.id));
-    let mut out: Vec<AlarmLine> = crate::sites::alarms(d)
+    let mut out: Vec<AlarmLine> = edgefleet_domain::sites::alarms(d)
         .into_iter()
         .map(|a| AlarmLine {
             severity: a.severity,

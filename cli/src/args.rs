@@ -1,0 +1,467 @@
+//! The command line as clap reads it: every command, flag and its help text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use edgefleet_controller::ControllerConfig;
+use edgefleet_protocol::broker_url::BrokerAddr;
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgefleet",
+    version,
+    about = "edgefleet: one control plane for containerised apps on a fleet of edge devices",
+    long_about = "edgefleet runs containerised apps on a fleet of edge devices over MQTT.\n\n\
+        Start the control plane with `edgefleet gateway --data-dir ./data` (embedded MQTT broker + controller + HTTP API),\n\
+        enroll each device with `edgefleet device add ID --labels site=lyon,line=3` and, on the device,\n\
+        `edgefleet-agent enroll --token TOKEN` then `edgefleet-agent --data-dir DIR` (it connects to the TLS listener, mqtts://GATEWAY:8883),\n\
+        then deploy a Compose file with `edgefleet apply -f stack.yml --name NAME --target 'site=lyon,line=3'`\n\
+        and watch with `edgefleet get devices`. Every --*-listen flag accepts port 0; the addresses really bound\n\
+        are printed and written to DATA_DIR/addresses.json."
+)]
+pub struct Cli {
+    /// HTTP API of the controller, for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "EDGEFLEET_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// Print the API's JSON instead of tables (client commands).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Log format of server commands: text or json. Log level comes from RUST_LOG (default info).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: embedded MQTT broker + controller + HTTP API in one process.
+    Gateway(GatewayArgs),
+    /// Run the controller against an external MQTT broker (Mosquitto, EMQX, …).
+    Controller(ControllerArgs),
+    /// Run only the embedded MQTT broker (e.g. to run the controller as a separate process).
+    Broker(BrokerArgs),
+    /// Create or update a deployment from a Compose file (a new revision if anything changed).
+    Apply(ApplyArgs),
+    /// Show devices or deployments.
+    #[command(subcommand)]
+    Get(GetCommand),
+    /// Delete a deployment: its containers are removed from every device it targets.
+    #[command(subcommand)]
+    Delete(DeleteCommand),
+    /// A deployment's revisions with who and when; `--diff A B` shows what changed between two.
+    History {
+        deployment: String,
+        /// Two revisions to compare, e.g. `--diff 3 4`.
+        #[arg(long, num_args = 2, value_names = ["FROM", "TO"])]
+        diff: Option<Vec<u64>>,
+    },
+    /// Maintenance windows per site: rollout waves wait for them.
+    #[command(subcommand)]
+    Window(WindowCommand),
+    /// Staged rollouts: start one, watch it, pause, resume or abort it.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// Log in to the API; the session token is kept in the config dir (0600) for 12 h.
+    Login(LoginArgs),
+    /// Revoke the stored session token and forget it.
+    Logout,
+    /// Who the stored token (or EDGEFLEET_TOKEN) belongs to: user, role, sites.
+    Whoami,
+    /// API users (admin only).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// API tokens for scripts (EDGEFLEET_TOKEN), with your role and sites.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The tamper-evident audit log: verify it, list or export records.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Device identities: enroll a device (one-time token) or revoke it (admin only).
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Read-only MQTT credentials for integrators (SCADA, historians), admin only.
+    #[command(subcommand)]
+    Integrator(IntegratorCommand),
+    /// The confinement rules for an external broker.
+    #[command(subcommand)]
+    Acl(AclCommand),
+    /// The last lines a service wrote on a device, read from the device now.
+    #[command(after_help = "Example:\n  edgefleet logs press-07 opcua-bridge bridge --tail 200")]
+    Logs {
+        device: String,
+        stack: String,
+        service: String,
+        /// How many lines (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Create a one-time enrollment token for a device (printed once; expires).
+    ///
+    /// On the device run `edgefleet-agent enroll --token TOKEN`: the agent gets its own
+    /// certificate and key and pins this gateway's CA and signing key. A token works once.
+    #[command(
+        after_help = "Example:\n  edgefleet device add press-07 --labels site=lyon,area=stamping,line=3 --expires 2h"
+    )]
+    Add {
+        id: String,
+        /// Labels the device starts with, key=value comma-separated (site, area, line…).
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// How long the token stays valid (e.g. 2h, 7d; at most 30d).
+        #[arg(long, default_value = "24h")]
+        expires: String,
+    },
+    /// Revoke every certificate of a device: it is disconnected now and cannot reconnect.
+    /// Enroll it again (device add) to let it back.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IntegratorCommand {
+    /// Issue a read-only certificate: status, presence, events, site summaries and rollout
+    /// status; it can publish nothing. Writes cert.pem, key.pem (0600) and ca.pem to --out.
+    #[command(
+        after_help = "Then, e.g.:\n  mosquitto_sub -h GATEWAY -p 8883 --cafile OUT/ca.pem --cert OUT/cert.pem --key OUT/key.pem \\\n    -i integrator:NAME -t 'edgefleet/v1/fleet/#' -v"
+    )]
+    Add {
+        name: String,
+        /// Directory to write the credentials to (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclCommand {
+    /// Print the ACL file that gives an external broker the same confinement as the gateway.
+    Export {
+        /// Broker flavour.
+        #[arg(long, default_value = "mosquitto", value_parser = ["mosquitto"])]
+        format: String,
+        /// Integrator names to write read-only user blocks for (repeat for several).
+        #[arg(long = "integrator")]
+        integrators: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// User to log in as.
+    #[arg(long, default_value = "admin")]
+    pub user: String,
+    /// Read the password from this file (e.g. <data-dir>/initial-admin-password).
+    #[arg(long, conflicts_with = "password_stdin")]
+    pub password_file: Option<PathBuf>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user. Without --password-stdin a password is generated and printed once.
+    Add {
+        name: String,
+        /// admin, operator, viewer or auditor.
+        #[arg(long)]
+        role: String,
+        /// A site the user may act on (operators and viewers; repeat for several).
+        #[arg(long = "site")]
+        sites: Vec<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// All users with their role and sites.
+    List,
+    /// Remove a user and revoke every token of theirs.
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token for yourself; it is printed once. Use it as EDGEFLEET_TOKEN.
+    Create {
+        /// What uses it, e.g. ci-deploy.
+        name: String,
+        /// Lifetime, e.g. 30d or 12h (at most 366d).
+        #[arg(long, default_value = "90d")]
+        expires: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain in the store file; exits non-zero and names the first bad record.
+    /// Reads the file directly, so it works with the gateway stopped.
+    Verify {
+        /// The gateway's data directory (holding edgefleet.db).
+        #[arg(long, default_value = "./edgefleet-data")]
+        data_dir: PathBuf,
+    },
+    /// Audit records, oldest first (admin, auditor).
+    List {
+        /// RFC 3339 time or a duration back from now (2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        /// At most this many, the newest.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+    /// Export records as CSV or JSON (admin, auditor).
+    Export {
+        /// csv or json.
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+        format: String,
+        /// RFC 3339 time or a duration back from now (2h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Directory for the store (edgefleet.db). Created if missing.
+    #[arg(long, default_value = "./edgefleet-data")]
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API and dashboard (port 0: any free port; see DATA_DIR/addresses.json).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// MQTT keepalive of the controller's connection, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub keepalive: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Address of the plain MQTT listener (no identity, no confinement): for the controller
+    /// and local tools. Keep it on loopback; any other address is accepted with a warning.
+    /// Port 0: any free port.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub mqtt_listen: SocketAddr,
+    /// Address of the TLS MQTT listener devices and integrators connect to, with the
+    /// certificate they got at enrollment (`mqtts://`). Port 0: any free port.
+    #[arg(long, default_value = "0.0.0.0:8883")]
+    pub mqtts_listen: SocketAddr,
+    /// Address of the HTTPS listener agents enroll at (`edgefleet-agent enroll`). Port 0: any
+    /// free port.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub enroll_listen: SocketAddr,
+    /// Name or address devices reach this gateway at: goes into enrollment tokens and the
+    /// gateway's server certificate. Default: this machine's host name.
+    #[arg(long, value_name = "HOST")]
+    pub public_host: Option<String>,
+}
+
+impl GatewayArgs {
+    /// The name devices reach this gateway at: `--public-host`, else this machine's host name.
+    pub fn public_host(&self) -> String {
+        self.public_host.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".to_owned())
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// The external broker, as mqtt://HOST:PORT (plain MQTT: run the controller next to the
+    /// broker or on a trusted network; devices use the broker's TLS listener).
+    #[arg(long, value_parser = plain_broker)]
+    pub broker: BrokerAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Address of the plain MQTT listener (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub mqtt_listen: SocketAddr,
+    /// Write the address really bound to this JSON file (`{"schema":1,"pid":…,"mqtt":"HOST:PORT"}`).
+    #[arg(long, value_name = "FILE")]
+    pub addresses_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Compose file to deploy ('-' reads standard input).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Deployment name (letters, digits, '-', '_', '.').
+    #[arg(long)]
+    pub name: String,
+    /// Devices to run it on: 'site=lyon,line=3' (labels), 'id=press-07|press-08' (devices), or '*'.
+    #[arg(long)]
+    pub target: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GetCommand {
+    /// All devices with their connection, revision and service health.
+    Devices,
+    /// One device: status of every stack and service, recent events.
+    Device { id: String },
+    /// All deployments with their target and latest revision.
+    Deployments,
+    /// One deployment: its revisions and current Compose file.
+    Deployment { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WindowCommand {
+    /// Set a site's window, e.g. `edgefleet window set lyon 'Mon-Fri 22:00-04:00' --tz Europe/Paris`.
+    /// A window ending before it starts runs past midnight.
+    Set {
+        site: String,
+        /// DAYS HH:MM-HH:MM (days: Mon-Fri, Sat,Sun, daily).
+        window: String,
+        /// IANA time zone of the site.
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+    },
+    /// Remove a site's window (its devices can be updated at any time).
+    Clear { site: String },
+    /// List the windows and whether each is open now.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Move a deployment's devices to a revision in waves, gated on container health.
+    /// Strategy flags override the deployment file's `x-edgefleet-rollout`.
+    Start(Box<RolloutStart>),
+    /// Progress of a rollout, wave by wave (`--watch`: follow it live until it ends or pauses).
+    Status {
+        id: u64,
+        /// Follow the rollout (progress bar on a terminal) until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// All rollouts, newest first.
+    List,
+    /// Stop moving further devices; devices in flight finish.
+    Pause { id: u64 },
+    /// Continue a paused rollout.
+    Resume { id: u64 },
+    /// End the rollout: no further device moves; every device stays on one consistent revision.
+    Abort { id: u64 },
+    /// Return every device the rollout moved to the revision it came from (a rollout of its own).
+    Rollback { id: u64 },
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutStart {
+    /// Deployment to roll out.
+    pub deployment: String,
+    /// Target revision (default: the latest).
+    #[arg(long)]
+    pub revision: Option<u64>,
+    /// Devices in the first wave.
+    #[arg(long)]
+    pub canary: Option<u32>,
+    /// Devices per following wave: a count (2) or a share (25%).
+    #[arg(long)]
+    pub batch: Option<String>,
+    /// Failures tolerated before --on-failure applies: a count or a share.
+    #[arg(long)]
+    pub max_failures: Option<String>,
+    /// Time a device has to become healthy (e.g. 5m).
+    #[arg(long)]
+    pub health_timeout: Option<String>,
+    /// How long a device must stay healthy to count as a success (e.g. 30s).
+    #[arg(long)]
+    pub soak: Option<String>,
+    /// On too many failures: pause or rollback.
+    #[arg(long)]
+    pub on_failure: Option<String>,
+    /// A device offline when its wave comes: wait, skip or fail.
+    #[arg(long)]
+    pub offline: Option<String>,
+    /// How long `--offline wait` waits (e.g. 10m).
+    #[arg(long)]
+    pub offline_timeout: Option<String>,
+    /// Order devices by site, area or line.
+    #[arg(long)]
+    pub order_by: Option<String>,
+    /// Never two devices of the same site, area or line in one wave.
+    #[arg(long)]
+    pub one_per: Option<String>,
+}
+
+impl RolloutStart {
+    /// The strategy overrides as the API takes them (only the flags given).
+    pub fn overrides(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        if let Some(c) = self.canary {
+            m.insert("canary".into(), json!(c));
+        }
+        let text = [
+            ("batch", &self.batch),
+            ("max_failures", &self.max_failures),
+            ("health_timeout", &self.health_timeout),
+            ("soak", &self.soak),
+            ("on_failure", &self.on_failure),
+            ("offline", &self.offline),
+            ("offline_timeout", &self.offline_timeout),
+            ("order_by", &self.order_by),
+            ("one_per", &self.one_per),
+        ];
+        for (k, v) in text {
+            if let Some(v) = v {
+                m.insert(k.into(), json!(v));
+            }
+        }
+        Value::Object(m)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeleteCommand {
+    /// Delete a deployment (its revisions stay in the history).
+    Deployment { name: String },
+}
+
+impl ServerArgs {
+    pub fn controller_config(&self, broker: BrokerAddr) -> ControllerConfig {
+        let mut c = ControllerConfig::new(self.data_dir.clone(), broker);
+        c.keepalive = Duration::from_secs(self.keepalive.max(1));
+        c
+    }
+}
+
+/// The controller's own broker connection is plain MQTT (loopback or a trusted network).
+fn plain_broker(s: &str) -> Result<BrokerAddr, String> {
+    let addr = BrokerAddr::parse(s).map_err(|e| e.to_string())?;
+    if addr.tls {
+        return Err(
+            "the controller connects to its broker with plain MQTT (mqtt://HOST:PORT); run it next to the broker, devices use the broker's TLS listener".to_owned(),
+        );
+    }
+    Ok(addr)
+}

@@ -1,0 +1,532 @@
+//! The client commands: each one a call (or a few) to the HTTP API, rendered for a person
+//! or printed as JSON (`--json`). `audit verify` and `acl export` need no gateway: the first
+//! reads the store file itself (`--data-dir`), so it works with the gateway stopped.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use edgefleet_domain::audit::Verification;
+use edgefleet_files::Mode;
+use serde_json::{Value, json};
+
+use crate::args::*;
+use crate::client::{ApiClient, audit_query, read_password, token_file};
+use crate::render::*;
+
+/// `edgefleet audit verify`: walks the chain in the store file, read-only.
+pub fn verify_store(data_dir: &std::path::Path) -> anyhow::Result<Verification> {
+    let db = data_dir.join("edgefleet.db");
+    if !db.exists() {
+        bail!(
+            "no store at {}: point --data-dir at the gateway's data directory",
+            db.display()
+        );
+    }
+    let conn = edgefleet_store::open_read_only(&db)
+        .with_context(|| format!("cannot open {} read-only", db.display()))?;
+    edgefleet_store::audit::verify_connection(&conn).map_err(|e| {
+        anyhow!("{e}: is {} an edgefleet store of schema 4 or later? (start the gateway once to migrate it)", db.display())
+    })
+}
+
+/// Runs a client command; returns what to print.
+pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
+    if let Command::Audit(AuditCommand::Verify { data_dir }) = &cli.command {
+        let v = verify_store(data_dir)?;
+        if let Some(bad) = &v.first_bad {
+            bail!(
+                "audit log TAMPERED: first bad record is #{}: {} ({} record(s) before it verify; their head is #{} {})",
+                bad.seq,
+                bad.reason,
+                v.records,
+                v.head_seq,
+                v.head_hash
+            );
+        }
+        return Ok(if cli.json {
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        } else {
+            format!(
+                "audit log OK: {} record(s), chain intact\nhead: #{} {}\n(keep the head hash elsewhere: removing the newest records is only detectable against it)",
+                v.records, v.head_seq, v.head_hash
+            )
+        });
+    }
+    if let Command::Audit(AuditCommand::Export {
+        format,
+        since,
+        site,
+        output,
+    }) = &cli.command
+    {
+        let api = ApiClient::new(&cli.server)?;
+        let text = api
+            .get_text(&format!(
+                "/api/v1/audit/export?format={format}{}",
+                audit_query(since, site)
+            ))
+            .await?;
+        return match output {
+            Some(path) => {
+                std::fs::write(path, &text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                Ok(if cli.json {
+                    json!({ "file": path.display().to_string(), "format": format }).to_string()
+                } else {
+                    format!("audit export ({format}) written to {}", path.display())
+                })
+            }
+            None => Ok(text.trim_end().to_owned()),
+        };
+    }
+    if let Command::Login(a) = &cli.command {
+        return login(cli, a).await;
+    }
+    if let Command::Acl(AclCommand::Export {
+        format,
+        integrators,
+    }) = &cli.command
+    {
+        // The rules are the code's own; no gateway needed.
+        let _ = format;
+        let text = edgefleet_protocol::acl::mosquitto_acl_with_integrators(integrators)
+            .map_err(|e| anyhow!("{e}"))?;
+        return Ok(if cli.json {
+            json!({ "format": "mosquitto", "acl": text }).to_string()
+        } else {
+            text.trim_end().to_owned()
+        });
+    }
+    if let Command::Integrator(IntegratorCommand::Add { name, out }) = &cli.command {
+        let api = ApiClient::new(&cli.server)?;
+        let v = api
+            .post("/api/v1/integrators", &json!({ "name": name }))
+            .await?;
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        edgefleet_files::write_private(&out.join("key.pem"), s(&v, "key_pem").as_bytes())
+            .with_context(|| format!("cannot write {}", out.join("key.pem").display()))?;
+        for (file, key) in [("cert.pem", "cert_pem"), ("ca.pem", "ca_pem")] {
+            edgefleet_files::write_atomic(&out.join(file), s(&v, key).as_bytes(), Mode::Public)
+                .with_context(|| format!("cannot write {}", out.join(file).display()))?;
+        }
+        return Ok(if cli.json {
+            json!({
+                "name": name, "client_id": v["client_id"], "serial": v["serial"],
+                "broker_url": v["broker_url"], "dir": out.display().to_string(),
+            })
+            .to_string()
+        } else {
+            format!(
+                "integrator {name}: credentials in {} (key.pem is private); connect to {} with client id '{}' (or that id followed by ':' and a suffix)",
+                out.display(),
+                s(&v, "broker_url"),
+                s(&v, "client_id")
+            )
+        });
+    }
+    if let Command::Logout = &cli.command {
+        return logout(cli).await;
+    }
+    let api = ApiClient::new(&cli.server)?;
+    let (value, human): (Value, fn(&Value) -> String) = match &cli.command {
+        Command::Apply(a) => {
+            let compose = if a.file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+                    .context("cannot read the Compose file from standard input")?
+            } else {
+                std::fs::read_to_string(&a.file)
+                    .with_context(|| format!("cannot read the Compose file {}", a.file.display()))?
+            };
+            let body = json!({ "name": a.name, "target": a.target, "compose": compose });
+            (api.post("/api/v1/deployments", &body).await?, render_apply)
+        }
+        Command::Get(GetCommand::Devices) => (api.get("/api/v1/devices").await?, render_devices),
+        Command::Get(GetCommand::Device { id }) => (
+            api.get(&format!("/api/v1/devices/{id}")).await?,
+            render_device,
+        ),
+        Command::Get(GetCommand::Deployments) => {
+            (api.get("/api/v1/deployments").await?, render_deployments)
+        }
+        Command::Get(GetCommand::Deployment { name }) => (
+            api.get(&format!("/api/v1/deployments/{name}")).await?,
+            render_deployment,
+        ),
+        Command::Delete(DeleteCommand::Deployment { name }) => (
+            api.delete(&format!("/api/v1/deployments/{name}")).await?,
+            render_delete,
+        ),
+        Command::Rollout(RolloutCommand::Start(r)) => {
+            let body = json!({ "deployment": r.deployment, "revision": r.revision, "strategy": r.overrides() });
+            (api.post("/api/v1/rollouts", &body).await?, render_rollout)
+        }
+        Command::Rollout(RolloutCommand::Status { id, watch: false }) => (
+            api.get(&format!("/api/v1/rollouts/{id}")).await?,
+            render_rollout,
+        ),
+        Command::Rollout(RolloutCommand::Status { id, watch: true }) => {
+            (watch_rollout(&api, *id, cli.json).await?, render_rollout)
+        }
+        Command::Window(WindowCommand::Set { site, window, tz }) => (
+            api.put(
+                &format!("/api/v1/windows/{site}"),
+                &json!({ "window": window, "tz": tz }),
+            )
+            .await?,
+            |v: &Value| {
+                format!(
+                    "site {}: maintenance window '{}' ({})",
+                    s(v, "site"),
+                    s(v, "window"),
+                    s(v, "tz")
+                )
+            },
+        ),
+        Command::Window(WindowCommand::Clear { site }) => (
+            api.delete(&format!("/api/v1/windows/{site}")).await?,
+            |v: &Value| format!("site {}: no maintenance window", s(v, "site")),
+        ),
+        Command::Window(WindowCommand::List) => (api.get("/api/v1/windows").await?, render_windows),
+        Command::History {
+            deployment,
+            diff: Some(revs),
+        } => {
+            let (from, to) = (
+                revs.first().copied().unwrap_or(0),
+                revs.get(1).copied().unwrap_or(0),
+            );
+            (
+                api.get(&format!(
+                    "/api/v1/deployments/{deployment}/diff?from={from}&to={to}"
+                ))
+                .await?,
+                |v: &Value| {
+                    let d = s(v, "diff");
+                    if d.is_empty() {
+                        "no difference".to_owned()
+                    } else {
+                        d.to_owned()
+                    }
+                },
+            )
+        }
+        Command::History {
+            deployment,
+            diff: None,
+        } => (
+            api.get(&format!("/api/v1/deployments/{deployment}"))
+                .await?,
+            render_deployment,
+        ),
+        Command::Rollout(RolloutCommand::List) => {
+            (api.get("/api/v1/rollouts").await?, render_rollouts)
+        }
+        Command::Rollout(RolloutCommand::Pause { id }) => (
+            api.post(&format!("/api/v1/rollouts/{id}/pause"), &json!({}))
+                .await?,
+            render_rollout,
+        ),
+        Command::Rollout(RolloutCommand::Resume { id }) => (
+            api.post(&format!("/api/v1/rollouts/{id}/resume"), &json!({}))
+                .await?,
+            render_rollout,
+        ),
+        Command::Rollout(RolloutCommand::Rollback { id }) => (
+            api.post(&format!("/api/v1/rollouts/{id}/rollback"), &json!({}))
+                .await?,
+            render_rollout,
+        ),
+        Command::Rollout(RolloutCommand::Abort { id }) => (
+            api.post(&format!("/api/v1/rollouts/{id}/abort"), &json!({}))
+                .await?,
+            render_rollout,
+        ),
+        Command::Device(DeviceCommand::Add {
+            id,
+            labels,
+            expires,
+        }) => (
+            api.post(
+                &format!("/api/v1/devices/{id}/enroll"),
+                &json!({ "labels": labels, "expires": expires }),
+            )
+            .await?,
+            |v: &Value| {
+                format!(
+                    "enrollment token for {} (valid until {}, works once):\n\n  {}\n\non the device run:\n  edgefleet-agent enroll --token <the token above>\n(it connects to {}; add --url https://HOST:PORT if the device reaches the gateway under another name)",
+                    s(v, "device"),
+                    s(v, "expires_at"),
+                    s(v, "token"),
+                    s(v, "enroll_url")
+                )
+            },
+        ),
+        Command::Device(DeviceCommand::Revoke { id }) => (
+            api.post(&format!("/api/v1/devices/{id}/revoke"), &json!({}))
+                .await?,
+            |v: &Value| {
+                format!(
+                    "{} revoked: {} certificate(s) refused from now on, {} live connection(s) closed",
+                    s(v, "device"),
+                    v["certificates_revoked"],
+                    v["connections_closed"]
+                )
+            },
+        ),
+        Command::Logs {
+            device,
+            stack,
+            service,
+            tail,
+        } => (
+            api.get(&format!(
+                "/api/v1/devices/{device}/logs?stack={stack}&service={service}&tail={tail}"
+            ))
+            .await?,
+            |v: &Value| list(v, "lines").join("\n"),
+        ),
+        Command::Whoami => (api.get("/api/v1/whoami").await?, |v: &Value| {
+            format!(
+                "{} ({}{}) — token '{}' valid until {}",
+                s(v, "username"),
+                s(v, "role"),
+                scope(v),
+                v.pointer("/token/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-"),
+                v.pointer("/token/expires_at")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+            )
+        }),
+        Command::User(UserCommand::Add {
+            name,
+            role,
+            sites,
+            password_stdin,
+        }) => {
+            let password = read_password(None, *password_stdin)?;
+            let body =
+                json!({ "username": name, "role": role, "sites": sites, "password": password });
+            (api.post("/api/v1/users", &body).await?, |v: &Value| {
+                let mut out = format!(
+                    "user {} created: {}{}",
+                    s(v, "username"),
+                    s(v, "role"),
+                    scope(v)
+                );
+                if let Some(p) = v.get("password").and_then(Value::as_str) {
+                    out += &format!("\npassword (shown only now, hand it over safely): {p}");
+                }
+                out
+            })
+        }
+        Command::User(UserCommand::List) => (api.get("/api/v1/users").await?, |v: &Value| {
+            let mut t = table(&["USER", "ROLE", "SITES", "CREATED"]);
+            let all = v
+                .get("users")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for u in &all {
+                t.add_row(vec![
+                    s(u, "username").to_owned(),
+                    s(u, "role").to_owned(),
+                    list(u, "sites").join(","),
+                    s(u, "created_at").to_owned(),
+                ]);
+            }
+            format!("{t}\n{} user(s)", all.len())
+        }),
+        Command::User(UserCommand::Remove { name }) => (
+            api.delete(&format!("/api/v1/users/{name}")).await?,
+            |v: &Value| {
+                format!(
+                    "user {} removed; their tokens are revoked",
+                    s(v, "username")
+                )
+            },
+        ),
+        Command::Token(TokenCommand::Create { name, expires }) => (
+            api.post(
+                "/api/v1/tokens",
+                &json!({ "name": name, "expires_in": expires }),
+            )
+            .await?,
+            |v: &Value| {
+                format!(
+                    "token '{}' for {} ({}{}), valid until {} — shown only now:\n{}",
+                    s(v, "name"),
+                    s(v, "username"),
+                    s(v, "role"),
+                    scope(v),
+                    s(v, "expires_at"),
+                    s(v, "token")
+                )
+            },
+        ),
+        Command::Audit(AuditCommand::List { since, site, limit }) => (
+            api.get(&format!(
+                "/api/v1/audit?limit={limit}{}",
+                audit_query(since, site)
+            ))
+            .await?,
+            render_audit,
+        ),
+        Command::Audit(AuditCommand::Verify { .. } | AuditCommand::Export { .. })
+        | Command::Login(_)
+        | Command::Logout
+        | Command::Integrator(_)
+        | Command::Acl(_)
+        | Command::Gateway(_)
+        | Command::Controller(_)
+        | Command::Broker(_) => {
+            bail!("not a client command")
+        }
+    };
+    Ok(if cli.json {
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    } else {
+        human(&value)
+    })
+}
+
+/// `edgefleet login`: exchanges the password for a session token and stores it (0600).
+async fn login(cli: &Cli, a: &LoginArgs) -> anyhow::Result<String> {
+    let password = read_password(a.password_file.as_ref(), a.password_stdin)?.ok_or_else(|| {
+        anyhow!("give the password with --password-file FILE or --password-stdin (first start: the file is <data-dir>/initial-admin-password)")
+    })?;
+    let mut api = ApiClient::with_token(&cli.server, None)?;
+    api.login_hint = false;
+    let v = api
+        .post(
+            "/api/v1/login",
+            &json!({ "username": a.user, "password": password }),
+        )
+        .await?;
+    let token = v
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("the API answered the login without a token"))?;
+    let file = token_file()?;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    edgefleet_files::write_private(&file, format!("{token}\n").as_bytes())
+        .with_context(|| format!("cannot write the token to {}", file.display()))?;
+    let mut shown = v.clone();
+    if let Some(m) = shown.as_object_mut() {
+        m.remove("token");
+        m.insert("token_file".into(), json!(file.display().to_string()));
+    }
+    Ok(if cli.json {
+        serde_json::to_string_pretty(&shown).unwrap_or_default()
+    } else {
+        let mut out = format!(
+            "logged in to {} as {} ({}{}) until {}; token saved in {}",
+            cli.server,
+            s(&v, "username"),
+            s(&v, "role"),
+            scope(&v),
+            s(&v, "expires_at"),
+            file.display()
+        );
+        if std::env::var_os("EDGEFLEET_TOKEN").is_some() {
+            out += "\nnote: EDGEFLEET_TOKEN is set and takes precedence over the stored token";
+        }
+        out
+    })
+}
+
+/// `edgefleet logout`: revokes the stored session at the API (if reachable) and deletes it.
+async fn logout(cli: &Cli) -> anyhow::Result<String> {
+    let file = token_file()?;
+    let stored = std::fs::read_to_string(&file)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let revoked = match &stored {
+        Some(t) => ApiClient::with_token(&cli.server, Some(t.clone()))?
+            .post("/api/v1/logout", &json!({}))
+            .await
+            .is_ok(),
+        None => false,
+    };
+    if stored.is_some() {
+        std::fs::remove_file(&file).with_context(|| format!("cannot remove {}", file.display()))?;
+    }
+    let v = json!({ "logged_out": stored.is_some(), "revoked": revoked, "token_file": file.display().to_string() });
+    Ok(if cli.json {
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    } else if stored.is_none() {
+        format!("not logged in (no token in {})", file.display())
+    } else {
+        format!(
+            "logged out{}; removed {}",
+            if revoked {
+                " and the session revoked"
+            } else {
+                " (the API was not reachable to revoke the session; it expires on its own)"
+            },
+            file.display()
+        )
+    })
+}
+
+/// Follows a rollout until it stops running (ends or pauses): a progress bar on a terminal, one line per change
+/// otherwise (or nothing until the end with --json). Returns the final state.
+async fn watch_rollout(api: &ApiClient, id: u64, json_out: bool) -> anyhow::Result<Value> {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal() && !json_out;
+    let bar = indicatif::ProgressBar::new(0);
+    if tty {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:40}] {pos}/{len} devices  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut last = String::new();
+    loop {
+        let v = api.get(&format!("/api/v1/rollouts/{id}")).await?;
+        let total = v
+            .get("devices")
+            .and_then(Value::as_object)
+            .map_or(0, |m| m.len() as u64);
+        let done = v.get("devices").and_then(Value::as_object).map_or(0, |m| {
+            m.values()
+                .filter(|p| matches!(s(p, "phase"), "succeeded" | "failed" | "skipped"))
+                .count() as u64
+        });
+        let line = format!(
+            "wave {}  {}{}",
+            n(&v, "current_wave"),
+            rollout_state(&v),
+            v.get("waiting")
+                .and_then(Value::as_str)
+                .map(|w| format!("  ({w})"))
+                .unwrap_or_default()
+        );
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(line.clone());
+        if !tty && !json_out && line != last {
+            eprintln!("{done}/{total} devices  {line}");
+        }
+        last = line;
+        let state = v
+            .pointer("/state/state")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if state != "running" {
+            bar.finish();
+            return Ok(v);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,165 @@
+//! The server commands: `gateway`, `controller`, `broker`. Each binds its listeners here
+//! (port 0 allowed), prints the addresses it really bound, and hands the listeners to the
+//! libraries; the gateway and controller also write them to `DATA_DIR/addresses.json`.
+//! A server command exits non-zero when an essential part of it stops (crash-only: let
+//! systemd or Docker restart it).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context;
+use edgefleet_controller::{Addresses, GatewayConfig, GatewayListeners};
+use edgefleet_protocol::broker_url::BrokerAddr;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::{BrokerArgs, ControllerArgs, GatewayArgs};
+
+pub fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,rumqttd=warn,rumqttd::server::broker=off")
+    });
+    // axum logs rejected request bodies' parse errors at TRACE, and those can quote a
+    // password: never log them, whatever RUST_LOG says (no secret in logs).
+    let filter = match "axum::rejection=off".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Cancels the returned token on the first SIGINT/SIGTERM; a second one exits at once.
+fn watch_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!("cannot watch SIGTERM: {e}");
+                    return;
+                }
+            };
+        for n in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if n == 0 {
+                tracing::info!("shutting down (send the signal again to force)");
+                t.cancel();
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+    token
+}
+
+/// Binds a listener, with an error that names the flag to change.
+async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen for {what} on {addr}: choose another address with {flag} (port 0: any free port)")
+    })
+}
+
+async fn start_broker(mqtt_listen: SocketAddr) -> anyhow::Result<edgefleet_broker::BrokerHandle> {
+    let config = edgefleet_broker::BrokerConfig {
+        mqtt_listen,
+        ..Default::default()
+    };
+    Ok(tokio::task::spawn_blocking(move || edgefleet_broker::start(&config)).await??)
+}
+
+pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
+    let shutdown = watch_signals();
+    let broker = start_broker(args.mqtt_listen).await?;
+    let http = bind(args.server.http_listen, "HTTP", "--http-listen").await?;
+    let mqtts = bind(args.mqtts_listen, "MQTT over TLS", "--mqtts-listen").await?;
+    let enroll = bind(args.enroll_listen, "enrollment", "--enroll-listen").await?;
+    if !args.mqtt_listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %args.mqtt_listen,
+            "the plain MQTT listener is not on loopback: any client that reaches it can publish and subscribe anywhere, with no identity. Use it only on a trusted network; devices belong on the TLS listener (--mqtts-listen)"
+        );
+    }
+    let public_host = args.public_host();
+    eprintln!(
+        "edgefleet gateway: devices on mqtts://{public_host}:{} (enroll at https://{public_host}:{}), local MQTT on {}, HTTP API on http://{}, data in {} (addresses in {})",
+        mqtts.local_addr()?.port(),
+        enroll.local_addr()?.port(),
+        broker.listen_addr(),
+        http.local_addr()?,
+        args.server.data_dir.display(),
+        args.server
+            .data_dir
+            .join(edgefleet_controller::ADDRESSES_FILE)
+            .display(),
+    );
+    let config = GatewayConfig {
+        controller: args.server.controller_config(BrokerAddr {
+            host: broker.connect_addr().ip().to_string(),
+            port: broker.connect_addr().port(),
+            tls: false,
+        }),
+        public_host,
+    };
+    edgefleet_controller::run_gateway(
+        config,
+        broker,
+        GatewayListeners {
+            http,
+            mqtts,
+            enroll,
+        },
+        shutdown,
+    )
+    .await
+}
+
+pub async fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
+    let shutdown = watch_signals();
+    let http = bind(args.server.http_listen, "HTTP", "--http-listen").await?;
+    eprintln!(
+        "edgefleet controller: broker {}, HTTP API on http://{}, data in {}",
+        args.broker,
+        http.local_addr()?,
+        args.server.data_dir.display()
+    );
+    edgefleet_controller::run_controller(
+        args.server.controller_config(args.broker.clone()),
+        http,
+        shutdown,
+    )
+    .await
+}
+
+async fn write_addresses(file: &Path, addresses: Addresses) -> anyhow::Result<()> {
+    let path = file.to_owned();
+    tokio::task::spawn_blocking(move || addresses.write(&path))
+        .await?
+        .with_context(|| format!("cannot write {}", file.display()))
+}
+
+pub async fn broker(args: &BrokerArgs) -> anyhow::Result<()> {
+    let broker = start_broker(args.mqtt_listen).await?;
+    eprintln!("edgefleet broker: MQTT on {}", broker.listen_addr());
+    if let Some(file) = &args.addresses_file {
+        let mut a = Addresses::new();
+        a.mqtt = Some(broker.listen_addr());
+        write_addresses(file, a).await?;
+    }
+    let stopped = broker.stopped();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        why = stopped => Err(anyhow::anyhow!("the embedded MQTT broker stopped: {why}")),
+    }
+}

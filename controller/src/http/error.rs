@@ -1,0 +1,173 @@
+//! The API's errors: every refusal is `{"error": "…"}` with a 4xx status and a sentence
+//! saying what to change; a store failure is a 500 that says what to check. Each service
+//! error maps here in one place.
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use edgefleet_store::StoreError;
+use edgefleet_store::audit::AuditQueryError;
+use serde_json::json;
+
+use crate::services::commands::CommandError;
+use crate::services::deployments::{ApplyError, PinError};
+use crate::services::identity::EnrollError;
+use crate::services::rollouts::RolloutError;
+use crate::services::users::UserError;
+use crate::services::windows::WindowError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    /// A request body that does not parse (its text is not audited: it may quote a secret).
+    BadBody(String),
+    Unauthorized(String),
+    Forbidden(String),
+    NotFound(String),
+    Conflict(String),
+    Internal(String),
+}
+
+/// A refusal's message, attached to the response for the audit middleware.
+#[derive(Debug, Clone)]
+pub struct ErrorMessage(pub String);
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The message as the audit log records it.
+    pub fn message(&self) -> &str {
+        match self {
+            ApiError::BadBody(_) => "the request body could not be read",
+            ApiError::BadRequest(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::Internal(m) => m,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let audited = ErrorMessage(self.message().to_owned());
+        let msg = match self {
+            ApiError::BadRequest(m)
+            | ApiError::BadBody(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::Internal(m) => m,
+        };
+        let mut resp = (status, Json(json!({ "error": msg }))).into_response();
+        resp.extensions_mut().insert(audited);
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!("store error: {e}");
+        ApiError::Internal(format!(
+            "{e}; check free disk space and the permissions of the gateway's --data-dir, then retry (the gateway log has details)"
+        ))
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::BadBody(format!("request body: {}", e.body_text()))
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Store(s) => s.into(),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+impl From<RolloutError> for ApiError {
+    fn from(e: RolloutError) -> Self {
+        match e {
+            RolloutError::Store(s) => s.into(),
+            RolloutError::Pin(PinError::Store(s)) => s.into(),
+            e @ (RolloutError::NotFound(_) | RolloutError::NoDeployment(_)) => {
+                ApiError::NotFound(e.to_string())
+            }
+            e @ (RolloutError::Busy { .. } | RolloutError::BadState { .. }) => {
+                ApiError::Conflict(e.to_string())
+            }
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+impl From<WindowError> for ApiError {
+    fn from(e: WindowError) -> Self {
+        match e {
+            WindowError::Store(s) => s.into(),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+impl From<AuditQueryError> for ApiError {
+    fn from(e: AuditQueryError) -> Self {
+        match e {
+            AuditQueryError::Store(s) => s.into(),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::UnknownDevice(_) => ApiError::NotFound(e.to_string()),
+            CommandError::Invalid(m) => ApiError::BadRequest(m),
+            CommandError::Offline(_) | CommandError::Device(_) | CommandError::Timeout(..) => {
+                ApiError::Conflict(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<EnrollError> for ApiError {
+    fn from(e: EnrollError) -> Self {
+        match e {
+            EnrollError::NoGateway => ApiError::Conflict(e.to_string()),
+            EnrollError::Invalid(m) => ApiError::BadRequest(m),
+            EnrollError::NotEnrolled(_) => ApiError::NotFound(e.to_string()),
+            EnrollError::Store(s) => s.into(),
+            EnrollError::Pki(p) => ApiError::Internal(format!("cannot issue a certificate: {p}")),
+        }
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::Invalid(m) => ApiError::BadRequest(m),
+            UserError::Conflict(m) => ApiError::Conflict(m),
+            UserError::NotFound(m) => ApiError::NotFound(m),
+            UserError::Unauthorized(m) => ApiError::Unauthorized(m),
+            UserError::Store(s) => s.into(),
+        }
+    }
+}

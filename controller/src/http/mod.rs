@@ -1,0 +1,95 @@
+//! The HTTP JSON API (axum). The CLI's client commands use exactly this API; so does the
+//! dashboard ([`crate::web`]). Every request is untrusted: errors come back as
+//! `{"error": "…"}` with a 4xx status and a sentence saying what to change ([`error`]).
+//!
+//! Every route but `health` and `login` needs `Authorization: Bearer TOKEN` (or the
+//! dashboard's session cookie); the [`auth`] middleware authenticates, applies the role
+//! table and writes the audit log; handlers check site scope through the [`auth::Auth`]
+//! extractor and filter lists by it.
+//!
+//! ## Layout
+//! - [`router`]: every API route, in one place (the OpenAPI test reads it).
+//! - [`state`]: the services handlers take; [`error`]: the error type; [`auth`]: roles,
+//!   authentication, audit.
+//! - [`routes`]: the handlers, one file per resource.
+//! - [`enroll`]: the separate HTTPS listener agents enroll at.
+//! - [`serve`]: the plain HTTP server on a listener handed in.
+
+pub mod auth;
+pub mod enroll;
+pub mod error;
+pub mod routes;
+pub mod state;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+use tokio_util::sync::CancellationToken;
+
+pub use self::auth::BASE;
+use self::error::ApiError;
+use self::routes::{audit, deployments, devices, health, identity, rollouts, sessions, users};
+use self::state::ApiState;
+
+/// The API: every route, behind the authentication and audit middleware.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health::health))
+        .route("/api/v1/devices", get(devices::list))
+        .route("/api/v1/devices/{id}", get(devices::one))
+        .route("/api/v1/devices/{id}/logs", get(devices::logs))
+        .route("/api/v1/devices/{id}/enroll", post(identity::add_device))
+        .route("/api/v1/devices/{id}/revoke", post(identity::revoke_device))
+        .route("/api/v1/integrators", post(identity::add_integrator))
+        .route("/api/v1/acl", get(identity::acl))
+        .route(
+            "/api/v1/deployments",
+            get(deployments::list).post(deployments::apply),
+        )
+        .route(
+            "/api/v1/deployments/{name}",
+            get(deployments::one).delete(deployments::delete),
+        )
+        .route(
+            "/api/v1/deployments/{name}/revisions/{revision}",
+            get(deployments::revision),
+        )
+        .route("/api/v1/deployments/{name}/diff", get(deployments::diff))
+        .route("/api/v1/windows", get(deployments::windows))
+        .route(
+            "/api/v1/windows/{site}",
+            put(deployments::set_window).delete(deployments::clear_window),
+        )
+        .route(
+            "/api/v1/rollouts",
+            get(rollouts::list).post(rollouts::start),
+        )
+        .route("/api/v1/rollouts/{id}", get(rollouts::one))
+        .route("/api/v1/rollouts/{id}/{action}", post(rollouts::control))
+        .route("/api/v1/login", post(sessions::login))
+        .route("/api/v1/logout", post(sessions::logout))
+        .route("/api/v1/whoami", get(sessions::whoami))
+        .route("/api/v1/tokens", post(sessions::create_token))
+        .route("/api/v1/users", get(users::list).post(users::create))
+        .route("/api/v1/users/{name}", axum::routing::delete(users::remove))
+        .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/audit/verify", get(audit::verify))
+        .route("/api/v1/audit/export", get(audit::export))
+        .fallback(|| async { ApiError::NotFound("no such API route; see /api/v1/health".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware,
+        ))
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown`; returns why it stopped if that was not the
+/// shutdown.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> Result<(), std::io::Error> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,0 +1,105 @@
+//! Devices: the fleet list, one device in full, and a service's logs read from the device.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use edgefleet_domain::device::DeviceSummary;
+use edgefleet_protocol::event::DeviceEvent;
+use edgefleet_store::Store;
+use serde::{Deserialize, Serialize};
+
+use crate::http::auth::Auth;
+use crate::http::error::ApiError;
+use crate::services::commands::Commands;
+use crate::services::fleet::Fleet;
+
+#[derive(Serialize)]
+pub struct DeviceList {
+    devices: Vec<DeviceSummary>,
+}
+
+pub async fn list(State(fleet): State<Arc<Fleet>>, auth: Auth) -> Json<DeviceList> {
+    let mut devices = fleet.summaries();
+    devices.retain(|d| auth.caller.sees(d.labels.get("site").map(String::as_str)));
+    Json(DeviceList { devices })
+}
+
+#[derive(Serialize)]
+pub struct DeviceDetail {
+    #[serde(flatten)]
+    summary: DeviceSummary,
+    presence: Option<edgefleet_protocol::presence::DevicePresence>,
+    status: Option<edgefleet_protocol::status::DeviceStatus>,
+    desired: Option<edgefleet_protocol::desired::DesiredState>,
+    events: Vec<DeviceEvent>,
+}
+
+/// A device's recent events: the ones in memory, else the stored ones.
+pub async fn recent_events(
+    store: &Store,
+    id: &str,
+    in_memory: Vec<DeviceEvent>,
+) -> Result<Vec<DeviceEvent>, edgefleet_store::StoreError> {
+    if !in_memory.is_empty() {
+        return Ok(in_memory);
+    }
+    Ok(store
+        .events(id, 50)
+        .await?
+        .iter()
+        .filter_map(|j| serde_json::from_str(j).ok())
+        .collect())
+}
+
+pub async fn one(
+    State(fleet): State<Arc<Fleet>>,
+    State(store): State<Store>,
+    auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceDetail>, ApiError> {
+    let view = fleet.get(&id).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no device '{id}' has connected yet; list devices with 'edgefleet get devices'"
+        ))
+    })?;
+    auth.check_site(
+        &format!("device '{id}'"),
+        view.labels.get("site").map(String::as_str),
+    )?;
+    let events = recent_events(&store, &id, view.events.iter().cloned().collect()).await?;
+    Ok(Json(DeviceDetail {
+        summary: view.summary(),
+        presence: view.presence,
+        status: view.status,
+        desired: view.desired,
+        events,
+    }))
+}
+
+#[derive(Deserialize)]
+pub struct LogsQuery {
+    pub stack: String,
+    pub service: String,
+    #[serde(default)]
+    pub tail: Option<u32>,
+}
+
+/// `GET /api/v1/devices/{id}/logs?stack&service&tail`.
+pub async fn logs(
+    State(fleet): State<Arc<Fleet>>,
+    State(commands): State<Arc<Commands>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let site = fleet.site_of(&id);
+    auth.check_site(&format!("device '{id}'"), site.as_deref())?;
+    let tail = q.tail.unwrap_or(100);
+    let lines = commands
+        .device_logs(&id, &q.stack, &q.service, tail)
+        .await?;
+    Ok(Json(serde_json::json!({
+        "device": id, "stack": q.stack, "service": q.service, "lines": lines,
+    })))
+}

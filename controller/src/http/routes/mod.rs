@@ -1,0 +1,11 @@
+//! The API's handlers, one file per resource. Routes are registered in
+//! [`crate::http::router`].
+
+pub mod audit;
+pub mod deployments;
+pub mod devices;
+pub mod health;
+pub mod identity;
+pub mod rollouts;
+pub mod sessions;
+pub mod users;

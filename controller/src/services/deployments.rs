@@ -1,0 +1,429 @@
+//! Deployments: applying and deleting them, the pins rollouts set, and from them every
+//! device's desired document.
+//!
+//! Owns the desired-state book ([`Book`]: deployments in force at their latest revision, and
+//! the pinned revisions' stacks). Invariants kept here:
+//! - a new revision is recorded only if the Compose spec or target changed;
+//! - desired documents are **persisted before they are published**, and get a new revision
+//!   only when a device's computed stacks change (recomputing is idempotent);
+//! - apply, delete and pin are serialized (the store and the book change together), and so is
+//!   the computation of desired revisions (numbers must not race).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use edgefleet_domain::book::{ActiveDeployment, Book, next_document};
+use edgefleet_domain::compose::{self, ComposeError};
+use edgefleet_domain::deployment::RevisionSpec;
+use edgefleet_domain::device::DeviceView;
+use edgefleet_domain::selector::{Selector, SelectorError};
+use edgefleet_protocol::desired::DesiredState;
+use edgefleet_protocol::ids::validate_stack_name;
+use edgefleet_protocol::spec::StackSpec;
+use edgefleet_store::deployments::NewRevision;
+use edgefleet_store::{Store, StoreError};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::fleet::Fleet;
+use super::outbox::Outbox;
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error("{0}")]
+    Name(String),
+    #[error(transparent)]
+    Target(#[from] SelectorError),
+    #[error(transparent)]
+    Compose(#[from] ComposeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Error)]
+pub enum PinError {
+    #[error("deployment '{0}' has no revision {1}; list them with 'edgefleet get deployment {0}'")]
+    NoRevision(String, u64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `apply` takes (the HTTP body of `POST /api/v1/deployments`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApplyRequest {
+    pub name: String,
+    pub target: String,
+    /// The Compose file, as text.
+    pub compose: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyOutcome {
+    pub name: String,
+    pub revision: u64,
+    /// False when the file and target equal the latest revision (nothing was recorded).
+    pub changed: bool,
+    pub target: String,
+    /// Known devices the deployment targets now.
+    pub devices: Vec<String>,
+    /// Staged apply (`x-edgefleet-rollout`): devices held on their current revision until a
+    /// rollout moves them.
+    pub held: Vec<String>,
+}
+
+pub struct Deployments {
+    store: Store,
+    fleet: Arc<Fleet>,
+    outbox: Arc<Outbox>,
+    book: RwLock<Book>,
+    /// Serializes apply/delete/pin: the store and the book must change together.
+    change: tokio::sync::Mutex<()>,
+    /// Serializes desired-document computation (revision numbers must not race).
+    refresh: tokio::sync::Mutex<()>,
+}
+
+/// The stack of a stored revision, or `None` (logged) if it is missing or unreadable.
+async fn stored_stack(
+    store: &Store,
+    name: &str,
+    revision: u64,
+) -> Result<Option<StackSpec>, StoreError> {
+    let Some(row) = store.revision(name, revision).await? else {
+        tracing::error!(deployment = name, revision, "stored revision missing");
+        return Ok(None);
+    };
+    match RevisionSpec::from_json(&row.spec_json) {
+        Ok(spec) => Ok(Some(spec.into_stack(name, revision))),
+        Err(e) => {
+            tracing::error!(
+                deployment = name,
+                revision,
+                "stored revision unreadable: {e}"
+            );
+            Ok(None)
+        }
+    }
+}
+
+impl Deployments {
+    /// Loads the deployments in force and the pins from the store.
+    pub async fn load(
+        store: Store,
+        fleet: Arc<Fleet>,
+        outbox: Arc<Outbox>,
+    ) -> Result<Self, StoreError> {
+        let mut book = Book::default();
+        for dep in store.deployments().await? {
+            let Some(stack) = stored_stack(&store, &dep.name, dep.revision).await? else {
+                continue;
+            };
+            let selector = match Selector::parse(&dep.target) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(deployment = %dep.name, "stored target unreadable, deployment skipped: {e}");
+                    continue;
+                }
+            };
+            book.deployments.insert(
+                dep.name.clone(),
+                ActiveDeployment {
+                    name: dep.name.clone(),
+                    selector,
+                    revision: dep.revision,
+                    stack,
+                },
+            );
+        }
+        for (device, deployment, revision) in store.pins().await? {
+            if let Some(stack) = stored_stack(&store, &deployment, revision).await? {
+                book.pinned_stacks
+                    .insert((deployment.clone(), revision), stack);
+                book.pins.insert((device, deployment), revision);
+            }
+        }
+        Ok(Deployments {
+            store,
+            fleet,
+            outbox,
+            book: RwLock::new(book),
+            change: tokio::sync::Mutex::new(()),
+            refresh: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Records a new revision of a deployment (or nothing, if unchanged) and recomputes the
+    /// desired documents of every device.
+    pub async fn apply(&self, req: &ApplyRequest, by: &str) -> Result<ApplyOutcome, ApplyError> {
+        validate_stack_name(&req.name).map_err(|e| ApplyError::Name(e.to_string()))?;
+        let selector = Selector::parse(&req.target)?;
+        let parsed = compose::parse(&req.compose)?;
+        let target = selector.to_string();
+        let _change = self.change.lock().await;
+        let (revision, changed) = self
+            .store
+            .record_revision(NewRevision {
+                name: req.name.clone(),
+                target: target.clone(),
+                compose: req.compose.clone(),
+                spec: RevisionSpec::of(&parsed),
+                by: by.to_owned(),
+                now: edgefleet_protocol::now_rfc3339(),
+            })
+            .await?;
+        let mut held = Vec::new();
+        if changed {
+            tracing::info!(deployment = %req.name, revision, %target, by, "deployment revision recorded");
+            if parsed.rollout.is_some() {
+                held = self.hold_current(&req.name).await?;
+            } else {
+                // Not staged: every device moves to the new revision now.
+                self.release_pins(&req.name, |_| true).await?;
+            }
+            self.book.write().deployments.insert(
+                req.name.clone(),
+                ActiveDeployment {
+                    name: req.name.clone(),
+                    selector: selector.clone(),
+                    revision,
+                    stack: parsed.into_stack_spec(&req.name, revision),
+                },
+            );
+        }
+        self.refresh_all().await?;
+        Ok(ApplyOutcome {
+            name: req.name.clone(),
+            revision,
+            changed,
+            target,
+            devices: self.fleet.targets(&selector),
+            held,
+        })
+    }
+
+    /// Removes the pins of a deployment that `which(revision)` selects (store, then book).
+    async fn release_pins(
+        &self,
+        name: &str,
+        which: impl Fn(u64) -> bool,
+    ) -> Result<(), StoreError> {
+        let pins: Vec<(String, Option<u64>)> = self
+            .book
+            .read()
+            .pins
+            .iter()
+            .filter(|((_, dep), rev)| dep == name && which(**rev))
+            .map(|((device, _), _)| (device.clone(), None))
+            .collect();
+        if pins.is_empty() {
+            return Ok(());
+        }
+        self.store.set_pins(name, pins.clone()).await?;
+        let mut book = self.book.write();
+        for (device, _) in &pins {
+            book.pins.remove(&(device.clone(), name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// After a successful rollout to the latest revision: drop the pins that equal it.
+    pub async fn release_pins_at_latest(&self, name: &str) -> Result<(), StoreError> {
+        let _change = self.change.lock().await;
+        let latest = self.book.read().deployments.get(name).map(|d| d.revision);
+        if let Some(latest) = latest {
+            self.release_pins(name, |rev| rev == latest).await?;
+        }
+        Ok(())
+    }
+
+    /// Staged apply: pins every device that runs the deployment to the revision it runs now,
+    /// so the new revision reaches it only through a rollout. Returns the devices held.
+    /// Called with `change` held, before the book moves to the new revision.
+    async fn hold_current(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        let mut pins = Vec::new();
+        let mut stacks = Vec::new();
+        {
+            let book = self.book.read();
+            for d in self.fleet.devices.iter() {
+                let Some(stack) = d.desired.as_ref().and_then(|x| x.stacks.get(name)) else {
+                    continue;
+                };
+                if book.pins.contains_key(&(d.key().clone(), name.to_owned())) {
+                    continue;
+                }
+                let rev = stack.deployment_revision;
+                stacks.push(((name.to_owned(), rev), stack.clone()));
+                pins.push((d.key().clone(), Some(rev)));
+            }
+        }
+        if pins.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store.set_pins(name, pins.clone()).await?;
+        let mut book = self.book.write();
+        book.pinned_stacks.extend(stacks);
+        let mut held = Vec::new();
+        for (device, rev) in pins {
+            if let Some(r) = rev {
+                book.pins.insert((device.clone(), name.to_owned()), r);
+                held.push(device);
+            }
+        }
+        held.sort();
+        tracing::info!(
+            deployment = name,
+            devices = held.len(),
+            "staged apply: devices held on their revision until a rollout"
+        );
+        Ok(held)
+    }
+
+    /// Deletes a deployment: its stacks leave every device's desired document. Returns the
+    /// devices it was targeting, or `None` if there was no such deployment.
+    pub async fn delete(&self, name: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let _change = self.change.lock().await;
+        if !self
+            .store
+            .delete_deployment(name, &edgefleet_protocol::now_rfc3339())
+            .await?
+        {
+            return Ok(None);
+        }
+        self.release_pins(name, |_| true).await?;
+        let removed = self.book.write().deployments.remove(name);
+        tracing::info!(deployment = name, "deployment deleted");
+        self.refresh_all().await?;
+        Ok(Some(
+            removed
+                .map(|d| self.fleet.targets(&d.selector))
+                .unwrap_or_default(),
+        ))
+    }
+
+    /// Pins devices to a revision of a deployment (`Some`) or releases them to its latest
+    /// (`None`), persists the pins, and recomputes those devices' desired documents.
+    pub async fn pin(
+        &self,
+        deployment: &str,
+        pins: &[(String, Option<u64>)],
+    ) -> Result<(), PinError> {
+        let _change = self.change.lock().await;
+        let mut stacks = Vec::new();
+        for rev in pins.iter().filter_map(|(_, r)| *r) {
+            let stack = stored_stack(&self.store, deployment, rev)
+                .await?
+                .ok_or_else(|| PinError::NoRevision(deployment.to_owned(), rev))?;
+            stacks.push(((deployment.to_owned(), rev), stack));
+        }
+        self.store.set_pins(deployment, pins.to_vec()).await?;
+        {
+            let mut book = self.book.write();
+            book.pinned_stacks.extend(stacks);
+            for (device, rev) in pins {
+                let key = (device.clone(), deployment.to_owned());
+                match rev {
+                    Some(r) => book.pins.insert(key, *r),
+                    None => book.pins.remove(&key),
+                };
+            }
+        }
+        let ids: Vec<String> = pins.iter().map(|(d, _)| d.clone()).collect();
+        Ok(self.refresh(&ids).await?)
+    }
+
+    /// The deployment's latest revision in force, if it exists.
+    pub fn latest_revision(&self, name: &str) -> Option<u64> {
+        self.book.read().deployments.get(name).map(|d| d.revision)
+    }
+
+    /// Recomputes every device's desired document.
+    pub async fn refresh_all(&self) -> Result<(), StoreError> {
+        self.refresh(&self.fleet.ids()).await
+    }
+
+    /// Recomputes the desired documents of these devices; changed ones get a new revision,
+    /// are persisted before anything is published, and are queued for publishing.
+    pub async fn refresh(&self, ids: &[String]) -> Result<(), StoreError> {
+        let _serial = self.refresh.lock().await;
+        let mut changed = Vec::new();
+        {
+            let book = self.book.read();
+            for id in ids {
+                let Some(mut view) = self.fleet.get(id) else {
+                    continue;
+                };
+                let stacks = book.stacks_for(id, &view.labels);
+                if let Some(doc) = next_document(id, view.desired.as_ref(), stacks) {
+                    view.desired = Some(doc);
+                    changed.push(view);
+                }
+            }
+        }
+        self.commit_documents(changed).await
+    }
+
+    /// Persists new desired documents, then (only then) makes them visible to the publisher
+    /// and queues them. On a store error nothing changes in memory.
+    async fn commit_documents(&self, changed: Vec<DeviceView>) -> Result<(), StoreError> {
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .save_devices(changed.clone(), &edgefleet_protocol::now_rfc3339())
+            .await?;
+        for view in changed {
+            let Some(doc) = view.desired else { continue };
+            tracing::info!(device = %view.id, revision = doc.revision, stacks = doc.stacks.len(), "new desired revision");
+            self.fleet.update(&view.id, |d| d.desired = Some(doc));
+            self.outbox.queue_desired(&view.id);
+        }
+        Ok(())
+    }
+
+    /// A device reports holding a desired revision newer than ours: the store lost writes
+    /// (power loss) or was restored from a backup. Reissue the current document above it,
+    /// or the agent would ignore it as a replay forever.
+    pub async fn renumber_above(&self, id: &str, reported: u64) -> Result<(), StoreError> {
+        let _serial = self.refresh.lock().await;
+        let Some(mut view) = self.fleet.get(id) else {
+            return Ok(());
+        };
+        let Some(cur) = view.desired.as_ref() else {
+            return Ok(());
+        };
+        if reported <= cur.revision {
+            return Ok(());
+        }
+        tracing::warn!(
+            device = id,
+            reported,
+            stored = cur.revision,
+            "device holds a newer desired revision than the store (lost writes or restored backup): reissuing above it"
+        );
+        view.desired = Some(DesiredState::new(id, reported + 1, cur.stacks.clone()));
+        self.commit_documents(vec![view]).await
+    }
+
+    /// The site of a deployment (also of a deleted one: its last revision's target).
+    pub async fn site_of(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let target = match self.store.deployment(name).await? {
+            Some(d) => Some(d.target),
+            None => self.store.revisions(name).await?.pop().map(|r| r.target),
+        };
+        Ok(target.and_then(|t| edgefleet_domain::access::deployment_site(&t)))
+    }
+
+    /// The sites of several deployments (each looked up once).
+    pub async fn sites_of(
+        &self,
+        names: Vec<String>,
+    ) -> Result<BTreeMap<String, Option<String>>, StoreError> {
+        let names: std::collections::BTreeSet<String> = names.into_iter().collect();
+        let mut out = BTreeMap::new();
+        for name in names {
+            let site = self.site_of(&name).await?;
+            out.insert(name, site);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,577 @@
+//! Running rollouts: start one, drive every active one a step each second (the gated loop),
+//! and the operator's controls. The thinking is in `edgefleet_domain::rollout` (pure); this
+//! service owns the state (in memory and in the store, written after every step, so a
+//! controller restart resumes exactly where it was) and turns the steps' commands into pins.
+//!
+//! It also keeps the newest rollouts' views in memory with a change counter
+//! ([`Rollouts::subscribe`]), so the dashboard's streams never read the store to learn that
+//! nothing changed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use edgefleet_domain::audit::{Entry, Outcome};
+use edgefleet_domain::device::Connection;
+use edgefleet_domain::rollout::engine::{Command, DeviceSnapshot, Rollout, RolloutState};
+use edgefleet_domain::rollout::strategy::{Amount, OnFailure, Strategy, StrategyError};
+use edgefleet_domain::rollout::view::{RolloutView, now_ms, state_name, view};
+use edgefleet_domain::rollout::waves::{Candidate, plan_waves};
+use edgefleet_domain::selector::Selector;
+use edgefleet_store::{RolloutRow, Store, StoreError};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use thiserror::Error;
+use tokio::sync::watch;
+
+use super::audit::AuditLog;
+use super::deployments::{Deployments, PinError};
+use super::fleet::Fleet;
+use super::outbox::Outbox;
+use super::windows::Windows;
+
+/// Rollouts kept in memory for the dashboard and republished after a reconnect.
+pub const RECENT: usize = 200;
+/// Rollouts republished after a reconnect (the broker may have lost its retained messages).
+const REPUBLISHED: usize = 20;
+
+#[derive(Debug, Error)]
+pub enum RolloutError {
+    #[error("no deployment '{0}'; list them with 'edgefleet get deployments'")]
+    NoDeployment(String),
+    #[error("deployment '{0}' has no revision {1}; list them with 'edgefleet get deployment {0}'")]
+    NoRevision(String, u64),
+    #[error(
+        "rollout {id} of '{deployment}' is still {state}; pause, abort or wait for it before starting another"
+    )]
+    Busy {
+        id: u64,
+        deployment: String,
+        state: String,
+    },
+    #[error("nothing to roll out: every device targeted by '{0}' already runs revision {1}")]
+    Nothing(String, u64),
+    #[error("no rollout {0}; list them with 'edgefleet rollout list'")]
+    NotFound(u64),
+    #[error("rollout {id} is {state}: cannot {action} it")]
+    BadState {
+        id: u64,
+        state: String,
+        action: &'static str,
+    },
+    #[error(transparent)]
+    Strategy(#[from] StrategyError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// `POST /api/v1/rollouts`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StartRequest {
+    pub deployment: String,
+    /// Defaults to the deployment's latest revision.
+    #[serde(default)]
+    pub revision: Option<u64>,
+    /// Fields overriding the deployment file's `x-edgefleet-rollout` (or the defaults).
+    #[serde(default)]
+    pub strategy: Option<serde_json::Value>,
+}
+
+/// An operator's control of a running rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Pause,
+    Resume,
+    Abort,
+}
+
+impl Control {
+    fn verb(self) -> &'static str {
+        match self {
+            Control::Pause => "pause",
+            Control::Resume => "resume",
+            Control::Abort => "abort",
+        }
+    }
+}
+
+pub struct Rollouts {
+    store: Store,
+    fleet: Arc<Fleet>,
+    deployments: Arc<Deployments>,
+    windows: Arc<Windows>,
+    audit: Arc<AuditLog>,
+    outbox: Arc<Outbox>,
+    /// Active rollouts: id → (started by, state).
+    active: Mutex<BTreeMap<u64, (String, Rollout)>>,
+    /// The newest [`RECENT`] rollouts as the API shows them.
+    recent: Mutex<BTreeMap<u64, RolloutView>>,
+    /// Bumped whenever one of `recent` changes.
+    changes: watch::Sender<u64>,
+    /// Starting a rollout checks "none active for this deployment" and then records one:
+    /// serialized, so two concurrent starts cannot both pass the check.
+    starting: tokio::sync::Mutex<()>,
+}
+
+fn parse(row: &RolloutRow) -> Option<Rollout> {
+    match serde_json::from_str::<Rollout>(&row.state_json) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::error!(rollout = row.id, "stored rollout unreadable: {e}");
+            None
+        }
+    }
+}
+
+impl Rollouts {
+    /// Loads the active rollouts (after a controller restart they resume) and the newest
+    /// ones' views.
+    pub async fn load(
+        store: Store,
+        fleet: Arc<Fleet>,
+        deployments: Arc<Deployments>,
+        windows: Arc<Windows>,
+        audit: Arc<AuditLog>,
+        outbox: Arc<Outbox>,
+    ) -> Result<Self, StoreError> {
+        let mut active = BTreeMap::new();
+        for row in store.rollouts(true, None).await? {
+            if let Some(r) = parse(&row) {
+                active.insert(row.id, (row.created_by, r));
+            }
+        }
+        let mut recent = BTreeMap::new();
+        for row in store.rollouts(false, Some(RECENT as u64)).await? {
+            if let Some(r) = parse(&row) {
+                recent.insert(row.id, view(row.id, &row.created_by, r));
+            }
+        }
+        Ok(Rollouts {
+            store,
+            fleet,
+            deployments,
+            windows,
+            audit,
+            outbox,
+            active: Mutex::new(active),
+            recent: Mutex::new(recent),
+            changes: watch::Sender::new(0),
+            starting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// A receiver that changes whenever one of the newest rollouts does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The newest `max` rollouts, newest first, from memory.
+    pub fn recent(&self, max: usize) -> Vec<RolloutView> {
+        self.recent
+            .lock()
+            .values()
+            .rev()
+            .take(max)
+            .cloned()
+            .collect()
+    }
+
+    fn busy(&self, deployment: &str) -> Option<RolloutError> {
+        self.active
+            .lock()
+            .iter()
+            .find(|(_, (_, r))| r.deployment == deployment)
+            .map(|(id, (_, r))| RolloutError::Busy {
+                id: *id,
+                deployment: r.deployment.clone(),
+                state: state_name(&r.state),
+            })
+    }
+
+    pub async fn start(&self, req: &StartRequest, by: &str) -> Result<RolloutView, RolloutError> {
+        let _starting = self.starting.lock().await;
+        let dep = self
+            .store
+            .deployment(&req.deployment)
+            .await?
+            .ok_or_else(|| RolloutError::NoDeployment(req.deployment.clone()))?;
+        let to = req.revision.unwrap_or(dep.revision);
+        let rev = self
+            .store
+            .revision(&req.deployment, to)
+            .await?
+            .ok_or_else(|| RolloutError::NoRevision(req.deployment.clone(), to))?;
+        if let Some(busy) = self.busy(&req.deployment) {
+            return Err(busy);
+        }
+        // Strategy: the file's, then the request's overrides, validated as a whole.
+        let base = serde_json::from_str::<serde_json::Value>(&rev.spec_json)
+            .ok()
+            .and_then(|v| v.get("rollout").cloned())
+            .unwrap_or_else(|| serde_json::json!({}));
+        let mut merged = base;
+        if let (Some(m), Some(serde_json::Value::Object(o))) =
+            (merged.as_object_mut(), &req.strategy)
+        {
+            for (k, v) in o {
+                m.insert(k.clone(), v.clone());
+            }
+        } else if req.strategy.as_ref().is_some_and(|s| !s.is_object()) {
+            return Err(
+                StrategyError::Shape("the strategy must be an object of fields".into()).into(),
+            );
+        }
+        let strategy = Strategy::from_yaml(&merged.to_string())?;
+        // Devices to move: targeted ones not already on the target revision.
+        let selector = Selector::parse(&dep.target)
+            .map_err(|_| RolloutError::NoDeployment(req.deployment.clone()))?;
+        let mut from_counts: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut candidates = Vec::new();
+        for id in self.fleet.targets(&selector) {
+            let Some(view) = self.fleet.get(&id) else {
+                continue;
+            };
+            let current = view
+                .desired
+                .as_ref()
+                .and_then(|d| d.stacks.get(&req.deployment))
+                .map(|s| s.deployment_revision);
+            if current == Some(to) {
+                continue;
+            }
+            if let Some(c) = current {
+                *from_counts.entry(c).or_default() += 1;
+            }
+            candidates.push(Candidate {
+                id,
+                labels: view.labels.clone(),
+            });
+        }
+        if candidates.is_empty() {
+            return Err(RolloutError::Nothing(req.deployment.clone(), to));
+        }
+        let from = from_counts
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map_or(to, |(r, _)| *r);
+        let waves = plan_waves(&candidates, &strategy);
+        let rollout = Rollout::new(&req.deployment, from, to, strategy, waves);
+        let id = self.insert(&rollout, by).await?;
+        tracing::info!(rollout = id, deployment = %req.deployment, from, to, devices = candidates.len(), by, "rollout started");
+        let v = view(id, by, rollout);
+        self.publish(&v);
+        Ok(v)
+    }
+
+    /// Records a new rollout (store, audit, active set); returns its id.
+    async fn insert(&self, rollout: &Rollout, by: &str) -> Result<u64, RolloutError> {
+        let json = serde_json::to_string(rollout).unwrap_or_default();
+        let id = self
+            .store
+            .insert_rollout(
+                &rollout.deployment,
+                json,
+                by,
+                &edgefleet_protocol::now_rfc3339(),
+            )
+            .await?;
+        self.audit_transition(id, rollout, None, by).await;
+        self.active
+            .lock()
+            .insert(id, (by.to_owned(), rollout.clone()));
+        Ok(id)
+    }
+
+    /// One pass of the gated loop over every active rollout.
+    pub async fn tick(&self) {
+        let ids: Vec<u64> = self.active.lock().keys().copied().collect();
+        for id in ids {
+            if let Err(e) = self.step_one(id).await {
+                tracing::error!(rollout = id, "rollout step failed, retried next pass: {e}");
+            }
+        }
+    }
+
+    async fn step_one(&self, id: u64) -> Result<(), RolloutError> {
+        let Some((by, mut rollout)) = self.active.lock().get(&id).cloned() else {
+            return Ok(());
+        };
+        let before = rollout.clone();
+        let now = jiff::Timestamp::now();
+        let fleet: BTreeMap<String, DeviceSnapshot> = rollout
+            .devices
+            .keys()
+            .filter_map(|d| {
+                let v = self.fleet.get(d)?;
+                let site = v
+                    .labels
+                    .get("site")
+                    .map_or(edgefleet_protocol::topics::UNASSIGNED_SITE, String::as_str);
+                Some((
+                    d.clone(),
+                    DeviceSnapshot {
+                        online: v.connection == Connection::Online,
+                        desired_revision: v.desired_revision(),
+                        status: v.status.clone(),
+                        window_open: self.windows.is_open(site, now),
+                    },
+                ))
+            })
+            .collect();
+        let commands = rollout.step(&fleet, now_ms());
+        for c in commands {
+            match c {
+                Command::Pin { device, revision } => {
+                    self.deployments
+                        .pin(&rollout.deployment, &[(device, Some(revision))])
+                        .await?
+                }
+                Command::Rollback { devices, revision } => {
+                    if !devices.is_empty() {
+                        self.start_rollback(
+                            &rollout.deployment,
+                            devices,
+                            rollout.to_revision,
+                            revision,
+                            &by,
+                        )
+                        .await?;
+                    }
+                }
+            }
+        }
+        if rollout != before {
+            self.save(id, &by, rollout).await?;
+        }
+        Ok(())
+    }
+
+    async fn start_rollback(
+        &self,
+        deployment: &str,
+        devices: Vec<String>,
+        from: u64,
+        to: u64,
+        by: &str,
+    ) -> Result<u64, RolloutError> {
+        // All at once, and a failure pauses it (rolling back a rollback would loop).
+        let strategy = Strategy {
+            canary: u32::try_from(devices.len()).unwrap_or(u32::MAX),
+            batch: Amount::Percent(100),
+            max_failures: Amount::Percent(100),
+            on_failure: OnFailure::Pause,
+            ..Strategy::default()
+        };
+        let rollout = Rollout::new(deployment, from, to, strategy, vec![devices]);
+        let by = format!("rollback ({by})");
+        let id = self.insert(&rollout, &by).await?;
+        tracing::warn!(rollout = id, deployment, to, "rollback started");
+        self.publish(&view(id, &by, rollout));
+        Ok(id)
+    }
+
+    async fn save(&self, id: u64, by: &str, rollout: Rollout) -> Result<(), RolloutError> {
+        self.publish(&view(id, by, rollout.clone()));
+        let previous = self
+            .active
+            .lock()
+            .get(&id)
+            .map(|(_, r)| state_name(&r.state));
+        let finished = matches!(
+            rollout.state,
+            RolloutState::Succeeded | RolloutState::Failed { .. } | RolloutState::Aborted
+        );
+        let json = serde_json::to_string(&rollout).unwrap_or_default();
+        self.store
+            .update_rollout(id, !finished, json, &edgefleet_protocol::now_rfc3339())
+            .await?;
+        if previous.as_deref() != Some(state_name(&rollout.state).as_str()) {
+            self.audit_transition(id, &rollout, previous.as_deref(), by)
+                .await;
+        }
+        if finished {
+            tracing::info!(rollout = id, state = %state_name(&rollout.state), "rollout finished");
+            self.active.lock().remove(&id);
+            if rollout.state == RolloutState::Succeeded {
+                // Devices now on the latest revision need no pin: later applies move them.
+                self.deployments
+                    .release_pins_at_latest(&rollout.deployment)
+                    .await?;
+            }
+        } else {
+            self.active.lock().insert(id, (by.to_owned(), rollout));
+        }
+        Ok(())
+    }
+
+    /// Pause, resume or abort.
+    pub async fn control(&self, id: u64, action: Control) -> Result<RolloutView, RolloutError> {
+        let current = self.active.lock().get(&id).cloned();
+        let Some((by, mut rollout)) = current else {
+            let row = self
+                .store
+                .rollout(id)
+                .await?
+                .ok_or(RolloutError::NotFound(id))?;
+            let r = parse(&row).ok_or(RolloutError::NotFound(id))?;
+            return Err(RolloutError::BadState {
+                id,
+                state: state_name(&r.state),
+                action: action.verb(),
+            });
+        };
+        let before = rollout.state.clone();
+        match action {
+            Control::Pause => rollout.pause("paused by an operator"),
+            Control::Resume => rollout.resume(),
+            Control::Abort => rollout.abort(),
+        }
+        if rollout.state == before {
+            return Err(RolloutError::BadState {
+                id,
+                state: state_name(&before),
+                action: action.verb(),
+            });
+        }
+        tracing::info!(rollout = id, action = action.verb(), "rollout control");
+        self.save(id, &by, rollout.clone()).await?;
+        Ok(view(id, &by, rollout))
+    }
+
+    /// Operator rollback: ends the rollout if it still runs, then returns every device it
+    /// moved to the revision they came from, as a rollout of its own.
+    pub async fn rollback(&self, id: u64, by: &str) -> Result<RolloutView, RolloutError> {
+        let _starting = self.starting.lock().await;
+        if self.active.lock().contains_key(&id) {
+            self.control(id, Control::Abort).await?;
+        }
+        let r = self.get(id).await?;
+        let devices: Vec<String> = r
+            .rollout
+            .devices
+            .iter()
+            .filter(|(_, p)| p.touched())
+            .map(|(d, _)| d.clone())
+            .collect();
+        if devices.is_empty() {
+            return Err(RolloutError::BadState {
+                id,
+                state: "without moved devices".into(),
+                action: "roll back",
+            });
+        }
+        if let Some(RolloutError::Busy { id: busy, .. }) = self.busy(&r.rollout.deployment) {
+            return Err(RolloutError::Busy {
+                id: busy,
+                deployment: r.rollout.deployment.clone(),
+                state: "running".into(),
+            });
+        }
+        let new = self
+            .start_rollback(
+                &r.rollout.deployment,
+                devices,
+                r.rollout.to_revision,
+                r.rollout.from_revision,
+                by,
+            )
+            .await?;
+        self.get(new).await
+    }
+
+    /// Every rollout of the store, newest first.
+    pub async fn list(&self) -> Result<Vec<RolloutView>, RolloutError> {
+        Ok(self
+            .store
+            .rollouts(false, None)
+            .await?
+            .into_iter()
+            .filter_map(|row| parse(&row).map(|r| view(row.id, &row.created_by, r)))
+            .collect())
+    }
+
+    /// Publishes the newest rollouts again (after a reconnect: the broker may have lost its
+    /// retained messages).
+    pub fn publish_recent(&self) {
+        for v in self.recent(REPUBLISHED) {
+            self.queue_status(&v);
+        }
+    }
+
+    pub async fn get(&self, id: u64) -> Result<RolloutView, RolloutError> {
+        if let Some((by, r)) = self.active.lock().get(&id).cloned() {
+            return Ok(view(id, &by, r));
+        }
+        if let Some(v) = self.recent.lock().get(&id).cloned() {
+            return Ok(v);
+        }
+        let row = self
+            .store
+            .rollout(id)
+            .await?
+            .ok_or(RolloutError::NotFound(id))?;
+        let r = parse(&row).ok_or(RolloutError::NotFound(id))?;
+        Ok(view(id, &row.created_by, r))
+    }
+
+    /// Records a rollout state change (`from` None: the rollout was just created) in the
+    /// audit log.
+    async fn audit_transition(&self, id: u64, r: &Rollout, from: Option<&str>, by: &str) {
+        let site = match self.deployments.site_of(&r.deployment).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(
+                    rollout = id,
+                    "cannot read the deployment's site for the audit: {e}"
+                );
+                None
+            }
+        };
+        self.audit
+            .record(Entry::system(
+                "rollout.transition",
+                &id.to_string(),
+                site.as_deref().unwrap_or(""),
+                Outcome::Ok,
+                serde_json::json!({
+                    "deployment": r.deployment, "from": from, "to": state_name(&r.state), "state": r.state,
+                    "from_revision": r.from_revision, "to_revision": r.to_revision, "started_by": by,
+                }),
+            ))
+            .await;
+    }
+
+    /// A changed view: kept among the recent ones (the dashboard learns it changed) and
+    /// queued on its topic.
+    fn publish(&self, v: &RolloutView) {
+        {
+            let mut recent = self.recent.lock();
+            recent.insert(v.id, v.clone());
+            while recent.len() > RECENT {
+                recent.pop_first();
+            }
+        }
+        self.changes.send_modify(|n| *n += 1);
+        self.queue_status(v);
+    }
+
+    /// Retained on `edgefleet/v1/rollouts/{id}/status`: the API's document plus `schema`.
+    fn queue_status(&self, v: &RolloutView) {
+        let mut doc = serde_json::to_value(v).unwrap_or_default();
+        if let Some(m) = doc.as_object_mut() {
+            m.insert(
+                "schema".into(),
+                serde_json::json!(edgefleet_protocol::SCHEMA_VERSION),
+            );
+            m.insert(
+                "updated_at".into(),
+                serde_json::json!(edgefleet_protocol::now_rfc3339()),
+            );
+        }
+        self.outbox.queue_retained(
+            edgefleet_protocol::topics::rollout_status(v.id),
+            edgefleet_protocol::codec::encode(&doc),
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! A device as the controller knows it: labels, connection, presence, reported status,
+//! desired document and recent events ([`DeviceView`]), and the summary the API lists
+//! ([`DeviceSummary`]). Pure data; the live fleet that holds them is a service.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use edgefleet_protocol::desired::DesiredState;
+use edgefleet_protocol::event::DeviceEvent;
+use edgefleet_protocol::presence::DevicePresence;
+use edgefleet_protocol::status::{ContainerState, ConvergenceState, DeviceStatus, Health};
+use serde::Serialize;
+
+/// Events kept in memory per device.
+pub const RECENT_EVENTS: usize = 50;
+
+/// What the controller knows about a device's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Connection {
+    Online,
+    Offline,
+    /// Loaded from the store after a controller restart and not heard from since.
+    Unknown,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceView {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub connection: Connection,
+    pub presence: Option<DevicePresence>,
+    pub status: Option<DeviceStatus>,
+    pub desired: Option<DesiredState>,
+    pub last_seen: Option<String>,
+    pub events: VecDeque<DeviceEvent>,
+    /// When the desired document was last handed to the bus (for the convergence watchdog).
+    pub desired_published_at: Option<Instant>,
+}
+
+impl DeviceView {
+    pub fn new(id: &str) -> Self {
+        DeviceView {
+            id: id.to_owned(),
+            labels: BTreeMap::new(),
+            connection: Connection::Unknown,
+            presence: None,
+            status: None,
+            desired: None,
+            last_seen: None,
+            events: VecDeque::new(),
+            desired_published_at: None,
+        }
+    }
+
+    pub fn desired_revision(&self) -> u64 {
+        self.desired.as_ref().map_or(0, |d| d.revision)
+    }
+
+    /// Whether the device reports having applied its current desired revision (never true
+    /// before it has one).
+    pub fn converged(&self) -> bool {
+        self.desired.is_some()
+            && self.status.as_ref().is_some_and(|s| {
+                s.observed_revision == self.desired_revision()
+                    && s.state == ConvergenceState::Converged
+            })
+    }
+
+    pub fn summary(&self) -> DeviceSummary {
+        let mut running = 0;
+        let mut total = 0;
+        let mut unhealthy = 0;
+        if let Some(status) = &self.status {
+            for svc in status.stacks.values().flat_map(|s| s.services.values()) {
+                total += 1;
+                if svc.state == ContainerState::Running {
+                    running += 1;
+                }
+                if svc.health == Health::Unhealthy || svc.last_error.is_some() {
+                    unhealthy += 1;
+                }
+            }
+        }
+        DeviceSummary {
+            id: self.id.clone(),
+            labels: self.labels.clone(),
+            connection: self.connection,
+            online: self.connection == Connection::Online,
+            last_seen: self.last_seen.clone(),
+            session: self.presence.as_ref().map(|p| p.session),
+            agent_version: self.presence.as_ref().map(|p| p.agent_version.clone()),
+            desired_revision: self.desired_revision(),
+            observed_revision: self.status.as_ref().map_or(0, |s| s.observed_revision),
+            state: self.status.as_ref().map(|s| s.state),
+            converged: self.converged(),
+            stacks: self
+                .desired
+                .as_ref()
+                .map(|d| d.stacks.keys().cloned().collect())
+                .unwrap_or_default(),
+            services_running: running,
+            services_total: total,
+            services_unhealthy: unhealthy,
+            last_error: self.status.as_ref().and_then(|s| s.last_error.clone()),
+        }
+    }
+}
+
+/// One row of `GET /api/v1/devices`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceSummary {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub connection: Connection,
+    pub online: bool,
+    pub last_seen: Option<String>,
+    pub session: Option<u64>,
+    pub agent_version: Option<String>,
+    pub desired_revision: u64,
+    pub observed_revision: u64,
+    pub state: Option<ConvergenceState>,
+    pub converged: bool,
+    pub stacks: Vec<String>,
+    pub services_running: usize,
+    pub services_total: usize,
+    pub services_unhealthy: usize,
+    pub last_error: Option<String>,
+}
