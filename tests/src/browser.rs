@@ -1,14 +1,14 @@
 //! A real browser for the dashboard tests: Debian's headless Chromium driven over the W3C
 //! WebDriver protocol by `chromedriver` (Debian package `chromium-driver`), which the test
-//! starts on a free port. The client is a few JSON calls over reqwest: no extra crate.
+//! starts on port 0 and reads the port it got from its own log. The client is a few JSON
+//! calls over reqwest: no extra crate.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::free_port;
-use crate::procs::{Proc, wait_port};
+use crate::procs::Proc;
 
 /// The key W3C WebDriver uses for an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -35,18 +35,30 @@ pub fn screenshot_dir() -> PathBuf {
 impl Browser {
     /// Starts chromedriver (its log in `dir`) and a headless Chromium session, 1600×1000.
     pub async fn start(dir: &Path) -> Browser {
-        let port = free_port();
         let driver = Proc::spawn(
             "chromedriver",
             dir,
             Path::new("chromedriver"),
-            &[format!("--port={port}")],
+            &["--port=0".to_owned()],
         );
-        assert!(
-            wait_port(port, Duration::from_secs(20)),
-            "chromedriver did not start (install Debian's chromium and chromium-driver):\n{}",
-            driver.log(20)
-        );
+        // It says "ChromeDriver was started successfully on port 34187." once it listens.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            let said = driver.full_log();
+            if let Some(port) = said
+                .lines()
+                .find_map(|l| l.split_once("started successfully on port "))
+                .and_then(|(_, p)| p.trim_end_matches('.').trim().parse::<u16>().ok())
+            {
+                break port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not start (install Debian's chromium and chromium-driver):\n{}",
+                driver.log(20)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
         let http = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
         let caps = json!({ "capabilities": { "alwaysMatch": {

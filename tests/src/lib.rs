@@ -12,6 +12,7 @@
 //! - [`images`]: test images imported from a busybox rootfs tarball.
 //! - [`docker`]: what the engine really runs, and cleanup of a test's containers.
 //! - [`mqtt`]: retained documents read with `mosquitto_sub`, as an integrator would.
+//! - [`ports`]: ports from the servers' own addresses files, or held for them: never guessed.
 //! - [`api`]: the gateway's HTTP API and the `edgefleet` CLI.
 //! - [`wait`]: polling with a deadline and a useful failure message.
 
@@ -21,6 +22,7 @@ pub mod browser;
 pub mod docker;
 pub mod images;
 pub mod mqtt;
+pub mod ports;
 pub mod procs;
 pub mod wait;
 
@@ -33,12 +35,4 @@ pub fn unique_id(tag: &str) -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// A free TCP port on loopback (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
 }

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::bins::bins;
-use crate::free_port;
+use crate::ports::{Reservation, port_of, wait_addresses};
 
 pub struct Proc {
     name: String,
@@ -17,6 +17,10 @@ pub struct Proc {
     envs: Vec<(String, String)>,
     log_path: PathBuf,
     child: Option<Child>,
+    /// Ports this process listens on and must get back when restarted.
+    ports: Vec<u16>,
+    /// Held while the process is down, so nothing else takes them (see [`crate::ports`]).
+    held: Vec<Reservation>,
 }
 
 impl Proc {
@@ -44,9 +48,39 @@ impl Proc {
                 .collect(),
             log_path: dir.join(format!("{name}.log")),
             child: None,
+            ports: Vec::new(),
+            held: Vec::new(),
         };
         p.start();
         p
+    }
+
+    /// From now on the process keeps these listen addresses when restarted: each `flag`'s
+    /// value becomes `127.0.0.1:port` (the port it got at its first start), and the ports are
+    /// held from the moment it dies until it is dropped, so no other socket takes them.
+    pub fn hold_ports(&mut self, flags: &[(&str, u16)]) {
+        for (flag, port) in flags {
+            if let Some(i) = self.cmd.iter().position(|a| a == flag) {
+                self.cmd[i + 1] = format!("127.0.0.1:{port}");
+            }
+            self.ports.push(*port);
+        }
+    }
+
+    /// Holds the process's ports while it is down (it binds them again with `SO_REUSEADDR`).
+    fn hold(&mut self) {
+        if !self.held.is_empty() {
+            return;
+        }
+        for port in &self.ports {
+            match Reservation::new(std::net::SocketAddr::from(([127, 0, 0, 1], *port))) {
+                Ok(r) => self.held.push(r),
+                Err(e) => eprintln!(
+                    "cannot hold port {port} of {} while it restarts: {e}",
+                    self.name
+                ),
+            }
+        }
     }
 
     /// The whole log (stdout and stderr) so far.
@@ -83,6 +117,7 @@ impl Proc {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.hold();
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.
@@ -92,15 +127,20 @@ impl Proc {
                 .arg("-TERM")
                 .arg(c.id().to_string())
                 .status();
+            let mut exited = false;
             for _ in 0..100 {
                 if let Ok(Some(_)) = c.try_wait() {
-                    return;
+                    exited = true;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            if !exited {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
+        self.hold();
     }
 
     /// Sends a signal by name (`STOP`, `CONT`, …) with kill(1).
@@ -116,6 +156,23 @@ impl Proc {
     pub fn restart(&mut self) {
         self.stop();
         self.start();
+    }
+
+    /// Waits (at most `timeout`) for the process to exit on its own; its exit status, or
+    /// `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Whether the process is still running.
@@ -147,16 +204,10 @@ impl Drop for Proc {
     }
 }
 
-/// Waits until something accepts TCP connections on `port`.
-pub fn wait_port(port: u16, timeout: Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+/// The addresses file `path` of process `p` (waits for it; see [`wait_addresses`]).
+fn addresses_of(p: &Proc, path: &Path, timeout: Duration) -> serde_json::Value {
+    let pid = p.pid().expect("process running");
+    wait_addresses(path, pid, timeout, || p.log(40))
 }
 
 /// A gateway (embedded broker + controller) on its own ports and data dir.
@@ -179,54 +230,69 @@ impl Gateway {
     }
 
     /// [`Gateway::start`] with extra environment variables (e.g. `RUST_LOG=trace`).
+    /// Every listener on port 0; the ports it got come from its addresses file, and it gets
+    /// the same ones back when restarted.
     pub fn start_env(dir: &Path, envs: &[(&str, &str)]) -> Gateway {
-        let (mqtt_port, http_port) = (free_port(), free_port());
-        let (mqtts_port, enroll_port) = (free_port(), free_port());
         let data_dir = dir.join("gateway-data");
+        let _ = std::fs::remove_file(data_dir.join("addresses.json"));
+        let any = "127.0.0.1:0".to_owned();
         let args = vec![
             "gateway".into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--mqtt-listen".into(),
-            format!("127.0.0.1:{mqtt_port}"),
+            any.clone(),
             "--http-listen".into(),
-            format!("127.0.0.1:{http_port}"),
+            any.clone(),
             "--keepalive".into(),
             "5".into(),
             "--mqtts-listen".into(),
-            format!("127.0.0.1:{mqtts_port}"),
+            any.clone(),
             "--enroll-listen".into(),
-            format!("127.0.0.1:{enroll_port}"),
+            any,
             "--public-host".into(),
             "127.0.0.1".into(),
         ];
-        let proc = Proc::spawn_env("gateway", dir, &bins().edgefleet, &args, envs);
-        let gw = Gateway {
+        let mut proc = Proc::spawn_env("gateway", dir, &bins().edgefleet, &args, envs);
+        let a = addresses_of(
+            &proc,
+            &data_dir.join("addresses.json"),
+            Duration::from_secs(60),
+        );
+        let (mqtt_port, http_port) = (port_of(&a, "mqtt"), port_of(&a, "http"));
+        let (mqtts_port, enroll_port) = (port_of(&a, "mqtts"), port_of(&a, "enroll"));
+        proc.hold_ports(&[
+            ("--mqtt-listen", mqtt_port),
+            ("--http-listen", http_port),
+            ("--mqtts-listen", mqtts_port),
+            ("--enroll-listen", enroll_port),
+        ]);
+        Gateway {
             proc,
             mqtt_port,
             http_port,
             mqtts_port,
             enroll_port,
             data_dir,
-        };
-        gw.wait_ready();
-        gw
+        }
     }
 
+    /// Waits until the (re)started gateway is up: its addresses file names this process, on
+    /// the same ports.
     pub fn wait_ready(&self) {
-        assert!(
-            wait_port(self.http_port, Duration::from_secs(30)),
-            "gateway HTTP did not come up:\n{}",
-            self.proc.log(30)
+        let a = addresses_of(
+            &self.proc,
+            &self.data_dir.join("addresses.json"),
+            Duration::from_secs(60),
         );
-        assert!(
-            wait_port(self.mqtt_port, Duration::from_secs(10)),
-            "gateway MQTT did not come up"
-        );
-        assert!(
-            wait_port(self.mqtts_port, Duration::from_secs(10)),
-            "gateway MQTT TLS front did not come up:\n{}",
-            self.proc.log(30)
+        assert_eq!(
+            (
+                port_of(&a, "mqtt"),
+                port_of(&a, "http"),
+                port_of(&a, "mqtts")
+            ),
+            (self.mqtt_port, self.http_port, self.mqtts_port),
+            "the restarted gateway must listen where it did"
         );
     }
 
@@ -280,48 +346,58 @@ pub fn controller_data_dir(dir: &Path) -> PathBuf {
     dir.join("controller-data")
 }
 
-/// A controller process against a broker at `mqtt_port` (external-broker deployment). Its
-/// API as admin: `Api::admin(http_port, &controller_data_dir(dir))`.
-pub fn controller(dir: &Path, mqtt_port: u16, http_port: u16) -> Proc {
+/// A controller process against a broker at `mqtt_port` (external-broker deployment), HTTP
+/// on port 0; returns it and its HTTP port (kept across restarts). Its API as admin:
+/// `Api::admin(http_port, &controller_data_dir(dir))`.
+pub fn controller(dir: &Path, mqtt_port: u16) -> (Proc, u16) {
+    let data_dir = controller_data_dir(dir);
+    let _ = std::fs::remove_file(data_dir.join("addresses.json"));
     let args = vec![
         "controller".into(),
         "--broker".into(),
         format!("mqtt://127.0.0.1:{mqtt_port}"),
         "--data-dir".into(),
-        controller_data_dir(dir).display().to_string(),
+        data_dir.display().to_string(),
         "--http-listen".into(),
-        format!("127.0.0.1:{http_port}"),
+        "127.0.0.1:0".into(),
         "--keepalive".into(),
         "5".into(),
     ];
-    let p = Proc::spawn("controller", dir, &bins().edgefleet, &args);
-    assert!(
-        wait_port(http_port, Duration::from_secs(30)),
-        "controller HTTP did not come up:\n{}",
-        p.log(30)
+    let mut p = Proc::spawn("controller", dir, &bins().edgefleet, &args);
+    let a = addresses_of(
+        &p,
+        &data_dir.join("addresses.json"),
+        Duration::from_secs(60),
     );
-    p
+    let http_port = port_of(&a, "http");
+    p.hold_ports(&[("--http-listen", http_port)]);
+    (p, http_port)
 }
 
-/// The embedded broker alone (`edgefleet broker`).
-pub fn embedded_broker(dir: &Path, port: u16) -> Proc {
+/// The embedded broker alone (`edgefleet broker`) on port 0; returns it and its port (kept
+/// across restarts).
+pub fn embedded_broker(dir: &Path) -> (Proc, u16) {
+    let file = dir.join("broker-addresses.json");
+    let _ = std::fs::remove_file(&file);
     let args = vec![
         "broker".into(),
         "--mqtt-listen".into(),
-        format!("127.0.0.1:{port}"),
+        "127.0.0.1:0".into(),
+        "--addresses-file".into(),
+        file.display().to_string(),
     ];
-    let p = Proc::spawn("broker", dir, &bins().edgefleet, &args);
-    assert!(
-        wait_port(port, Duration::from_secs(20)),
-        "broker did not come up:\n{}",
-        p.log(30)
-    );
-    p
+    let mut p = Proc::spawn("broker", dir, &bins().edgefleet, &args);
+    let port = port_of(&addresses_of(&p, &file, Duration::from_secs(30)), "mqtt");
+    p.hold_ports(&[("--mqtt-listen", port)]);
+    (p, port)
 }
 
 /// Debian's Mosquitto on loopback, anonymous, with a packet limit large enough for desired
-/// documents.
-pub fn mosquitto(dir: &Path, port: u16) -> Proc {
+/// documents. Mosquitto cannot report a port it picked, so the port is held for it (see
+/// [`crate::ports`]) until it listens; returns it and its port.
+pub fn mosquitto(dir: &Path) -> (Proc, u16) {
+    let held = Reservation::loopback();
+    let port = held.port();
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
@@ -334,12 +410,16 @@ pub fn mosquitto(dir: &Path, port: u16) -> Proc {
         Path::new("mosquitto"),
         &["-c".into(), conf.display().to_string()],
     );
-    assert!(
-        wait_port(port, Duration::from_secs(10)),
-        "mosquitto did not come up (is the mosquitto package installed?):\n{}",
-        p.log(30)
-    );
-    p
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !held.is_listened_on() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mosquitto did not come up (is the mosquitto package installed?):\n{}",
+            p.log(30)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (p, port)
 }
 
 /// An agent process for one device.

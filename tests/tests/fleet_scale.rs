@@ -14,7 +14,7 @@ use edgefleet_protocol::status::{ConvergenceState, DeviceStatus};
 use edgefleet_protocol::topics::{self, TopicKind};
 use edgefleet_tests::api::Api;
 use edgefleet_tests::procs::{self, Gateway};
-use edgefleet_tests::{free_port, unique_id, wait};
+use edgefleet_tests::{unique_id, wait};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio_util_free::Stop;
 
@@ -213,10 +213,8 @@ async fn fleet_of_150_survives_a_gateway_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_of_150_survives_a_controller_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let _broker = procs::embedded_broker(dir.path(), port);
-    let http = free_port();
-    let mut controller = procs::controller(dir.path(), port, http);
+    let (_broker, port) = procs::embedded_broker(dir.path());
+    let (mut controller, http) = procs::controller(dir.path(), port);
     let api = Api::admin(http, &procs::controller_data_dir(dir.path()));
     let prefix = unique_id("simctl");
     let stop = Stop::default();

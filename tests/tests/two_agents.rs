@@ -10,7 +10,7 @@ use edgefleet_tests::api::{Api, service};
 use edgefleet_tests::docker::{self, Cleanup};
 use edgefleet_tests::images::{self, APP_V1, APP_V2};
 use edgefleet_tests::procs::{self, Agent, Gateway, Proc};
-use edgefleet_tests::{free_port, unique_id, wait};
+use edgefleet_tests::{unique_id, wait};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
@@ -132,10 +132,10 @@ async fn two_agent_scenario(kind: BrokerKind) {
             (gw.api(), gw.mqtt_port, Some(gw))
         }
         BrokerKind::Mosquitto => {
-            let port = free_port();
-            keep.push(procs::mosquitto(dir, port));
-            let http = free_port();
-            keep.push(procs::controller(dir, port, http));
+            let (mosquitto, port) = procs::mosquitto(dir);
+            keep.push(mosquitto);
+            let (controller, http) = procs::controller(dir, port);
+            keep.push(controller);
             (
                 Api::admin(http, &procs::controller_data_dir(dir)),
                 port,
