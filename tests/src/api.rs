@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 
+use parking_lot::Mutex;
 use serde_json::Value;
 
 use crate::bins::bins;
@@ -57,7 +57,7 @@ impl Api {
     /// With a given token (another user's, an API token).
     pub fn with_token(port: u16, token: &str) -> Api {
         let api = Api::new(port);
-        *api.token.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.to_owned());
+        *api.token.lock() = Some(token.to_owned());
         api
     }
 
@@ -75,7 +75,7 @@ impl Api {
 
     /// The token requests carry: given, or obtained by logging in as admin.
     pub fn token(&self) -> Result<Option<String>, String> {
-        let mut held = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.token.lock();
         if held.is_some() {
             return Ok(held.clone());
         }
