@@ -36,12 +36,12 @@ use crate::services::deployments::Deployments;
 use crate::services::fleet::Fleet;
 use crate::services::identity::{Identity, Security};
 use crate::services::intake::{Intake, Message};
+use crate::services::keys;
 use crate::services::link::Link;
 use crate::services::outbox::{Outbox, Outgoing, SiteSummaries};
 use crate::services::rollouts::Rollouts;
 use crate::services::users::Users;
 use crate::services::windows::Windows;
-use crate::services::{keys, users};
 
 /// File in the data dir naming the addresses the running process listens on.
 pub const ADDRESSES_FILE: &str = "addresses.json";
@@ -453,9 +453,4 @@ pub async fn run_controller(
     let essentials = Essentials::new(&shutdown);
     app.run(config, signer, http, Addresses::new(), essentials, shutdown)
         .await
-}
-
-/// Where `users::INITIAL_ADMIN_FILE` lives, for tools.
-pub fn initial_admin_file(data_dir: &Path) -> PathBuf {
-    data_dir.join(users::INITIAL_ADMIN_FILE)
 }

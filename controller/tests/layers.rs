@@ -54,7 +54,7 @@ fn layer(unit: &str) -> &str {
 }
 
 /// Module paths a file refers to: `crate::a::b…`, and `super::x…` resolved from `module`.
-fn references(text: &str, module: &[String], is_mod_file: bool) -> Vec<Vec<String>> {
+fn references(text: &str, module: &[String]) -> Vec<Vec<String>> {
     let ident = |s: &str| -> Vec<String> {
         s.split("::")
             .map(|p| {
@@ -78,7 +78,6 @@ fn references(text: &str, module: &[String], is_mod_file: bool) -> Vec<Vec<Strin
             rest = &rest[i + "super::".len()..];
             // A `mod.rs` is its directory's module: `super` is the directory's parent.
             // In `a/b.rs` (module a::b) `super` is `a`; in `a/b/mod.rs` (also a::b) too.
-            let _ = is_mod_file;
             let mut base: Vec<String> = module.to_vec();
             base.pop();
             base.extend(ident(rest));
@@ -109,11 +108,8 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         // Unit tests (`#[cfg(test)] mod tests`, where `super` is the file itself) are not
         // part of the structure.
         let text = text.split("#[cfg(test)]").next().unwrap_or("");
-        let is_mod = file
-            .file_name()
-            .is_some_and(|n| n == "mod.rs" || n == "lib.rs");
         let entry = g.entry(from.clone()).or_default();
-        for r in references(text, &module, is_mod) {
+        for r in references(text, &module) {
             if !r.is_empty() {
                 entry.insert(unit(&r));
             }
@@ -240,11 +236,10 @@ fn the_checker_reads_paths_and_finds_circles() {
     let services = references(
         "use crate::http::auth::Auth;\nuse super::fleet::Fleet; // crate::web is a comment",
         &["services".into(), "intake".into()],
-        false,
     );
     let units: Vec<String> = services.iter().map(|r| unit(r)).collect();
     assert_eq!(units, ["http::auth", "services::fleet"]);
-    let in_mod = references("use self::routes::devices;", &["http".into()], true);
+    let in_mod = references("use self::routes::devices;", &["http".into()]);
     assert_eq!(unit(&in_mod[0]), "http::routes");
     let edges = |pairs: &[(&str, &str)]| {
         let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -7,7 +7,7 @@ use edgefleet_domain::device::DeviceView;
 use serde::Serialize;
 use tokio_rusqlite::rusqlite::params;
 
-use crate::{Store, StoreError, i, u};
+use crate::{Store, StoreError, i};
 
 fn json<T: Serialize>(v: &Option<T>) -> Option<String> {
     v.as_ref().and_then(|v| serde_json::to_string(v).ok())
@@ -141,15 +141,6 @@ impl Store {
         })
         .await
     }
-
-    /// How many devices are stored.
-    pub async fn device_count(&self) -> Result<u64, StoreError> {
-        self.read(|c| {
-            let n: i64 = c.query_row("SELECT COUNT(*) FROM devices", [], |r| r.get(0))?;
-            Ok(u(n))
-        })
-        .await
-    }
 }
 
 #[cfg(test)]
@@ -187,6 +178,5 @@ mod tests {
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].labels["site"], "lyon");
         assert!(back[0].status.is_none());
-        assert_eq!(s.device_count().await.unwrap(), 1);
     }
 }

@@ -331,11 +331,6 @@ impl Deployments {
         Ok(self.refresh(&ids).await?)
     }
 
-    /// The deployment's latest revision in force, if it exists.
-    pub fn latest_revision(&self, name: &str) -> Option<u64> {
-        self.book.read().deployments.get(name).map(|d| d.revision)
-    }
-
     /// Recomputes every device's desired document.
     pub async fn refresh_all(&self) -> Result<(), StoreError> {
         self.refresh(&self.fleet.ids()).await
