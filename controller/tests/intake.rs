@@ -33,24 +33,33 @@ fn status(id: &str, desired: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+fn event(id: &str) -> Vec<u8> {
+    json!({"schema": 1, "device": id, "ts": "t", "kind": "started", "severity": "info",
+           "message": "started"})
+    .to_string()
+    .into_bytes()
+}
+
 #[tokio::test]
 async fn strays_are_refused_and_presence_creates_devices() {
     let (c, _rx, _dir) = controller().await;
+    // Valid documents (the same ones are taken from a known device below), from a device
+    // that never announced itself: refused because it is unknown, not because they are bad.
     c.intake
         .on_message(
             &TopicKind::DeviceStatus.for_device("ghost"),
-            &status("ghost", 0),
+            &status("ghost", 1),
         )
         .await;
     c.intake
         .on_message(
             &TopicKind::DeviceEvents.for_device("ghost"),
-            br#"{"schema":1}"#,
+            &event("ghost"),
         )
         .await;
     assert!(
         c.fleet.get("ghost").is_none(),
-        "status of an unknown device must not create it"
+        "status or events of an unknown device must not create it"
     );
     c.intake
         .on_message(
@@ -64,6 +73,16 @@ async fn strays_are_refused_and_presence_creates_devices() {
         .on_message(&TopicKind::DeviceStatus.for_device("d1"), &status("d2", 1))
         .await;
     assert!(c.fleet.get("d1").unwrap().status.is_none());
+    // The documents the ghost sent are taken from a known device.
+    c.intake
+        .on_message(&TopicKind::DeviceStatus.for_device("d1"), &status("d1", 1))
+        .await;
+    c.intake
+        .on_message(&TopicKind::DeviceEvents.for_device("d1"), &event("d1"))
+        .await;
+    let d1 = c.fleet.get("d1").unwrap();
+    assert_eq!(d1.status.map(|s| s.desired_revision), Some(1));
+    assert_eq!(d1.events.len(), 1);
 }
 
 #[tokio::test]

@@ -450,3 +450,182 @@ async fn pause_resume_and_an_operator_rollback() {
         running_revisions(&c)
     );
 }
+
+fn start_latest() -> StartRequest {
+    StartRequest {
+        deployment: "web".into(),
+        revision: None,
+        strategy: None,
+    }
+}
+
+fn state_of(v: &edgefleet_domain::rollout::view::RolloutView) -> String {
+    serde_json::to_value(v).unwrap()["state"].to_string()
+}
+
+/// The loop's step and an operator's pause or abort, 100 times, with the step held open
+/// between copying the rollout and saving it: the operator's action is never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_pause_or_abort_during_a_step_is_never_lost() {
+    let (c, _rx, _dir) = setup().await;
+    apply(&c, "app:0").await;
+    agents_report(&c).await;
+    let c = std::sync::Arc::new(c);
+    c.rollouts.set_step_hook(Some(std::sync::Arc::new(|| {
+        Box::pin(async {
+            // Widens the window: without one writer, the control lands here and the step
+            // then saves its older copy over it.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        })
+    })));
+    for i in 1..=100 {
+        apply(&c, &format!("app:{i}")).await;
+        let id = c.rollouts.start(&start_latest(), "test").await.unwrap().id;
+        let action = if i % 2 == 0 {
+            Control::Pause
+        } else {
+            Control::Abort
+        };
+        let stepper = {
+            let c = c.clone();
+            tokio::spawn(async move { c.rollouts.tick().await })
+        };
+        // Let the step take its copy first (sometimes), then act.
+        if i % 3 != 0 {
+            tokio::task::yield_now().await;
+        }
+        c.rollouts.control(id, action).await.unwrap();
+        stepper.await.unwrap();
+        c.rollouts.tick().await;
+        let now = c.rollouts.get(id).await.unwrap();
+        match action {
+            Control::Pause => {
+                assert!(state_of(&now).contains("paused"), "iteration {i}: {now:?}");
+                c.rollouts.control(id, Control::Abort).await.unwrap();
+            }
+            _ => assert!(state_of(&now).contains("aborted"), "iteration {i}: {now:?}"),
+        }
+        assert_eq!(c.rollouts.active_for("web"), None, "iteration {i}");
+        agents_report(&c).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_starts_give_one_rollout_and_one_conflict() {
+    let (c, _rx, _dir) = setup().await;
+    apply(&c, "app:1").await;
+    agents_report(&c).await;
+    apply(&c, "app:2").await;
+    let req = start_latest();
+    let (a, b) = tokio::join!(c.rollouts.start(&req, "ana"), c.rollouts.start(&req, "bob"));
+    let (ok, busy): (Vec<_>, Vec<_>) = [a, b].into_iter().partition(Result::is_ok);
+    assert_eq!(ok.len(), 1);
+    let err = busy.into_iter().next().unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            edgefleet_controller::services::rollouts::RolloutError::Busy { .. }
+        ),
+        "{err}"
+    );
+    let api: edgefleet_controller::http::error::ApiError = err.into();
+    assert_eq!(api.status(), axum::http::StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn apply_and_delete_wait_for_an_active_rollout() {
+    use edgefleet_controller::services::deployments::ApplyError;
+    let (c, _rx, _dir) = setup().await;
+    apply(&c, "app:1").await;
+    agents_report(&c).await;
+    apply(&c, "app:2").await;
+    let id = c.rollouts.start(&start_latest(), "test").await.unwrap().id;
+    passes(&c, 2).await;
+    let before = running_revisions(&c);
+    let req = |image: &str| ApplyRequest {
+        name: "web".into(),
+        target: "site=lyon".into(),
+        compose: compose(image),
+    };
+    match c.deployments.apply(&req("app:3"), "test").await {
+        Err(ApplyError::RolloutActive { rollout, .. }) => assert_eq!(rollout, id),
+        other => panic!("apply during a rollout: {other:?}"),
+    }
+    // The same file again changes nothing, so it is fine.
+    let same = c.deployments.apply(&req("app:2"), "test").await.unwrap();
+    assert!(!same.changed);
+    assert!(matches!(
+        c.deployments.delete("web").await,
+        Err(ApplyError::RolloutActive { .. })
+    ));
+    assert_eq!(running_revisions(&c), before, "nothing moved");
+    assert_eq!(
+        c.store.deployment("web").await.unwrap().unwrap().revision,
+        2
+    );
+    c.rollouts.control(id, Control::Abort).await.unwrap();
+    assert!(
+        c.deployments
+            .apply(&req("app:3"), "test")
+            .await
+            .unwrap()
+            .changed
+    );
+    assert!(c.deployments.delete("web").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn an_apply_whose_document_would_not_fit_on_the_bus_is_refused() {
+    use edgefleet_controller::services::deployments::ApplyError;
+    let (c, mut rx, _dir) = setup().await;
+    apply(&c, "app:1").await;
+    while rx.try_recv().is_ok() {}
+    let big = "x".repeat(edgefleet_protocol::MAX_PAYLOAD_BYTES);
+    let req = ApplyRequest {
+        name: "web".into(),
+        target: "site=lyon".into(),
+        compose: format!(
+            "services:\n  app:\n    image: app:2\n    environment:\n      BLOB: {big}\n"
+        ),
+    };
+    match c.deployments.apply(&req, "test").await {
+        Err(e @ ApplyError::TooLarge { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("device 'd"), "names the device: {text}");
+            let api: edgefleet_controller::http::error::ApiError = e.into();
+            assert_eq!(api.status(), axum::http::StatusCode::BAD_REQUEST);
+        }
+        other => panic!("oversized apply: {other:?}"),
+    }
+    assert_eq!(
+        c.store.deployment("web").await.unwrap().unwrap().revision,
+        1
+    );
+    assert!(rx.try_recv().is_err(), "nothing queued for the bus");
+    assert!(running_revisions(&c).values().all(|r| *r == 1));
+}
+
+/// An agent that refuses its desired revision is not sent it again every 10 s.
+#[tokio::test]
+async fn a_refused_revision_is_not_republished_by_the_watchdog() {
+    let (c, _rx, _dir) = setup().await;
+    apply(&c, "app:1").await;
+    for i in 0..N {
+        c.fleet.mark_published(&format!("d{i}"));
+    }
+    let lagging = c.fleet.lagging(std::time::Duration::ZERO);
+    assert_eq!(lagging.len(), N, "no device reported: all lag");
+    let rev = c.fleet.get("d0").unwrap().desired_revision();
+    let refusal = json!({"schema": 1, "device": "d0", "ts": "t", "kind": "desired_rejected", "severity": "error",
+                         "revision": rev, "message": "desired document rejected: too large"});
+    c.intake
+        .on_message(
+            &TopicKind::DeviceEvents.for_device("d0"),
+            refusal.to_string().as_bytes(),
+        )
+        .await;
+    let lagging = c.fleet.lagging(std::time::Duration::ZERO);
+    assert!(!lagging.contains(&"d0".to_owned()), "{lagging:?}");
+    assert_eq!(lagging.len(), N - 1);
+    assert_eq!(c.fleet.get("d0").unwrap().refused_revision, Some(rev));
+}

@@ -36,6 +36,9 @@ pub struct DeviceView {
     pub events: VecDeque<DeviceEvent>,
     /// When the desired document was last handed to the bus (for the convergence watchdog).
     pub desired_published_at: Option<Instant>,
+    /// A desired revision the agent refused (`desired_rejected` / `security_rejected` naming
+    /// it): the watchdog does not republish it, the refusal is what the device shows.
+    pub refused_revision: Option<u64>,
 }
 
 impl DeviceView {
@@ -50,6 +53,7 @@ impl DeviceView {
             last_seen: None,
             events: VecDeque::new(),
             desired_published_at: None,
+            refused_revision: None,
         }
     }
 

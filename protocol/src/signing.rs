@@ -69,6 +69,28 @@ struct EnvelopeIn {
     document: Option<Box<RawValue>>,
 }
 
+/// Length of the envelope [`DocumentSigner::sign_bytes`] makes around a JSON document of
+/// `document_len` bytes (exact: the key id and the signature have fixed lengths), so a
+/// document's size on the bus is known before it is signed.
+pub fn signed_len(document_len: usize) -> usize {
+    static OVERHEAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let overhead = *OVERHEAD.get_or_init(|| {
+        let key_id = "0".repeat(16);
+        let document = serde_json::from_str::<&RawValue>("0");
+        document.map_or(256, |document| {
+            codec::encode(&EnvelopeOut {
+                schema: crate::SCHEMA_VERSION,
+                key_id: &key_id,
+                signature: B64.encode([0u8; 64]),
+                document,
+            })
+            .len()
+                - 1
+        })
+    });
+    document_len + overhead
+}
+
 /// Short, stable name of a public key: the first 16 hex digits of its SHA-256.
 pub fn key_id(key: &VerifyingKey) -> String {
     let digest = Sha256::digest(key.as_bytes());
@@ -207,6 +229,17 @@ mod tests {
 
     fn doc(revision: u64) -> DesiredState {
         DesiredState::new("press-07", revision, BTreeMap::new())
+    }
+
+    #[test]
+    fn signed_len_is_the_exact_size_of_a_signed_document() {
+        for seed in [1, 2, 9] {
+            let s = signer(seed);
+            for d in [doc(1), doc(u64::MAX)] {
+                let document = codec::encode(&d);
+                assert_eq!(signed_len(document.len()), s.sign(&d).len());
+            }
+        }
     }
 
     #[test]

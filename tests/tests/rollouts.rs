@@ -52,6 +52,36 @@ async fn wait_all_on(ids: &[String], image: &str, api: &Api) -> BTreeMap<String,
     .await
 }
 
+/// Every device's desired revision as the controller holds (and publishes) it.
+async fn desired_revisions(ids: &[String], api: &Api) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let d = api.device(id).await.expect("device");
+        out.insert(id.clone(), d["desired_revision"].as_u64().unwrap_or(0));
+    }
+    out
+}
+
+/// Waits until the controller's rollout loop has made two more passes (so whatever it was
+/// going to do after the caller's last action, it has done).
+async fn two_loop_passes(api: &Api) {
+    let passes = || async {
+        api.get("/api/v1/health")
+            .await
+            .map(|h| h["rollout_passes"].as_u64().unwrap_or(0))
+    };
+    let start = passes().await.expect("health");
+    wait::until("two passes of the rollout loop", T, || async {
+        let now = passes().await?;
+        if now >= start + 2 {
+            Ok(())
+        } else {
+            Err(format!("{now} passes"))
+        }
+    })
+    .await;
+}
+
 fn rollout(api: &Api, deployment: &str) -> (u64, Value) {
     let out = api.cli(&["--json", "rollout", "start", deployment]);
     assert!(out.success, "rollout start: {out:?}");
@@ -77,14 +107,18 @@ async fn rollouts_move_in_waves_and_a_bad_canary_is_rolled_back() {
     api.apply(dir, "web", "site=r", &stack(APP_V1));
     let v1 = wait_all_on(&ids, APP_V1, &api).await;
 
-    // Staged: the new revision is recorded, nobody moves.
+    // Staged: the new revision is recorded, nobody moves: no device is sent a new desired
+    // document (the controller computed them all before answering), and the loop leaves
+    // them alone.
+    let desired = desired_revisions(&ids, &api).await;
     let applied = api.apply(dir, "web", "site=r", &stack(APP_V2));
     assert_eq!(
         applied["held"].as_array().map(Vec::len),
         Some(5),
         "{applied}"
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    two_loop_passes(&api).await;
+    assert_eq!(desired_revisions(&ids, &api).await, desired);
     assert_eq!(
         running(&ids),
         v1,
@@ -245,11 +279,30 @@ async fn offline_skip_pause_resume_and_abort() {
     api.wait_connection(&offline, "offline", T).await;
     api.apply(dir, "web", "site=c", &file(APP_V2, "a"));
     let before = running(&ids);
+    let desired = desired_revisions(&ids, &api).await;
     let out = api.cli(&["--json", "rollout", "start", "web"]);
     assert!(out.success, "{out:?}");
     let id = out.json()["id"].as_u64().expect("id").to_string();
     assert!(api.cli(&["rollout", "pause", &id]).success);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Whatever the loop pinned before the pause (the canary at most), it pins nothing after;
+    // the devices it did pin converge, the others keep their container.
+    two_loop_passes(&api).await;
+    let now = desired_revisions(&ids, &api).await;
+    let sent: Vec<_> = ids.iter().filter(|d| now[*d] != desired[*d]).collect();
+    assert!(
+        sent.len() <= 1,
+        "sent a new revision after the pause: {sent:?}"
+    );
+    wait::until("the devices sent a revision converge", T, || async {
+        for d in &sent {
+            let v = api.device(d).await?;
+            if v["converged"] != true {
+                return Err(format!("{d}: {}", v["status"]));
+            }
+        }
+        Ok(())
+    })
+    .await;
     let paused = running(&ids);
     let moved: Vec<_> = ids.iter().filter(|d| paused[*d] != before[*d]).collect();
     assert!(
@@ -376,15 +429,19 @@ async fn a_wave_waits_for_the_maintenance_window_and_nonsense_is_refused() {
         !busy.success && busy.stderr.contains("still running"),
         "two rollouts of one deployment: {busy:?}"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let waiting = api.cli(&["--json", "rollout", "status", &id]).json();
-    assert!(
-        waiting["waiting"]
+    wait::until("the rollout waits for the window", T, || async {
+        let waiting = api.cli(&["--json", "rollout", "status", &id]).json();
+        if waiting["waiting"]
             .as_str()
             .unwrap_or_default()
-            .contains("maintenance window"),
-        "{waiting}"
-    );
+            .contains("maintenance window")
+        {
+            Ok(())
+        } else {
+            Err(waiting.to_string())
+        }
+    })
+    .await;
     assert_eq!(running(&ids), v1, "nothing moves before the window opens");
     let done = api
         .cli(&["--json", "rollout", "status", &id, "--watch"])

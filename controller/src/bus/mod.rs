@@ -206,6 +206,18 @@ pub async fn run_publisher(
                 signer.sign_bytes(&command),
             ),
         };
+        // rumqttc drops the whole connection on a publish above the packet limit, and agents
+        // refuse payloads above MAX_PAYLOAD_BYTES: such a message is never sent (apply
+        // refuses documents that would exceed it; this catches what changed since).
+        if payload.len() > edgefleet_protocol::MAX_PAYLOAD_BYTES {
+            tracing::error!(
+                topic,
+                bytes = payload.len(),
+                limit = edgefleet_protocol::MAX_PAYLOAD_BYTES,
+                "message above the bus's payload limit not sent"
+            );
+            continue;
+        }
         // The client's request queue is bounded: handing a message over waits while it is
         // full, but never past a shutdown.
         let handed = tokio::select! {

@@ -97,6 +97,7 @@ impl From<ApplyError> for ApiError {
     fn from(e: ApplyError) -> Self {
         match e {
             ApplyError::Store(s) => s.into(),
+            e @ ApplyError::RolloutActive { .. } => ApiError::Conflict(e.to_string()),
             other => ApiError::BadRequest(other.to_string()),
         }
     }

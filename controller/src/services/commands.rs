@@ -109,10 +109,15 @@ impl Commands {
         };
         let (tx, rx) = oneshot::channel();
         self.waiting.insert(request_id, (device.to_owned(), tx));
+        // Removes the entry however this ends: answered, timed out, or the caller gone (an
+        // HTTP client that hung up drops this future mid-wait).
+        let _waiting = Waiting {
+            waiting: &self.waiting,
+            request_id,
+        };
         self.outbox
             .queue_command(device, edgefleet_protocol::codec::encode(&command));
         let answer = tokio::time::timeout(REPLY_TIMEOUT, rx).await;
-        self.waiting.remove(&request_id);
         match answer {
             Ok(Ok(reply)) => match reply.error {
                 Some(e) => Err(CommandError::Device(e)),
@@ -126,9 +131,41 @@ impl Commands {
     }
 }
 
+/// A waiting request's entry, removed on drop.
+struct Waiting<'a> {
+    waiting: &'a DashMap<u64, (String, oneshot::Sender<Reply>)>,
+    request_id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.waiting.remove(&self.request_id);
+    }
+}
+
+impl Commands {
+    /// Requests waiting for a reply now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_cancelled_request_leaves_nothing_waiting() {
+        let fleet = Arc::new(Fleet::default());
+        fleet.update("d1", |d| d.connection = Connection::Online);
+        let (outbox, _rx) = Outbox::new(fleet.clone());
+        let p = Commands::new(fleet, Arc::new(outbox));
+        let request = p.device_logs("d1", "web", "app", 10);
+        // Polled once (the entry is in), then dropped as a hung-up HTTP client would.
+        let cancelled = tokio::time::timeout(std::time::Duration::from_millis(1), request).await;
+        assert!(cancelled.is_err());
+        assert_eq!(p.waiting(), 0);
+    }
 
     fn reply(device: &str, id: u64) -> Reply {
         Reply {

@@ -37,6 +37,18 @@ pub enum ApplyError {
     Target(#[from] SelectorError),
     #[error(transparent)]
     Compose(#[from] ComposeError),
+    #[error(
+        "deployment '{deployment}' has rollout {rollout} in progress; wait for it, or abort it ('edgefleet rollout abort {rollout}'), before changing or deleting the deployment"
+    )]
+    RolloutActive { deployment: String, rollout: u64 },
+    #[error(
+        "device '{device}' would receive a desired document of {bytes} bytes, above the {limit}-byte limit of the bus; make the stacks targeting it smaller (large files belong in images or volumes, not in environment variables)"
+    )]
+    TooLarge {
+        device: String,
+        bytes: usize,
+        limit: usize,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -81,6 +93,9 @@ pub struct Deployments {
     change: tokio::sync::Mutex<()>,
     /// Serializes desired-document computation (revision numbers must not race).
     refresh: tokio::sync::Mutex<()>,
+    /// Deployments with an active rollout (deployment → rollout ids), kept by the rollouts
+    /// service; `apply` and `delete` refuse to change such a deployment under it.
+    rolling: parking_lot::Mutex<BTreeMap<String, std::collections::BTreeSet<u64>>>,
 }
 
 /// The stack of a stored revision, or `None` (logged) if it is missing or unreadable.
@@ -149,7 +164,99 @@ impl Deployments {
             book: RwLock::new(book),
             change: tokio::sync::Mutex::new(()),
             refresh: tokio::sync::Mutex::new(()),
+            rolling: parking_lot::Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Holds off apply, delete and pins while the caller checks and records something that
+    /// must not interleave with them (a rollout start).
+    pub async fn hold_changes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.change.lock().await
+    }
+
+    /// The rollouts service's record of an active rollout of `name`.
+    pub fn mark_rolling(&self, name: &str, rollout: u64) {
+        self.rolling
+            .lock()
+            .entry(name.to_owned())
+            .or_default()
+            .insert(rollout);
+    }
+
+    /// A rollout of `name` finished.
+    pub fn unmark_rolling(&self, name: &str, rollout: u64) {
+        let mut rolling = self.rolling.lock();
+        if let Some(ids) = rolling.get_mut(name) {
+            ids.remove(&rollout);
+            if ids.is_empty() {
+                rolling.remove(name);
+            }
+        }
+    }
+
+    /// An active rollout of `name`, if any.
+    fn rolling(&self, name: &str) -> Option<u64> {
+        self.rolling
+            .lock()
+            .get(name)
+            .and_then(|ids| ids.first().copied())
+    }
+
+    /// Whether `name`'s latest revision already has this target and spec (applying it again
+    /// records nothing).
+    async fn unchanged(
+        &self,
+        name: &str,
+        target: &str,
+        spec: &RevisionSpec,
+    ) -> Result<bool, StoreError> {
+        let Some(d) = self.store.deployment(name).await? else {
+            return Ok(false);
+        };
+        if d.target != target {
+            return Ok(false);
+        }
+        Ok(self
+            .store
+            .revision(name, d.revision)
+            .await?
+            .is_some_and(|r| RevisionSpec::from_json(&r.spec_json).ok().as_ref() == Some(spec)))
+    }
+
+    /// The first targeted device whose signed desired document would exceed the bus's
+    /// payload limit if `name` ran `stack` on every device `selector` targets (pins ignored:
+    /// a rollout may move any of them to it later). Checked before anything is recorded.
+    fn oversized(
+        &self,
+        name: &str,
+        selector: &Selector,
+        stack: &StackSpec,
+    ) -> Option<(String, usize)> {
+        let mut book = self.book.read().clone();
+        book.pins.retain(|(_, dep), _| dep != name);
+        book.deployments.insert(
+            name.to_owned(),
+            ActiveDeployment {
+                name: name.to_owned(),
+                selector: selector.clone(),
+                revision: u64::MAX,
+                stack: stack.clone(),
+            },
+        );
+        for d in self.fleet.devices.iter() {
+            if !selector.matches(d.key(), &d.labels) {
+                continue;
+            }
+            let stacks = book.stacks_for(d.key(), &d.labels);
+            let doc = DesiredState::new(d.key(), u64::MAX, stacks);
+            let bytes = edgefleet_protocol::signing::signed_len(
+                edgefleet_protocol::codec::encode(&doc).len(),
+            );
+            if bytes > edgefleet_protocol::MAX_PAYLOAD_BYTES {
+                return Some((d.key().clone(), bytes));
+            }
+        }
+        None
     }
 
     /// Records a new revision of a deployment (or nothing, if unchanged) and recomputes the
@@ -159,14 +266,31 @@ impl Deployments {
         let selector = Selector::parse(&req.target)?;
         let parsed = compose::parse(&req.compose)?;
         let target = selector.to_string();
+        let spec = RevisionSpec::of(&parsed);
         let _change = self.change.lock().await;
+        if let Some(rollout) = self.rolling(&req.name)
+            && !self.unchanged(&req.name, &target, &spec).await?
+        {
+            return Err(ApplyError::RolloutActive {
+                deployment: req.name.clone(),
+                rollout,
+            });
+        }
+        let stack = spec.clone().into_stack(&req.name, u64::MAX);
+        if let Some((device, bytes)) = self.oversized(&req.name, &selector, &stack) {
+            return Err(ApplyError::TooLarge {
+                device,
+                bytes,
+                limit: edgefleet_protocol::MAX_PAYLOAD_BYTES,
+            });
+        }
         let (revision, changed) = self
             .store
             .record_revision(NewRevision {
                 name: req.name.clone(),
                 target: target.clone(),
                 compose: req.compose.clone(),
-                spec: RevisionSpec::of(&parsed),
+                spec,
                 by: by.to_owned(),
                 now: edgefleet_protocol::now_rfc3339(),
             })
@@ -280,8 +404,14 @@ impl Deployments {
 
     /// Deletes a deployment: its stacks leave every device's desired document. Returns the
     /// devices it was targeting, or `None` if there was no such deployment.
-    pub async fn delete(&self, name: &str) -> Result<Option<Vec<String>>, StoreError> {
+    pub async fn delete(&self, name: &str) -> Result<Option<Vec<String>>, ApplyError> {
         let _change = self.change.lock().await;
+        if let Some(rollout) = self.rolling(name) {
+            return Err(ApplyError::RolloutActive {
+                deployment: name.to_owned(),
+                rollout,
+            });
+        }
         if !self
             .store
             .delete_deployment(name, &edgefleet_protocol::now_rfc3339())

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use dashmap::{DashMap, DashSet};
 use edgefleet_domain::device::{Connection, DeviceSummary, DeviceView, RECENT_EVENTS};
 use edgefleet_domain::selector::Selector;
-use edgefleet_protocol::event::DeviceEvent;
+use edgefleet_protocol::event::{DeviceEvent, EventKind};
 use edgefleet_protocol::presence::{DevicePresence, PresenceState};
 use edgefleet_protocol::status::DeviceStatus;
 use parking_lot::Mutex;
@@ -198,6 +198,13 @@ impl Fleet {
     pub fn on_event(&self, event: DeviceEvent) -> bool {
         self.update_known(&event.device.clone(), |d| {
             d.last_seen = Some(edgefleet_protocol::now_rfc3339());
+            if matches!(
+                event.kind,
+                EventKind::DesiredRejected | EventKind::SecurityRejected
+            ) && event.revision.is_some_and(|r| r == d.desired_revision())
+            {
+                d.refused_revision = event.revision;
+            }
             d.events.push_back(event);
             while d.events.len() > RECENT_EVENTS {
                 d.events.pop_front();
@@ -215,6 +222,7 @@ impl Fleet {
             .filter(|d| {
                 let want = d.desired_revision();
                 want > 0
+                    && d.refused_revision != Some(want)
                     && d.status.as_ref().is_none_or(|s| s.desired_revision < want)
                     && d.desired_published_at.is_none_or(|t| t.elapsed() >= after)
             })

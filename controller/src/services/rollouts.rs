@@ -109,10 +109,22 @@ pub struct Rollouts {
     recent: Mutex<BTreeMap<u64, RolloutView>>,
     /// Bumped whenever one of `recent` changes.
     changes: watch::Sender<u64>,
-    /// Starting a rollout checks "none active for this deployment" and then records one:
-    /// serialized, so two concurrent starts cannot both pass the check.
-    starting: tokio::sync::Mutex<()>,
+    /// The one writer of rollouts: held across a whole start (check "none active for this
+    /// deployment", then record one), a whole step of the loop (snapshot, pins, save) and an
+    /// operator's control, so none of them works on a copy another has made stale — a pause
+    /// or abort issued during a step is never overwritten by the step's older copy.
+    writer: tokio::sync::Mutex<()>,
+    /// Test hook: awaited inside a step, between copying the rollout and saving it (widens
+    /// the window in which an operator's control could race the step).
+    step_hook: Mutex<Option<StepHook>>,
+    /// Passes of the loop so far (`GET /api/v1/health` shows it: "the loop has looked at the
+    /// rollouts again since …" is a condition a client can wait for).
+    passes: std::sync::atomic::AtomicU64,
 }
+
+/// See [`Rollouts::set_step_hook`].
+pub type StepHook =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
 
 fn parse(row: &RolloutRow) -> Option<Rollout> {
     match serde_json::from_str::<Rollout>(&row.state_json) {
@@ -141,6 +153,9 @@ impl Rollouts {
                 active.insert(row.id, (row.created_by, r));
             }
         }
+        for (id, (_, r)) in &active {
+            deployments.mark_rolling(&r.deployment, *id);
+        }
         let mut recent = BTreeMap::new();
         for row in store.rollouts(false, Some(RECENT as u64)).await? {
             if let Some(r) = parse(&row) {
@@ -157,8 +172,25 @@ impl Rollouts {
             active: Mutex::new(active),
             recent: Mutex::new(recent),
             changes: watch::Sender::new(0),
-            starting: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(()),
+            step_hook: Mutex::new(None),
+            passes: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Tests only: `hook` is awaited in every step between copying a rollout and saving it.
+    #[doc(hidden)]
+    pub fn set_step_hook(&self, hook: Option<StepHook>) {
+        *self.step_hook.lock() = hook;
+    }
+
+    /// Whether a rollout of `deployment` is active (running or paused): its id.
+    pub fn active_for(&self, deployment: &str) -> Option<u64> {
+        self.active
+            .lock()
+            .iter()
+            .find(|(_, (_, r))| r.deployment == deployment)
+            .map(|(id, _)| *id)
     }
 
     /// A receiver that changes whenever one of the newest rollouts does.
@@ -190,7 +222,10 @@ impl Rollouts {
     }
 
     pub async fn start(&self, req: &StartRequest, by: &str) -> Result<RolloutView, RolloutError> {
-        let _starting = self.starting.lock().await;
+        let _writer = self.writer.lock().await;
+        // Apply and delete wait while this start checks and records: the rollout is recorded
+        // against the revision that is latest when it starts, and they then see it active.
+        let _changes = self.deployments.hold_changes().await;
         let dep = self
             .store
             .deployment(&req.deployment)
@@ -277,6 +312,7 @@ impl Rollouts {
             )
             .await?;
         self.audit_transition(id, rollout, None, by).await;
+        self.deployments.mark_rolling(&rollout.deployment, id);
         self.active
             .lock()
             .insert(id, (by.to_owned(), rollout.clone()));
@@ -291,9 +327,17 @@ impl Rollouts {
                 tracing::error!(rollout = id, "rollout step failed, retried next pass: {e}");
             }
         }
+        self.passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Completed passes of the loop since the controller started.
+    pub fn passes(&self) -> u64 {
+        self.passes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn step_one(&self, id: u64) -> Result<(), RolloutError> {
+        let _writer = self.writer.lock().await;
         let Some((by, mut rollout)) = self.active.lock().get(&id).cloned() else {
             return Ok(());
         };
@@ -320,6 +364,10 @@ impl Rollouts {
             })
             .collect();
         let commands = rollout.step(&fleet, now_ms());
+        let hook = self.step_hook.lock().clone();
+        if let Some(hook) = hook {
+            hook().await;
+        }
         for c in commands {
             match c {
                 Command::Pin { device, revision } => {
@@ -393,6 +441,7 @@ impl Rollouts {
         if finished {
             tracing::info!(rollout = id, state = %state_name(&rollout.state), "rollout finished");
             self.active.lock().remove(&id);
+            self.deployments.unmark_rolling(&rollout.deployment, id);
             if rollout.state == RolloutState::Succeeded {
                 // Devices now on the latest revision need no pin: later applies move them.
                 self.deployments
@@ -407,6 +456,12 @@ impl Rollouts {
 
     /// Pause, resume or abort.
     pub async fn control(&self, id: u64, action: Control) -> Result<RolloutView, RolloutError> {
+        let _writer = self.writer.lock().await;
+        self.control_locked(id, action).await
+    }
+
+    /// [`Rollouts::control`] with the writer lock already held.
+    async fn control_locked(&self, id: u64, action: Control) -> Result<RolloutView, RolloutError> {
         let current = self.active.lock().get(&id).cloned();
         let Some((by, mut rollout)) = current else {
             let row = self
@@ -442,9 +497,9 @@ impl Rollouts {
     /// Operator rollback: ends the rollout if it still runs, then returns every device it
     /// moved to the revision they came from, as a rollout of its own.
     pub async fn rollback(&self, id: u64, by: &str) -> Result<RolloutView, RolloutError> {
-        let _starting = self.starting.lock().await;
+        let _writer = self.writer.lock().await;
         if self.active.lock().contains_key(&id) {
-            self.control(id, Control::Abort).await?;
+            self.control_locked(id, Control::Abort).await?;
         }
         let r = self.get(id).await?;
         let devices: Vec<String> = r

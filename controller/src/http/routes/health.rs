@@ -1,6 +1,6 @@
 //! `GET /api/v1/health` (no credentials): whether the controller can do its job. 200 while
 //! the link to the broker holds a session, 503 while it does not (devices then receive
-//! nothing), with the reason and since when.
+//! nothing), with the reason and since when, and how many passes the rollout loop made.
 
 use axum::Json;
 use axum::extract::State;
@@ -19,6 +19,9 @@ pub async fn health(State(s): State<ApiState>) -> Response {
         "devices": s.fleet.len(),
         "uptime_s": s.started.elapsed().as_secs(),
         "broker": { "connected": link.connected, "since_s": since_s },
+        // Completed passes of the rollout loop: a client that needs "the loop has run since
+        // I acted" waits for this to grow by two.
+        "rollout_passes": s.rollouts.passes(),
     });
     if link.connected {
         Json(body).into_response()
