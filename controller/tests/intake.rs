@@ -191,7 +191,8 @@ async fn a_site_that_empties_gets_a_zeroed_summary() {
     c.sites.queue_changed();
     let mut last = std::collections::BTreeMap::new();
     while let Ok(job) = rx.try_recv() {
-        if let Outgoing::Retained { topic, payload } = job {
+        if let Outgoing::Retained(topic) = job {
+            let payload = c.outbox.take_retained(&topic).unwrap();
             last.insert(
                 topic,
                 serde_json::from_slice::<serde_json::Value>(&payload).unwrap(),

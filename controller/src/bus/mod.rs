@@ -199,7 +199,12 @@ pub async fn run_publisher(
                     signer.sign(&doc),
                 )
             }
-            Outgoing::Retained { topic, payload } => (topic, true, payload),
+            Outgoing::Retained(topic) => {
+                let Some(payload) = outbox.take_retained(&topic) else {
+                    continue;
+                };
+                (topic, true, payload)
+            }
             Outgoing::Command { device, command } => (
                 TopicKind::DeviceCommands.for_device(&device),
                 false,

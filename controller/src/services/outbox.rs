@@ -1,6 +1,7 @@
 //! What the controller puts on the bus, queued: nobody ever waits on the broker. The bus's
 //! publisher drains the queue ([`crate::bus`]). Desired documents are queued by device id
-//! and read when sent, so a burst of changes to one device coalesces into one publish.
+//! and retained documents by topic, both read when sent, so a burst of changes to one device
+//! or topic coalesces into one publish and the queue stays bounded while the broker is away.
 //!
 //! Also the per-site summaries for SCADA screens ([`SiteSummaries`]): recomputed from the
 //! fleet view each second and queued only when they changed.
@@ -8,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dashmap::DashSet;
+use dashmap::{DashMap, DashSet};
 use edgefleet_domain::sites;
 use edgefleet_protocol::codec;
 use edgefleet_protocol::desired::DesiredState;
@@ -24,8 +25,9 @@ use super::fleet::Fleet;
 pub enum Outgoing {
     /// The device's current desired document (read when sent, so bursts coalesce).
     Desired(String),
-    /// A retained document as it is (site summaries, rollout status).
-    Retained { topic: String, payload: Vec<u8> },
+    /// The latest retained document queued for this topic (site summaries, rollout status;
+    /// read when sent, so bursts coalesce).
+    Retained(String),
     /// A command document for one device, signed by the publisher (not retained).
     Command { device: String, command: Vec<u8> },
 }
@@ -36,6 +38,8 @@ pub struct Outbox {
     tx: mpsc::UnboundedSender<Outgoing>,
     /// Devices whose desired document is queued and not yet taken.
     queued: DashSet<String>,
+    /// Retained documents queued and not yet taken, the latest per topic.
+    retained: DashMap<String, Vec<u8>>,
 }
 
 impl Outbox {
@@ -47,6 +51,7 @@ impl Outbox {
                 fleet,
                 tx,
                 queued: DashSet::new(),
+                retained: DashMap::new(),
             },
             rx,
         )
@@ -74,9 +79,20 @@ impl Outbox {
         self.fleet.get(id)?.desired
     }
 
-    /// Queues a retained document as it is.
+    /// Queues a retained document as it is. A newer document for a topic still queued
+    /// replaces the older one (a retained topic only ever needs its latest state), so the
+    /// queue stays bounded while the broker is unreachable: at most one entry per device and
+    /// per retained topic, plus commands.
     pub fn queue_retained(&self, topic: String, payload: Vec<u8>) {
-        let _ = self.tx.send(Outgoing::Retained { topic, payload });
+        if self.retained.insert(topic.clone(), payload).is_none() {
+            let _ = self.tx.send(Outgoing::Retained(topic));
+        }
+    }
+
+    /// Called by the publisher when it takes a retained topic off the queue: the latest
+    /// document queued for it.
+    pub fn take_retained(&self, topic: &str) -> Option<Vec<u8>> {
+        self.retained.remove(topic).map(|(_, payload)| payload)
     }
 
     /// Queues a command for one device (signed when published). False if the publisher is
@@ -140,5 +156,28 @@ impl SiteSummaries {
                 .queue_retained(topics::site_summary(&site), codec::encode(&doc));
             published.insert(site, summary);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_holds_one_entry_per_retained_topic_and_device() {
+        let fleet = Arc::new(Fleet::default());
+        let (outbox, mut rx) = Outbox::new(fleet);
+        for i in 0..1000u32 {
+            outbox.queue_retained("a".into(), i.to_string().into_bytes());
+            outbox.queue_retained("b".into(), b"b".to_vec());
+            outbox.queue_desired("d1");
+        }
+        let mut queued = Vec::new();
+        while let Ok(job) = rx.try_recv() {
+            queued.push(format!("{job:?}"));
+        }
+        assert_eq!(queued.len(), 3, "{queued:?}");
+        assert_eq!(outbox.take_retained("a"), Some(b"999".to_vec()));
+        assert_eq!(outbox.take_retained("a"), None);
     }
 }
