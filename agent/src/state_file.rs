@@ -137,6 +137,12 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateFileError> {
     }
 }
 
+/// Decodes a `state.bin` the way [`StateStore::open`] does: the desired document it holds,
+/// or why the file is unusable. Never panics, whatever the bytes (fuzzed: `fuzz/`).
+pub fn decode_state_file(bytes: &[u8], device: &str) -> Result<Option<DesiredState>, String> {
+    decode_state(bytes, device).map(|(_, desired)| desired)
+}
+
 fn decode_state(bytes: &[u8], device: &str) -> Result<(StateRecord, Option<DesiredState>), String> {
     let (record, rest): (StateRecord, _) =
         postcard::take_from_bytes(bytes).map_err(|e| format!("not a state record: {e}"))?;
