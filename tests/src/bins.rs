@@ -1,4 +1,4 @@
-//! Builds `edgefleet` and `edgefleet-agent` once per test process (so `cargo test` alone is
+//! Builds `edgefleet`, `edgefleet-agent` and `edgefleet-sim` once per test process (so `cargo test` alone is
 //! enough) and returns their paths.
 
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 pub struct Bins {
     pub edgefleet: PathBuf,
     pub agent: PathBuf,
+    pub sim: PathBuf,
 }
 
 fn target_dir() -> PathBuf {
@@ -32,6 +33,8 @@ pub fn bins() -> &'static Bins {
             "edgefleet-cli",
             "-p",
             "edgefleet-agent",
+            "-p",
+            "edgefleet-sim",
         ]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
@@ -43,6 +46,7 @@ pub fn bins() -> &'static Bins {
         let bins = Bins {
             edgefleet: dir.join("edgefleet"),
             agent: dir.join("edgefleet-agent"),
+            sim: dir.join("edgefleet-sim"),
         };
         assert!(
             bins.edgefleet.exists(),
