@@ -15,6 +15,7 @@
 //!   network, images from `scripts/images`) and the faults dealt to them (links cut or lossy,
 //!   hosts killed).
 //! - [`invariants`]: what must hold after any fault, checked from outside.
+//! - [`registry`]: a real image registry (Debian's `docker-registry`) the engine pulls from.
 //! - [`mqtt`]: retained documents read with `mosquitto_sub`, as an integrator would.
 //! - [`ports`]: ports from the servers' own addresses files, or held for them: never guessed.
 //! - [`api`]: the gateway's HTTP API and the `edgefleet` CLI.
@@ -30,6 +31,7 @@ pub mod invariants;
 pub mod mqtt;
 pub mod ports;
 pub mod procs;
+pub mod registry;
 pub mod wait;
 
 /// A device id unique to this test run: `<tag>-<pid>-<n>`.

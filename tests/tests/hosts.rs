@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use edgefleet_tests::hosts::{KEEPALIVE, Plant, docker};
 use edgefleet_tests::images::{self, APP_V1, APP_V2};
 use edgefleet_tests::invariants::{self, Sampler};
+use edgefleet_tests::registry::Registry;
 use edgefleet_tests::{unique_id, wait};
 use serde_json::Value;
 
@@ -422,5 +423,74 @@ async fn agent_state_file_truncated_zeroed_and_garbage() {
         "agent host killed, state.bin truncated / zeroed / garbage / emptied, restarted",
         worst,
         &format!("container kept each time, {checked}"),
+    );
+}
+
+/// The registry a new revision's image comes from is down during the rollout: the canary
+/// cannot pull, the rollout fails within its health timeout and the canary is rolled back
+/// (the others untouched); with the registry back, a new rollout of the same revision
+/// succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_down_during_a_rollout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let mut registry = Registry::start(dir);
+    let (plant, ids) = plant_on_v1(dir, 2, "reg", staged).await;
+    let api = plant.gateway.api();
+    let image = registry.push(APP_V2, &format!("edgefleet-e2e/app:{}", plant.run));
+    let (v1, _) = invariants::converged(&plant, "web", "app", &all_on(&ids, APP_V1), T).await;
+    let sampler = Sampler::start(ids.clone());
+
+    registry.proc.kill9();
+    let short = |image: &str| staged(image).replace("health_timeout: 60s", "health_timeout: 10s");
+    let site = format!("site={}", plant.run);
+    api.apply(dir, "web", &site, &short(&image));
+    let t0 = Instant::now();
+    let rollout = start_rollout(&plant);
+    wait_rollout_done(&plant, &rollout, "failed").await;
+    let r = rollout_state(&plant, &rollout).await.expect("rollout");
+    assert_eq!(
+        r["state"]["rollback"], true,
+        "the canary is rolled back: {r}"
+    );
+    let (back, _) = invariants::converged(&plant, "web", "app", &all_on(&ids, APP_V1), T).await;
+    let canary = r["waves"][0][0].as_str().expect("canary").to_owned();
+    for id in &ids {
+        if *id != canary {
+            assert_eq!(
+                back[id], v1[id],
+                "{id} was not in the failed wave: untouched"
+            );
+        }
+    }
+    // The rollback is a rollout of its own: wait until nothing runs any more.
+    wait::until("no rollout running (the rollback done)", T, || async {
+        let list = api.get("/api/v1/rollouts").await?;
+        let rollouts = list["rollouts"].as_array().cloned().unwrap_or_default();
+        match rollouts
+            .iter()
+            .find(|r| r["state"]["state"] == "running" || r["state"]["state"] == "paused")
+        {
+            None => Ok(()),
+            Some(r) => Err(r.to_string()),
+        }
+    })
+    .await;
+    let failed_after = t0.elapsed();
+
+    // The same revision again, once its image can be pulled.
+    registry.proc.start();
+    registry.wait_up();
+    let t1 = Instant::now();
+    let again = start_rollout(&plant);
+    wait_rollout_done(&plant, &again, "succeeded").await;
+    let (_, checked) = invariants::all(&plant, "web", 2, &all_on(&ids, &image), sampler, T).await;
+    line(
+        "registry-down",
+        &format!(
+            "the registry (docker-registry) killed before a rollout of an image only it has: failed and rolled back after {failed_after:.1?}; registry back, the same revision rolled out again"
+        ),
+        t1.elapsed(),
+        &format!("canary rolled back, others untouched, {checked}"),
     );
 }
