@@ -1,5 +1,6 @@
-# Builds the edgefleet and edgefleet-agent binaries into a small Debian image.
-# Needs the rust and debian base images from a registry (not available on offline CI hosts).
+# For a machine that reaches a registry (rust and debian base images). Offline, and for
+# docker-compose.yml, use scripts/images instead: it makes edgefleet-gateway:local and
+# edgefleet-agent:local from binaries built here, with no base image.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .

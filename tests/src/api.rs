@@ -13,6 +13,9 @@ use crate::bins::bins;
 
 pub struct Api {
     pub port: u16,
+    /// Where the API is reached: loopback, or a gateway host's address on a test network
+    /// (it can change when that host restarts: [`Api::set_host`]).
+    host: Mutex<String>,
     http: reqwest::Client,
     /// Where `initial-admin-password` is, to log in as admin on first use.
     data_dir: Option<PathBuf>,
@@ -39,6 +42,7 @@ impl Api {
     pub fn new(port: u16) -> Api {
         Api {
             port,
+            host: Mutex::new("127.0.0.1".to_owned()),
             http: reqwest::Client::new(),
             data_dir: None,
             token: Mutex::new(None),
@@ -52,6 +56,19 @@ impl Api {
             data_dir: Some(data_dir.to_owned()),
             ..Api::new(port)
         }
+    }
+
+    /// As the first-start admin of a gateway reached at `host:port` (another host on a test
+    /// network), whose data dir the test can read.
+    pub fn admin_at(host: &str, port: u16, data_dir: &Path) -> Api {
+        let api = Api::admin(port, data_dir);
+        api.set_host(host);
+        api
+    }
+
+    /// From now on requests go to `host` (a restarted gateway host got a new address).
+    pub fn set_host(&self, host: &str) {
+        *self.host.lock() = host.to_owned();
     }
 
     /// With a given token (another user's, an API token).
@@ -108,7 +125,7 @@ impl Api {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host.lock(), self.port)
     }
 
     /// GET a path; Err with the reason if unreachable or not 2xx.

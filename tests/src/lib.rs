@@ -11,6 +11,11 @@
 //!   the test, logs kept under the test's temp dir and printed on failure.
 //! - [`images`]: test images imported from a busybox rootfs tarball.
 //! - [`docker`]: what the engine really runs, and cleanup of a test's containers.
+//! - [`hosts`]: a plant of separate hosts (gateway and agents in containers on a private
+//!   network, images from `scripts/images`) and the faults dealt to them (links cut or lossy,
+//!   hosts killed).
+//! - [`invariants`]: what must hold after any fault, checked from outside.
+//! - [`registry`]: a real image registry (Debian's `docker-registry`) the engine pulls from.
 //! - [`mqtt`]: retained documents read with `mosquitto_sub`, as an integrator would.
 //! - [`ports`]: ports from the servers' own addresses files, or held for them: never guessed.
 //! - [`api`]: the gateway's HTTP API and the `edgefleet` CLI.
@@ -20,10 +25,13 @@ pub mod api;
 pub mod bins;
 pub mod browser;
 pub mod docker;
+pub mod hosts;
 pub mod images;
+pub mod invariants;
 pub mod mqtt;
 pub mod ports;
 pub mod procs;
+pub mod registry;
 pub mod wait;
 
 /// A device id unique to this test run: `<tag>-<pid>-<n>`.

@@ -1,0 +1,502 @@
+//! A plant of separate hosts: the gateway and each agent in a container of its own, on a
+//! private Docker network the test creates, built from the images `scripts/images` makes
+//! (busybox rootfs + our binary, no registry). Agents drive the host's engine through its
+//! socket (their services run next to them, labelled with their device id, as on a device).
+//! Faults come from outside, as a plant's network or power would deal them:
+//! - the link: `nsenter -t PID -n iptables …` in the host's network namespace (every packet
+//!   dropped, no FIN, no RST; or a share of them at random);
+//! - the host itself: `docker kill -s KILL`, `docker start`.
+//!
+//! Every container and the network carry the label `io.edgefleet.hosts-run=<run>`; a
+//! [`Plant`] removes them (and its devices' services) when dropped, also when the test fails,
+//! and removes what a killed earlier test process left behind when created.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::api::Api;
+use crate::bins::bins;
+use crate::ports::wait_addresses;
+
+pub const GATEWAY_IMAGE: &str = "edgefleet-gateway:local";
+pub const AGENT_IMAGE: &str = "edgefleet-agent:local";
+/// The label every container and network of a plant carries (value: the run).
+const RUN_LABEL: &str = "io.edgefleet.hosts-run";
+/// The test process that made them (to clean up after a killed one).
+const PID_LABEL: &str = "io.edgefleet.hosts-pid";
+/// Ports inside the gateway host (its own network namespace: nothing else binds there).
+const HTTP: u16 = 8080;
+/// The agents' keepalive on these hosts (`--keepalive`).
+pub const KEEPALIVE: Duration = Duration::from_secs(4);
+
+/// Runs the docker CLI; Err with its stderr.
+pub fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run docker: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(format!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn must(args: &[&str]) -> String {
+    docker(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Builds the gateway and agent images once per test process with `scripts/images` from the
+/// binaries under test.
+pub fn ensure_images() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let b = bins();
+        let dir = b.edgefleet.parent().expect("binary dir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/images");
+        let out = Command::new(&script)
+            .arg(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "scripts/images failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// Removes containers and networks left by test processes that no longer exist.
+fn remove_orphans() {
+    let filter = format!("label={PID_LABEL}");
+    let fmt = format!("{{{{.ID}}}} {{{{.Label \"{PID_LABEL}\"}}}}");
+    let dead = |line: &str| {
+        let mut f = line.split_whitespace();
+        let id = f.next()?.to_owned();
+        let pid = f.next()?;
+        (!Path::new(&format!("/proc/{pid}")).exists()).then_some(id)
+    };
+    if let Ok(list) = docker(&["ps", "-a", "--filter", &filter, "--format", &fmt]) {
+        for id in list.lines().filter_map(dead) {
+            let _ = docker(&["rm", "-f", &id]);
+        }
+    }
+    if let Ok(list) = docker(&["network", "ls", "--filter", &filter, "--format", &fmt]) {
+        for id in list.lines().filter_map(dead) {
+            let _ = docker(&["network", "rm", &id]);
+        }
+    }
+}
+
+/// One container playing a host.
+pub struct Host {
+    pub name: String,
+}
+
+impl Host {
+    /// The host's init process as the host sees it (for `nsenter`); panics if not running.
+    pub fn pid(&self) -> u32 {
+        must(&["inspect", "-f", "{{.State.Pid}}", &self.name])
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .unwrap_or_else(|| panic!("{} is not running", self.name))
+    }
+
+    /// Its address on the plant's network.
+    pub fn ip(&self) -> String {
+        must(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &self.name,
+        ])
+    }
+
+    pub fn running(&self) -> bool {
+        docker(&["inspect", "-f", "{{.State.Running}}", &self.name]).is_ok_and(|s| s == "true")
+    }
+
+    /// Runs a host-side tool (`iptables`, `ip`, `mosquitto_sub`) inside this host's network
+    /// namespace; its stdout, Err with its stderr.
+    pub fn in_netns(&self, program: &str, args: &[&str]) -> Result<String, String> {
+        let pid = self.pid().to_string();
+        let out = Command::new("nsenter")
+            .args(["-t", &pid, "-n", program])
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run nsenter: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{program} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    fn iptables(&self, args: &[&str]) {
+        self.in_netns("iptables", args)
+            .unwrap_or_else(|e| panic!("on {}: {e}", self.name));
+    }
+
+    /// Drops every packet in and out (no FIN, no RST: a cable pulled somewhere on the way).
+    pub fn cut(&self) {
+        self.iptables(&["-I", "INPUT", "-j", "DROP"]);
+        self.iptables(&["-I", "OUTPUT", "-j", "DROP"]);
+    }
+
+    /// Undoes [`Host::cut`] or [`Host::lossy`]: the link is clean again.
+    pub fn heal(&self) {
+        self.iptables(&["-F", "INPUT"]);
+        self.iptables(&["-F", "OUTPUT"]);
+    }
+
+    /// Drops each packet, in and out, with probability `p` (iptables' statistic match).
+    pub fn lossy(&self, p: f64) {
+        let p = format!("{p}");
+        for chain in ["INPUT", "OUTPUT"] {
+            self.iptables(&[
+                "-I",
+                chain,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ]);
+        }
+    }
+
+    /// SIGKILL to everything in the host: a power cut.
+    pub fn kill(&self) {
+        must(&["kill", "-s", "KILL", &self.name]);
+        for _ in 0..100 {
+            if !self.running() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{} still running after SIGKILL", self.name);
+    }
+
+    /// Powers the host on again (same name, same data; maybe another address).
+    pub fn start(&self) {
+        must(&["start", &self.name]);
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn log(&self, lines: usize) -> String {
+        let out = Command::new("docker")
+            .args(["logs", "--tail", &lines.to_string(), &self.name])
+            .output();
+        out.map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// The gateway host: API reachable from the test at its address on the plant's network.
+pub struct GatewayHost {
+    pub host: Host,
+    /// Its `/data`, bind-mounted from the test's temp dir (store, admin password, addresses).
+    pub data_dir: PathBuf,
+    api: Api,
+}
+
+impl GatewayHost {
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    /// Waits until the gateway (re)started in the host has written its addresses file.
+    pub fn wait_ready(&self) {
+        // PID 1 in its own PID namespace, every time: the file of an earlier start was
+        // removed before this one.
+        wait_addresses(
+            &self.data_dir.join("addresses.json"),
+            1,
+            Duration::from_secs(60),
+            || self.host.log(40),
+        );
+        self.api.set_host(&self.host.ip());
+    }
+
+    /// SIGKILL, then power on again and wait until it serves.
+    pub fn kill_and_restart(&self) {
+        self.host.kill();
+        let _ = std::fs::remove_file(self.data_dir.join("addresses.json"));
+        self.host.start();
+        self.wait_ready();
+    }
+
+    /// A retained document on the gateway's own broker, read with `mosquitto_sub` on the
+    /// gateway host's loopback (its plain listener never leaves it).
+    pub fn retained(&self, topic: &str) -> Result<Value, String> {
+        let out = self.host.in_netns(
+            "mosquitto_sub",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "1883",
+                "-t",
+                topic,
+                "-C",
+                "1",
+                "-W",
+                "3",
+            ],
+        )?;
+        serde_json::from_str(&out).map_err(|e| format!("nothing retained on {topic} ({e})"))
+    }
+
+    /// `edgefleet audit verify` over the gateway's store (read-only, from outside the host).
+    pub fn audit_verifies(&self) -> Result<Value, String> {
+        let out = Command::new(&bins().edgefleet)
+            .args(["--json", "audit", "verify", "--data-dir"])
+            .arg(&self.data_dir)
+            .output()
+            .map_err(|e| format!("cannot run edgefleet audit verify: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            serde_json::from_str(&text).map_err(|e| format!("audit verify said {text}: {e}"))
+        } else {
+            Err(format!(
+                "audit verify failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+}
+
+/// An agent host: one device.
+pub struct AgentHost {
+    pub id: String,
+    pub host: Host,
+    /// Its `/data` (identity, state.bin), bind-mounted from the test's temp dir.
+    pub data_dir: PathBuf,
+}
+
+impl AgentHost {
+    pub fn state_file(&self) -> PathBuf {
+        self.data_dir.join("state.bin")
+    }
+}
+
+/// The private network, the gateway host and the agent hosts of one test.
+pub struct Plant {
+    pub run: String,
+    pub network: String,
+    dir: PathBuf,
+    pub gateway: GatewayHost,
+    pub agents: Vec<AgentHost>,
+}
+
+impl Plant {
+    /// Creates the network and starts the gateway host; waits until its API answers.
+    pub fn start(dir: &Path) -> Plant {
+        ensure_images();
+        remove_orphans();
+        let run = crate::unique_id("hosts");
+        let pid = std::process::id().to_string();
+        let labels = [format!("{RUN_LABEL}={run}"), format!("{PID_LABEL}={pid}")];
+        let network = format!("ef-{run}");
+        must(&[
+            "network", "create", "--label", &labels[0], "--label", &labels[1], &network,
+        ]);
+        let data_dir = dir.join("gateway-data");
+        std::fs::create_dir_all(&data_dir).expect("gateway data dir");
+        let name = format!("ef-{run}-gateway");
+        let volume = format!("{}:/data", data_dir.display());
+        // The plain MQTT listener stays on the host's loopback; HTTP listens on the plant's
+        // private network so the test (on the machine hosting it) reaches the API.
+        let http = format!("0.0.0.0:{HTTP}");
+        must(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--hostname",
+            "gateway",
+            "--network",
+            &network,
+            "--network-alias",
+            "gateway",
+            "--label",
+            &labels[0],
+            "--label",
+            &labels[1],
+            "-e",
+            "RUST_LOG=info,rumqttd=warn,rumqttd::server::broker=off",
+            "-v",
+            &volume,
+            GATEWAY_IMAGE,
+            "gateway",
+            "--data-dir",
+            "/data",
+            "--http-listen",
+            &http,
+            "--mqtt-listen",
+            "127.0.0.1:1883",
+            "--mqtts-listen",
+            "0.0.0.0:8883",
+            "--enroll-listen",
+            "0.0.0.0:8443",
+            "--public-host",
+            "gateway",
+            "--keepalive",
+            "5",
+        ]);
+        let host = Host { name };
+        let api = Api::admin_at("127.0.0.1", HTTP, &data_dir);
+        let gateway = GatewayHost {
+            host,
+            data_dir,
+            api,
+        };
+        let plant = Plant {
+            run,
+            network,
+            dir: dir.to_owned(),
+            gateway,
+            agents: Vec::new(),
+        };
+        plant.gateway.wait_ready();
+        plant
+    }
+
+    fn labels(&self) -> [String; 2] {
+        [
+            format!("{RUN_LABEL}={}", self.run),
+            format!("{PID_LABEL}={}", std::process::id()),
+        ]
+    }
+
+    /// Adds a device (`edgefleet device add ID --labels …`), enrolls it from its own host
+    /// with the token (`edgefleet-agent enroll`), then starts its agent there.
+    pub fn add_agent(&mut self, id: &str, labels: &str) -> &AgentHost {
+        let out = self
+            .gateway
+            .api()
+            .cli(&["device", "add", id, "--labels", labels, "--json"]);
+        assert!(out.success, "device add {id} failed: {out:?}");
+        let token = out.json()["token"]
+            .as_str()
+            .expect("token in device add output")
+            .to_owned();
+        let data_dir = self.dir.join(format!("agent-{id}"));
+        std::fs::create_dir_all(&data_dir).expect("agent data dir");
+        let data = format!("{}:/data", data_dir.display());
+        let l = self.labels();
+        let enroll = docker(&[
+            "run",
+            "--rm",
+            "--network",
+            &self.network,
+            "--label",
+            &l[0],
+            "--label",
+            &l[1],
+            "-e",
+            &format!("EDGEFLEET_ENROLL_TOKEN={token}"),
+            "-v",
+            &data,
+            AGENT_IMAGE,
+            "enroll",
+            "--data-dir",
+            "/data",
+        ]);
+        if let Err(e) = enroll {
+            panic!(
+                "enrollment of {id} from its host failed: {e}\n{}",
+                self.gateway.host.log(30)
+            );
+        }
+        let name = format!("ef-{}-{id}", self.run);
+        must(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--hostname",
+            id,
+            "--network",
+            &self.network,
+            "--label",
+            &l[0],
+            "--label",
+            &l[1],
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "-v",
+            &data,
+            AGENT_IMAGE,
+            "--data-dir",
+            "/data",
+            "--keepalive",
+            &KEEPALIVE.as_secs().to_string(),
+        ]);
+        self.agents.push(AgentHost {
+            id: id.to_owned(),
+            host: Host { name },
+            data_dir,
+        });
+        self.agents.last().expect("just pushed")
+    }
+
+    pub fn agent(&self, id: &str) -> &AgentHost {
+        self.agents
+            .iter()
+            .find(|a| a.id == id)
+            .unwrap_or_else(|| panic!("no agent host {id}"))
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.agents.iter().map(|a| a.id.clone()).collect()
+    }
+
+    /// The last log lines of every host (for failure messages).
+    pub fn logs(&self) -> String {
+        let mut s = format!("----- gateway -----\n{}\n", self.gateway.host.log(40));
+        for a in &self.agents {
+            s.push_str(&format!("----- {} -----\n{}\n", a.id, a.host.log(25)));
+        }
+        s
+    }
+}
+
+impl Drop for Plant {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        let filter = format!("label={RUN_LABEL}={}", self.run);
+        if let Ok(ids) = docker(&["ps", "-aq", "--filter", &filter]) {
+            for id in ids.split_whitespace() {
+                let _ = docker(&["rm", "-f", id]);
+            }
+        }
+        drop(crate::docker::Cleanup(self.ids()));
+        let _ = docker(&["network", "rm", &self.network]);
+    }
+}
