@@ -23,7 +23,8 @@ use serde_json::{Value, json};
         are printed and written to DATA_DIR/addresses.json."
 )]
 pub struct Cli {
-    /// HTTP API of the controller, for client commands.
+    /// API of the gateway, for client commands: https://GATEWAY:8444 from another host (the
+    /// CA pinned by `edgefleet login --ca-file`), or the loopback http://127.0.0.1:8080.
     #[arg(
         long,
         global = true,
@@ -168,6 +169,11 @@ pub struct LoginArgs {
     /// Read the password from the first line of standard input.
     #[arg(long)]
     pub password_stdin: bool,
+    /// The gateway's CA certificate (its DATA_DIR/pki/ca.pem) to check an https:// --server
+    /// against; kept next to the token and used by every later command. Without it, the CA
+    /// pinned at an earlier login (or EDGEFLEET_CA_FILE) is used.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,9 +203,26 @@ pub enum TokenCommand {
     Create {
         /// What uses it, e.g. ci-deploy.
         name: String,
-        /// Lifetime, e.g. 30d or 12h (at most 366d).
-        #[arg(long, default_value = "90d")]
-        expires: String,
+        /// Lifetime, e.g. 30d or 12h: at most 366d, for a viewer at most 31d. Default 90d (30d
+        /// for a viewer).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Your unexpired tokens by name (sessions are named `login`); admins: --user or --all.
+    List {
+        /// Another user's tokens (admin only).
+        #[arg(long, conflicts_with = "all")]
+        user: Option<String>,
+        /// Every user's tokens (admin only).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke every token of yours with this name (admins: another user's with --user).
+    Revoke {
+        name: String,
+        /// Whose token (admin only).
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -244,9 +267,16 @@ pub struct ServerArgs {
     /// Directory for the store (edgefleet.db). Created if missing.
     #[arg(long, default_value = "./edgefleet-data")]
     pub data_dir: PathBuf,
-    /// Address of the HTTP API and dashboard (port 0: any free port; see DATA_DIR/addresses.json).
+    /// Address of the plain HTTP API and dashboard: loopback only (127.0.0.1, ::1), since
+    /// passwords, cookies and tokens would cross the network in clear; a gateway serves other
+    /// hosts over HTTPS (--https-listen). Port 0: any free port (see DATA_DIR/addresses.json).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
+    /// An HTTP connection (new, or kept alive between requests) that has not sent a whole
+    /// request head within this time is closed; also the TLS handshake's limit on HTTPS.
+    /// Applies to every HTTP listener (API, dashboard, enrollment).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: Duration,
     /// MQTT keepalive of the controller's connection, in seconds.
     #[arg(long, default_value_t = 10)]
     pub keepalive: u64,
@@ -269,6 +299,10 @@ pub struct GatewayArgs {
     /// free port.
     #[arg(long, default_value = "0.0.0.0:8443")]
     pub enroll_listen: SocketAddr,
+    /// Address of the HTTPS API and dashboard, with the gateway's server certificate (signed
+    /// by DATA_DIR/pki/ca.pem; `edgefleet login --ca-file` pins it). Port 0: any free port.
+    #[arg(long, default_value = "0.0.0.0:8444")]
+    pub https_listen: SocketAddr,
     /// Name or address devices reach this gateway at: goes into enrollment tokens and the
     /// gateway's server certificate. Default: this machine's host name.
     #[arg(long, value_name = "HOST")]
@@ -451,6 +485,8 @@ impl ServerArgs {
     pub fn controller_config(&self, broker: BrokerAddr) -> ControllerConfig {
         let mut c = ControllerConfig::new(self.data_dir.clone(), broker);
         c.keepalive = Duration::from_secs(self.keepalive.max(1));
+        c.http_limits.header_read_timeout = self.http_idle_timeout.max(Duration::from_millis(100));
+        c.http_limits.handshake_timeout = c.http_limits.header_read_timeout;
         c
     }
 }

@@ -3,8 +3,14 @@
 //! Credentials: `edgefleet login` stores a session token in `$EDGEFLEET_CONFIG_DIR/token`
 //! (default `~/.config/edgefleet/token`, mode 0600); `EDGEFLEET_TOKEN` overrides it (for
 //! scripts, with a token from `edgefleet token create`).
+//!
+//! HTTPS: the gateway's CA is pinned. `edgefleet login --ca-file DATA_DIR/pki/ca.pem` checks
+//! the server against that CA only and keeps a copy next to the token (`ca.pem`); every later
+//! command to an `https://` server trusts that CA and nothing else (`EDGEFLEET_CA_FILE`
+//! overrides it). Certificate verification is never turned off.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -24,6 +30,58 @@ pub fn token_file() -> anyhow::Result<PathBuf> {
         bail!("no config directory: set EDGEFLEET_CONFIG_DIR (or HOME)");
     };
     Ok(dir.join("token"))
+}
+
+/// Where `edgefleet login --ca-file` keeps the pinned gateway CA: next to the token.
+pub fn ca_file() -> anyhow::Result<PathBuf> {
+    Ok(token_file()?.with_file_name("ca.pem"))
+}
+
+/// The CA an `https://` server is checked against: `explicit`, else `EDGEFLEET_CA_FILE`,
+/// else the one `edgefleet login` pinned.
+fn pinned_ca(explicit: Option<&Path>) -> anyhow::Result<(PathBuf, String)> {
+    let path = match explicit {
+        Some(p) => p.to_owned(),
+        None => match std::env::var_os("EDGEFLEET_CA_FILE") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => ca_file()?,
+        },
+    };
+    let pem = std::fs::read_to_string(&path).map_err(|e| {
+        anyhow!(
+            "no gateway CA to check the HTTPS server against ({}: {e}); log in once with 'edgefleet login --ca-file GATEWAY_DATA_DIR/pki/ca.pem' (copy that file from the gateway), or set EDGEFLEET_CA_FILE",
+            path.display()
+        )
+    })?;
+    Ok((path, pem))
+}
+
+/// A TLS client configuration that trusts exactly the CA in `pem`.
+fn tls_trusting(pem: &str, path: &Path) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut n = 0;
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| anyhow!("{} is not a PEM certificate: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| anyhow!("{} holds an unusable CA certificate: {e}", path.display()))?;
+        n += 1;
+    }
+    if n == 0 {
+        bail!(
+            "{} holds no certificate: give the gateway's DATA_DIR/pki/ca.pem",
+            path.display()
+        );
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| anyhow!("TLS setup: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// The token client commands send: `EDGEFLEET_TOKEN`, else the one `edgefleet login` stored.
@@ -52,12 +110,23 @@ impl ApiClient {
     }
 
     pub fn with_token(server: &str, token: Option<String>) -> anyhow::Result<Self> {
+        Self::with_ca(server, token, None)
+    }
+
+    /// A client whose `https://` server is checked against the CA in `ca` (else the pinned
+    /// one, see the module docs).
+    pub fn with_ca(server: &str, token: Option<String>, ca: Option<&Path>) -> anyhow::Result<Self> {
         if !server.starts_with("http://") && !server.starts_with("https://") {
-            bail!("--server '{server}' must be a URL like http://127.0.0.1:8080");
+            bail!(
+                "--server '{server}' must be a URL like https://gateway:8444 or http://127.0.0.1:8080"
+            );
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?;
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        if server.starts_with("https://") {
+            let (path, pem) = pinned_ca(ca)?;
+            builder = builder.use_preconfigured_tls(tls_trusting(&pem, &path)?);
+        }
+        let http = builder.build()?;
         Ok(ApiClient {
             base: server.trim_end_matches('/').to_owned(),
             http,

@@ -347,10 +347,41 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
                 )
             },
         ),
+        Command::Token(TokenCommand::List { user, all }) => (
+            api.get(&format!(
+                "/api/v1/tokens?all={all}{}",
+                user.as_deref()
+                    .map(|u| format!("&user={}", crate::client::q(u)))
+                    .unwrap_or_default()
+            ))
+            .await?,
+            render_tokens,
+        ),
+        Command::Token(TokenCommand::Revoke { name, user }) => (
+            api.delete(&format!(
+                "/api/v1/tokens/{}{}",
+                crate::client::q(name),
+                user.as_deref()
+                    .map(|u| format!("?user={}", crate::client::q(u)))
+                    .unwrap_or_default()
+            ))
+            .await?,
+            |v: &Value| {
+                format!(
+                    "revoked {} token(s) named '{}' of {}",
+                    v["revoked"],
+                    s(v, "name"),
+                    s(v, "username")
+                )
+            },
+        ),
         Command::Token(TokenCommand::Create { name, expires }) => (
             api.post(
                 "/api/v1/tokens",
-                &json!({ "name": name, "expires_in": expires }),
+                &match expires {
+                    Some(e) => json!({ "name": name, "expires_in": e }),
+                    None => json!({ "name": name }),
+                },
             )
             .await?,
             |v: &Value| {
@@ -396,7 +427,7 @@ async fn login(cli: &Cli, a: &LoginArgs) -> anyhow::Result<String> {
     let password = read_password(a.password_file.as_ref(), a.password_stdin)?.ok_or_else(|| {
         anyhow!("give the password with --password-file FILE or --password-stdin (first start: the file is <data-dir>/initial-admin-password)")
     })?;
-    let mut api = ApiClient::with_token(&cli.server, None)?;
+    let mut api = ApiClient::with_ca(&cli.server, None, a.ca_file.as_deref())?;
     api.login_hint = false;
     let v = api
         .post(
@@ -416,10 +447,24 @@ async fn login(cli: &Cli, a: &LoginArgs) -> anyhow::Result<String> {
     }
     edgefleet_files::write_private(&file, format!("{token}\n").as_bytes())
         .with_context(|| format!("cannot write the token to {}", file.display()))?;
+    // Pin the CA the login was checked against, next to the token.
+    let pinned = match &a.ca_file {
+        Some(ca) if cli.server.starts_with("https://") => {
+            let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+            let dest = crate::client::ca_file()?;
+            edgefleet_files::write_atomic(&dest, &pem, Mode::Public)
+                .with_context(|| format!("cannot write the pinned CA to {}", dest.display()))?;
+            Some(dest)
+        }
+        _ => None,
+    };
     let mut shown = v.clone();
     if let Some(m) = shown.as_object_mut() {
         m.remove("token");
         m.insert("token_file".into(), json!(file.display().to_string()));
+        if let Some(p) = &pinned {
+            m.insert("ca_file".into(), json!(p.display().to_string()));
+        }
     }
     Ok(if cli.json {
         serde_json::to_string_pretty(&shown).unwrap_or_default()
@@ -433,6 +478,9 @@ async fn login(cli: &Cli, a: &LoginArgs) -> anyhow::Result<String> {
             s(&v, "expires_at"),
             file.display()
         );
+        if let Some(p) = &pinned {
+            out += &format!("; gateway CA pinned in {}", p.display());
+        }
         if std::env::var_os("EDGEFLEET_TOKEN").is_some() {
             out += "\nnote: EDGEFLEET_TOKEN is set and takes precedence over the stored token";
         }

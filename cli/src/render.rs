@@ -49,6 +49,27 @@ pub fn render_audit(v: &Value) -> String {
     format!("{t}\n{} record(s)", all.len())
 }
 
+pub fn render_tokens(v: &Value) -> String {
+    let mut t = table(&["USER", "NAME", "CREATED", "EXPIRES"]);
+    let all = v
+        .get("tokens")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for r in &all {
+        t.add_row(vec![
+            s(r, "username").to_owned(),
+            s(r, "name").to_owned(),
+            s(r, "created_at").to_owned(),
+            s(r, "expires_at").to_owned(),
+        ]);
+    }
+    format!(
+        "{t}\n{} token(s); revoke one with 'edgefleet token revoke NAME'",
+        all.len()
+    )
+}
+
 pub fn s<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("-")
 }

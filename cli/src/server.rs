@@ -71,6 +71,17 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<TcpLis
     })
 }
 
+/// Plain HTTP carries passwords, session cookies, enrollment tokens and integrator keys in
+/// clear: it is served on loopback only.
+fn plain_http_on_loopback(addr: SocketAddr, https_hint: &str) -> anyhow::Result<()> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "--http-listen {addr}: plain HTTP is served only on loopback (127.0.0.1 or ::1), since logins, session cookies and tokens would cross the network in clear. {https_hint}"
+    )
+}
+
 async fn start_broker(mqtt_listen: SocketAddr) -> anyhow::Result<edgefleet_broker::BrokerHandle> {
     let config = edgefleet_broker::BrokerConfig {
         mqtt_listen,
@@ -80,9 +91,14 @@ async fn start_broker(mqtt_listen: SocketAddr) -> anyhow::Result<edgefleet_broke
 }
 
 pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
+    plain_http_on_loopback(
+        args.server.http_listen,
+        "Other hosts reach the API and dashboard over HTTPS: --https-listen (default 0.0.0.0:8444).",
+    )?;
     let shutdown = watch_signals();
     let broker = start_broker(args.mqtt_listen).await?;
     let http = bind(args.server.http_listen, "HTTP", "--http-listen").await?;
+    let https = bind(args.https_listen, "HTTPS", "--https-listen").await?;
     let mqtts = bind(args.mqtts_listen, "MQTT over TLS", "--mqtts-listen").await?;
     let enroll = bind(args.enroll_listen, "enrollment", "--enroll-listen").await?;
     if !args.mqtt_listen.ip().is_loopback() {
@@ -93,10 +109,12 @@ pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
     }
     let public_host = args.public_host();
     eprintln!(
-        "edgefleet gateway: devices on mqtts://{public_host}:{} (enroll at https://{public_host}:{}), local MQTT on {}, HTTP API on http://{}, data in {} (addresses in {})",
+        "edgefleet gateway: devices on mqtts://{public_host}:{} (enroll at https://{public_host}:{}), local MQTT on {}, API and dashboard on https://{public_host}:{} (CA in {}) and http://{}, data in {} (addresses in {})",
         mqtts.local_addr()?.port(),
         enroll.local_addr()?.port(),
         broker.listen_addr(),
+        https.local_addr()?.port(),
+        args.server.data_dir.join("pki").join("ca.pem").display(),
         http.local_addr()?,
         args.server.data_dir.display(),
         args.server
@@ -117,6 +135,7 @@ pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
         broker,
         GatewayListeners {
             http,
+            https,
             mqtts,
             enroll,
         },
@@ -126,6 +145,10 @@ pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
 }
 
 pub async fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
+    plain_http_on_loopback(
+        args.server.http_listen,
+        "The controller alone serves no HTTPS: run `edgefleet gateway` (HTTPS on --https-listen), or put a TLS reverse proxy on this machine in front of a loopback --http-listen.",
+    )?;
     let shutdown = watch_signals();
     let http = bind(args.server.http_listen, "HTTP", "--http-listen").await?;
     eprintln!(

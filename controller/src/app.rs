@@ -58,6 +58,8 @@ pub struct ControllerConfig {
     pub republish_after: Duration,
     /// After a controller start, devices not heard from within this time are shown offline.
     pub presence_grace: Duration,
+    /// Timeouts and connection cap of every HTTP listener.
+    pub http_limits: crate::http::server::Limits,
 }
 
 impl ControllerConfig {
@@ -68,6 +70,7 @@ impl ControllerConfig {
             keepalive: Duration::from_secs(10),
             republish_after: Duration::from_secs(10),
             presence_grace: Duration::from_secs(30),
+            http_limits: Default::default(),
         }
     }
 }
@@ -89,6 +92,9 @@ pub struct Addresses {
     /// The HTTPS enrollment listener (gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enroll: Option<SocketAddr>,
+    /// The HTTPS API and dashboard (gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<SocketAddr>,
 }
 
 impl Addresses {
@@ -276,6 +282,7 @@ impl App {
         });
         let hk = Housekeeping {
             fleet: self.fleet.clone(),
+            audit: self.audit.clone(),
             intake: self.intake.clone(),
             sites: self.sites.clone(),
             rollouts: self.rollouts.clone(),
@@ -289,11 +296,10 @@ impl App {
             Ok(())
         });
         let http_addr = http.local_addr()?;
-        let (app, t) = (self.router(), token.clone());
+        let (app, t, limits) = (self.router(), token.clone(), config.http_limits);
         tasks.spawn("the HTTP server", async move {
-            crate::http::serve(http, app, t)
-                .await
-                .map_err(|e| format!("HTTP server failed: {e}"))
+            crate::http::serve(http, app, limits, t).await;
+            Ok(())
         });
         addresses.http = Some(http_addr);
         let file = config.data_dir.join(ADDRESSES_FILE);
@@ -394,6 +400,7 @@ impl Essentials {
 /// rollouts, republish to lagging devices (every 5 s), expire stale presence after start.
 struct Housekeeping {
     fleet: Arc<Fleet>,
+    audit: Arc<AuditLog>,
     intake: Arc<Intake>,
     sites: Arc<SiteSummaries>,
     rollouts: Arc<Rollouts>,
@@ -418,6 +425,7 @@ impl Housekeeping {
                 tracing::error!("cannot save the fleet view: {e}");
             }
             self.sites.queue_changed();
+            self.audit.flush_repeats(false).await;
             self.rollouts.tick().await;
             if n.is_multiple_of(5) {
                 for id in self.fleet.lagging(self.config.republish_after) {
@@ -430,6 +438,7 @@ impl Housekeeping {
                 expired = true;
             }
         }
+        self.audit.flush_repeats(true).await;
     }
 }
 

@@ -32,7 +32,10 @@ pub struct GatewayConfig {
 
 /// The gateway's listeners, bound by the caller (port 0 allowed).
 pub struct GatewayListeners {
+    /// Plain HTTP API and dashboard: loopback only (the caller checks).
     pub http: TcpListener,
+    /// The HTTPS API and dashboard, with the gateway's server certificate.
+    pub https: TcpListener,
     /// The TLS MQTT listener devices and integrators connect to (client certificates).
     pub mqtts: TcpListener,
     /// The HTTPS listener agents enroll at.
@@ -153,12 +156,20 @@ pub async fn run_gateway(
         audit_front(&s.front, audit, t).await;
         Ok(())
     });
-    let (router, t) = (
+    let limits = controller.http_limits;
+    let (router, t, tls) = (
         crate::http::enroll::router(app.identity.clone()),
         essentials.token.clone(),
+        https_tls.clone(),
     );
     essentials.spawn("the enrollment listener", async move {
-        crate::http::enroll::serve(listeners.enroll, https_tls, router, t).await;
+        crate::http::enroll::serve(listeners.enroll, tls, router, limits, t).await;
+        Ok(())
+    });
+    let https: SocketAddr = listeners.https.local_addr()?;
+    let (router, t) = (app.router(), essentials.token.clone());
+    essentials.spawn("the HTTPS server", async move {
+        crate::http::server::serve(listeners.https, Some(https_tls), router, limits, t).await;
         Ok(())
     });
 
@@ -166,6 +177,7 @@ pub async fn run_gateway(
     addresses.mqtt = Some(broker.listen_addr());
     addresses.mqtts = Some(mqtts);
     addresses.enroll = Some(enroll);
+    addresses.https = Some(https);
     app.run(
         controller,
         signer,

@@ -291,8 +291,8 @@ async fn roles_and_site_scope_over_http_and_refusals_are_audited() {
             None,
         )
         .await,
-        403,
-        &["site 'paris'"],
+        404,
+        &["no deployment 'web-paris'"],
     );
     refused(
         "operator starts a paris rollout",
@@ -360,8 +360,24 @@ async fn roles_and_site_scope_over_http_and_refusals_are_audited() {
         "viewer reads a paris device",
         s.call(Some(&viewer), Method::GET, "/api/v1/devices/d-paris", None)
             .await,
-        403,
-        &["site 'paris'"],
+        404,
+        &["no device 'd-paris'"],
+    );
+    // Another site's device answers exactly like one that does not exist: no enumeration.
+    let (_, hidden) = s
+        .call(Some(&viewer), Method::GET, "/api/v1/devices/d-paris", None)
+        .await;
+    let (_, missing) = s
+        .call(
+            Some(&viewer),
+            Method::GET,
+            "/api/v1/devices/d-nowhere",
+            None,
+        )
+        .await;
+    assert_eq!(
+        hidden["error"].as_str().unwrap().replace("d-paris", "X"),
+        missing["error"].as_str().unwrap().replace("d-nowhere", "X")
     );
     refused(
         "viewer applies in its own site",
@@ -495,13 +511,13 @@ async fn roles_and_site_scope_over_http_and_refusals_are_audited() {
         ("admin", "deployment.apply", "ok", 201, "paris"),
         ("op-lyon", "deployment.apply", "ok", 201, "lyon"),
         ("op-lyon", "deployment.apply", "refused", 403, "paris"),
-        ("op-lyon", "deployment.delete", "refused", 403, "paris"),
+        ("op-lyon", "deployment.delete", "refused", 404, "paris"),
         ("op-lyon", "rollout.start", "refused", 403, "paris"),
         ("op-lyon", "window.set", "ok", 200, "lyon"),
         ("op-lyon", "window.set", "refused", 403, "paris"),
         ("op-lyon", "api.read", "refused", 403, ""),
         ("op-lyon", "auth.logout", "ok", 200, ""),
-        ("view-lyon", "api.read", "refused", 403, "paris"),
+        ("view-lyon", "api.read", "refused", 404, "paris"),
         ("view-lyon", "deployment.apply", "refused", 403, ""),
         ("view-lyon", "token.create", "ok", 201, ""),
         ("audit", "deployment.apply", "refused", 403, ""),

@@ -19,6 +19,14 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+/// Longest text field (actor, role, action, target, site) a record keeps, in bytes; longer
+/// values are cut (on a character boundary) and marked with `…`.
+pub const MAX_FIELD_BYTES: usize = 256;
+/// Longest string inside a record's detail, in bytes (device event messages, paths).
+pub const MAX_DETAIL_STRING_BYTES: usize = 512;
+/// Longest detail a record keeps, as compact JSON; a longer one is replaced by its head.
+pub const MAX_DETAIL_BYTES: usize = 4096;
+
 /// `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -77,7 +85,70 @@ pub struct Entry {
     pub detail: Value,
 }
 
+/// `v` cut to at most `max` bytes on a character boundary, `…` marking a cut.
+pub fn cap_to(v: &str, max: usize) -> String {
+    if v.len() <= max {
+        return v.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &v[..end])
+}
+
+/// A text field as a record keeps it ([`MAX_FIELD_BYTES`]).
+pub fn cap_field(v: &str) -> String {
+    cap_to(v, MAX_FIELD_BYTES)
+}
+
+fn cap_value(v: &mut Value) {
+    match v {
+        Value::String(s) if s.len() > MAX_DETAIL_STRING_BYTES => {
+            *s = cap_to(s, MAX_DETAIL_STRING_BYTES);
+        }
+        Value::Array(a) => a.iter_mut().for_each(cap_value),
+        Value::Object(o) => o.values_mut().for_each(cap_value),
+        _ => {}
+    }
+}
+
 impl Entry {
+    /// The entry with every field within the caps: untrusted input (paths, user names,
+    /// device messages) cannot make a record large.
+    pub fn capped(mut self) -> Entry {
+        for f in [
+            &mut self.actor,
+            &mut self.role,
+            &mut self.action,
+            &mut self.target,
+            &mut self.site,
+        ] {
+            if f.len() > MAX_FIELD_BYTES {
+                *f = cap_field(f);
+            }
+        }
+        cap_value(&mut self.detail);
+        let len = serde_json::to_string(&self.detail).map_or(0, |t| t.len());
+        if len > MAX_DETAIL_BYTES {
+            let text = self.detail.to_string();
+            self.detail = serde_json::json!({
+                "truncated": cap_to(&text, MAX_DETAIL_BYTES / 2),
+                "bytes": len,
+            });
+        }
+        self
+    }
+
+    /// What repeats of a refusal have in common: who, what, and how it ended (not the
+    /// target: a flood varies paths and names).
+    pub fn repeat_key(&self) -> String {
+        format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{:?}",
+            self.actor, self.role, self.action, self.site, self.status
+        )
+    }
+
     pub fn system(action: &str, target: &str, site: &str, outcome: Outcome, detail: Value) -> Self {
         Entry {
             actor: "system".into(),
@@ -165,6 +236,110 @@ pub fn chain_hash(
     field(detail);
     field(prev_hash);
     hex::encode(h.finalize())
+}
+
+/// Aggregates repeated refusals: the first [`REPEATS_IN_FULL`] of a kind
+/// ([`Entry::repeat_key`]) in an interval are recorded as they are, later ones only counted; at the end of the interval one record
+/// says how many came and the last target. Memory is bounded: past `max_keys` kinds, new
+/// kinds share one catch-all count.
+#[derive(Debug)]
+pub struct Repeats {
+    interval: std::time::Duration,
+    max_keys: usize,
+    open: std::collections::HashMap<String, Repeat>,
+}
+
+#[derive(Debug)]
+struct Repeat {
+    since: std::time::Instant,
+    first: Entry,
+    written: u64,
+    count: u64,
+    last_target: String,
+}
+
+/// Refusals of one kind recorded in full per interval before they are only counted.
+pub const REPEATS_IN_FULL: u64 = 10;
+
+/// The catch-all kind once [`Repeats`] holds `max_keys` kinds.
+const OTHER_REFUSALS: &str = "\u{0}other";
+
+impl Repeats {
+    pub fn new(interval: std::time::Duration, max_keys: usize) -> Self {
+        Repeats {
+            interval,
+            max_keys,
+            open: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Takes a refusal: returns it if it is to be recorded now (the first of its kind in
+    /// the interval), `None` if it was counted.
+    pub fn admit(&mut self, e: Entry, now: std::time::Instant) -> Option<Entry> {
+        let mut key = e.repeat_key();
+        if !self.open.contains_key(&key) && self.open.len() >= self.max_keys {
+            key = OTHER_REFUSALS.to_owned();
+        }
+        match self.open.get_mut(&key) {
+            Some(r) if r.written < REPEATS_IN_FULL && key != OTHER_REFUSALS => {
+                r.written += 1;
+                Some(e)
+            }
+            Some(r) => {
+                r.count += 1;
+                r.last_target = e.target;
+                None
+            }
+            None => {
+                self.open.insert(
+                    key,
+                    Repeat {
+                        since: now,
+                        first: e.clone(),
+                        written: 1,
+                        count: 0,
+                        last_target: String::new(),
+                    },
+                );
+                Some(e)
+            }
+        }
+    }
+
+    /// Closes the intervals that ended by `now` (all with `all`): one summary record per
+    /// kind that repeated.
+    pub fn due(&mut self, now: std::time::Instant, all: bool) -> Vec<Entry> {
+        let interval = self.interval;
+        let ended: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, r)| all || now.duration_since(r.since) >= interval)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for k in ended {
+            let Some(r) = self.open.remove(&k) else {
+                continue;
+            };
+            if r.count == 0 {
+                continue;
+            }
+            let mut e = r.first;
+            if k == OTHER_REFUSALS {
+                e.actor = "various".into();
+                e.action = "various".into();
+            }
+            e.detail = serde_json::json!({
+                "repeated": r.count,
+                "interval_secs": now.duration_since(r.since).as_secs(),
+                "last_target": r.last_target,
+                "note": "more refusals of this actor and action in the interval, counted, not recorded one by one",
+            });
+            e.target = String::new();
+            out.push(e.capped());
+        }
+        out
+    }
 }
 
 /// Which records to list or export.
@@ -325,4 +500,81 @@ pub fn device_outcome(e: &edgefleet_protocol::event::DeviceEvent, site: &str) ->
             "message": e.message, "device_ts": e.ts,
         }),
     })
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    fn refused(actor: &str, target: &str) -> Entry {
+        Entry {
+            actor: actor.into(),
+            role: String::new(),
+            action: "api.read".into(),
+            target: target.into(),
+            site: String::new(),
+            outcome: Outcome::Refused,
+            status: Some(401),
+            detail: serde_json::json!({ "path": target }),
+        }
+    }
+
+    #[test]
+    fn untrusted_fields_are_capped_on_character_boundaries() {
+        let long = "é".repeat(40_000);
+        let e = refused(&long, &long).capped();
+        assert!(e.actor.len() <= MAX_FIELD_BYTES && e.actor.ends_with('…'));
+        assert!(e.target.len() <= MAX_FIELD_BYTES);
+        let d = e.detail.to_string();
+        assert!(d.len() <= MAX_DETAIL_STRING_BYTES + 32, "{}", d.len());
+        let many: Vec<String> = (0..1000)
+            .map(|i| format!("{i}{}", "x".repeat(400)))
+            .collect();
+        let mut e = refused("a", "b");
+        e.detail = serde_json::json!({ "list": many });
+        let e = e.capped();
+        assert!(
+            e.detail.to_string().len() <= MAX_DETAIL_BYTES,
+            "{}",
+            e.detail
+        );
+        assert_eq!(cap_to("short", 10), "short");
+    }
+
+    #[test]
+    fn repeated_refusals_become_one_record_per_interval() {
+        let t = std::time::Instant::now();
+        let mut r = Repeats::new(std::time::Duration::from_secs(60), 2);
+        for i in 0..REPEATS_IN_FULL {
+            let kept = r.admit(refused("anonymous", &format!("/first{i}")), t);
+            assert!(kept.is_some(), "the first ones are kept");
+        }
+        for i in 0..9_999 {
+            assert!(r.admit(refused("anonymous", &format!("/{i}")), t).is_none());
+        }
+        assert!(r.admit(refused("bob", "/x"), t).is_some(), "another actor");
+        assert!(
+            r.admit(refused("eve", "/y"), t).is_some(),
+            "first of the catch-all"
+        );
+        assert!(
+            r.admit(refused("mallory", "/z"), t).is_none(),
+            "counted in the catch-all"
+        );
+        assert!(
+            r.due(t + std::time::Duration::from_secs(59), false)
+                .is_empty()
+        );
+        let out = r.due(t + std::time::Duration::from_secs(60), false);
+        assert_eq!(out.len(), 2, "{out:?}");
+        let anon = out.iter().find(|e| e.actor == "anonymous").unwrap();
+        assert_eq!(anon.detail["repeated"], 9_999);
+        assert_eq!(anon.detail["last_target"], "/9998");
+        let other = out.iter().find(|e| e.actor == "various").unwrap();
+        assert_eq!(other.detail["repeated"], 1);
+        assert!(
+            r.admit(refused("anonymous", "/a"), t).is_some(),
+            "a new interval"
+        );
+    }
 }

@@ -17,6 +17,16 @@ pub struct User {
     pub password_hash: String,
 }
 
+/// An API token as listed: never its digest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenInfo {
+    pub username: String,
+    pub name: String,
+    pub created_at: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
 /// What a valid token resolves to.
 #[derive(Debug, Clone)]
 pub struct TokenOwner {

@@ -3,7 +3,7 @@
 //! store nor a log line can be replayed as a credential.
 
 use edgefleet_domain::access::Role;
-use edgefleet_domain::user::{TokenOwner, User};
+use edgefleet_domain::user::{TokenInfo, TokenOwner, User};
 use tokio_rusqlite::rusqlite::{Connection, OptionalExtension, Row, params};
 
 use crate::{Store, StoreError, u};
@@ -173,6 +173,49 @@ impl Store {
         .await
     }
 
+    /// The unexpired tokens at `now` of `username` (every user's when `None`), by user and
+    /// name. Never a digest.
+    pub async fn tokens(
+        &self,
+        username: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<TokenInfo>, StoreError> {
+        let username = username.map(str::to_owned);
+        self.read(move |c| {
+            let mut st = c.prepare(
+                "SELECT username, name, created_at, expires_at FROM api_tokens \
+                 WHERE expires_at > ?1 AND (?2 IS NULL OR username = ?2) \
+                 ORDER BY username, name, created_at",
+            )?;
+            let rows = st.query_map(params![now, username], |r| {
+                Ok(TokenInfo {
+                    username: r.get(0)?,
+                    name: r.get(1)?,
+                    created_at: r.get(2)?,
+                    expires_at: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Revokes every token of `username` named `name`; how many there were.
+    pub async fn delete_tokens_named(
+        &self,
+        username: &str,
+        name: &str,
+    ) -> Result<usize, StoreError> {
+        let (username, name) = (username.to_owned(), name.to_owned());
+        self.write(move |c| {
+            Ok(c.execute(
+                "DELETE FROM api_tokens WHERE username = ?1 AND name = ?2",
+                params![username, name],
+            )?)
+        })
+        .await
+    }
+
     /// Revokes one token; false if it did not exist.
     pub async fn delete_token(&self, digest: &str) -> Result<bool, StoreError> {
         let digest = digest.to_owned();
@@ -220,6 +263,20 @@ mod tests {
         s.insert_token("d2", "ana", "ci", "t", 9_000, 2_000)
             .await
             .unwrap();
+        s.insert_token("d3", "ana", "deploy", "t", 9_000, 2_000)
+            .await
+            .unwrap();
+        let names: Vec<String> = s
+            .tokens(Some("ana"), 2_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["ci", "deploy"]);
+        assert!(s.tokens(Some("bob"), 2_000).await.unwrap().is_empty());
+        assert_eq!(s.delete_tokens_named("ana", "deploy").await.unwrap(), 1);
+        assert_eq!(s.delete_tokens_named("ana", "deploy").await.unwrap(), 0);
         let left: i64 = s
             .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM api_tokens", [], |r| r.get(0))?))
             .await

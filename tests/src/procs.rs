@@ -216,6 +216,8 @@ pub struct Gateway {
     /// The plain loopback listener (controller, tests: the privileged path).
     pub mqtt_port: u16,
     pub http_port: u16,
+    /// The HTTPS API and dashboard (the gateway's CA: `data_dir/pki/ca.pem`).
+    pub https_port: u16,
     /// The TLS device listener (client certificates, confinement).
     pub mqtts_port: u16,
     /// The HTTPS enrollment listener.
@@ -249,6 +251,8 @@ impl Gateway {
             "--mqtts-listen".into(),
             any.clone(),
             "--enroll-listen".into(),
+            any.clone(),
+            "--https-listen".into(),
             any,
             "--public-host".into(),
             "127.0.0.1".into(),
@@ -261,7 +265,9 @@ impl Gateway {
         );
         let (mqtt_port, http_port) = (port_of(&a, "mqtt"), port_of(&a, "http"));
         let (mqtts_port, enroll_port) = (port_of(&a, "mqtts"), port_of(&a, "enroll"));
+        let https_port = port_of(&a, "https");
         proc.hold_ports(&[
+            ("--https-listen", https_port),
             ("--mqtt-listen", mqtt_port),
             ("--http-listen", http_port),
             ("--mqtts-listen", mqtts_port),
@@ -271,6 +277,7 @@ impl Gateway {
             proc,
             mqtt_port,
             http_port,
+            https_port,
             mqtts_port,
             enroll_port,
             data_dir,

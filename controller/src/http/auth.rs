@@ -107,6 +107,7 @@ pub fn action_of(method: &Method, path: &str) -> (String, String) {
         ("POST", ["integrators"]) => ("integrator.add".into(), ""),
         ("DELETE", ["users", name]) => ("user.remove".into(), name),
         ("POST", ["tokens"]) => ("token.create".into(), ""),
+        ("DELETE", ["tokens", name]) => ("token.revoke".into(), name),
         ("POST", ["logout"]) => ("auth.logout".into(), ""),
         ("GET" | "HEAD", _) => ("api.read".into(), path),
         _ => (format!("api.{}", m.to_ascii_lowercase()), path),
@@ -120,6 +121,8 @@ struct Note {
     target: Option<String>,
     site: Option<String>,
     detail: Option<Value>,
+    /// A read answered 404 because the object is outside the caller's sites (audited).
+    hidden: bool,
 }
 
 /// The authenticated caller, as handlers take it (inserted by [`middleware`]).
@@ -167,6 +170,23 @@ impl Auth {
                 self.caller.scope_text()
             ),
         }))
+    }
+
+    /// Like [`Auth::check_site`] for an object whose existence is not the caller's to know
+    /// (another site's device, deployment or rollout): `not_found`, the very answer an
+    /// object that does not exist gets, so a scoped user cannot enumerate other sites. The
+    /// refusal is still audited.
+    pub fn check_visible(&self, site: Option<&str>, not_found: ApiError) -> Result<(), ApiError> {
+        if self.caller.sees(site) {
+            return Ok(());
+        }
+        self.with_note(|n| {
+            n.hidden = true;
+            if n.site.is_none() {
+                n.site = site.map(str::to_owned);
+            }
+        });
+        Err(not_found)
     }
 
     pub fn username(&self) -> &str {
@@ -292,7 +312,8 @@ pub async fn middleware(State(state): State<ApiState>, mut req: Request, next: N
     });
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
-    if mutating || status == 401 || status == 403 {
+    let hidden = note.lock().hidden;
+    if mutating || status == 401 || status == 403 || hidden {
         let n = std::mem::take(&mut *note.lock());
         let mut detail = n.detail.unwrap_or_else(|| json!({}));
         if let (Some(m), Some(ErrorMessage(err))) = (
@@ -310,7 +331,15 @@ pub async fn middleware(State(state): State<ApiState>, mut req: Request, next: N
                 site: n.site.or(window_site).unwrap_or_default(),
                 outcome: Outcome::of_status(status),
                 status: Some(status),
-                detail,
+                detail: if n.hidden {
+                    let mut d = detail;
+                    if let Some(m) = d.as_object_mut() {
+                        m.insert("outside_scope".into(), json!(true));
+                    }
+                    d
+                } else {
+                    detail
+                },
             })
             .await;
     }

@@ -2,12 +2,10 @@
 //! one route, `POST /enroll` ([`edgefleet_protocol::enrollment::ENROLL_PATH`]), which
 //! exchanges a one-time token for the device's identity ([`Identity::redeem`]).
 //!
-//! Each connection is served in its own task with a handshake timeout, so an idle socket
-//! delays nobody.
+//! Served by [`super::server`]: handshake and header-read timeouts, a connection cap, so
+//! an idle socket delays nobody.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,9 +16,6 @@ use edgefleet_protocol::enrollment::{ENROLL_PATH, EnrollRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::services::identity::Identity;
-
-/// Time a client has to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The enrollment listener's router: one route.
 pub fn router(identity: Arc<Identity>) -> Router {
@@ -49,55 +44,14 @@ async fn enroll(State(identity): State<Arc<Identity>>, body: axum::body::Bytes) 
     }
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown`: each connection in its own task,
-/// the handshake under a timeout. Returns only at shutdown.
+/// Serves `app` over TLS on `listener` until `shutdown`, with the timeouts and connection
+/// cap every HTTP listener has ([`super::server`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
+    limits: super::server::Limits,
     shutdown: CancellationToken,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let (socket, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Typically out of file descriptors: back off instead of spinning.
-                    tracing::warn!("enrollment listener: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "enrollment TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "enrollment TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = TowerToHyperService::new(app);
-            let conn = Builder::new(TokioExecutor::new());
-            let serving = conn.serve_connection(TokioIo::new(tls), service);
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                r = serving => if let Err(e) = r {
-                    tracing::debug!(%peer, "enrollment connection ended: {e}");
-                }
-            }
-        });
-    }
+    super::server::serve(listener, Some(tls), app, limits, shutdown).await
 }

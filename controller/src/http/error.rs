@@ -27,6 +27,10 @@ pub enum ApiError {
     NotFound(String),
     Conflict(String),
     Internal(String),
+    /// 429: this client or user must wait (login backoff); `Retry-After` in seconds.
+    TooMany(String, u64),
+    /// 503: the server is saturated (password checks); `Retry-After` in seconds.
+    Busy(String, u64),
 }
 
 /// A refusal's message, attached to the response for the audit middleware.
@@ -42,6 +46,16 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::TooMany(..) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy(..) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Seconds the client should wait (429, 503).
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::TooMany(_, s) | ApiError::Busy(_, s) => Some(*s),
+            _ => None,
         }
     }
 
@@ -54,7 +68,9 @@ impl ApiError {
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
-            | ApiError::Internal(m) => m,
+            | ApiError::Internal(m)
+            | ApiError::TooMany(m, _)
+            | ApiError::Busy(m, _) => m,
         }
     }
 }
@@ -63,6 +79,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let audited = ErrorMessage(self.message().to_owned());
+        let retry = self.retry_after();
         let msg = match self {
             ApiError::BadRequest(m)
             | ApiError::BadBody(m)
@@ -70,9 +87,15 @@ impl IntoResponse for ApiError {
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
-            | ApiError::Internal(m) => m,
+            | ApiError::Internal(m)
+            | ApiError::TooMany(m, _)
+            | ApiError::Busy(m, _) => m,
         };
         let mut resp = (status, Json(json!({ "error": msg }))).into_response();
+        if let Some(secs) = retry {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
         resp.extensions_mut().insert(audited);
         resp
     }
@@ -168,6 +191,8 @@ impl From<UserError> for ApiError {
             UserError::Conflict(m) => ApiError::Conflict(m),
             UserError::NotFound(m) => ApiError::NotFound(m),
             UserError::Unauthorized(m) => ApiError::Unauthorized(m),
+            UserError::Backoff(m, secs) => ApiError::TooMany(m, secs),
+            UserError::Busy(m, secs) => ApiError::Busy(m, secs),
             UserError::Store(s) => s.into(),
         }
     }

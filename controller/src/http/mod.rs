@@ -13,12 +13,13 @@
 //!   authentication, audit.
 //! - [`routes`]: the handlers, one file per resource.
 //! - [`enroll`]: the separate HTTPS listener agents enroll at.
-//! - [`serve`]: the plain HTTP server on a listener handed in.
+//! - [`server`]: the HTTP server under every listener (timeouts, connection cap, TLS).
 
 pub mod auth;
 pub mod enroll;
 pub mod error;
 pub mod routes;
+pub mod server;
 pub mod state;
 
 use axum::Router;
@@ -68,7 +69,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/login", post(sessions::login))
         .route("/api/v1/logout", post(sessions::logout))
         .route("/api/v1/whoami", get(sessions::whoami))
-        .route("/api/v1/tokens", post(sessions::create_token))
+        .route(
+            "/api/v1/tokens",
+            get(sessions::list_tokens).post(sessions::create_token),
+        )
+        .route(
+            "/api/v1/tokens/{name}",
+            axum::routing::delete(sessions::revoke_token),
+        )
         .route("/api/v1/users", get(users::list).post(users::create))
         .route("/api/v1/users/{name}", axum::routing::delete(users::remove))
         .route("/api/v1/audit", get(audit::list))
@@ -82,14 +90,13 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app` on `listener` until `shutdown`; returns why it stopped if that was not the
-/// shutdown.
+/// Serves `app` on `listener` (plain HTTP) until `shutdown`, with the timeouts and the
+/// connection cap of `limits`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    limits: server::Limits,
     shutdown: CancellationToken,
-) -> Result<(), std::io::Error> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+) {
+    server::serve(listener, None, app, limits, shutdown).await
 }

@@ -10,16 +10,23 @@
 //! the next check walks only the records after it (and confirms that head is still there
 //! unchanged, which also reveals a truncation). `verify_full` walks from the first record.
 
-use edgefleet_domain::audit::{Entry, GENESIS, Verification};
+use std::time::{Duration, Instant};
+
+use edgefleet_domain::audit::{Entry, GENESIS, Outcome, Repeats, Verification};
 use edgefleet_store::{Store, StoreError};
 use parking_lot::Mutex;
 
 /// Device outcomes kept at most while the store refuses them (oldest dropped, logged).
 const MAX_PENDING: usize = 100_000;
+/// Refusals of one kind are written once per interval, then counted.
+pub const REPEAT_INTERVAL: Duration = Duration::from_secs(60);
+/// Kinds of refusal counted separately at most (then one catch-all count).
+const REPEAT_KINDS: usize = 1024;
 
 pub struct AuditLog {
     store: Store,
     pending: Mutex<Vec<Entry>>,
+    repeats: Mutex<Repeats>,
     /// The last head a walk found good: `(seq, hash)`.
     verified: tokio::sync::Mutex<(u64, String)>,
 }
@@ -29,12 +36,37 @@ impl AuditLog {
         AuditLog {
             store,
             pending: Mutex::new(Vec::new()),
+            repeats: Mutex::new(Repeats::new(REPEAT_INTERVAL, REPEAT_KINDS)),
             verified: tokio::sync::Mutex::new((0, GENESIS.to_owned())),
         }
     }
 
-    /// Appends entries now, in order.
+    /// Appends entries now, in order, capped; a refusal repeated within the interval is
+    /// only counted (see the module docs).
     pub async fn record_all(&self, entries: Vec<Entry>) {
+        let now = Instant::now();
+        let entries: Vec<Entry> = {
+            let mut repeats = self.repeats.lock();
+            entries
+                .into_iter()
+                .map(Entry::capped)
+                .filter_map(|e| match e.outcome {
+                    Outcome::Refused => repeats.admit(e, now),
+                    _ => Some(e),
+                })
+                .collect()
+        };
+        self.append(entries).await;
+    }
+
+    /// Writes the aggregated counts of the intervals that ended (every one with `all`, at
+    /// shutdown).
+    pub async fn flush_repeats(&self, all: bool) {
+        let due = self.repeats.lock().due(Instant::now(), all);
+        self.append(due).await;
+    }
+
+    async fn append(&self, entries: Vec<Entry>) {
         if entries.is_empty() {
             return;
         }
@@ -51,6 +83,7 @@ impl AuditLog {
     /// Keeps an entry for the next [`AuditLog::flush`] (device outcomes, taken in on the bus
     /// where nothing may wait on the store).
     pub fn buffer(&self, entry: Entry) {
+        let entry = entry.capped();
         let mut pending = self.pending.lock();
         if pending.len() >= MAX_PENDING {
             pending.remove(0);

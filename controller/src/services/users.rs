@@ -6,8 +6,21 @@
 //! slow on purpose, so it always runs on a blocking thread, never on an async worker — also
 //! the decoy hash an unknown user is checked against (so both failures take as long) and
 //! the first admin's at start.
+//!
+//! ## Bounded abuse
+//! - At most [`ARGON2_CONCURRENT`] password checks run at once (each holds ~19 MiB); a
+//!   login that cannot get a slot within [`ARGON2_WAIT`] is refused with 503 and
+//!   `Retry-After`, so a flood of logins (unknown users too, through the decoy hash) cannot
+//!   push the gateway out of memory.
+//! - [`Backoff`]: after [`FREE_FAILURES_PER_USER`] failed logins for one user name, or
+//!   [`FREE_FAILURES_PER_ADDRESS`] from one address, further attempts are refused with 429
+//!   and `Retry-After` without running argon2, for a delay doubling from 1 s up to
+//!   [`MAX_BACKOFF`]. A success clears the user's count. Refusals are audited like any
+//!   failed login (the audit log aggregates repeats).
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::Context;
 use argon2::password_hash::SaltString;
@@ -17,6 +30,7 @@ use edgefleet_domain::audit::{Entry, Outcome};
 use edgefleet_domain::user::{User, validate_username};
 use edgefleet_store::users::Removal;
 use edgefleet_store::{Store, StoreError};
+use parking_lot::Mutex;
 use rand::RngCore;
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::json;
@@ -30,8 +44,31 @@ use super::audit::AuditLog;
 pub const INITIAL_ADMIN_FILE: &str = "initial-admin-password";
 /// A login session lasts this long.
 pub const SESSION_SECS: i64 = 12 * 3600;
-/// Longest lifetime of an API token.
+/// Longest lifetime of an API token (admins, operators, auditors).
 pub const TOKEN_MAX_SECS: i64 = 366 * 24 * 3600;
+/// Longest lifetime of a viewer's API token: read access for a script, renewed monthly.
+pub const VIEWER_TOKEN_MAX_SECS: i64 = 31 * 24 * 3600;
+
+/// The longest API token `role` may mint.
+pub fn token_max_secs(role: Role) -> i64 {
+    match role {
+        Role::Viewer => VIEWER_TOKEN_MAX_SECS,
+        _ => TOKEN_MAX_SECS,
+    }
+}
+
+/// Password checks (argon2, ~19 MiB each) running at once, at most.
+pub const ARGON2_CONCURRENT: usize = 4;
+/// How long a login waits for a password-check slot before a 503.
+pub const ARGON2_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Failed logins for one user name before backoff starts.
+pub const FREE_FAILURES_PER_USER: u32 = 5;
+/// Failed logins from one address before backoff starts.
+pub const FREE_FAILURES_PER_ADDRESS: u32 = 20;
+/// The longest backoff.
+pub const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
+/// Keys (user names, addresses) the backoff remembers at most; beyond, the idle are forgotten.
+const BACKOFF_KEYS: usize = 10_000;
 
 /// Hashes a password (argon2id, random salt) into a PHC string. Slow on purpose: call it on a
 /// blocking thread.
@@ -105,8 +142,51 @@ pub enum UserError {
     NotFound(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// Too many failed logins: wait this many seconds.
+    #[error("{0}")]
+    Backoff(String, u64),
+    /// Every password-check slot is taken: retry after this many seconds.
+    #[error("{0}")]
+    Busy(String, u64),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Failed-login counts per key (a user name or an address), with the time until which the
+/// key must wait.
+#[derive(Default)]
+pub struct Backoff {
+    keys: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl Backoff {
+    /// How long `key` must still wait, if at all.
+    pub fn wait(&self, key: &str, now: Instant) -> Option<std::time::Duration> {
+        let keys = self.keys.lock();
+        let (_, until) = keys.get(key)?;
+        (*until > now).then(|| *until - now)
+    }
+
+    /// Counts a failure of `key`; past `free` failures the key waits, doubling from 1 s.
+    pub fn fail(&self, key: &str, free: u32, now: Instant) {
+        let mut keys = self.keys.lock();
+        if keys.len() >= BACKOFF_KEYS && !keys.contains_key(key) {
+            keys.retain(|_, (_, until)| *until + MAX_BACKOFF > now);
+            if keys.len() >= BACKOFF_KEYS {
+                return;
+            }
+        }
+        let (n, until) = keys.entry(key.to_owned()).or_insert((0, now));
+        *n = n.saturating_add(1);
+        if *n > free {
+            let exp = (*n - free - 1).min(6);
+            *until = now + (std::time::Duration::from_secs(1 << exp)).min(MAX_BACKOFF);
+        }
+    }
+
+    pub fn clear(&self, key: &str) {
+        self.keys.lock().remove(key);
+    }
 }
 
 /// A login session just issued.
@@ -131,6 +211,8 @@ pub struct Users {
     store: Store,
     audit: Arc<AuditLog>,
     decoy: tokio::sync::OnceCell<String>,
+    argon2: Arc<tokio::sync::Semaphore>,
+    backoff: Backoff,
 }
 
 impl Users {
@@ -139,7 +221,32 @@ impl Users {
             store,
             audit,
             decoy: tokio::sync::OnceCell::new(),
+            argon2: Arc::new(tokio::sync::Semaphore::new(ARGON2_CONCURRENT)),
+            backoff: Backoff::default(),
         }
+    }
+
+    /// Runs a password check (or hash) when a slot is free, waiting at most [`ARGON2_WAIT`].
+    async fn argon2<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, UserError> {
+        let permit = tokio::time::timeout(ARGON2_WAIT, self.argon2.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                UserError::Busy(
+                    "the gateway is busy checking other logins; retry in a second".into(),
+                    1,
+                )
+            })?;
+        Ok(blocking(move || {
+            let r = f();
+            drop(permit);
+            r
+        })
+        .await)
     }
 
     /// A hash no password matches, computed once, off the runtime.
@@ -199,7 +306,7 @@ impl Users {
                 actor: "anonymous".into(),
                 role: String::new(),
                 action: "auth.login".into(),
-                target: who.into(),
+                target: edgefleet_domain::audit::cap_field(who),
                 site: String::new(),
                 outcome: Outcome::Refused,
                 status: Some(status),
@@ -208,22 +315,56 @@ impl Users {
             .await;
     }
 
-    /// Checks a password (argon2 off the runtime, a decoy hash for unknown users), issues a
-    /// session token and audits the outcome. Shared by the API's and the dashboard's login.
+    /// Checks a password (argon2 off the runtime, bounded, a decoy hash for unknown users),
+    /// issues a session token and audits the outcome. Shared by the API's and the
+    /// dashboard's login; `peer` is the client's address (backoff per address).
     pub async fn password_login(
         &self,
         username: &str,
         password: String,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<Session, UserError> {
+        // A user name is at most 64 characters: a longer one is unknown, and keyed cut.
+        let user_key = format!("user:{}", username.chars().take(64).collect::<String>());
+        let addr_key = peer.map(|p| format!("addr:{p}"));
+        let now = Instant::now();
+        let wait = [Some(&user_key), addr_key.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.backoff.wait(k, now))
+            .max();
+        if let Some(wait) = wait {
+            let secs = wait.as_secs().max(1);
+            self.login_refused(username, 429, "too many failed logins: backing off")
+                .await;
+            return Err(UserError::Backoff(
+                format!(
+                    "too many failed logins for this user or from this address; retry in {secs} s"
+                ),
+                secs,
+            ));
+        }
         let user = self.store.user(username).await?;
         let phc = match &user {
             Some(u) => u.password_hash.clone(),
             None => self.decoy().await,
         };
-        let matches = blocking(move || verify_password(&password, &phc)).await;
+        let matches = match self.argon2(move || verify_password(&password, &phc)).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.login_refused(username, 503, "password checks saturated")
+                    .await;
+                return Err(e);
+            }
+        };
         let user = match user {
             Some(u) if matches && !u.disabled => u,
             _ => {
+                let now = Instant::now();
+                self.backoff.fail(&user_key, FREE_FAILURES_PER_USER, now);
+                if let Some(k) = &addr_key {
+                    self.backoff.fail(k, FREE_FAILURES_PER_ADDRESS, now);
+                }
                 self.login_refused(username, 401, "wrong username or password")
                     .await;
                 return Err(UserError::Unauthorized(
@@ -231,6 +372,7 @@ impl Users {
                 ));
             }
         };
+        self.backoff.clear(&user_key);
         let (token, expires_at) = self
             .issue_token(&user.username, "login", SESSION_SECS)
             .await?;
@@ -252,6 +394,19 @@ impl Users {
             expires_at,
             lifetime_secs: SESSION_SECS,
         })
+    }
+
+    /// The unexpired tokens of `username` (everyone's when `None`), by name.
+    pub async fn tokens(
+        &self,
+        username: Option<&str>,
+    ) -> Result<Vec<edgefleet_domain::user::TokenInfo>, StoreError> {
+        self.store.tokens(username, now_unix()).await
+    }
+
+    /// Revokes every token of `username` named `name`; how many.
+    pub async fn revoke_named(&self, username: &str, name: &str) -> Result<usize, StoreError> {
+        self.store.delete_tokens_named(username, name).await
     }
 
     /// Revokes one token by digest; false if it did not exist.
@@ -306,7 +461,7 @@ impl Users {
             .clone()
             .or_else(|| generated.clone())
             .unwrap_or_default();
-        let hash = blocking(move || hash_password(&password)).await;
+        let hash = self.argon2(move || hash_password(&password)).await?;
         let user = User {
             username: new.username.clone(),
             role,
@@ -404,6 +559,34 @@ mod tests {
         assert_eq!(token_digest(&token).len(), 64);
     }
 
+    #[test]
+    fn backoff_starts_after_the_free_failures_and_doubles_up_to_the_cap() {
+        let b = Backoff::default();
+        let t = Instant::now();
+        for _ in 0..3 {
+            b.fail("user:ana", 3, t);
+        }
+        assert_eq!(b.wait("user:ana", t), None, "three free failures");
+        b.fail("user:ana", 3, t);
+        assert_eq!(
+            b.wait("user:ana", t),
+            Some(std::time::Duration::from_secs(1))
+        );
+        b.fail("user:ana", 3, t);
+        assert_eq!(
+            b.wait("user:ana", t),
+            Some(std::time::Duration::from_secs(2))
+        );
+        for _ in 0..20 {
+            b.fail("user:ana", 3, t);
+        }
+        assert_eq!(b.wait("user:ana", t), Some(MAX_BACKOFF));
+        assert_eq!(b.wait("user:ana", t + MAX_BACKOFF), None);
+        assert_eq!(b.wait("user:bob", t), None, "keys are separate");
+        b.clear("user:ana");
+        assert_eq!(b.wait("user:ana", t), None);
+    }
+
     #[tokio::test]
     async fn the_first_admin_is_created_once_with_a_private_password_file() {
         use std::os::unix::fs::PermissionsExt;
@@ -416,8 +599,13 @@ mod tests {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let password = std::fs::read_to_string(&file).unwrap().trim().to_owned();
-        let s = users.password_login("admin", password).await.unwrap();
+        let s = users.password_login("admin", password, None).await.unwrap();
         assert!(users.caller_of(&s.token).await.unwrap().is_some());
-        assert!(users.password_login("nobody", "x".into()).await.is_err());
+        assert!(
+            users
+                .password_login("nobody", "x".into(), None)
+                .await
+                .is_err()
+        );
     }
 }

@@ -29,17 +29,20 @@ pub mod report;
 pub mod stream;
 pub mod tile;
 
-use axum::extract::{Query, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::{Extension, Form, Router};
 use axum_extra::extract::cookie::{Cookie, SameSite};
 use edgefleet_domain::access::Caller;
 use edgefleet_domain::audit::{Entry, Outcome};
 use serde::Deserialize;
 
 use crate::http::auth::{self, SESSION_COOKIE, session_token};
+use crate::http::server::OverTls;
 use crate::http::state::ApiState;
 
 const APP_CSS: &str = include_str!("assets/app.css");
@@ -51,6 +54,7 @@ pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/api/v1/events/stream", get(stream::stream))
         .route("/api/v1/reports/compliance", get(report::compliance))
+        .layer(Extension(std::sync::Arc::new(stream::Slots::default())))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::middleware,
@@ -138,10 +142,19 @@ pub struct NextQuery {
     next: Option<String>,
 }
 
-/// Only a local path is a place to go back to after login (no `//host`, no scheme).
+/// Only a local path is a place to go back to after login: it starts with one `/`, and has
+/// no backslash, no space and no control character anywhere (browsers drop tabs and line
+/// breaks from a URL, so `/<TAB>/evil.example` would become `//evil.example`, another host).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n)
+            if n.starts_with('/')
+                && n.len() <= 2048
+                && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+                && !n[1..].starts_with('/') =>
+        {
+            n.to_owned()
+        }
         _ => "/".to_owned(),
     }
 }
@@ -183,13 +196,25 @@ struct LoginForm {
     next: Option<String>,
 }
 
-/// `POST /login` (form): the same check as the API's login, then the session cookie.
-async fn login(State(state): State<ApiState>, Form(f): Form<LoginForm>) -> Response {
+/// `POST /login` (form): the same check as the API's login, then the session cookie
+/// (`Secure` when the request came over HTTPS).
+async fn login(
+    State(state): State<ApiState>,
+    over_tls: Option<Extension<OverTls>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    Form(f): Form<LoginForm>,
+) -> Response {
     let next = safe_next(f.next.as_deref());
-    match state.users.password_login(&f.username, f.password).await {
+    let peer = peer.map(|Extension(ConnectInfo(a))| a.ip());
+    match state
+        .users
+        .password_login(&f.username, f.password, peer)
+        .await
+    {
         Ok(session) => {
             let cookie = Cookie::build((SESSION_COOKIE, session.token))
                 .http_only(true)
+                .secure(over_tls.is_some())
                 .same_site(SameSite::Strict)
                 .path("/")
                 .max_age(time::Duration::seconds(session.lifetime_secs));
@@ -201,16 +226,25 @@ async fn login(State(state): State<ApiState>, Form(f): Form<LoginForm>) -> Respo
         }
         Err(e) => {
             let e = crate::http::error::ApiError::from(e);
-            page_response(
+            let mut resp = page_response(
                 e.status(),
                 login_form(&next, &f.username, Some(e.message())),
-            )
+            );
+            if let Some(secs) = e.retry_after() {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            resp
         }
     }
 }
 
 /// `POST /logout`: revokes the session token and clears the cookie.
-async fn logout(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+async fn logout(
+    State(state): State<ApiState>,
+    over_tls: Option<Extension<OverTls>>,
+    headers: HeaderMap,
+) -> Response {
     if let Some(caller) = page_caller(&state, &headers).await {
         if let Err(e) = state.users.revoke_token(&caller.token_digest).await {
             tracing::error!("cannot revoke a session at logout: {e}");
@@ -232,9 +266,11 @@ async fn logout(State(state): State<ApiState>, headers: HeaderMap) -> Response {
     let mut resp = Redirect::to("/login").into_response();
     resp.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static(
-            "edgefleet_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
-        ),
+        HeaderValue::from_static(if over_tls.is_some() {
+            "edgefleet_session=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0"
+        } else {
+            "edgefleet_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"
+        }),
     );
     resp
 }
@@ -250,5 +286,19 @@ mod tests {
         assert_eq!(safe_next(Some("https://evil.example/")), "/");
         assert_eq!(safe_next(Some("/\\evil")), "/");
         assert_eq!(safe_next(None), "/");
+        // Browsers drop tabs and line breaks from URLs: each of these would leave the site.
+        for evil in [
+            "/\t/evil.example",
+            "/\r\n/evil.example",
+            "/ /evil.example",
+            "//evil.example",
+            "/\\/evil.example",
+            "evil.example",
+            "",
+            "/\u{3000}/evil.example",
+        ] {
+            assert_eq!(safe_next(Some(evil)), "/", "{evil:?}");
+        }
+        assert_eq!(safe_next(Some("/audit?q=a%20b")), "/audit?q=a%20b");
     }
 }

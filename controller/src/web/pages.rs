@@ -412,6 +412,12 @@ pub async fn deployment(
             &format!("Deployment '{name}' is outside your sites."),
         );
     }
+    // Old revisions may have targeted another site (a name deleted there and re-created):
+    // neither their Compose files nor their diffs are the caller's to see.
+    let revisions: Vec<_> = revisions
+        .into_iter()
+        .filter(|r| caller.sees(deployment_site(&r.target).as_deref()))
+        .collect();
     let current = revisions.iter().find(|r| r.revision == row.revision);
     let compose = current.and_then(|r| r.compose.clone()).unwrap_or_default();
     let mut b = format!(

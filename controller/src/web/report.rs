@@ -206,7 +206,8 @@ pub fn csv(rows: &[ComplianceRow]) -> Result<Vec<u8>, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(COLUMNS)?;
     for r in rows {
-        w.write_record(r.fields())?;
+        let cells = r.fields().map(crate::http::routes::audit::csv_cell);
+        w.write_record(cells.iter().map(|c| c.as_bytes()))?;
     }
     w.into_inner().map_err(|e| e.into_error().into())
 }

@@ -13,6 +13,9 @@
 //! A quiet fleet costs no store read and no bytes on the wire but a keep-alive comment. The
 //! stream ends when the caller's token expires or is revoked (checked every 30 s);
 //! `EventSource` then reconnects and gets a 401.
+//!
+//! One user holds at most [`MAX_STREAMS_PER_USER`] streams at once ([`Slots`]); another is
+//! refused with 429 and `Retry-After`.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -29,6 +32,7 @@ use tokio::sync::watch;
 
 use super::tile::{self, AlarmLine, Tile, TileState};
 use crate::http::auth::Auth;
+use crate::http::error::ApiError;
 use crate::http::state::ApiState;
 use crate::services::deployments::Deployments;
 use crate::services::fleet::Fleet;
@@ -41,6 +45,49 @@ pub const MAX_ALARMS: usize = 100;
 /// Rollouts sent on the stream (the newest).
 const ROLLOUTS: usize = 20;
 const RECHECK_TOKEN: Duration = Duration::from_secs(30);
+/// Open streams one user may hold (a few browser tabs); each costs a task and a read every
+/// 500 ms.
+pub const MAX_STREAMS_PER_USER: usize = 16;
+
+/// Open streams per user.
+#[derive(Debug, Default)]
+pub struct Slots {
+    open: parking_lot::Mutex<HashMap<String, usize>>,
+}
+
+/// One open stream; frees its slot when the stream is dropped.
+pub struct Slot {
+    slots: std::sync::Arc<Slots>,
+    user: String,
+}
+
+impl Slots {
+    /// A slot for `user`, unless they hold [`MAX_STREAMS_PER_USER`] already.
+    pub fn take(self: &std::sync::Arc<Self>, user: &str) -> Option<Slot> {
+        let mut open = self.open.lock();
+        let n = open.entry(user.to_owned()).or_insert(0);
+        if *n >= MAX_STREAMS_PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            slots: self.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock();
+        if let Some(n) = open.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
 
 /// The alarms of failed rollouts: the newest rollout of each deployment, if it failed, is an
 /// alarm until a later one.
@@ -278,6 +325,7 @@ struct StreamState {
     queue: std::collections::VecDeque<Event>,
     tick: tokio::time::Interval,
     checked: Instant,
+    _slot: Slot,
 }
 
 impl StreamState {
@@ -304,8 +352,18 @@ impl StreamState {
 
 pub async fn stream(
     State(state): State<ApiState>,
+    axum::Extension(slots): axum::Extension<std::sync::Arc<Slots>>,
     auth: Auth,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = slots.take(auth.username()).ok_or_else(|| {
+        ApiError::TooMany(
+            format!(
+                "'{}' has {MAX_STREAMS_PER_USER} live streams open already; close some dashboard tabs",
+                auth.username()
+            ),
+            5,
+        )
+    })?;
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let st = StreamState {
@@ -315,10 +373,11 @@ pub async fn stream(
         queue: Default::default(),
         tick,
         checked: Instant::now(),
+        _slot: slot,
     };
     let s = futures_util::stream::unfold(st, |mut st| async move {
         let event = st.step().await?;
         Some((Ok(event), st))
     });
-    Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(s).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

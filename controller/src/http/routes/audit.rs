@@ -85,7 +85,18 @@ pub const CSV_COLUMNS: [&str; 12] = [
     "hash",
 ];
 
-/// Records as CSV lines (with the header first if `header`).
+/// A CSV cell a spreadsheet will not run as a formula: a value starting with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return (text a device, a path or a user name can carry) gets a
+/// leading `'` (OWASP's advice for CSV injection). The JSON export keeps every value exact.
+pub fn csv_cell(v: &str) -> std::borrow::Cow<'_, str> {
+    match v.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{v}").into(),
+        _ => v.into(),
+    }
+}
+
+/// Records as CSV lines (with the header first if `header`), cells neutralised
+/// ([`csv_cell`]).
 pub fn csv_chunk(records: &[Record], header: bool) -> Result<Vec<u8>, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
     if header {
@@ -94,20 +105,25 @@ pub fn csv_chunk(records: &[Record], header: bool) -> Result<Vec<u8>, csv::Error
     for r in records {
         let status = r.status.map(|s| s.to_string()).unwrap_or_default();
         let seq = r.seq.to_string();
-        w.write_record([
-            seq.as_str(),
-            &r.ts,
-            &r.actor,
-            &r.role,
-            &r.action,
-            &r.target,
-            &r.site,
-            &r.outcome,
-            &status,
-            &r.detail,
-            &r.prev_hash,
-            &r.hash,
-        ])?;
+        w.write_record(
+            [
+                seq.as_str(),
+                &r.ts,
+                &r.actor,
+                &r.role,
+                &r.action,
+                &r.target,
+                &r.site,
+                &r.outcome,
+                &status,
+                &r.detail,
+                &r.prev_hash,
+                &r.hash,
+            ]
+            .map(csv_cell)
+            .iter()
+            .map(|c| c.as_bytes()),
+        )?;
     }
     w.into_inner().map_err(|e| e.into_error().into())
 }
@@ -254,5 +270,27 @@ mod tests {
         assert_eq!(v[0]["detail"]["n"], 2);
         assert_eq!(v.as_array().unwrap().len(), 2);
         assert!(Format::parse("xml").is_err());
+    }
+
+    #[test]
+    fn csv_cells_that_a_spreadsheet_would_run_are_neutralised() {
+        for evil in [
+            "=HYPERLINK(\"http://x\")",
+            "+1+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+        ] {
+            assert_eq!(csv_cell(evil), format!("'{evil}"), "{evil:?}");
+        }
+        assert_eq!(csv_cell("press-07"), "press-07");
+        assert_eq!(csv_cell(""), "");
+        let mut r = record(1, "{}");
+        r.target = "=cmd|' /C calc'!A0".into();
+        r.actor = "@evil".into();
+        let csv = String::from_utf8(csv_chunk(&[r], false).unwrap()).unwrap();
+        assert!(csv.contains(",'@evil,"), "{csv}");
+        assert!(csv.contains(",'=cmd|' /C calc'!A0,"), "{csv}");
     }
 }

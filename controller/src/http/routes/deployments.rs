@@ -120,11 +120,18 @@ pub async fn one(
         .deployment(&name)
         .await?
         .ok_or_else(|| not_found_deployment(&name))?;
-    auth.check_site(
-        &format!("deployment '{name}'"),
+    auth.check_visible(
         deployment_site(&row.target).as_deref(),
+        not_found_deployment(&name),
     )?;
-    let revisions = store.revisions(&name).await?;
+    // Old revisions may have targeted another site (a name deleted there and re-created):
+    // those are not the caller's to see.
+    let revisions: Vec<RevisionRow> = store
+        .revisions(&name)
+        .await?
+        .into_iter()
+        .filter(|r| auth.caller.sees(deployment_site(&r.target).as_deref()))
+        .collect();
     let compose = revisions
         .iter()
         .find(|r| r.revision == row.revision)
@@ -152,7 +159,7 @@ pub async fn delete(
         .ok_or_else(|| not_found_deployment(&name))?;
     let site = deployment_site(&row.target);
     auth.note(&name, site.as_deref());
-    auth.check_site(&format!("deployment '{name}'"), site.as_deref())?;
+    auth.check_visible(site.as_deref(), not_found_deployment(&name))?;
     let devices = deployments
         .delete(&name)
         .await?
@@ -173,13 +180,9 @@ pub async fn revision(
                 .into(),
         )
     })?;
-    let row = store.revision(&name, revision).await?.ok_or_else(|| {
-        ApiError::NotFound(format!("deployment '{name}' has no revision {revision}"))
-    })?;
-    auth.check_site(
-        &format!("deployment '{name}' revision {revision}"),
-        deployment_site(&row.target).as_deref(),
-    )?;
+    let none = || ApiError::NotFound(format!("deployment '{name}' has no revision {revision}"));
+    let row = store.revision(&name, revision).await?.ok_or_else(none)?;
+    auth.check_visible(deployment_site(&row.target).as_deref(), none())?;
     let spec: serde_json::Value = serde_json::from_str(&row.spec_json).unwrap_or_default();
     Ok(Json(json!({ "revision": row, "spec": spec })))
 }
@@ -231,9 +234,12 @@ pub async fn diff(
     };
     let (a, b) = (get(q.from).await?, get(q.to).await?);
     for r in [&a, &b] {
-        auth.check_site(
-            &format!("deployment '{name}' revision {}", r.revision),
+        auth.check_visible(
             deployment_site(&r.target).as_deref(),
+            ApiError::NotFound(format!(
+                "deployment '{name}' has no revision {}",
+                r.revision
+            )),
         )?;
     }
     let diff = unified_diff(&name, &a, &b);

@@ -52,21 +52,21 @@ pub async fn recent_events(
         .collect())
 }
 
+/// The answer for a device that does not exist, and for one outside the caller's sites.
+fn no_device(id: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "no device '{id}' has connected yet; list devices with 'edgefleet get devices'"
+    ))
+}
+
 pub async fn one(
     State(fleet): State<Arc<Fleet>>,
     State(store): State<Store>,
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
-    let view = fleet.get(&id).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "no device '{id}' has connected yet; list devices with 'edgefleet get devices'"
-        ))
-    })?;
-    auth.check_site(
-        &format!("device '{id}'"),
-        view.labels.get("site").map(String::as_str),
-    )?;
+    let view = fleet.get(&id).ok_or_else(|| no_device(&id))?;
+    auth.check_visible(view.labels.get("site").map(String::as_str), no_device(&id))?;
     let events = recent_events(&store, &id, view.events.iter().cloned().collect()).await?;
     Ok(Json(DeviceDetail {
         summary: view.summary(),
@@ -94,7 +94,7 @@ pub async fn logs(
     Query(q): Query<LogsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let site = fleet.site_of(&id);
-    auth.check_site(&format!("device '{id}'"), site.as_deref())?;
+    auth.check_visible(site.as_deref(), no_device(&id))?;
     let tail = q.tail.unwrap_or(100);
     let lines = commands
         .device_logs(&id, &q.stack, &q.service, tail)

@@ -67,6 +67,7 @@ async fn check_rollout(
 pub async fn start(
     State(rollouts): State<Arc<Rollouts>>,
     State(deployments): State<Arc<Deployments>>,
+    State(store): State<edgefleet_store::Store>,
     auth: Auth,
     body: Result<Json<StartRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -74,6 +75,20 @@ pub async fn start(
     let site = deployments.site_of(&req.deployment).await?;
     auth.note(&req.deployment, site.as_deref());
     auth.check_site(&format!("deployment '{}'", req.deployment), site.as_deref())?;
+    // An older revision may have targeted another site (its Compose file, its secrets):
+    // the caller must be allowed *that* revision's site too.
+    if let Some(n) = req.revision
+        && let Some(rev) = store.revision(&req.deployment, n).await?
+    {
+        let rev_site = edgefleet_domain::access::deployment_site(&rev.target);
+        auth.check_visible(
+            rev_site.as_deref(),
+            ApiError::NotFound(format!(
+                "deployment '{}' has no revision {n}",
+                req.deployment
+            )),
+        )?;
+    }
     let view = rollouts.start(&req, auth.username()).await?;
     auth.detail(json!({ "rollout": view.id, "deployment": req.deployment, "to_revision": view.rollout.to_revision }));
     Ok((StatusCode::CREATED, Json(view)).into_response())
