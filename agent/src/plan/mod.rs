@@ -21,9 +21,7 @@ use edgefleet_protocol::desired::DesiredState;
 use edgefleet_protocol::spec::{ServiceSpec, StackSpec, UpdateOrder};
 use edgefleet_protocol::status::ContainerState;
 
-use crate::container::{
-    ContainerSpec, container_name, next_container_name, stack_volumes, volume_name,
-};
+use crate::container::{ContainerSpec, next_container_name, stack_volumes, volume_name};
 use crate::runtime::ContainerInfo;
 
 mod replace;
@@ -344,7 +342,7 @@ impl Planner<'_> {
 
     fn service(&mut self, stack_name: &str, stack: &StackSpec, service: &str, svc: &ServiceSpec) {
         let want_hash = svc.config_hash();
-        let want_name = container_name(self.device, stack_name, service);
+        let want_name = ContainerSpec::docker_name(self.device, stack_name, service, svc);
         let next_name = next_container_name(self.device, stack_name, service);
         let mine = self.observed.service_containers(stack_name, service);
         // A dead container under the temporary name is a leftover like any other.
