@@ -819,7 +819,10 @@ fn map_service(
         Some(Healthcheck::Command(c)) => {
             let test = match c.test {
                 Some(Test::ShellCommand(s)) => vec!["CMD-SHELL".to_owned(), s],
-                Some(Test::Command(items)) => items,
+                // compose_spec keeps the arguments of `["CMD", …]` without the `CMD`.
+                Some(Test::Command(items)) => {
+                    std::iter::once("CMD".to_owned()).chain(items).collect()
+                }
                 None => return Err(ctx("healthcheck").err("needs a 'test'")),
             };
             Some(HealthCheck {

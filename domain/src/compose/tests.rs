@@ -59,6 +59,7 @@ fn parses_the_supported_subset() {
     assert_eq!(web.ports[1].protocol, PortProtocol::Udp);
     assert_eq!(web.ports[2].host_port, None);
     let hc = web.healthcheck.as_ref().unwrap();
+    assert_eq!(hc.test, vec!["CMD", "true"]);
     assert_eq!(hc.interval_ms, Some(90_000));
     assert_eq!(hc.timeout_ms, Some(500));
     assert_eq!(hc.retries, Some(3));
