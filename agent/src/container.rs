@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use edgefleet_protocol::spec::{
-    HealthCheck, PortMapping, RestartPolicy, ServiceSpec, StackSpec, VolumeKind,
+    HealthCheck, NetworkSpec, PortMapping, RestartPolicy, ServiceExtra, ServiceSpec, StackSpec,
+    VolumeKind,
 };
 
 /// Device that owns the container or volume.
@@ -42,6 +43,25 @@ pub fn next_container_name(device: &str, stack: &str, service: &str) -> String {
 pub fn volume_name(device: &str, stack: &str, volume: &str) -> String {
     let h = edgefleet_protocol::ids::names_hash(&[device, stack, volume]);
     format!("ef-{device}-{stack}-{volume}-{h}")
+}
+
+/// Docker name of a stack's network: `ef-<device>-<stack>-<network>-<hash of the three>`
+/// (per device, like volumes, so several agents can share one engine). Services find each
+/// other by service name and aliases on it, never by this name.
+pub fn network_name(device: &str, stack: &str, network: &str) -> String {
+    let h = edgefleet_protocol::ids::names_hash(&[device, stack, network]);
+    format!("ef-{device}-{stack}-{network}-{h}")
+}
+
+/// One network a container joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkAttach {
+    /// Docker network name.
+    pub name: String,
+    /// DNS names of the container on it: the service name, then the Compose aliases.
+    pub aliases: Vec<String>,
+    /// How to create it if it is missing (never, when `external`).
+    pub spec: NetworkSpec,
 }
 
 /// Test helper: drops the `-<hash>` suffix of Docker names in a description
@@ -112,6 +132,12 @@ pub struct ContainerSpec {
     pub restart: RestartPolicy,
     pub healthcheck: Option<HealthCheck>,
     pub labels: BTreeMap<String, String>,
+    /// Networks to join, the first one at create. Empty with a `network_mode`.
+    pub networks: Vec<NetworkAttach>,
+    /// Docker network mode (`host`, `none`, `bridge`, `container:<name>`), if not networks.
+    pub network_mode: Option<String>,
+    /// The other Compose keys, as the service spec has them.
+    pub extra: ServiceExtra,
 }
 
 impl ContainerSpec {
@@ -136,15 +162,20 @@ impl ContainerSpec {
             .map(|m| Mount {
                 kind: m.kind,
                 source: match m.kind {
-                    VolumeKind::Named => volume_name(device, stack_name, &m.source),
+                    VolumeKind::Named => match stack.volume_options.get(&m.source) {
+                        Some(o) if o.external => o.name.clone().unwrap_or_else(|| m.source.clone()),
+                        _ => volume_name(device, stack_name, &m.source),
+                    },
                     VolumeKind::Bind => m.source.clone(),
+                    // Resolved under the agent's stack directory by the runtime.
+                    VolumeKind::Stack => format!("{stack_name}/{}", m.source),
                 },
                 target: m.target.clone(),
                 read_only: m.read_only,
             })
             .collect();
         ContainerSpec {
-            name: container_name(device, stack_name, service),
+            name: ContainerSpec::docker_name(device, stack_name, service, svc),
             image: svc.image.clone(),
             command: svc.command.clone(),
             entrypoint: svc.entrypoint.clone(),
@@ -158,7 +189,72 @@ impl ContainerSpec {
             restart: svc.restart,
             healthcheck: svc.healthcheck.clone(),
             labels,
+            networks: service_networks(device, stack_name, stack, service, svc),
+            network_mode: svc.extra.network_mode.as_deref().map(|m| {
+                match m.strip_prefix("service:") {
+                    Some(other) => format!(
+                        "container:{}",
+                        stack
+                            .services
+                            .get(other)
+                            .and_then(|o| o.extra.container_name.clone())
+                            .unwrap_or_else(|| container_name(device, stack_name, other))
+                    ),
+                    None => m.to_owned(),
+                }
+            }),
+            extra: svc.extra.clone(),
         }
+    }
+}
+
+/// The networks a service joins: the ones it names, or the stack's `default`.
+fn service_networks(
+    device: &str,
+    stack_name: &str,
+    stack: &StackSpec,
+    service: &str,
+    svc: &ServiceSpec,
+) -> Vec<NetworkAttach> {
+    if svc.extra.network_mode.is_some() {
+        return Vec::new();
+    }
+    let default = [("default".to_owned(), Default::default())].into();
+    let wanted = if svc.extra.networks.is_empty() {
+        &default
+    } else {
+        &svc.extra.networks
+    };
+    wanted
+        .iter()
+        .map(|(net, how)| {
+            let spec = stack.networks.get(net).cloned().unwrap_or_default();
+            let name = match (&spec.external, &spec.name) {
+                (true, Some(n)) => n.clone(),
+                (true, None) => net.clone(),
+                _ => network_name(device, stack_name, net),
+            };
+            let mut aliases = vec![service.to_owned()];
+            if let Some(c) = &svc.extra.container_name {
+                aliases.push(c.clone());
+            }
+            aliases.extend(how.aliases.iter().cloned());
+            NetworkAttach {
+                name,
+                aliases,
+                spec,
+            }
+        })
+        .collect()
+}
+
+impl ContainerSpec {
+    /// Docker name for a service: its `container_name`, or [`container_name`].
+    pub fn docker_name(device: &str, stack: &str, service: &str, svc: &ServiceSpec) -> String {
+        svc.extra
+            .container_name
+            .clone()
+            .unwrap_or_else(|| container_name(device, stack, service))
     }
 }
 
@@ -191,6 +287,8 @@ mod tests {
             deployment: "hist".into(),
             deployment_revision: 4,
             volumes: vec!["data".into()],
+            volume_options: Default::default(),
+            networks: Default::default(),
             services: [("db".to_string(), svc.clone())].into(),
         };
         let spec = ContainerSpec::for_service("press-07", "hist", &stack, "db", &svc);

@@ -66,7 +66,9 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the agent against the local Docker engine until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let runtime = DockerRuntime::connect().context("cannot set up the Docker client")?;
+    let runtime = DockerRuntime::connect()
+        .context("cannot set up the Docker client")?
+        .with_stack_root(config.data_dir.join("stacks"));
     run_with_runtime(config, runtime, shutdown).await
 }
 

@@ -158,6 +158,8 @@ mod tests {
             deployment: "app".into(),
             deployment_revision: 3,
             volumes: vec![],
+            volume_options: Default::default(),
+            networks: Default::default(),
             services: [("web".to_string(), svc)].into(),
         };
         let d = DesiredState::new("d", 7, [("app".to_string(), stack)].into());

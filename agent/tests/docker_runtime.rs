@@ -110,6 +110,9 @@ impl Fixture {
                 (LABEL_CONFIG_HASH.to_string(), "test".to_string()),
             ]
             .into(),
+            networks: vec![],
+            network_mode: None,
+            extra: Default::default(),
         }
     }
 }

@@ -82,8 +82,8 @@ async fn refusals_are_clear_and_record_nothing() {
         (
             "web",
             "site=lyon",
-            "services:\n  app:\n    image: a\n    cap_add: [ALL]\n",
-            "key 'cap_add' is not supported",
+            "services:\n  app:\n    image: a\n    blkio_config: {}\n",
+            "key 'blkio_config' is not supported",
         ),
         ("web/x", "*", GOOD, "deployment name"),
         ("web", "site", GOOD, "not key=value"),

@@ -88,6 +88,8 @@ mod tests {
             deployment: name.into(),
             deployment_revision: rev,
             volumes: vec![],
+            volume_options: Default::default(),
+            networks: Default::default(),
             services: BTreeMap::new(),
         }
     }

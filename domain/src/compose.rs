@@ -1,23 +1,51 @@
-//! Compose files: the format users already have, reduced to the subset edgefleet runs.
+//! Compose files: the format users already have, turned into the normalized specs a device runs.
 //!
-//! [`parse`] turns a Compose YAML document into normalized [`ServiceSpec`]s or an error that
-//! names the service and key at fault. Any key outside the supported subset is refused here,
-//! at `apply` time, never silently ignored and never discovered on a device.
+//! [`parse_with`] reads a Compose document the way `docker compose` does and either returns
+//! normalized [`ServiceSpec`]s or an error naming the service and key at fault. Any key outside
+//! what edgefleet runs is refused here, at `apply` time, never silently ignored and never
+//! discovered on a device. The steps:
+//!
+//! 1. **Bounded YAML.** At most [`MAX_COMPOSE_BYTES`]; parsed by `serde-saphyr` (a maintained,
+//!    panic-free YAML parser) under a budget on events, aliases, anchors and depth, so an alias
+//!    bomb ("billion laughs") or an enormous file is a clear error, not a memory blow-up. The
+//!    deprecated `serde_yaml` never sees the file.
+//! 2. **Extensions.** `x-*` keys are dropped wherever they appear (the Compose specification
+//!    says tools ignore them), except `x-edgefleet-rollout` at the top.
+//! 3. **Interpolation** of every string value ([`crate::interpolate`]).
+//! 4. **Keys.** Unsupported keys are refused by name; `build` is refused with how to get the
+//!    image onto the device instead.
+//! 5. **Typed model.** Each service is deserialized into `compose_spec`'s model of the Compose
+//!    specification (short and long syntaxes of ports, volumes, depends_on, … parsed and
+//!    validated there), then mapped to [`ServiceSpec`].
 
 use std::collections::BTreeMap;
 
+use compose_spec::service::{
+    ByteValue, Command, Condition, Healthcheck, Limit, NetworkConfig, Restart,
+    healthcheck::Test,
+    network_config::NetworkMode,
+    ports::{self, Protocol},
+    volumes::{self, Mount},
+};
+use compose_spec::{ListOrMap, Resource, ShortOrLong};
 use edgefleet_protocol::ids::{validate_service_name, validate_stack_name};
 use edgefleet_protocol::spec::{
-    HealthCheck, PortMapping, PortProtocol, RestartPolicy, ServiceSpec, StackSpec, UpdateOrder,
-    VolumeKind, VolumeMount,
+    DependsCondition, HealthCheck, Logging, NetworkSpec, PortMapping, PortProtocol, RestartPolicy,
+    ServiceExtra, ServiceNetwork, ServiceSpec, StackSpec, Ulimit, UpdateOrder, VolumeKind,
+    VolumeMount, VolumeOptions,
 };
-use serde_yaml::Value;
+use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::duration::parse_duration_ms;
+use crate::interpolate::{self, InterpolateError, Variables};
 
-/// Service keys edgefleet supports (`deploy` only for `update_config.order`).
-pub const SUPPORTED_SERVICE_KEYS: [&str; 11] = [
+/// Largest Compose file `apply` takes. Real stack files are a few KiB; this leaves room for
+/// generated ones while keeping a hostile upload cheap to refuse.
+pub const MAX_COMPOSE_BYTES: usize = 512 * 1024;
+
+/// Service keys edgefleet runs. `deploy` only for `update_config.order` and
+/// `resources.limits.{cpus,memory}`.
+pub const SUPPORTED_SERVICE_KEYS: &[&str] = &[
     "image",
     "command",
     "entrypoint",
@@ -29,24 +57,83 @@ pub const SUPPORTED_SERVICE_KEYS: [&str; 11] = [
     "labels",
     "depends_on",
     "deploy",
+    "container_name",
+    "hostname",
+    "user",
+    "working_dir",
+    "expose",
+    "network_mode",
+    "networks",
+    "devices",
+    "privileged",
+    "cap_add",
+    "cap_drop",
+    "security_opt",
+    "extra_hosts",
+    "dns",
+    "sysctls",
+    "ulimits",
+    "tmpfs",
+    "read_only",
+    "shm_size",
+    "init",
+    "stop_signal",
+    "stop_grace_period",
+    "logging",
+    "mem_limit",
+    "cpus",
+    "tty",
+    "stdin_open",
+    "platform",
 ];
 
-/// Top-level keys accepted. `version` and `name` are informational in Compose and ignored.
-const TOP_LEVEL_KEYS: [&str; 5] = ["services", "volumes", "version", "name", ROLLOUT_KEY];
+/// Why some well-known keys are refused (the message says what to do instead).
+fn refusal_advice(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "build" => {
+            "edgefleet does not build images on devices: build it once, push it to a registry the devices can reach and set 'image:' to it (or 'docker save' it and 'docker load' it on each device)"
+        }
+        "env_file" => {
+            "the file is not on the device: pass it at apply with 'edgefleet apply --env-file FILE' and reference its variables as ${VAR} in 'environment'"
+        }
+        "configs" | "secrets" => "configs and secrets are not delivered to devices yet",
+        "extends" | "include" => "merge the files before applying (e.g. 'docker compose config')",
+        "profiles" => "apply only the services you want on the devices",
+        "links" | "external_links" => {
+            "services of a stack reach each other by service name on the stack's network"
+        }
+        "pid" | "ipc" | "userns_mode" | "uts" | "cgroup" | "cgroup_parent" => {
+            "host namespaces and cgroup placement are not supported"
+        }
+        "volumes_from" => "share a named volume between the services instead",
+        "scale" => "one container per service runs on each device",
+        _ => return None,
+    })
+}
+
+/// Top-level keys taken. `version` and `name` are informational in Compose and ignored.
+const TOP_LEVEL_KEYS: [&str; 5] = ["services", "volumes", "networks", "version", "name"];
 
 /// Top-level extension key holding the deployment's rollout strategy. Its presence makes
 /// `apply` staged: devices already running the deployment stay on their revision until a
 /// rollout moves them.
 pub const ROLLOUT_KEY: &str = "x-edgefleet-rollout";
 
+/// The network `docker compose` gives every project, joined by services that name none.
+pub const DEFAULT_NETWORK: &str = "default";
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ComposeError {
     #[error("the Compose file is not valid YAML: {0}")]
     Yaml(String),
+    #[error(
+        "the Compose file is {0} bytes; at most {MAX_COMPOSE_BYTES} are taken (split the stack into several deployments)"
+    )]
+    TooLarge(usize),
     #[error("the Compose file must be a mapping with a 'services' key")]
     NotAMapping,
     #[error(
-        "top-level key '{0}' is not supported (supported: services, volumes, x-edgefleet-rollout; version and name are ignored)"
+        "top-level key '{0}' is not supported (supported: services, volumes, networks, x-*; version and name are ignored)"
     )]
     TopLevelKey(String),
     #[error("{ROLLOUT_KEY}: {0}")]
@@ -55,11 +142,22 @@ pub enum ComposeError {
     NoServices,
     #[error("service '{service}': key '{key}' is not supported by edgefleet (supported: {supported})", supported = SUPPORTED_SERVICE_KEYS.join(", "))]
     UnsupportedKey { service: String, key: String },
+    #[error("service '{service}': key '{key}' is not supported: {advice}")]
+    Refused {
+        service: String,
+        key: String,
+        advice: String,
+    },
     #[error("service '{service}': '{key}' {problem}")]
     Invalid {
         service: String,
         key: String,
         problem: String,
+    },
+    #[error("{path}: {source}")]
+    Interpolate {
+        path: String,
+        source: InterpolateError,
     },
     #[error("{0}")]
     Name(String),
@@ -67,15 +165,21 @@ pub enum ComposeError {
         "volume '{volume}' used by service '{service}' is not declared under the top-level 'volumes' key"
     )]
     UndeclaredVolume { service: String, volume: String },
+    #[error(
+        "network '{network}' used by service '{service}' is not declared under the top-level 'networks' key"
+    )]
+    UndeclaredNetwork { service: String, network: String },
     #[error("{0}")]
     Order(String),
 }
 
-/// A parsed Compose file: services and declared named volumes.
+/// A parsed Compose file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComposeStack {
     pub services: BTreeMap<String, ServiceSpec>,
     pub volumes: Vec<String>,
+    pub volume_options: BTreeMap<String, VolumeOptions>,
+    pub networks: BTreeMap<String, NetworkSpec>,
     /// The validated `x-edgefleet-rollout` strategy, if the file has one.
     pub rollout: Option<crate::rollout::strategy::Strategy>,
 }
@@ -87,56 +191,82 @@ impl ComposeStack {
             deployment: deployment.to_owned(),
             deployment_revision: revision,
             volumes: self.volumes,
+            volume_options: self.volume_options,
+            networks: self.networks,
             services: self.services,
         }
     }
 }
 
-/// Parses and validates a Compose document.
+/// Parses and validates a Compose document without variables (any `${VAR}` without a
+/// default is refused).
 pub fn parse(yaml: &str) -> Result<ComposeStack, ComposeError> {
-    let doc: Value = serde_yaml::from_str(yaml).map_err(|e| ComposeError::Yaml(e.to_string()))?;
-    let top = doc.as_mapping().ok_or(ComposeError::NotAMapping)?;
-    for key in top.keys() {
-        let key = key_str(key);
-        if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
-            return Err(ComposeError::TopLevelKey(key));
-        }
+    parse_with(yaml, &Variables::new())
+}
+
+/// Whether the document refers to a per-device built-in (`${EDGEFLEET_…}`), so that it must be
+/// resolved once per device rather than once per revision.
+pub fn uses_device_builtins(yaml: &str) -> bool {
+    yaml.contains("EDGEFLEET_")
+}
+
+/// Reads YAML text into a JSON-shaped tree under a strict budget.
+pub fn load_yaml(yaml: &str) -> Result<Value, ComposeError> {
+    if yaml.len() > MAX_COMPOSE_BYTES {
+        return Err(ComposeError::TooLarge(yaml.len()));
     }
-    let volumes = match top.get("volumes") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Mapping(m)) => {
-            let mut names = Vec::new();
-            for (k, v) in m {
-                let name = key_str(k);
-                validate_stack_name(&name)
-                    .map_err(|e| ComposeError::Name(format!("top-level volume: {e}")))?;
-                if !matches!(v, Value::Null) && v.as_mapping().is_none_or(|m| !m.is_empty()) {
-                    return Err(ComposeError::Name(format!(
-                        "top-level volume '{name}': options (driver, external, …) are not supported; declare it as '{name}: {{}}'"
-                    )));
-                }
-                names.push(name);
-            }
-            names
-        }
-        Some(_) => {
-            return Err(ComposeError::Name(
-                "top-level 'volumes' must be a mapping".into(),
-            ));
-        }
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = 200_000;
+    budget.max_aliases = 2_000;
+    budget.max_anchors = 2_000;
+    budget.max_recorded_anchor_events = 100_000;
+    budget.max_recorded_anchor_bytes = 4 * 1024 * 1024;
+    budget.max_depth = 64;
+    budget.max_documents = 1;
+    let options = serde_saphyr::options! { budget: Some(budget) };
+    serde_saphyr::from_str_with_options::<Value>(yaml, options).map_err(|e| {
+        let text = e.to_string();
+        // Keep the message short: the first lines say what and where.
+        ComposeError::Yaml(text.lines().take(6).collect::<Vec<_>>().join(" "))
+    })
+}
+
+/// Parses and validates a Compose document, interpolating `vars`.
+pub fn parse_with(yaml: &str, vars: &Variables) -> Result<ComposeStack, ComposeError> {
+    let doc = load_yaml(yaml)?;
+    let Value::Object(mut top) = doc else {
+        return Err(ComposeError::NotAMapping);
     };
-    let services_value = top.get("services").ok_or(ComposeError::NoServices)?;
-    let services_map = services_value
-        .as_mapping()
-        .ok_or(ComposeError::NoServices)?;
-    if services_map.is_empty() {
-        return Err(ComposeError::NoServices);
+    let rollout_value = top.remove(ROLLOUT_KEY);
+    top.retain(|k, _| !k.starts_with("x-"));
+    if let Some(key) = top.keys().find(|k| !TOP_LEVEL_KEYS.contains(&k.as_str())) {
+        return Err(match key.as_str() {
+            "configs" | "secrets" | "include" => ComposeError::Refused {
+                service: "(top level)".into(),
+                key: key.clone(),
+                advice: refusal_advice(key).unwrap_or_default().to_owned(),
+            },
+            _ => ComposeError::TopLevelKey(key.clone()),
+        });
     }
+    let mut top = Value::Object(top);
+    strip_extensions(&mut top);
+    interpolate_tree(&mut top, vars, &mut String::new())?;
+    let Value::Object(top) = top else {
+        return Err(ComposeError::NotAMapping);
+    };
+
+    let (volumes, volume_options) = top_volumes(top.get("volumes"))?;
+    let mut networks = top_networks(top.get("networks"))?;
+
+    let services_map = match top.get("services") {
+        Some(Value::Object(m)) if !m.is_empty() => m,
+        _ => return Err(ComposeError::NoServices),
+    };
     let mut services = BTreeMap::new();
     for (name, body) in services_map {
-        let name = key_str(name);
-        validate_service_name(&name).map_err(|e| ComposeError::Name(e.to_string()))?;
-        let svc = parse_service(&name, body)?;
+        validate_service_name(name).map_err(|e| ComposeError::Name(e.to_string()))?;
+        let svc = parse_service(name, body, vars)?;
         for v in &svc.volumes {
             if v.kind == VolumeKind::Named && !volumes.contains(&v.source) {
                 return Err(ComposeError::UndeclaredVolume {
@@ -145,21 +275,54 @@ pub fn parse(yaml: &str) -> Result<ComposeStack, ComposeError> {
                 });
             }
         }
-        services.insert(name, svc);
+        for net in svc.extra.networks.keys() {
+            if net != DEFAULT_NETWORK && !networks.contains_key(net) {
+                return Err(ComposeError::UndeclaredNetwork {
+                    service: name.clone(),
+                    network: net.clone(),
+                });
+            }
+        }
+        services.insert(name.clone(), svc);
     }
-    let rollout = match top.get(ROLLOUT_KEY) {
+    for (name, svc) in &services {
+        if let Some(other) = svc
+            .extra
+            .network_mode
+            .as_deref()
+            .and_then(|m| m.strip_prefix("service:"))
+            && !services.contains_key(other)
+        {
+            return Err(ComposeError::Invalid {
+                service: name.clone(),
+                key: "network_mode".into(),
+                problem: format!("names '{other}', which is not a service of this stack"),
+            });
+        }
+    }
+    // The stack's own network, as `docker compose` makes one per project.
+    let uses_default = services.values().any(|s| {
+        s.extra.network_mode.is_none()
+            && (s.extra.networks.is_empty() || s.extra.networks.contains_key(DEFAULT_NETWORK))
+    });
+    if uses_default {
+        networks.entry(DEFAULT_NETWORK.to_owned()).or_default();
+    }
+    let rollout = match rollout_value {
         None => None,
         Some(v) => {
-            let text = serde_yaml::to_string(v).unwrap_or_default();
-            Some(
-                crate::rollout::strategy::Strategy::from_yaml(&text)
-                    .map_err(|e| ComposeError::Rollout(e.to_string()))?,
-            )
+            let s: crate::rollout::strategy::Strategy =
+                serde_json::from_value(v).map_err(|e| ComposeError::Rollout(e.to_string()))?;
+            s.validate()
+                .map_err(|e| ComposeError::Rollout(e.to_string()))?;
+            Some(s)
         }
     };
     let stack = ComposeStack {
         services,
         volumes,
+        volume_options,
+        networks,
         rollout,
     };
     stack
@@ -170,19 +333,192 @@ pub fn parse(yaml: &str) -> Result<ComposeStack, ComposeError> {
     Ok(stack)
 }
 
-fn key_str(v: &Value) -> String {
+/// Drops `x-*` keys at every level (Compose: "tools ignore x- fields").
+fn strip_extensions(v: &mut Value) {
     match v {
-        Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
+        Value::Object(m) => {
+            m.retain(|k, _| !k.starts_with("x-"));
+            m.values_mut().for_each(strip_extensions);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_extensions),
+        _ => {}
     }
+}
+
+/// Interpolates every string value; `path` names where a failure happened.
+fn interpolate_tree(
+    v: &mut Value,
+    vars: &Variables,
+    path: &mut String,
+) -> Result<(), ComposeError> {
+    match v {
+        Value::String(s) if s.contains('$') => {
+            *s = interpolate::interpolate(s, vars).map_err(|source| ComposeError::Interpolate {
+                path: path.trim_start_matches('.').to_owned(),
+                source,
+            })?;
+        }
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                let len = path.len();
+                path.push('.');
+                path.push_str(k);
+                interpolate_tree(child, vars, path)?;
+                path.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                interpolate_tree(child, vars, path)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn string_map(m: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
+    m.into_iter().collect()
+}
+
+/// Serializes a `compose_spec` value and returns it as text (for types that are strings in
+/// Compose and carry no accessor).
+fn text<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+fn top_volumes(
+    v: Option<&Value>,
+) -> Result<(Vec<String>, BTreeMap<String, VolumeOptions>), ComposeError> {
+    let mut names = Vec::new();
+    let mut options = BTreeMap::new();
+    let m = match v {
+        None | Some(Value::Null) => return Ok((names, options)),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(ComposeError::Name(
+                "top-level 'volumes' must be a mapping".into(),
+            ));
+        }
+    };
+    for (name, body) in m {
+        validate_stack_name(name)
+            .map_err(|e| ComposeError::Name(format!("top-level volume: {e}")))?;
+        let bad =
+            |problem: String| ComposeError::Name(format!("top-level volume '{name}': {problem}"));
+        let parsed: Option<Resource<compose_spec::Volume>> =
+            serde_json::from_value(body.clone()).map_err(|e| bad(e.to_string()))?;
+        let opts = match parsed {
+            None => VolumeOptions::default(),
+            Some(Resource::External { name }) => VolumeOptions {
+                external: true,
+                name,
+                ..VolumeOptions::default()
+            },
+            Some(Resource::Compose(vol)) => {
+                if vol.name.is_some() {
+                    return Err(bad(
+                        "'name' is only supported with 'external: true' (edgefleet names the volumes it creates per device and stack)".into(),
+                    ));
+                }
+                if !vol.labels.is_empty() {
+                    return Err(bad("'labels' is not supported".into()));
+                }
+                if let Some(d) = vol.driver.as_deref()
+                    && d != "local"
+                {
+                    return Err(bad(format!(
+                        "driver '{d}' is not supported (only 'local', with driver_opts)"
+                    )));
+                }
+                VolumeOptions {
+                    driver: vol.driver,
+                    driver_opts: string_map(
+                        vol.driver_opts
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string())),
+                    ),
+                    external: false,
+                    name: None,
+                }
+            }
+        };
+        if opts != VolumeOptions::default() {
+            options.insert(name.clone(), opts);
+        }
+        names.push(name.clone());
+    }
+    Ok((names, options))
+}
+
+fn top_networks(v: Option<&Value>) -> Result<BTreeMap<String, NetworkSpec>, ComposeError> {
+    let mut out = BTreeMap::new();
+    let m = match v {
+        None | Some(Value::Null) => return Ok(out),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(ComposeError::Name(
+                "top-level 'networks' must be a mapping".into(),
+            ));
+        }
+    };
+    for (name, body) in m {
+        validate_stack_name(name)
+            .map_err(|e| ComposeError::Name(format!("top-level network: {e}")))?;
+        let bad =
+            |problem: String| ComposeError::Name(format!("top-level network '{name}': {problem}"));
+        let parsed: Option<Resource<compose_spec::Network>> =
+            serde_json::from_value(body.clone()).map_err(|e| bad(e.to_string()))?;
+        let spec = match parsed {
+            None => NetworkSpec::default(),
+            Some(Resource::External { name }) => NetworkSpec {
+                external: true,
+                name,
+                ..NetworkSpec::default()
+            },
+            Some(Resource::Compose(net)) => {
+                if net.ipam.as_ref().is_some_and(|i| !i.is_empty()) {
+                    return Err(bad("'ipam' is not supported: let Docker choose the subnet, or declare the network 'external: true' and create it on the device".into()));
+                }
+                if net.name.is_some() {
+                    return Err(bad("'name' is only supported with 'external: true' (edgefleet names the networks it creates per stack)".into()));
+                }
+                let driver = net.driver.as_ref().map(|d| d.as_str().to_owned());
+                if let Some(d) = driver.as_deref()
+                    && !matches!(d, "bridge" | "macvlan" | "ipvlan")
+                {
+                    return Err(bad(format!(
+                        "driver '{d}' is not supported (bridge, macvlan, ipvlan; use network_mode: host for the host network)"
+                    )));
+                }
+                NetworkSpec {
+                    driver,
+                    driver_opts: string_map(
+                        net.driver_opts
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string())),
+                    ),
+                    internal: net.internal,
+                    external: false,
+                    name: None,
+                }
+            }
+        };
+        out.insert(name.clone(), spec);
+    }
+    Ok(out)
 }
 
 struct Ctx<'a> {
     service: &'a str,
-    key: &'static str,
+    key: &'a str,
 }
 
 impl Ctx<'_> {
@@ -195,133 +531,135 @@ impl Ctx<'_> {
     }
 }
 
-fn parse_service(service: &str, body: &Value) -> Result<ServiceSpec, ComposeError> {
-    let map = body.as_mapping().ok_or_else(|| ComposeError::Invalid {
-        service: service.to_owned(),
-        key: "(service)".into(),
-        problem: "must be a mapping of keys".into(),
-    })?;
+/// `deploy` paths edgefleet applies on one device.
+const DEPLOY_PATHS: [&str; 3] = [
+    "update_config.order",
+    "resources.limits.cpus",
+    "resources.limits.memory",
+];
+
+fn check_deploy(ctx: &Ctx, v: &Value, path: &str) -> Result<(), ComposeError> {
+    let Value::Object(m) = v else {
+        if path.is_empty() {
+            return Err(ctx.err("must be a mapping"));
+        }
+        if DEPLOY_PATHS.contains(&path) {
+            return Ok(());
+        }
+        return Err(ctx.err(format!("key '{path}' must be a mapping")));
+    };
+    for (k, child) in m {
+        let p = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        if !DEPLOY_PATHS
+            .iter()
+            .any(|d| *d == p || d.starts_with(&format!("{p}.")))
+        {
+            return Err(ctx.err(format!(
+                "key '{p}' is not supported (supported: {})",
+                DEPLOY_PATHS.join(", ")
+            )));
+        }
+        if !child.is_null() {
+            check_deploy(ctx, child, &p)?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_service(
+    service: &str,
+    body: &Value,
+    vars: &Variables,
+) -> Result<ServiceSpec, ComposeError> {
+    let Value::Object(map) = body else {
+        return Err(ComposeError::Invalid {
+            service: service.to_owned(),
+            key: "(service)".into(),
+            problem: "must be a mapping of keys".into(),
+        });
+    };
     for key in map.keys() {
-        let key = key_str(key);
+        if let Some(advice) = refusal_advice(key) {
+            return Err(ComposeError::Refused {
+                service: service.to_owned(),
+                key: key.clone(),
+                advice: advice.to_owned(),
+            });
+        }
         if !SUPPORTED_SERVICE_KEYS.contains(&key.as_str()) {
             return Err(ComposeError::UnsupportedKey {
                 service: service.to_owned(),
-                key,
+                key: key.clone(),
             });
         }
     }
     let ctx = |key| Ctx { service, key };
-    let image = match map.get("image") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
+    match map.get("image") {
+        Some(Value::String(s)) if !s.trim().is_empty() => {}
         Some(_) => return Err(ctx("image").err("must be a non-empty string")),
         None => return Err(ctx("image").err("is required (edgefleet does not build images)")),
-    };
-    Ok(ServiceSpec {
-        image,
-        command: map
-            .get("command")
-            .map(|v| command(&ctx("command"), v))
-            .transpose()?,
-        entrypoint: map
-            .get("entrypoint")
-            .map(|v| command(&ctx("entrypoint"), v))
-            .transpose()?,
-        environment: map
-            .get("environment")
-            .map(|v| key_values(&ctx("environment"), v))
-            .transpose()?
-            .unwrap_or_default(),
-        ports: map
-            .get("ports")
-            .map(|v| ports(&ctx("ports"), v))
-            .transpose()?
-            .unwrap_or_default(),
-        volumes: map
-            .get("volumes")
-            .map(|v| volumes(&ctx("volumes"), v))
-            .transpose()?
-            .unwrap_or_default(),
-        restart: map
-            .get("restart")
-            .map(|v| restart(&ctx("restart"), v))
-            .transpose()?
-            .unwrap_or_default(),
-        healthcheck: map
-            .get("healthcheck")
-            .map(|v| healthcheck(&ctx("healthcheck"), v))
-            .transpose()?
-            .flatten(),
-        labels: map
-            .get("labels")
-            .map(|v| key_values(&ctx("labels"), v))
-            .transpose()?
-            .unwrap_or_default(),
-        depends_on: map
-            .get("depends_on")
-            .map(|v| depends_on(&ctx("depends_on"), v))
-            .transpose()?
-            .unwrap_or_default(),
-        update_order: map
-            .get("deploy")
-            .map(|v| deploy(&ctx("deploy"), v))
-            .transpose()?
-            .unwrap_or_default(),
-    })
-}
-
-fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
     }
-}
-
-/// `command`/`entrypoint`: a list of strings, or a string split on whitespace (Compose
-/// uses shell-like splitting; quotes are not interpreted here, so a string with quotes is
-/// refused with advice to use the list form).
-fn command(ctx: &Ctx, v: &Value) -> Result<Vec<String>, ComposeError> {
-    match v {
-        Value::String(s) => {
-            if s.contains('"') || s.contains('\'') {
-                return Err(ctx.err("uses quotes in the string form: write it as a list, e.g. [\"sh\", \"-c\", \"echo hi\"]"));
-            }
-            Ok(s.split_whitespace().map(str::to_owned).collect())
-        }
-        Value::Sequence(items) => items
+    if let Some(d) = map.get("deploy")
+        && !d.is_null()
+    {
+        check_deploy(&ctx("deploy"), d, "")?;
+    }
+    if let Some(Value::Array(items)) = map.get("volumes")
+        && let Some(home) = items
             .iter()
-            .map(|i| scalar(i).ok_or_else(|| ctx.err("must be a list of strings")))
-            .collect(),
-        _ => Err(ctx.err("must be a string or a list of strings")),
+            .filter_map(Value::as_str)
+            .find(|s| s.starts_with('~'))
+    {
+        let source = home.split(':').next().unwrap_or(home);
+        bind_source(source).map_err(|p| ctx("volumes").err(p))?;
+    }
+    // Each key on its own first, so that a type error names its key.
+    for (key, value) in map {
+        let one: Map<String, Value> = [(key.clone(), value.clone())].into_iter().collect();
+        serde_json::from_value::<compose_spec::Service>(Value::Object(one))
+            .map_err(|e| ctx(key).err(format!("is not valid: {e}")))?;
+    }
+    let svc: compose_spec::Service = serde_json::from_value(body.clone())
+        .map_err(|e| ctx("(service)").err(format!("is not valid: {e}")))?;
+    map_service(service, svc, vars)
+}
+
+fn command(ctx: &Ctx, c: Command) -> Result<Vec<String>, ComposeError> {
+    match c {
+        Command::List(items) => Ok(items),
+        Command::String(s) => shlex::split(&s).ok_or_else(|| {
+            ctx.err("has unbalanced quotes: close them or write it as a list, e.g. [\"sh\", \"-c\", \"echo hi\"]")
+        }),
     }
 }
 
-/// `environment`/`labels`: a map, or a list of `KEY=value`.
-fn key_values(ctx: &Ctx, v: &Value) -> Result<BTreeMap<String, String>, ComposeError> {
+/// `environment`/`labels`: list `KEY=value` or map. A key without a value takes the apply
+/// variable of that name, or is left out (as Compose leaves out an unset shell variable).
+fn key_values(
+    ctx: &Ctx,
+    v: ListOrMap,
+    vars: &Variables,
+) -> Result<BTreeMap<String, String>, ComposeError> {
     let mut out = BTreeMap::new();
-    match v {
-        Value::Mapping(m) => {
-            for (k, val) in m {
-                let key = key_str(k);
-                let val = match val {
-                    Value::Null => String::new(),
-                    other => scalar(other)
-                        .ok_or_else(|| ctx.err(format!("value of '{key}' must be a scalar")))?,
-                };
-                out.insert(key, val);
+    let map = v
+        .into_map()
+        .map_err(|e| ctx.err(format!("has an invalid key: {e}")))?;
+    for (k, val) in map {
+        let key = k.to_string();
+        match val {
+            Some(val) => {
+                out.insert(key, val.to_string());
+            }
+            None => {
+                if let Some(val) = vars.get(&key) {
+                    out.insert(key, val.clone());
+                }
             }
         }
-        Value::Sequence(items) => {
-            for item in items {
-                let s =
-                    scalar(item).ok_or_else(|| ctx.err("list items must be KEY=value strings"))?;
-                let (k, val) = s.split_once('=').unwrap_or((s.as_str(), ""));
-                out.insert(k.to_owned(), val.to_owned());
-            }
-        }
-        Value::Null => {}
-        _ => return Err(ctx.err("must be a mapping or a list of KEY=value")),
     }
     if let Some(k) = out
         .keys()
@@ -332,425 +670,406 @@ fn key_values(ctx: &Ctx, v: &Value) -> Result<BTreeMap<String, String>, ComposeE
     Ok(out)
 }
 
-fn ports(ctx: &Ctx, v: &Value) -> Result<Vec<PortMapping>, ComposeError> {
-    let items = v
-        .as_sequence()
-        .ok_or_else(|| ctx.err("must be a list like [\"8080:80\"]"))?;
-    items
-        .iter()
-        .map(|i| {
-            let s = scalar(i).ok_or_else(|| {
-                ctx.err(
-                    "items must be strings like \"8080:80/tcp\" (the long syntax is not supported)",
-                )
-            })?;
-            parse_port(&s).map_err(|p| ctx.err(format!("item {s:?}: {p}")))
+/// Docker's (go-units) sizes: `512m` is 512 MiB.
+fn bytes(b: ByteValue) -> Option<u64> {
+    match b {
+        ByteValue::Bytes(n) => Some(n),
+        ByteValue::Kilobytes(n) => n.checked_mul(1 << 10),
+        ByteValue::Megabytes(n) => n.checked_mul(1 << 20),
+        ByteValue::Gigabytes(n) => n.checked_mul(1 << 30),
+    }
+}
+
+fn limit(l: Limit<u64>) -> i64 {
+    match l {
+        Limit::Value(v) => i64::try_from(v).unwrap_or(i64::MAX),
+        Limit::Unlimited => -1,
+    }
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn map_service(
+    service: &str,
+    svc: compose_spec::Service,
+    vars: &Variables,
+) -> Result<ServiceSpec, ComposeError> {
+    let ctx = |key| Ctx { service, key };
+    let image = svc
+        .image
+        .as_ref()
+        .map(|i| i.as_str().to_owned())
+        .ok_or_else(|| ctx("image").err("is required (edgefleet does not build images)"))?;
+
+    let mut ports_out = Vec::new();
+    for p in ports::into_long_iter(svc.ports) {
+        let pc = ctx("ports");
+        let protocol = match &p.protocol {
+            None | Some(Protocol::Tcp) => PortProtocol::Tcp,
+            Some(Protocol::Udp) => PortProtocol::Udp,
+            Some(other) => {
+                return Err(pc.err(format!("protocol '{other}' is not tcp or udp")));
+            }
+        };
+        let host_port = match p.published {
+            None => None,
+            Some(r) if r.end().is_some_and(|e| e != r.start()) => {
+                return Err(pc.err(format!(
+                    "published range '{r}' for container port {} is not supported: publish one host port per container port",
+                    p.target
+                )));
+            }
+            Some(r) => Some(r.start()),
+        };
+        if p.target == 0 || host_port == Some(0) {
+            return Err(pc.err("port 0 is not a port"));
+        }
+        ports_out.push(PortMapping {
+            host_ip: p.host_ip.map(|ip| ip.to_string()),
+            host_port,
+            container_port: p.target,
+            protocol,
+        });
+    }
+
+    let mut mounts = Vec::new();
+    let mut tmpfs: Vec<String> = svc
+        .tmpfs
+        .map(|t| {
+            t.into_list()
+                .into_iter()
+                .map(|p| p.as_path().display().to_string())
+                .collect()
         })
-        .collect()
-}
-
-fn parse_port(s: &str) -> Result<PortMapping, String> {
-    let (rest, protocol) = match s.rsplit_once('/') {
-        Some((r, "tcp")) => (r, PortProtocol::Tcp),
-        Some((r, "udp")) => (r, PortProtocol::Udp),
-        Some((_, p)) => return Err(format!("protocol '{p}' is not tcp or udp")),
-        None => (s, PortProtocol::Tcp),
-    };
-    let num = |p: &str| -> Result<u16, String> {
-        match p.parse::<u16>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!(
-                "'{p}' is not a port number (ranges are not supported)"
-            )),
-        }
-    };
-    let parts: Vec<&str> = rest.rsplitn(3, ':').collect();
-    let (host_ip, host_port, container_port) = match parts.as_slice() {
-        [c] => (None, None, num(c)?),
-        [c, h] => (None, Some(num(h)?), num(c)?),
-        [c, h, ip] => {
-            let ip = ip.trim_start_matches('[').trim_end_matches(']');
-            ip.parse::<std::net::IpAddr>()
-                .map_err(|_| format!("'{ip}' is not an IP address"))?;
-            let host_port = if h.is_empty() { None } else { Some(num(h)?) };
-            (Some(ip.to_owned()), host_port, num(c)?)
-        }
-        _ => return Err("expected [IP:][HOST:]CONTAINER[/tcp|udp]".into()),
-    };
-    Ok(PortMapping {
-        host_ip,
-        host_port,
-        container_port,
-        protocol,
-    })
-}
-
-fn volumes(ctx: &Ctx, v: &Value) -> Result<Vec<VolumeMount>, ComposeError> {
-    let items = v
-        .as_sequence()
-        .ok_or_else(|| ctx.err("must be a list like [\"data:/var/lib/app\"]"))?;
-    items
-        .iter()
-        .map(|i| {
-            let s = scalar(i).ok_or_else(|| ctx.err("items must be strings like \"SOURCE:TARGET[:ro]\" (the long syntax is not supported)"))?;
-            parse_volume(&s).map_err(|p| ctx.err(format!("item {s:?}: {p}")))
-        })
-        .collect()
-}
-
-fn parse_volume(s: &str) -> Result<VolumeMount, String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let (source, target, read_only) = match parts.as_slice() {
-        [src, tgt] => (*src, *tgt, false),
-        [src, tgt, "ro"] => (*src, *tgt, true),
-        [src, tgt, "rw"] => (*src, *tgt, false),
-        [_, _, mode] => return Err(format!("mode '{mode}' is not ro or rw")),
-        [_] => {
-            return Err("anonymous volumes are not supported: name it, e.g. \"data:/path\"".into());
-        }
-        _ => return Err("expected SOURCE:TARGET[:ro|rw]".into()),
-    };
-    if !target.starts_with('/') {
-        return Err(format!(
-            "target '{target}' must be an absolute path in the container"
-        ));
-    }
-    let kind = if source.starts_with('/') {
-        VolumeKind::Bind
-    } else if source.starts_with('.') || source.starts_with('~') {
-        return Err(format!(
-            "relative bind source '{source}' cannot be resolved on a device: use an absolute host path"
-        ));
-    } else {
-        validate_stack_name(source).map_err(|e| format!("volume name: {e}"))?;
-        VolumeKind::Named
-    };
-    Ok(VolumeMount {
-        kind,
-        source: source.to_owned(),
-        target: target.to_owned(),
-        read_only,
-    })
-}
-
-fn restart(ctx: &Ctx, v: &Value) -> Result<RestartPolicy, ComposeError> {
-    match scalar(v).as_deref() {
-        Some("no") | Some("false") => Ok(RestartPolicy::No),
-        Some("always") => Ok(RestartPolicy::Always),
-        Some("on-failure") => Ok(RestartPolicy::OnFailure),
-        Some("unless-stopped") => Ok(RestartPolicy::UnlessStopped),
-        _ => Err(ctx.err("must be one of: no, always, on-failure, unless-stopped")),
-    }
-}
-
-const HEALTH_KEYS: [&str; 6] = [
-    "test",
-    "interval",
-    "timeout",
-    "retries",
-    "start_period",
-    "disable",
-];
-
-fn healthcheck(ctx: &Ctx, v: &Value) -> Result<Option<HealthCheck>, ComposeError> {
-    let m = v
-        .as_mapping()
-        .ok_or_else(|| ctx.err("must be a mapping with 'test'"))?;
-    for k in m.keys() {
-        let k = key_str(k);
-        if !HEALTH_KEYS.contains(&k.as_str()) {
-            return Err(ctx.err(format!(
-                "key '{k}' is not supported (supported: {})",
-                HEALTH_KEYS.join(", ")
-            )));
+        .unwrap_or_default();
+    for m in volumes::into_long_iter(svc.volumes) {
+        let vc = ctx("volumes");
+        match m {
+            Mount::Volume(v) => {
+                let Some(source) = v.source else {
+                    return Err(vc.err(format!(
+                        "anonymous volume at '{}' is not supported: name it, e.g. \"data:{}\", and declare it under the top-level 'volumes'",
+                        v.common.target.as_path().display(),
+                        v.common.target.as_path().display()
+                    )));
+                };
+                if v.volume.as_ref().is_some_and(|o| !o.is_empty()) {
+                    return Err(vc.err("volume options (nocopy, subpath) are not supported"));
+                }
+                mounts.push(VolumeMount {
+                    kind: VolumeKind::Named,
+                    source: source.to_string(),
+                    target: v.common.target.as_path().display().to_string(),
+                    read_only: v.common.read_only,
+                });
+            }
+            Mount::Bind(b) => {
+                // The short syntax implies create_host_path; the agent creates stack
+                // directories itself and never creates host paths outside them.
+                if b.bind
+                    .as_ref()
+                    .is_some_and(|o| o.propagation.is_some() || o.selinux.is_some())
+                {
+                    return Err(
+                        vc.err("bind options propagation and selinux (:z, :Z) are not supported")
+                    );
+                }
+                let source = b.source.as_path().display().to_string();
+                let (kind, source) = bind_source(&source).map_err(|p| vc.err(p))?;
+                mounts.push(VolumeMount {
+                    kind,
+                    source,
+                    target: b.common.target.as_path().display().to_string(),
+                    read_only: b.common.read_only,
+                });
+            }
+            Mount::Tmpfs(t) => {
+                let target = t.common.target.as_path().display().to_string();
+                match t.tmpfs.and_then(|o| o.size) {
+                    Some(size) => {
+                        tmpfs.push(format!("{target}:size={}", bytes(size).unwrap_or(u64::MAX)))
+                    }
+                    None => tmpfs.push(target),
+                }
+            }
+            Mount::NamedPipe(_) | Mount::Cluster(_) => {
+                return Err(vc.err("npipe and cluster mounts are not supported"));
+            }
         }
     }
-    if matches!(m.get("disable"), Some(Value::Bool(true))) {
-        return Ok(Some(HealthCheck {
+
+    let restart = match svc.restart {
+        None | Some(Restart::No) => RestartPolicy::No,
+        Some(Restart::Always) => RestartPolicy::Always,
+        Some(Restart::OnFailure) => RestartPolicy::OnFailure,
+        Some(Restart::UnlessStopped) => RestartPolicy::UnlessStopped,
+    };
+
+    let healthcheck = match svc.healthcheck {
+        None => None,
+        Some(Healthcheck::Disable) => Some(HealthCheck {
             test: vec!["NONE".into()],
             interval_ms: None,
             timeout_ms: None,
             retries: None,
             start_period_ms: None,
-        }));
-    }
-    let test = match m.get("test") {
-        Some(Value::String(s)) => vec!["CMD-SHELL".to_owned(), s.clone()],
-        Some(Value::Sequence(items)) => {
-            let items: Vec<String> = items
-                .iter()
-                .map(|i| scalar(i).ok_or_else(|| ctx.err("'test' must be a list of strings")))
-                .collect::<Result<_, _>>()?;
-            match items.first().map(String::as_str) {
-                Some("CMD") | Some("CMD-SHELL") if items.len() >= 2 => items,
-                Some("NONE") => items,
-                _ => return Err(ctx.err("'test' must start with CMD, CMD-SHELL or NONE")),
-            }
-        }
-        _ => return Err(ctx.err("needs a 'test' (string or list)")),
-    };
-    let dur = |key: &str| -> Result<Option<u64>, ComposeError> {
-        match m.get(key) {
-            None => Ok(None),
-            Some(v) => {
-                let s = scalar(v).unwrap_or_default();
-                parse_duration_ms(&s).map(Some).ok_or_else(|| {
-                    ctx.err(format!(
-                        "'{key}' value {s:?} is not a duration like 10s, 1m30s, 500ms"
-                    ))
-                })
-            }
+        }),
+        Some(Healthcheck::Command(c)) => {
+            let test = match c.test {
+                Some(Test::ShellCommand(s)) => vec!["CMD-SHELL".to_owned(), s],
+                // compose_spec keeps the arguments of `["CMD", …]` without the `CMD`.
+                Some(Test::Command(items)) => {
+                    std::iter::once("CMD".to_owned()).chain(items).collect()
+                }
+                None => return Err(ctx("healthcheck").err("needs a 'test'")),
+            };
+            Some(HealthCheck {
+                test,
+                interval_ms: c.interval.map(ms),
+                timeout_ms: c.timeout.map(ms),
+                retries: c
+                    .retries
+                    .map(|r| {
+                        u32::try_from(r)
+                            .map_err(|_| ctx("healthcheck").err("'retries' must be a small number"))
+                    })
+                    .transpose()?,
+                start_period_ms: c.start_period.map(ms),
+            })
         }
     };
-    let retries = match m.get("retries") {
-        None => None,
-        Some(Value::Number(n)) => Some(
-            n.as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| ctx.err("'retries' must be a small whole number"))?,
-        ),
-        Some(_) => return Err(ctx.err("'retries' must be a whole number")),
-    };
-    Ok(Some(HealthCheck {
-        test,
-        interval_ms: dur("interval")?,
-        timeout_ms: dur("timeout")?,
-        retries,
-        start_period_ms: dur("start_period")?,
-    }))
-}
 
-/// `deploy`: of Compose's deploy section only `update_config.order` applies to one device;
-/// everything else (replicas, resources, placement, …) is refused rather than ignored.
-fn deploy(ctx: &Ctx, v: &Value) -> Result<UpdateOrder, ComposeError> {
-    // The value of `path`'s only allowed key, refusing any other key.
-    let only = |v: &Value, path: &str, allowed: &str| -> Result<Option<Value>, ComposeError> {
-        let dotted = |k: &str| match path {
-            "" => k.to_owned(),
-            _ => format!("{path}.{k}"),
-        };
-        let m = match v {
-            Value::Null => return Ok(None),
-            Value::Mapping(m) => m,
-            _ if path.is_empty() => return Err(ctx.err("must be a mapping")),
-            _ => return Err(ctx.err(format!("key '{path}' must be a mapping"))),
-        };
-        for k in m.keys() {
-            let k = key_str(k);
-            if k != allowed {
-                return Err(ctx.err(format!(
-                    "key '{}' is not supported (supported: {})",
-                    dotted(&k),
-                    dotted(allowed)
-                )));
-            }
-        }
-        Ok(m.get(allowed).cloned())
-    };
-    let Some(update_config) = only(v, "", "update_config")? else {
-        return Ok(UpdateOrder::default());
-    };
-    let Some(order) = only(&update_config, "update_config", "order")? else {
-        return Ok(UpdateOrder::default());
-    };
-    match scalar(&order).as_deref() {
-        Some("stop-first") => Ok(UpdateOrder::StopFirst),
-        Some("start-first") => Ok(UpdateOrder::StartFirst),
-        _ => Err(ctx.err("key 'update_config.order' must be start-first or stop-first")),
-    }
-}
-
-fn depends_on(ctx: &Ctx, v: &Value) -> Result<Vec<String>, ComposeError> {
-    let mut out = Vec::new();
-    match v {
-        Value::Sequence(items) => {
-            for i in items {
-                out.push(scalar(i).ok_or_else(|| ctx.err("must be a list of service names"))?);
-            }
-        }
-        Value::Mapping(m) => {
-            for (k, cond) in m {
-                let name = key_str(k);
-                if let Some(c) = cond.as_mapping().and_then(|c| c.get("condition")) {
-                    let c = scalar(c).unwrap_or_default();
-                    if c != "service_started" && c != "service_healthy" {
-                        return Err(ctx.err(format!("condition '{c}' for '{name}' is not supported (service_started, service_healthy)")));
+    let mut depends_on = Vec::new();
+    let mut depends_conditions = BTreeMap::new();
+    match svc.depends_on {
+        ShortOrLong::Short(names) => depends_on.extend(names.iter().map(|n| n.to_string())),
+        ShortOrLong::Long(deps) => {
+            for (name, dep) in deps {
+                let name = name.to_string();
+                match dep.condition {
+                    Condition::ServiceStarted => {}
+                    Condition::ServiceHealthy => {
+                        depends_conditions.insert(name.clone(), DependsCondition::ServiceHealthy);
+                    }
+                    Condition::ServiceCompletedSuccessfully => {
+                        depends_conditions
+                            .insert(name.clone(), DependsCondition::ServiceCompletedSuccessfully);
                     }
                 }
-                out.push(name);
+                depends_on.push(name);
             }
         }
-        _ => return Err(ctx.err("must be a list or a mapping of service names")),
     }
-    out.sort();
-    out.dedup();
-    Ok(out)
+    depends_on.sort();
+    depends_on.dedup();
+
+    let mut update_order = UpdateOrder::default();
+    let mut memory_bytes = svc.mem_limit.and_then(bytes);
+    let mut nano_cpus = svc.cpus.map(|c| (f64::from(c) * 1e9) as u64);
+    if let Some(deploy) = svc.deploy {
+        if let Some(order) = deploy.update_config.and_then(|u| u.order) {
+            update_order = match text(&order).as_str() {
+                "start-first" => UpdateOrder::StartFirst,
+                _ => UpdateOrder::StopFirst,
+            };
+        }
+        if let Some(limits) = deploy.resources.and_then(|r| r.limits) {
+            if let Some(m) = limits.memory {
+                memory_bytes = bytes(m);
+            }
+            if let Some(c) = limits.cpus {
+                nano_cpus = Some((f64::from(c) * 1e9) as u64);
+            }
+        }
+    }
+
+    let (network_mode, networks) = match svc.network_config {
+        None => (None, BTreeMap::new()),
+        Some(NetworkConfig::NetworkMode(mode)) => {
+            let m = match mode {
+                NetworkMode::Host => "host".to_owned(),
+                NetworkMode::None => "none".to_owned(),
+                NetworkMode::Service(s) => format!("service:{s}"),
+                NetworkMode::Other(o) if o == "bridge" => "bridge".to_owned(),
+                other => {
+                    return Err(ctx("network_mode").err(format!(
+                        "'{other}' is not supported (host, none, bridge, service:NAME)"
+                    )));
+                }
+            };
+            (Some(m), BTreeMap::new())
+        }
+        Some(NetworkConfig::Networks(nets)) => {
+            let mut out = BTreeMap::new();
+            match nets {
+                ShortOrLong::Short(names) => {
+                    for n in names {
+                        out.insert(n.to_string(), ServiceNetwork::default());
+                    }
+                }
+                ShortOrLong::Long(m) => {
+                    for (n, opts) in m {
+                        let mut sn = ServiceNetwork::default();
+                        if let Some(o) = opts {
+                            if o.ipv4_address.is_some()
+                                || o.ipv6_address.is_some()
+                                || !o.link_local_ips.is_empty()
+                                || o.mac_address.is_some()
+                                || !o.driver_opts.is_empty()
+                            {
+                                return Err(ctx("networks").err(format!(
+                                    "network '{n}': only 'aliases' is supported (fixed addresses would collide across devices)"
+                                )));
+                            }
+                            sn.aliases = o.aliases.iter().map(|a| a.to_string()).collect();
+                        }
+                        out.insert(n.to_string(), sn);
+                    }
+                }
+            }
+            (None, out)
+        }
+    };
+
+    let ulimits = svc
+        .ulimits
+        .into_iter()
+        .map(|(name, l)| {
+            let (soft, hard) = match l {
+                ShortOrLong::Short(v) => (limit(v), limit(v)),
+                ShortOrLong::Long(u) => (limit(u.soft), limit(u.hard)),
+            };
+            (name.to_string(), Ulimit { soft, hard })
+        })
+        .collect();
+
+    let sysctls = svc
+        .sysctls
+        .into_map()
+        .map_err(|e| ctx("sysctls").err(e.to_string()))?
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.map(|v| v.to_string()).unwrap_or_default()))
+        .collect();
+
+    let logging = svc.logging.map(|l| Logging {
+        driver: l.driver,
+        options: l
+            .options
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.map(|v| v.to_string()).unwrap_or_default()))
+            .collect(),
+    });
+
+    let expose = svc
+        .expose
+        .iter()
+        .flat_map(|e| {
+            let proto = e
+                .protocol
+                .as_ref()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_else(|| "tcp".into());
+            let start = e.range.start();
+            let end = e.range.end().unwrap_or(start);
+            (start..=end).map(move |p| format!("{p}/{proto}"))
+        })
+        .collect();
+
+    let container_name = svc.container_name.map(|c| c.to_string());
+    if container_name.is_some() && update_order == UpdateOrder::StartFirst {
+        return Err(ctx("container_name").err(
+            "cannot be combined with deploy.update_config.order: start-first (two containers cannot hold one name)",
+        ));
+    }
+
+    let extra = ServiceExtra {
+        container_name,
+        hostname: svc.hostname.map(|h| h.to_string()),
+        user: svc.user.map(|u| u.to_string()),
+        working_dir: svc.working_dir.map(|w| w.as_path().display().to_string()),
+        expose,
+        network_mode,
+        networks,
+        devices: svc.devices.iter().map(|d| d.to_string()).collect(),
+        privileged: svc.privileged,
+        cap_add: svc.cap_add.into_iter().collect(),
+        cap_drop: svc.cap_drop.into_iter().collect(),
+        security_opt: svc.security_opt.into_iter().collect(),
+        extra_hosts: svc
+            .extra_hosts
+            .iter()
+            .map(|(h, ip)| format!("{h}:{ip}"))
+            .collect(),
+        dns: svc
+            .dns
+            .map(|d| d.into_list().into_iter().map(|ip| ip.to_string()).collect())
+            .unwrap_or_default(),
+        sysctls,
+        ulimits,
+        tmpfs,
+        read_only: svc.read_only,
+        shm_size: svc.shm_size.and_then(bytes),
+        init: svc.init,
+        stop_signal: svc.stop_signal,
+        stop_grace_period_ms: svc.stop_grace_period.map(ms),
+        logging,
+        memory_bytes,
+        nano_cpus,
+        tty: svc.tty,
+        stdin_open: svc.stdin_open,
+        platform: svc.platform.as_ref().map(text),
+        depends_conditions,
+    };
+
+    Ok(ServiceSpec {
+        image,
+        command: svc
+            .command
+            .map(|c| command(&ctx("command"), c))
+            .transpose()?,
+        entrypoint: svc
+            .entrypoint
+            .map(|c| command(&ctx("entrypoint"), c))
+            .transpose()?,
+        environment: key_values(&ctx("environment"), svc.environment, vars)?,
+        ports: ports_out,
+        volumes: mounts,
+        restart,
+        healthcheck,
+        labels: key_values(&ctx("labels"), svc.labels, vars)?,
+        depends_on,
+        update_order,
+        extra,
+    })
+}
+
+/// A bind mount's source: absolute host path, or a path relative to the stack directory.
+fn bind_source(source: &str) -> Result<(VolumeKind, String), String> {
+    if source.starts_with('/') {
+        return Ok((VolumeKind::Bind, source.to_owned()));
+    }
+    if source.starts_with('~') {
+        return Err(format!(
+            "source '{source}': a home directory means nothing on a device: use a relative path (./{}) for the stack's directory, or an absolute host path",
+            source.trim_start_matches("~/")
+        ));
+    }
+    let mut parts = Vec::new();
+    for part in source.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                return Err(format!(
+                    "source '{source}' leaves the stack directory ('..'): use an absolute host path"
+                ));
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok((VolumeKind::Stack, parts.join("/")))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FULL: &str = r#"
-version: "3.8"
-services:
-  db:
-    image: registry.local/db:1.2
-    environment: ["A=1", "B=two"]
-    volumes: ["data:/var/lib/db", "/etc/plant:/etc/plant:ro"]
-    restart: unless-stopped
-  web:
-    image: web:2
-    command: ["httpd", "-f"]
-    entrypoint: /bin/sh -c
-    environment: { MODE: prod, PORT: 8080 }
-    ports: ["8080:80", "127.0.0.1:9000:9000/udp", "443"]
-    healthcheck:
-      test: ["CMD", "true"]
-      interval: 1m30s
-      timeout: 500ms
-      retries: 3
-      start_period: 2s
-    labels: { team: ot }
-    depends_on: { db: { condition: service_healthy } }
-    deploy:
-      update_config:
-        order: start-first
-volumes:
-  data: {}
-"#;
-
-    #[test]
-    fn parses_the_supported_subset() {
-        let stack = parse(FULL).unwrap();
-        assert_eq!(stack.volumes, vec!["data"]);
-        let db = &stack.services["db"];
-        assert_eq!(db.environment["B"], "two");
-        assert_eq!(db.volumes[0].kind, VolumeKind::Named);
-        assert!(db.volumes[1].read_only);
-        assert_eq!(db.restart, RestartPolicy::UnlessStopped);
-        let web = &stack.services["web"];
-        assert_eq!(
-            web.command.as_deref(),
-            Some(&["httpd".to_owned(), "-f".to_owned()][..])
-        );
-        assert_eq!(web.entrypoint.as_ref().map(Vec::len), Some(2));
-        assert_eq!(web.environment["PORT"], "8080");
-        assert_eq!(web.ports[0].host_port, Some(8080));
-        assert_eq!(web.ports[1].host_ip.as_deref(), Some("127.0.0.1"));
-        assert_eq!(web.ports[1].protocol, PortProtocol::Udp);
-        assert_eq!(web.ports[2].host_port, None);
-        let hc = web.healthcheck.as_ref().unwrap();
-        assert_eq!(hc.interval_ms, Some(90_000));
-        assert_eq!(hc.timeout_ms, Some(500));
-        assert_eq!(hc.retries, Some(3));
-        assert_eq!(web.depends_on, vec!["db"]);
-        assert_eq!(web.update_order, UpdateOrder::StartFirst);
-        assert_eq!(db.update_order, UpdateOrder::StopFirst);
-    }
-
-    #[test]
-    fn update_order_from_deploy_update_config() {
-        let order = |deploy: &str| {
-            parse(&format!(
-                "services:\n  web:\n    image: a\n    deploy: {deploy}\n"
-            ))
-            .map(|s| s.services["web"].update_order)
-        };
-        assert_eq!(
-            order("{ update_config: { order: start-first } }"),
-            Ok(UpdateOrder::StartFirst)
-        );
-        assert_eq!(
-            order("{ update_config: { order: stop-first } }"),
-            Ok(UpdateOrder::StopFirst)
-        );
-        assert_eq!(order("{ update_config: {} }"), Ok(UpdateOrder::StopFirst));
-        assert_eq!(order("{}"), Ok(UpdateOrder::StopFirst));
-        // The default order leaves the spec (and its config hash) as without `deploy`.
-        let plain = parse("services:\n  web:\n    image: a\n").unwrap();
-        let stop = parse(
-            "services:\n  web:\n    image: a\n    deploy: { update_config: { order: stop-first } }\n",
-        )
-        .unwrap();
-        assert_eq!(plain, stop);
-    }
-
-    #[test]
-    fn refusals_name_the_service_and_key() {
-        let cases: &[(&str, &str)] = &[
-            (
-                "services:\n  web:\n    image: a\n    privileged: true\n",
-                "service 'web': key 'privileged' is not supported",
-            ),
-            (
-                "services:\n  web:\n    build: .\n",
-                "key 'build' is not supported",
-            ),
-            ("services:\n  web:\n    command: x\n", "'image' is required"),
-            (
-                "networks: {}\nservices:\n  web:\n    image: a\n",
-                "top-level key 'networks'",
-            ),
-            (
-                "services:\n  web:\n    image: a\n    ports: [\"99999:1\"]\n",
-                "service 'web': 'ports'",
-            ),
-            (
-                "services:\n  web:\n    image: a\n    volumes: [\"./x:/x\"]\n",
-                "absolute host path",
-            ),
-            (
-                "services:\n  web:\n    image: a\n    volumes: [\"data:/x\"]\n",
-                "not declared",
-            ),
-            (
-                "services:\n  web:\n    image: a\n    restart: sometimes\n",
-                "service 'web': 'restart'",
-            ),
-            (
-                "services:\n  a:\n    image: a\n    depends_on: [b]\n  b:\n    image: b\n    depends_on: [a]\n",
-                "cycle",
-            ),
-            (
-                "services:\n  a:\n    image: a\n    depends_on: [zz]\n",
-                "'zz'",
-            ),
-            (
-                "services:\n  a:\n    image: a\n    healthcheck: { test: [\"CMD\", \"x\"], interval: soon }\n",
-                "not a duration",
-            ),
-            ("services: {}\n", "no services"),
-            ("- a\n- b\n", "mapping"),
-            ("services:\n  web: [\n", "not valid YAML"),
-            ("services:\n  \"a/b\":\n    image: a\n", "service name"),
-            (
-                "services:\n  web:\n    image: a\n    deploy: { replicas: 2 }\n",
-                "service 'web': 'deploy' key 'replicas' is not supported (supported: update_config)",
-            ),
-            (
-                "services:\n  web:\n    image: a\n    deploy: { update_config: { order: start-first, parallelism: 2 } }\n",
-                "service 'web': 'deploy' key 'update_config.parallelism' is not supported (supported: update_config.order)",
-            ),
-            (
-                "services:\n  web:\n    image: a\n    deploy: { update_config: { order: rolling } }\n",
-                "service 'web': 'deploy' key 'update_config.order' must be start-first or stop-first",
-            ),
-            (
-                "services:\n  web:\n    image: a\n    deploy: start-first\n",
-                "service 'web': 'deploy' must be a mapping",
-            ),
-            (
-                "services:\n  web:\n    image: a\n    deploy: { update_config: [order] }\n",
-                "service 'web': 'deploy' key 'update_config' must be a mapping",
-            ),
-        ];
-        for (yaml, needle) in cases {
-            let err = parse(yaml).expect_err(yaml).to_string();
-            assert!(
-                err.contains(needle),
-                "{yaml:?}: got {err:?}, wanted {needle:?}"
-            );
-        }
-    }
-}
+mod tests;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use edgefleet_protocol::spec::{ServiceSpec, StackSpec};
+use edgefleet_protocol::spec::{NetworkSpec, ServiceSpec, StackSpec, VolumeOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::compose::ComposeStack;
@@ -14,6 +14,10 @@ use crate::rollout::strategy::Strategy;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevisionSpec {
     pub volumes: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volume_options: BTreeMap<String, VolumeOptions>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, NetworkSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Strategy>,
@@ -23,6 +27,8 @@ impl RevisionSpec {
     pub fn of(stack: &ComposeStack) -> Self {
         RevisionSpec {
             volumes: stack.volumes.clone(),
+            volume_options: stack.volume_options.clone(),
+            networks: stack.networks.clone(),
             services: stack.services.clone(),
             rollout: stack.rollout.clone(),
         }
@@ -43,6 +49,8 @@ impl RevisionSpec {
             deployment: deployment.to_owned(),
             deployment_revision: revision,
             volumes: self.volumes,
+            volume_options: self.volume_options,
+            networks: self.networks,
             services: self.services,
         }
     }

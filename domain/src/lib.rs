@@ -29,6 +29,7 @@ pub mod compose;
 pub mod deployment;
 pub mod device;
 pub mod duration;
+pub mod interpolate;
 pub mod labels;
 pub mod rollout;
 pub mod selector;

@@ -18,7 +18,84 @@ pub struct StackSpec {
     /// Named volumes declared at the top level of the Compose file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+    /// Options of declared named volumes (driver, driver_opts, external); volumes without
+    /// options are absent, so documents from before this field are unchanged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volume_options: BTreeMap<String, VolumeOptions>,
+    /// Networks the stack's services join, by Compose name. `default` (the stack's own
+    /// network, as `docker compose` makes one per project) is listed when a service uses it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, NetworkSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
+}
+
+/// A top-level named volume's options.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    /// The volume exists on the device already under `name` (or its key): never created or
+    /// removed by the agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
+    /// The Docker name of an external volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A network of a stack (Compose top-level `networks`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// Docker network driver (`bridge` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    /// No route outside the network.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
+    /// The network exists on the device already under `name` (or its key): joined, never
+    /// created or removed by the agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
+    /// The Docker name of an external network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// How a service joins one network of its stack.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceNetwork {
+    /// Extra DNS names on that network (the service name always resolves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// Compose's `depends_on` conditions beyond "started".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DependsCondition {
+    ServiceHealthy,
+    ServiceCompletedSuccessfully,
+}
+
+/// One `ulimits` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub soft: i64,
+    pub hard: i64,
+}
+
+/// Container logging (`logging`). The agent applies a size-capped `json-file` rotation when a
+/// service sets none, so a chatty container cannot fill a device's flash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logging {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
 }
 
 /// One service: the Compose subset edgefleet supports.
@@ -47,6 +124,86 @@ pub struct ServiceSpec {
     /// `stop-first`, so documents and hashes from before this field are unchanged.
     #[serde(default, skip_serializing_if = "UpdateOrder::is_default")]
     pub update_order: UpdateOrder,
+    /// Compose keys beyond the original subset. Flattened and omitted when unset, so the
+    /// documents (and config hashes) of services that use none of them are unchanged.
+    #[serde(flatten, default)]
+    pub extra: ServiceExtra,
+}
+
+/// The Compose service keys added with the Compose-spec parser; every field is omitted from
+/// the document when unset.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceExtra {
+    /// Docker name of the container (`container_name`). Such a service is always replaced
+    /// stop-first: two containers cannot hold one name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Container ports exposed on the stack's networks only (`80/tcp`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<String>,
+    /// `host`, `none` or `service:<name>`; absent: the stack's networks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
+    /// Networks of the stack this service joins; empty (and no `network_mode`): `default`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, ServiceNetwork>,
+    /// Docker form `HOST:CONTAINER[:rwm]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+    /// `host:ip` entries for /etc/hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ulimits: BTreeMap<String, Ulimit>,
+    /// tmpfs mount points (`/run` or `/run:size=64m`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<Logging>,
+    /// Memory limit in bytes (`mem_limit` or `deploy.resources.limits.memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in billionths of a CPU (`cpus` or `deploy.resources.limits.cpus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nano_cpus: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_open: bool,
+    /// `os/arch[/variant]` the image must be pulled for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Dependencies that must be healthy or completed (not just started) first.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub depends_conditions: BTreeMap<String, DependsCondition>,
 }
 
 impl ServiceSpec {
@@ -104,7 +261,8 @@ impl PortProtocol {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeMount {
     pub kind: VolumeKind,
-    /// Volume name (for `named`) or absolute host path (for `bind`).
+    /// Volume name (for `named`), absolute host path (for `bind`) or path relative to the
+    /// stack directory without `./` (for `stack`).
     pub source: String,
     /// Absolute path in the container.
     pub target: String,
@@ -117,6 +275,9 @@ pub struct VolumeMount {
 pub enum VolumeKind {
     Named,
     Bind,
+    /// A relative bind mount (`./config:/etc/app`): `source` is a relative path inside the
+    /// stack's own directory on the device (`<agent data dir>/stacks/<stack>/`).
+    Stack,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +422,7 @@ mod tests {
             labels: BTreeMap::new(),
             depends_on: deps.iter().map(|s| s.to_string()).collect(),
             update_order: UpdateOrder::default(),
+            extra: ServiceExtra::default(),
         }
     }
 
@@ -269,6 +431,8 @@ mod tests {
             deployment: "d".into(),
             deployment_revision: 1,
             volumes: vec![],
+            volume_options: BTreeMap::new(),
+            networks: BTreeMap::new(),
             services: services
                 .iter()
                 .map(|(n, d)| (n.to_string(), svc("img", d)))

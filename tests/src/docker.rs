@@ -11,7 +11,8 @@ pub struct Container {
     pub state: String,
 }
 
-fn docker(args: &[&str]) -> String {
+/// Runs `docker ARGS` and returns its stdout (empty on failure).
+pub fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
         .output()
@@ -67,6 +68,9 @@ impl Drop for Cleanup {
             }
             for vol in docker(&["volume", "ls", "-q", "--filter", &filter]).split_whitespace() {
                 docker(&["volume", "rm", "-f", vol]);
+            }
+            for net in docker(&["network", "ls", "-q", "--filter", &filter]).split_whitespace() {
+                docker(&["network", "rm", net]);
             }
         }
     }

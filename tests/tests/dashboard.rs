@@ -139,7 +139,7 @@ async fn dashboard_in_a_real_browser() {
         .await;
 
     // Bad input: the API's message, next to the field; nothing recorded.
-    let bad = "services:\n  app:\n    image: x\n    privileged: true\n";
+    let bad = "services:\n  app:\n    image: x\n    pid: host\n";
     let refused = reqwest::Client::new()
         .post(format!("{}/api/v1/deployments", api.url()))
         .bearer_auth(api.token().expect("token").expect("token"))

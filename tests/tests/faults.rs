@@ -187,12 +187,12 @@ async fn malformed_desired_payloads_and_unsupported_compose_keys_change_nothing(
     );
 
     // An unsupported Compose key is refused at apply, naming service and key; nothing changes.
-    let bad = format!("services:\n  app:\n    image: {APP_V2}\n    privileged: true\n");
+    let bad = format!("services:\n  app:\n    image: {APP_V2}\n    pid: host\n");
     let out = api.try_apply(dir, "web", &format!("id={id}"), &bad);
     assert!(!out.success, "apply must fail: {out:?}");
     let msg = out.json()["error"].as_str().unwrap_or_default().to_owned();
     assert!(
-        msg.contains("service 'app'") && msg.contains("'privileged'"),
+        msg.contains("service 'app'") && msg.contains("'pid'"),
         "unclear message: {msg}"
     );
     let human = api.cli(&[
@@ -205,7 +205,7 @@ async fn malformed_desired_payloads_and_unsupported_compose_keys_change_nothing(
         "*",
     ]);
     assert!(
-        !human.success && human.stderr.contains("'privileged' is not supported"),
+        !human.success && human.stderr.contains("'pid' is not supported"),
         "{human:?}"
     );
     let dep = api

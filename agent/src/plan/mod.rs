@@ -18,12 +18,10 @@ use std::fmt;
 use std::time::Duration;
 
 use edgefleet_protocol::desired::DesiredState;
-use edgefleet_protocol::spec::{ServiceSpec, StackSpec, UpdateOrder};
+use edgefleet_protocol::spec::{DependsCondition, ServiceSpec, StackSpec, UpdateOrder};
 use edgefleet_protocol::status::ContainerState;
 
-use crate::container::{
-    ContainerSpec, container_name, next_container_name, stack_volumes, volume_name,
-};
+use crate::container::{ContainerSpec, next_container_name, stack_volumes, volume_name};
 use crate::runtime::ContainerInfo;
 
 mod replace;
@@ -337,14 +335,41 @@ impl Planner<'_> {
         }
         for service in order {
             if let Some(svc) = stack.services.get(service) {
+                // Compose's `depends_on` conditions hold back a service's first container
+                // until its dependencies are healthy (or have run to completion); the loop is
+                // woken again by the engine's health events.
+                if self
+                    .observed
+                    .service_containers(stack_name, service)
+                    .is_empty()
+                    && !self.dependencies_ready(stack_name, svc)
+                {
+                    continue;
+                }
                 self.service(stack_name, stack, service, svc);
             }
         }
     }
 
+    fn dependencies_ready(&self, stack_name: &str, svc: &ServiceSpec) -> bool {
+        svc.extra.depends_conditions.iter().all(|(dep, cond)| {
+            self.observed
+                .service_containers(stack_name, dep)
+                .iter()
+                .any(|c| match cond {
+                    DependsCondition::ServiceHealthy => {
+                        c.is_active() && c.health == edgefleet_protocol::status::Health::Healthy
+                    }
+                    DependsCondition::ServiceCompletedSuccessfully => {
+                        c.state == ContainerState::Exited
+                    }
+                })
+        })
+    }
+
     fn service(&mut self, stack_name: &str, stack: &StackSpec, service: &str, svc: &ServiceSpec) {
         let want_hash = svc.config_hash();
-        let want_name = container_name(self.device, stack_name, service);
+        let want_name = ContainerSpec::docker_name(self.device, stack_name, service, svc);
         let next_name = next_container_name(self.device, stack_name, service);
         let mine = self.observed.service_containers(stack_name, service);
         // A dead container under the temporary name is a leftover like any other.

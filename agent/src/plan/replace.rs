@@ -7,7 +7,7 @@
 use edgefleet_protocol::spec::{ServiceSpec, StackSpec, UpdateOrder};
 
 use super::{Finding, Op, Planner, Readiness};
-use crate::container::{ContainerSpec, container_name, next_container_name};
+use crate::container::{ContainerSpec, next_container_name};
 use crate::runtime::ContainerInfo;
 
 impl Planner<'_> {
@@ -148,7 +148,7 @@ impl Planner<'_> {
             let new = (current.id.as_str(), current.name.as_str());
             self.take_over(stack_name, service, svc, new, &serving, &finding);
         }
-        let want_name = container_name(self.device, stack_name, service);
+        let want_name = ContainerSpec::docker_name(self.device, stack_name, service, svc);
         let op = Op::Rename {
             container: current.id.clone(),
             from: current.name.clone(),

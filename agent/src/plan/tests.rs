@@ -65,6 +65,8 @@ fn stack(services: Vec<(&str, ServiceSpec)>) -> StackSpec {
         .flat_map(|(_, s)| s.volumes.iter().map(|v| v.source.clone()))
         .collect();
     StackSpec {
+        volume_options: Default::default(),
+        networks: Default::default(),
         deployment: "app".into(),
         deployment_revision: 1,
         volumes: volumes.into_iter().collect(),

@@ -26,6 +26,8 @@ fn svc(value: serde_json::Value) -> ServiceSpec {
 
 fn desired(revision: u64, services: Vec<(&str, ServiceSpec)>) -> DesiredState {
     let stack = StackSpec {
+        volume_options: Default::default(),
+        networks: Default::default(),
         deployment: "app".into(),
         deployment_revision: revision,
         volumes: vec!["data".into()],
@@ -307,6 +309,9 @@ async fn restores_drift_and_reports_it() {
         restart: RestartPolicy::No,
         healthcheck: None,
         labels: foreign.labels.clone(),
+        networks: vec![],
+        network_mode: None,
+        extra: Default::default(),
     };
     h.rt.insert(&spec, ContainerState::Running);
     r.pass().await;

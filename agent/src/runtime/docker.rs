@@ -6,13 +6,16 @@
 //! the engine comes up.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, HealthConfig, HostConfig, PortBinding,
-    RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, DeviceMapping, EndpointSettings, HealthConfig,
+    HostConfig, HostConfigLogConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+    PortBinding, ResourcesUlimits, RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
@@ -25,12 +28,22 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
 use super::{ContainerInfo, ContainerRuntime, EngineEvents, RuntimeError};
-use crate::container::{ContainerSpec, LABEL_DEVICE};
+use crate::container::{ContainerSpec, LABEL_DEVICE, LABEL_STACK, NetworkAttach};
+use edgefleet_protocol::spec::VolumeKind;
+
+/// Size cap of the default log rotation (`json-file`, 3 files of 10 MB): a chatty container
+/// cannot fill a device's flash. A service's own `logging` replaces it.
+pub const DEFAULT_LOG_MAX_SIZE: &str = "10m";
+/// Number of rotated log files kept by default.
+pub const DEFAULT_LOG_MAX_FILE: &str = "3";
 
 /// The Docker engine behind the local socket (`DOCKER_HOST` is honoured).
 pub struct DockerRuntime {
     docker: Docker,
     negotiated: OnceCell<Docker>,
+    /// Where relative bind mounts live: `<root>/<stack>/<path>` (the agent passes
+    /// `<data dir>/stacks`).
+    stack_root: Option<PathBuf>,
 }
 
 impl DockerRuntime {
@@ -41,7 +54,108 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             docker,
             negotiated: OnceCell::new(),
+            stack_root: None,
         })
+    }
+
+    /// Sets the directory under which each stack's relative bind mounts are created.
+    pub fn with_stack_root(mut self, root: PathBuf) -> Self {
+        self.stack_root = Some(root);
+        self
+    }
+
+    /// Resolves `stack`-kind mounts to host paths under the stack root, creating the
+    /// directories (mode 0755, owned by the agent's user) the first time.
+    fn resolve_stack_mounts(&self, spec: &ContainerSpec) -> Result<ContainerSpec, RuntimeError> {
+        let mut spec = spec.clone();
+        for m in spec
+            .mounts
+            .iter_mut()
+            .filter(|m| m.kind == VolumeKind::Stack)
+        {
+            let root = self
+                .stack_root
+                .as_ref()
+                .ok_or_else(|| RuntimeError::Engine {
+                    op: "create container",
+                    target: spec.name.clone(),
+                    message: "this agent has no stack directory for relative bind mounts".into(),
+                })?;
+            let path = root.join(&m.source);
+            std::fs::create_dir_all(&path).map_err(|e| RuntimeError::Engine {
+                op: "create the stack directory",
+                target: path.display().to_string(),
+                message: format!("{e}: check the agent's data dir is writable"),
+            })?;
+            m.source = path.display().to_string();
+            m.kind = VolumeKind::Bind;
+        }
+        Ok(spec)
+    }
+
+    /// Creates a stack network if it is missing; refuses one of the same name that this
+    /// device's stack does not own (nothing is changed then).
+    async fn ensure_network(
+        &self,
+        docker: &Docker,
+        net: &NetworkAttach,
+        spec: &ContainerSpec,
+    ) -> Result<(), RuntimeError> {
+        let device = spec.labels.get(LABEL_DEVICE).cloned().unwrap_or_default();
+        let stack = spec.labels.get(LABEL_STACK).cloned().unwrap_or_default();
+        match docker.inspect_network(&net.name, None).await {
+            Ok(found) => {
+                if net.spec.external {
+                    return Ok(());
+                }
+                let labels = found.labels.unwrap_or_default();
+                if labels.get(LABEL_DEVICE) != Some(&device) || labels.get(LABEL_STACK) != Some(&stack)
+                {
+                    return Err(RuntimeError::Engine {
+                        op: "create network",
+                        target: net.name.clone(),
+                        message: format!(
+                            "a network of that name exists and does not belong to stack '{stack}' of this device: remove or rename it"
+                        ),
+                    });
+                }
+                Ok(())
+            }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) if net.spec.external => Err(RuntimeError::Engine {
+                op: "join network",
+                target: net.name.clone(),
+                message: "the stack declares it external, but it does not exist on this device: create it (docker network create) first".into(),
+            }),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                let request = NetworkCreateRequest {
+                    name: net.name.clone(),
+                    driver: Some(net.spec.driver.clone().unwrap_or_else(|| "bridge".into())),
+                    internal: Some(net.spec.internal),
+                    options: (!net.spec.driver_opts.is_empty()).then(|| {
+                        net.spec
+                            .driver_opts
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    }),
+                    labels: Some(HashMap::from([
+                        (LABEL_DEVICE.to_owned(), device),
+                        (LABEL_STACK.to_owned(), stack),
+                    ])),
+                    ..Default::default()
+                };
+                docker
+                    .create_network(request)
+                    .await
+                    .map_err(|e| unreachable_or(e, "create network", &net.name))?;
+                Ok(())
+            }
+            Err(e) => Err(unreachable_or(e, "inspect network", &net.name)),
+        }
     }
 
     async fn client(&self) -> Result<&Docker, RuntimeError> {
@@ -140,7 +254,80 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
     };
     let binds: Vec<String> = spec.mounts.iter().map(|m| m.bind_string()).collect();
+    let x = &spec.extra;
+    for e in &x.expose {
+        if !exposed.contains(e) {
+            exposed.push(e.clone());
+        }
+    }
+    let log_config = match &x.logging {
+        Some(l) => HostConfigLogConfig {
+            typ: l.driver.clone(),
+            config: (!l.options.is_empty()).then(|| {
+                l.options
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
+        },
+        None => HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_owned(), DEFAULT_LOG_MAX_SIZE.to_owned()),
+                ("max-file".to_owned(), DEFAULT_LOG_MAX_FILE.to_owned()),
+            ])),
+        },
+    };
+    let devices: Vec<DeviceMapping> = x
+        .devices
+        .iter()
+        .map(|d| {
+            let mut parts = d.splitn(3, ':');
+            let host = parts.next().unwrap_or_default().to_owned();
+            let container = parts
+                .next()
+                .map(str::to_owned)
+                .unwrap_or_else(|| host.clone());
+            DeviceMapping {
+                path_on_host: Some(host),
+                path_in_container: Some(container),
+                cgroup_permissions: Some(parts.next().unwrap_or("rwm").to_owned()),
+            }
+        })
+        .collect();
+    let tmpfs: HashMap<String, String> = x
+        .tmpfs
+        .iter()
+        .map(|t| match t.split_once(':') {
+            Some((path, opts)) => (path.to_owned(), opts.to_owned()),
+            None => (t.clone(), String::new()),
+        })
+        .collect();
+    let network_mode = spec
+        .network_mode
+        .clone()
+        .or_else(|| spec.networks.first().map(|n| n.name.clone()));
+    let networking_config = spec.networks.first().map(|n| NetworkingConfig {
+        endpoints_config: Some(HashMap::from([(
+            n.name.clone(),
+            EndpointSettings {
+                aliases: Some(n.aliases.clone()),
+                ..Default::default()
+            },
+        )])),
+    });
+    let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     ContainerCreateBody {
+        hostname: x.hostname.clone(),
+        user: x.user.clone(),
+        working_dir: x.working_dir.clone(),
+        stop_signal: x.stop_signal.clone(),
+        stop_timeout: x
+            .stop_grace_period_ms
+            .map(|ms| i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX)),
+        tty: x.tty.then_some(true),
+        open_stdin: x.stdin_open.then_some(true),
+        networking_config,
         image: Some(spec.image.clone()),
         cmd: spec.command.clone(),
         entrypoint: spec.entrypoint.clone(),
@@ -163,6 +350,37 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         host_config: Some(HostConfig {
             binds: (!binds.is_empty()).then_some(binds),
             port_bindings: (!bindings.is_empty()).then_some(bindings),
+            network_mode,
+            privileged: x.privileged.then_some(true),
+            cap_add: some_vec(&x.cap_add),
+            cap_drop: some_vec(&x.cap_drop),
+            security_opt: some_vec(&x.security_opt),
+            extra_hosts: some_vec(&x.extra_hosts),
+            dns: some_vec(&x.dns),
+            sysctls: (!x.sysctls.is_empty()).then(|| {
+                x.sysctls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
+            ulimits: (!x.ulimits.is_empty()).then(|| {
+                x.ulimits
+                    .iter()
+                    .map(|(name, u)| ResourcesUlimits {
+                        name: Some(name.clone()),
+                        soft: Some(u.soft),
+                        hard: Some(u.hard),
+                    })
+                    .collect()
+            }),
+            tmpfs: (!tmpfs.is_empty()).then_some(tmpfs),
+            readonly_rootfs: x.read_only.then_some(true),
+            shm_size: x.shm_size.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+            init: x.init.then_some(true),
+            log_config: Some(log_config),
+            memory: x.memory_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+            nano_cpus: x.nano_cpus.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+            devices: (!devices.is_empty()).then_some(devices),
             restart_policy: Some(DockerRestartPolicy {
                 name: Some(restart),
                 maximum_retry_count: None,
@@ -324,14 +542,35 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let docker = self.client().await?;
-        let options = CreateContainerOptionsBuilder::default()
-            .name(&spec.name)
-            .build();
+        let spec = &self.resolve_stack_mounts(spec)?;
+        for net in &spec.networks {
+            self.ensure_network(docker, net, spec).await?;
+        }
+        let mut options = CreateContainerOptionsBuilder::default().name(&spec.name);
+        if let Some(p) = &spec.extra.platform {
+            options = options.platform(p);
+        }
         match docker
-            .create_container(Some(options), create_body(spec))
+            .create_container(Some(options.build()), create_body(spec))
             .await
         {
-            Ok(created) => Ok(created.id),
+            Ok(created) => {
+                // The first network is joined at create; the others now.
+                for net in spec.networks.iter().skip(1) {
+                    let request = NetworkConnectRequest {
+                        container: created.id.clone(),
+                        endpoint_config: Some(EndpointSettings {
+                            aliases: Some(net.aliases.clone()),
+                            ..Default::default()
+                        }),
+                    };
+                    if let Err(e) = docker.connect_network(&net.name, request).await {
+                        let _ = docker.remove_container(&created.id, None).await;
+                        return Err(unreachable_or(e, "connect to network", &net.name));
+                    }
+                }
+                Ok(created.id)
+            }
             Err(BollardError::DockerResponseServerError {
                 status_code: 409, ..
             }) => Err(RuntimeError::NameConflict {
@@ -496,6 +735,9 @@ mod tests {
                 start_period_ms: None,
             }),
             labels: [("k".to_string(), "v".to_string())].into(),
+            networks: vec![],
+            network_mode: None,
+            extra: Default::default(),
         };
         let body = create_body(&spec);
         assert_eq!(

@@ -1,0 +1,305 @@
+//! Compose variable interpolation: `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
+//! `${VAR:?error}`, `${VAR?error}`, `${VAR:+other}`, `${VAR+other}` and `$$` for a literal
+//! `$`, as the Compose specification defines them (defaults may nest: `${A:-${B:-x}}`).
+//!
+//! One difference from `docker compose`, on purpose: a variable that is unset and has no
+//! default is an error naming the variable (Compose warns and substitutes an empty string,
+//! which on a device nobody watches turns into a silently broken service). Write `${VAR:-}`
+//! to ask for the empty string.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum InterpolateError {
+    #[error(
+        "variable '{0}' is not set: give it with --var {0}=VALUE or --env-file, or write ${{{0}:-default}}"
+    )]
+    Unset(String),
+    #[error("variable '{name}' is required: {message}")]
+    Required { name: String, message: String },
+    #[error(
+        "invalid interpolation at {0:?}: expected ${{NAME}}, ${{NAME:-default}} or $$ for a literal $"
+    )]
+    Syntax(String),
+}
+
+/// The variables of one resolution: apply variables plus the device's built-ins.
+pub type Variables = BTreeMap<String, String>;
+
+/// Nesting bound for `${A:-${B:-…}}` (keeps a hostile file from recursing deeply).
+const MAX_NESTING: usize = 16;
+
+/// Substitutes every variable reference in `text`.
+pub fn interpolate(text: &str, vars: &Variables) -> Result<String, InterpolateError> {
+    interpolate_at(text, vars, 0)
+}
+
+fn interpolate_at(text: &str, vars: &Variables, depth: usize) -> Result<String, InterpolateError> {
+    if depth > MAX_NESTING {
+        return Err(InterpolateError::Syntax(text.chars().take(40).collect()));
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = closing_brace(body)
+                .ok_or_else(|| InterpolateError::Syntax(rest.chars().take(40).collect()))?;
+            out.push_str(&braced(&body[..end], vars, depth)?);
+            rest = &body[end + 1..];
+        } else {
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            if len == 0 || after.starts_with(|c: char| c.is_ascii_digit()) {
+                // A lone `$` (e.g. `cost: 5$`) is kept, as Compose does.
+                out.push('$');
+                rest = after;
+                continue;
+            }
+            let name = &after[..len];
+            out.push_str(
+                vars.get(name)
+                    .ok_or_else(|| InterpolateError::Unset(name.to_owned()))?,
+            );
+            rest = &after[len..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Index of the `}` closing a `${`, counting nested `${…}`.
+fn closing_brace(body: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let bytes = body.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+fn braced(body: &str, vars: &Variables, depth: usize) -> Result<String, InterpolateError> {
+    let name_len = body
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(body.len());
+    let name = &body[..name_len];
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(InterpolateError::Syntax(format!("${{{body}}}")));
+    }
+    let op = &body[name_len..];
+    let value = vars.get(name);
+    let (colon, op) = match op.strip_prefix(':') {
+        Some(op) => (true, op),
+        None => (false, op),
+    };
+    // With a colon, an empty value counts as unset.
+    let set = match value {
+        Some(v) => !(colon && v.is_empty()),
+        None => false,
+    };
+    let arg = |s: &str| interpolate_at(s, vars, depth + 1);
+    match op.chars().next() {
+        None if !colon => value
+            .cloned()
+            .ok_or_else(|| InterpolateError::Unset(name.to_owned())),
+        Some('-') if set => Ok(value.cloned().unwrap_or_default()),
+        Some('-') => arg(&op[1..]),
+        Some('?') if set => Ok(value.cloned().unwrap_or_default()),
+        Some('?') => Err(InterpolateError::Required {
+            name: name.to_owned(),
+            message: match arg(&op[1..])? {
+                m if m.is_empty() => "it must be set".to_owned(),
+                m => m,
+            },
+        }),
+        Some('+') if set => arg(&op[1..]),
+        Some('+') => Ok(String::new()),
+        _ => Err(InterpolateError::Syntax(format!("${{{body}}}"))),
+    }
+}
+
+/// Parses an env file: `KEY=value` lines, `#` comments, blank lines, optional `export `,
+/// values optionally in single (literal) or double quotes.
+pub fn parse_env_file(text: &str) -> Result<Variables, String> {
+    let mut vars = Variables::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| format!("line {}: expected KEY=value", n + 1))?;
+        let k = k.trim();
+        validate_name(k).map_err(|e| format!("line {}: {e}", n + 1))?;
+        let v = v.trim();
+        let v = if v.len() >= 2
+            && ((v.starts_with('"') && v.ends_with('"'))
+                || (v.starts_with('\'') && v.ends_with('\'')))
+        {
+            &v[1..v.len() - 1]
+        } else {
+            v.split(" #").next().unwrap_or(v).trim_end()
+        };
+        vars.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(vars)
+}
+
+/// A variable name: letters, digits and `_`, not starting with a digit.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.starts_with(|c: char| c.is_ascii_digit())
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(format!(
+            "'{name}' is not a variable name (letters, digits and _, not starting with a digit)"
+        ));
+    }
+    Ok(())
+}
+
+/// Prefix of the built-in variables edgefleet sets per device; apply variables may not use it.
+pub const BUILTIN_PREFIX: &str = "EDGEFLEET_";
+
+/// The built-ins of one device: `EDGEFLEET_DEVICE` and `EDGEFLEET_<LABEL>` for each label
+/// (upper-cased, other characters as `_`), e.g. `EDGEFLEET_SITE`, `EDGEFLEET_AREA`,
+/// `EDGEFLEET_LINE`.
+pub fn device_builtins(device: &str, labels: &BTreeMap<String, String>) -> Variables {
+    let mut vars = Variables::new();
+    vars.insert(format!("{BUILTIN_PREFIX}DEVICE"), device.to_owned());
+    for (k, v) in labels {
+        let key: String = k
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        vars.entry(format!("{BUILTIN_PREFIX}{key}"))
+            .or_insert_with(|| v.clone());
+    }
+    vars
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> Variables {
+        [("A", "1"), ("E", ""), ("SITE", "lyon")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn every_compose_form() {
+        let v = vars();
+        let cases = [
+            ("$A", "1"),
+            ("${A}", "1"),
+            ("x${A}y", "x1y"),
+            ("${E}", ""),
+            ("${B:-d}", "d"),
+            ("${E:-d}", "d"),
+            ("${E-d}", ""),
+            ("${B-d}", "d"),
+            ("${A:-d}", "1"),
+            ("${A:?no}", "1"),
+            ("${A:+alt}", "alt"),
+            ("${E:+alt}", ""),
+            ("${E+alt}", "alt"),
+            ("${B+alt}", ""),
+            ("$$A", "$A"),
+            ("$${A}", "${A}"),
+            ("cost 5$", "cost 5$"),
+            ("${B:-${SITE}-x}", "lyon-x"),
+            ("${B:-${C:-deep}}", "deep"),
+            ("${B:-}", ""),
+            ("plain", "plain"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(interpolate(input, &v).as_deref(), Ok(want), "{input}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let v = vars();
+        assert_eq!(
+            interpolate("${NOPE}", &v),
+            Err(InterpolateError::Unset("NOPE".into()))
+        );
+        assert_eq!(
+            interpolate("$NOPE", &v),
+            Err(InterpolateError::Unset("NOPE".into()))
+        );
+        assert_eq!(
+            interpolate("${E:?set the site}", &v),
+            Err(InterpolateError::Required {
+                name: "E".into(),
+                message: "set the site".into()
+            })
+        );
+        assert!(matches!(
+            interpolate("${B?}", &v),
+            Err(InterpolateError::Required { .. })
+        ));
+        for bad in ["${A", "${}", "${1A}", "${A!x}"] {
+            assert!(
+                matches!(interpolate(bad, &v), Err(InterpolateError::Syntax(_))),
+                "{bad}"
+            );
+        }
+        let deep = format!("{}x{}", "${B:-".repeat(40), "}".repeat(40));
+        assert!(interpolate(&deep, &v).is_err());
+        assert!(
+            InterpolateError::Unset("P".into())
+                .to_string()
+                .contains("--var P=VALUE")
+        );
+    }
+
+    #[test]
+    fn env_files_and_builtins() {
+        let vars =
+            parse_env_file("# c\n\nexport A=1\nB = \"two words\"\nC='$lit'\nD=x # note\n").unwrap();
+        assert_eq!(vars["A"], "1");
+        assert_eq!(vars["B"], "two words");
+        assert_eq!(vars["C"], "$lit");
+        assert_eq!(vars["D"], "x");
+        assert!(parse_env_file("novalue\n").unwrap_err().contains("line 1"));
+        assert!(parse_env_file("1A=x\n").is_err());
+        let labels = [
+            ("site".to_owned(), "lyon".to_owned()),
+            ("line-no".to_owned(), "3".to_owned()),
+        ]
+        .into();
+        let b = device_builtins("press-07", &labels);
+        assert_eq!(b["EDGEFLEET_DEVICE"], "press-07");
+        assert_eq!(b["EDGEFLEET_SITE"], "lyon");
+        assert_eq!(b["EDGEFLEET_LINE_NO"], "3");
+    }
+}
