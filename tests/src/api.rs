@@ -20,6 +20,9 @@ pub struct Api {
     /// Where `initial-admin-password` is, to log in as admin on first use.
     data_dir: Option<PathBuf>,
     token: Mutex<Option<String>>,
+    /// The gateway CA (PEM file) when the API is reached over HTTPS (another host: plain
+    /// HTTP is served on loopback only).
+    ca: Option<PathBuf>,
 }
 
 /// Output of one CLI run.
@@ -46,7 +49,41 @@ impl Api {
             http: reqwest::Client::new(),
             data_dir: None,
             token: Mutex::new(None),
+            ca: None,
         }
+    }
+
+    /// As the first-start admin of a gateway on another host of a test network, over HTTPS
+    /// checked against its CA (`DATA_DIR/pki/ca.pem`, which the test can read): what an
+    /// operator's machine does, since plain HTTP is served on loopback only.
+    pub fn admin_https_at(host: &str, port: u16, data_dir: &Path) -> Api {
+        let ca = data_dir.join("pki").join("ca.pem");
+        Api {
+            data_dir: Some(data_dir.to_owned()),
+            ca: Some(ca),
+            ..Api::new(port)
+        }
+        .at(host)
+    }
+
+    fn at(self, host: &str) -> Api {
+        self.set_host(host);
+        self
+    }
+
+    /// The HTTP client: trusting only the gateway CA over HTTPS (read when first needed: the
+    /// gateway writes its CA at first start).
+    fn client(&self) -> Result<reqwest::Client, String> {
+        let Some(ca) = &self.ca else {
+            return Ok(self.http.clone());
+        };
+        let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| e.to_string())?;
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(cert)
+            .build()
+            .map_err(|e| e.to_string())
     }
 
     /// As the first-start admin of the gateway or controller with this data dir (logs in on
@@ -100,11 +137,16 @@ impl Api {
             return Ok(None);
         };
         let config = self.config_dir();
-        let out = Command::new(&bins().edgefleet)
+        let mut login = Command::new(&bins().edgefleet);
+        login
             .arg("--server")
             .arg(self.url())
             .args(["login", "--user", "admin", "--password-file"])
-            .arg(dir.join("initial-admin-password"))
+            .arg(dir.join("initial-admin-password"));
+        if let Some(ca) = &self.ca {
+            login.arg("--ca-file").arg(ca);
+        }
+        let out = login
             .env("EDGEFLEET_CONFIG_DIR", &config)
             .env_remove("EDGEFLEET_TOKEN")
             .output()
@@ -125,12 +167,13 @@ impl Api {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}:{}", self.host.lock(), self.port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host.lock(), self.port)
     }
 
     /// GET a path; Err with the reason if unreachable or not 2xx.
     pub async fn get(&self, path: &str) -> Result<Value, String> {
-        let mut req = self.http.get(format!("{}{path}", self.url()));
+        let mut req = self.client()?.get(format!("{}{path}", self.url()));
         if path != "/api/v1/health"
             && let Some(t) = self.token()?
         {

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -29,7 +29,8 @@ const RUN_LABEL: &str = "io.edgefleet.hosts-run";
 /// The test process that made them (to clean up after a killed one).
 const PID_LABEL: &str = "io.edgefleet.hosts-pid";
 /// Ports inside the gateway host (its own network namespace: nothing else binds there).
-const HTTP: u16 = 8080;
+/// The gateway's HTTPS API (plain HTTP stays on the gateway host's loopback).
+const HTTPS: u16 = 8444;
 /// The agents' keepalive on these hosts (`--keepalive`).
 pub const KEEPALIVE: Duration = Duration::from_secs(4);
 
@@ -215,12 +216,60 @@ impl Host {
     }
 }
 
-/// The gateway host: API reachable from the test at its address on the plant's network.
+/// The gateway host: its HTTPS API reached from the test through [`Forward`] (the server
+/// certificate names `gateway` and loopback, not the host's address on the plant network).
 pub struct GatewayHost {
     pub host: Host,
     /// Its `/data`, bind-mounted from the test's temp dir (store, admin password, addresses).
     pub data_dir: PathBuf,
     api: Api,
+    forward: Forward,
+}
+
+/// A TCP forwarder on the test machine's loopback (port 0, held for the test's life) to the
+/// gateway host's HTTPS port, following the host when it restarts with a new address. The
+/// test and the CLI then reach `https://127.0.0.1:PORT`, a name the gateway's certificate
+/// carries, and verify it against the gateway CA like any operator's machine.
+pub struct Forward {
+    pub port: u16,
+    target: Arc<parking_lot::Mutex<Option<std::net::SocketAddr>>>,
+}
+
+impl Forward {
+    fn start() -> Forward {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback forward");
+        let port = listener.local_addr().expect("forward address").port();
+        let target: Arc<parking_lot::Mutex<Option<std::net::SocketAddr>>> = Arc::default();
+        let to = target.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Some(addr) = *to.lock() else { continue };
+                std::thread::spawn(move || {
+                    let Ok(server) =
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                    else {
+                        return;
+                    };
+                    let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
+                        return;
+                    };
+                    let up = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut c2, &mut s2);
+                        let _ = s2.shutdown(std::net::Shutdown::Write);
+                    });
+                    let (mut c, mut s) = (client, server);
+                    let _ = std::io::copy(&mut s, &mut c);
+                    let _ = c.shutdown(std::net::Shutdown::Write);
+                    let _ = up.join();
+                });
+            }
+        });
+        Forward { port, target }
+    }
+
+    fn point_at(&self, ip: &str) {
+        *self.target.lock() = format!("{ip}:{HTTPS}").parse().ok();
+    }
 }
 
 impl GatewayHost {
@@ -238,7 +287,7 @@ impl GatewayHost {
             Duration::from_secs(60),
             || self.host.log(40),
         );
-        self.api.set_host(&self.host.ip());
+        self.forward.point_at(&self.host.ip());
     }
 
     /// SIGKILL, then power on again and wait until it serves.
@@ -328,9 +377,9 @@ impl Plant {
         std::fs::create_dir_all(&data_dir).expect("gateway data dir");
         let name = format!("ef-{run}-gateway");
         let volume = format!("{}:/data", data_dir.display());
-        // The plain MQTT listener stays on the host's loopback; HTTP listens on the plant's
-        // private network so the test (on the machine hosting it) reaches the API.
-        let http = format!("0.0.0.0:{HTTP}");
+        // The plain MQTT listener and plain HTTP stay on the host's loopback; HTTPS listens on
+        // the plant's private network, where the test (on the machine hosting it) reaches it.
+        let https = format!("0.0.0.0:{HTTPS}");
         must(&[
             "run",
             "-d",
@@ -355,7 +404,9 @@ impl Plant {
             "--data-dir",
             "/data",
             "--http-listen",
-            &http,
+            "127.0.0.1:8080",
+            "--https-listen",
+            &https,
             "--mqtt-listen",
             "127.0.0.1:1883",
             "--mqtts-listen",
@@ -368,11 +419,13 @@ impl Plant {
             "5",
         ]);
         let host = Host { name };
-        let api = Api::admin_at("127.0.0.1", HTTP, &data_dir);
+        let forward = Forward::start();
+        let api = Api::admin_https_at("127.0.0.1", forward.port, &data_dir);
         let gateway = GatewayHost {
             host,
             data_dir,
             api,
+            forward,
         };
         let plant = Plant {
             run,

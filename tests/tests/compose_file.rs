@@ -193,7 +193,7 @@ async fn compose_up_starts_a_gateway_and_agents_that_enroll_with_tokens() {
     public.sort();
     assert_eq!(
         public,
-        ["8443", "8883"],
+        ["8443", "8444", "8883"],
         "only the TLS listeners may leave loopback:\n{listeners}"
     );
 
