@@ -574,3 +574,32 @@ async fn start_first_without_host_port_replaces_once_the_new_one_is_healthy() {
     // Nothing left to do.
     assert_eq!(r.pass().await.actions, 0);
 }
+
+/// A network of the name a stack would use, owned by someone else, is a clear error: no
+/// container is created and the foreign network is left as it was.
+#[tokio::test]
+async fn network_name_collision_is_refused_and_changes_nothing() {
+    let fx = Fixture::new("netcol");
+    let rt = DockerRuntime::connect().unwrap();
+    let name = edgefleet_agent::container::network_name(&fx.device, "app", "default");
+    let created = docker(&["network", "create", "--label", "owner=someone-else", &name]);
+    assert!(created.status.success(), "{created:?}");
+    let mut spec = fx.spec(&fx.device, "web");
+    spec.networks = vec![edgefleet_agent::container::NetworkAttach {
+        name: name.clone(),
+        aliases: vec!["web".into()],
+        spec: Default::default(),
+    }];
+    let err = rt.create(&spec).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&name) && err.contains("does not belong to stack 'app'"),
+        "{err}"
+    );
+    assert!(rt.list_containers(&fx.device).await.unwrap().is_empty());
+    let labels = docker(&["network", "inspect", "-f", "{{json .Labels}}", &name]);
+    assert!(
+        String::from_utf8_lossy(&labels.stdout).contains("someone-else"),
+        "the foreign network is untouched"
+    );
+    docker(&["network", "rm", &name]);
+}

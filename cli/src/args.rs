@@ -353,6 +353,13 @@ pub struct ApplyArgs {
     /// Devices to run it on: 'site=lyon,line=3' (labels), 'id=press-07|press-08' (devices), or '*'.
     #[arg(long)]
     pub target: String,
+    /// A value for ${KEY} in the Compose file (repeatable); wins over --env-file.
+    #[arg(long = "var", value_name = "KEY=VALUE")]
+    pub vars: Vec<String>,
+    /// An env file (KEY=value lines, # comments) giving values for ${KEY} in the Compose file.
+    /// Read here and sent with the file: it need not exist on the devices.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -137,7 +137,24 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
                 std::fs::read_to_string(&a.file)
                     .with_context(|| format!("cannot read the Compose file {}", a.file.display()))?
             };
-            let body = json!({ "name": a.name, "target": a.target, "compose": compose });
+            let mut variables = match &a.env_file {
+                None => Default::default(),
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read the env file {}", path.display()))?;
+                    edgefleet_domain::interpolate::parse_env_file(&text)
+                        .map_err(|e| anyhow::anyhow!("env file {}: {e}", path.display()))?
+                }
+            };
+            for kv in &a.vars {
+                let (k, v) = kv.split_once('=').ok_or_else(|| {
+                    anyhow::anyhow!("--var {kv:?}: expected KEY=VALUE, e.g. --var TAG=1.4")
+                })?;
+                edgefleet_domain::interpolate::validate_name(k)
+                    .map_err(|e| anyhow::anyhow!("--var {kv:?}: {e}"))?;
+                variables.insert(k.to_owned(), v.to_owned());
+            }
+            let body = json!({ "name": a.name, "target": a.target, "compose": compose, "variables": variables });
             (api.post("/api/v1/deployments", &body).await?, render_apply)
         }
         Command::Get(GetCommand::Devices) => (api.get("/api/v1/devices").await?, render_devices),

@@ -130,6 +130,64 @@ async fn refusals_are_clear_and_record_nothing() {
 }
 
 #[tokio::test]
+async fn apply_variables_are_interpolated_and_builtins_reserved() {
+    let s = server().await;
+    let file = "services:\n  app:\n    image: \"app:${TAG}\"\n    environment: { MODE: \"${MODE:-eco}\" }\n";
+    let post = |vars: Value| {
+        json!({ "name": "vars", "target": "*", "compose": file, "variables": vars }).to_string()
+    };
+    let (status, body) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/deployments",
+            Some(&post(json!({}))),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let msg = body["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("services.app.image") && msg.contains("'TAG' is not set"),
+        "{msg}"
+    );
+    let (status, body) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/deployments",
+            Some(&post(json!({ "EDGEFLEET_SITE": "x", "TAG": "1" }))),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("EDGEFLEET_"),
+        "{body}"
+    );
+    let (status, body) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/deployments",
+            Some(&post(json!({ "TAG": "1.4" }))),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // The values are part of the revision: same file, same values → unchanged; another
+    // value → a new revision.
+    for (tag, status_want, changed) in [("1.4", 200, false), ("1.5", 201, true)] {
+        let (status, body) = s
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/deployments",
+                Some(&post(json!({ "TAG": tag }))),
+            )
+            .await;
+        assert_eq!(status, status_want, "{tag}: {body}");
+        assert_eq!(body["changed"], json!(changed), "{tag}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn revisions_history_and_delete() {
     let s = server().await;
     let (status, body) = s.apply("web", "site=lyon", GOOD).await;

@@ -47,6 +47,7 @@ fn compose(image: &str) -> String {
 
 async fn apply(c: &App, image: &str) -> serde_json::Value {
     let req = ApplyRequest {
+        variables: Default::default(),
         name: "web".into(),
         target: "site=lyon".into(),
         compose: compose(image),

@@ -484,7 +484,12 @@ fn top_networks(v: Option<&Value>) -> Result<BTreeMap<String, NetworkSpec>, Comp
                 ..NetworkSpec::default()
             },
             Some(Resource::Compose(net)) => {
-                if net.ipam.as_ref().is_some_and(|i| !i.is_empty()) {
+                // `ipam: { driver: default }` (as IOTstack writes it) says nothing.
+                if net.ipam.as_ref().is_some_and(|i| {
+                    !i.config.is_empty()
+                        || !i.options.is_empty()
+                        || i.driver.as_deref().is_some_and(|d| d != "default")
+                }) {
                     return Err(bad("'ipam' is not supported: let Docker choose the subnet, or declare the network 'external: true' and create it on the device".into()));
                 }
                 if net.name.is_some() {
@@ -617,15 +622,71 @@ fn parse_service(
         let source = home.split(':').next().unwrap_or(home);
         bind_source(source).map_err(|p| ctx("volumes").err(p))?;
     }
+    // `extra_hosts` is read here: compose_spec types its values as IP addresses, which
+    // refuses Docker's `host-gateway`.
+    let extra_hosts = map
+        .get("extra_hosts")
+        .map(|v| extra_hosts(&ctx("extra_hosts"), v))
+        .transpose()?
+        .unwrap_or_default();
+    let mut map = map.clone();
+    map.remove("extra_hosts");
+    let body = &Value::Object(map.clone());
     // Each key on its own first, so that a type error names its key.
-    for (key, value) in map {
+    for (key, value) in &map {
         let one: Map<String, Value> = [(key.clone(), value.clone())].into_iter().collect();
         serde_json::from_value::<compose_spec::Service>(Value::Object(one))
             .map_err(|e| ctx(key).err(format!("is not valid: {e}")))?;
     }
     let svc: compose_spec::Service = serde_json::from_value(body.clone())
         .map_err(|e| ctx("(service)").err(format!("is not valid: {e}")))?;
-    map_service(service, svc, vars)
+    let mut spec = map_service(service, svc, vars)?;
+    spec.extra.extra_hosts = extra_hosts;
+    Ok(spec)
+}
+
+/// `extra_hosts`: a list of `host:ip` / `host=ip`, or a mapping; the address is an IP or
+/// Docker's `host-gateway`.
+fn extra_hosts(ctx: &Ctx, v: &Value) -> Result<Vec<String>, ComposeError> {
+    let pairs: Vec<(String, String)> = match v {
+        Value::Array(items) => items
+            .iter()
+            .map(|i| {
+                let s = i
+                    .as_str()
+                    .ok_or_else(|| ctx.err("items must be strings like \"plc:10.0.0.5\""))?;
+                let at = s
+                    .find(['=', ':'])
+                    .ok_or_else(|| ctx.err(format!("item {s:?} is not HOST:IP")))?;
+                Ok((s[..at].to_owned(), s[at + 1..].to_owned()))
+            })
+            .collect::<Result<_, ComposeError>>()?,
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| {
+                let ip = v
+                    .as_str()
+                    .ok_or_else(|| ctx.err(format!("value of '{k}' must be an address")))?;
+                Ok((k.clone(), ip.to_owned()))
+            })
+            .collect::<Result<_, ComposeError>>()?,
+        Value::Null => Vec::new(),
+        _ => return Err(ctx.err("must be a list of HOST:IP or a mapping")),
+    };
+    pairs
+        .into_iter()
+        .map(|(host, ip)| {
+            let bare = ip.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty()
+                || (ip != "host-gateway" && bare.parse::<std::net::IpAddr>().is_err())
+            {
+                return Err(ctx.err(format!(
+                    "entry '{host}:{ip}' needs a host name and an IP address (or host-gateway)"
+                )));
+            }
+            Ok(format!("{host}:{bare}"))
+        })
+        .collect()
 }
 
 fn command(ctx: &Ctx, c: Command) -> Result<Vec<String>, ComposeError> {
@@ -997,11 +1058,7 @@ fn map_service(
         cap_add: svc.cap_add.into_iter().collect(),
         cap_drop: svc.cap_drop.into_iter().collect(),
         security_opt: svc.security_opt.into_iter().collect(),
-        extra_hosts: svc
-            .extra_hosts
-            .iter()
-            .map(|(h, ip)| format!("{h}:{ip}"))
-            .collect(),
+        extra_hosts: Vec::new(),
         dns: svc
             .dns
             .map(|d| d.into_list().into_iter().map(|ip| ip.to_string()).collect())

@@ -68,6 +68,9 @@ pub struct ApplyRequest {
     pub target: String,
     /// The Compose file, as text.
     pub compose: String,
+    /// Values for `${VAR}` in the file (`apply --var`, `--env-file`).
+    #[serde(default)]
+    pub variables: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -264,7 +267,17 @@ impl Deployments {
     pub async fn apply(&self, req: &ApplyRequest, by: &str) -> Result<ApplyOutcome, ApplyError> {
         validate_stack_name(&req.name).map_err(|e| ApplyError::Name(e.to_string()))?;
         let selector = Selector::parse(&req.target)?;
-        let parsed = compose::parse(&req.compose)?;
+        if let Some(k) = req
+            .variables
+            .keys()
+            .find(|k| k.starts_with(edgefleet_domain::interpolate::BUILTIN_PREFIX))
+        {
+            return Err(ComposeError::Name(format!(
+                "variable '{k}': names starting with EDGEFLEET_ are the per-device built-ins and cannot be set"
+            ))
+            .into());
+        }
+        let parsed = compose::parse_with(&req.compose, &req.variables)?;
         let target = selector.to_string();
         let spec = RevisionSpec::of(&parsed);
         let _change = self.change.lock().await;

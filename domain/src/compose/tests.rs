@@ -92,7 +92,7 @@ services:
     cap_add: [SYS_RAWIO]
     cap_drop: [ALL]
     security_opt: ["no-new-privileges:true"]
-    extra_hosts: ["plc:10.0.0.5"]
+    extra_hosts: ["plc:10.0.0.5", "host.docker.internal:host-gateway"]
     dns: 10.0.0.1
     sysctls: { net.core.somaxconn: 1024 }
     ulimits: { nofile: { soft: 1024, hard: 2048 }, nproc: 512 }
@@ -140,7 +140,10 @@ networks:
     assert_eq!(x.cap_add, vec!["SYS_RAWIO"]);
     assert_eq!(x.cap_drop, vec!["ALL"]);
     assert_eq!(x.security_opt, vec!["no-new-privileges:true"]);
-    assert_eq!(x.extra_hosts, vec!["plc:10.0.0.5"]);
+    assert_eq!(
+        x.extra_hosts,
+        vec!["plc:10.0.0.5", "host.docker.internal:host-gateway"]
+    );
     assert_eq!(x.dns, vec!["10.0.0.1"]);
     assert_eq!(x.sysctls["net.core.somaxconn"], "1024");
     assert_eq!(
@@ -312,6 +315,10 @@ fn refusals_name_the_service_and_key() {
         (
             "services:\n  web:\n    image: a\n    network_mode: \"container:abc\"\n",
             "service 'web': 'network_mode'",
+        ),
+        (
+            "services:\n  web:\n    image: a\n    extra_hosts: [\"plc:nowhere\"]\n",
+            "entry 'plc:nowhere' needs a host name and an IP address",
         ),
         (
             "services:\n  web:\n    image: a\n    restart: sometimes\n",
