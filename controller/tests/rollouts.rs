@@ -547,6 +547,7 @@ async fn apply_and_delete_wait_for_an_active_rollout() {
         name: "web".into(),
         target: "site=lyon".into(),
         compose: compose(image),
+        variables: Default::default(),
     };
     match c.deployments.apply(&req("app:3"), "test").await {
         Err(ApplyError::RolloutActive { rollout, .. }) => assert_eq!(rollout, id),
@@ -581,14 +582,21 @@ async fn an_apply_whose_document_would_not_fit_on_the_bus_is_refused() {
     let (c, mut rx, _dir) = setup().await;
     apply(&c, "app:1").await;
     while rx.try_recv().is_ok() {}
-    let big = "x".repeat(edgefleet_protocol::MAX_PAYLOAD_BYTES);
-    let req = ApplyRequest {
-        name: "web".into(),
+    // Each file is well within what apply takes; together they are more than the bus carries
+    // to one device.
+    let big = |name: &str| ApplyRequest {
+        name: name.into(),
         target: "site=lyon".into(),
         compose: format!(
-            "services:\n  app:\n    image: app:2\n    environment:\n      BLOB: {big}\n"
+            "services:\n  app:\n    image: app:2\n    environment:\n      BLOB: {}\n",
+            "x".repeat(400 * 1024)
         ),
+        variables: Default::default(),
     };
+    c.deployments.apply(&big("blob-a"), "test").await.unwrap();
+    c.deployments.apply(&big("blob-b"), "test").await.unwrap();
+    while rx.try_recv().is_ok() {}
+    let req = big("web");
     match c.deployments.apply(&req, "test").await {
         Err(e @ ApplyError::TooLarge { .. }) => {
             let text = e.to_string();

@@ -30,7 +30,7 @@ fn field(field: &'static str, problem: impl Into<String>) -> StrategyError {
 
 /// A number of devices, absolute or as a share of the rollout's devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[serde(try_from = "AmountText", into = "String")]
 pub enum Amount {
     Count(u32),
     Percent(u32),
@@ -69,6 +69,27 @@ impl TryFrom<String> for Amount {
     type Error = String;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         s.parse()
+    }
+}
+
+/// An amount as a file or a request writes it: a bare number (`batch: 2`, which JSON and
+/// typed YAML loaders give as a number) or text (`"2"`, `"25%"`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum AmountText {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<AmountText> for Amount {
+    type Error = String;
+    fn try_from(raw: AmountText) -> Result<Self, Self::Error> {
+        match raw {
+            AmountText::Number(n) => u32::try_from(n)
+                .map(Amount::Count)
+                .map_err(|_| format!("{n} devices is more than any fleet")),
+            AmountText::Text(t) => t.parse(),
+        }
     }
 }
 
@@ -295,5 +316,20 @@ mod tests {
         assert!(!s.too_many_failures(2, 10));
         assert!(s.too_many_failures(3, 10));
         assert!(Strategy::default().too_many_failures(1, 10));
+    }
+}
+
+#[cfg(test)]
+mod amount_tests {
+    use super::*;
+
+    #[test]
+    fn amounts_read_as_numbers_or_text() {
+        let s: Strategy = serde_json::from_value(
+            serde_json::json!({"canary": 1, "batch": 2, "max_failures": "10%", "soak": "0s"}),
+        )
+        .unwrap();
+        assert_eq!(s.batch, Amount::Count(2));
+        assert_eq!(s.max_failures, Amount::Percent(10));
     }
 }
