@@ -494,3 +494,140 @@ async fn registry_down_during_a_rollout() {
         &format!("canary rolled back, others untouched, {checked}"),
     );
 }
+
+/// A small tmpfs mounted over a directory for the test's lifetime (lazily unmounted on drop).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(path).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("mount(8)");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs (run as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(path.to_owned())
+    }
+
+    /// Fills it up to the last byte; returns the filler file.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let mut byte = [0u8; 1];
+        while f.write_all(&byte).is_ok() {
+            byte[0] = 1;
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .output();
+    }
+}
+
+/// The agent's data area (a 1 MiB tmpfs: identity, state file) is full when a change
+/// arrives: the agent applies it, says with an event that it could not save it, survives,
+/// and is converged on it once space is freed; nothing ran twice meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_data_area_full_during_an_update() {
+    data_area_full(false).await;
+}
+
+/// Known gap, found by this suite: once space is freed the agent does not save the applied
+/// revision again until the next change, so a restart with the broker unreachable would fall
+/// back to the older one (docs/reliability.md, "Not covered yet").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the agent does not retry saving state.bin after ENOSPC (docs/reliability.md); run with --ignored once it does"]
+async fn agent_saves_the_change_once_its_data_area_has_room_again() {
+    data_area_full(true).await;
+}
+
+async fn data_area_full(check_saved: bool) {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let id = unique_id("full");
+    let disk = SmallDisk::mount(&dir.join(format!("agent-{id}")), "1m");
+    let mut plant = Plant::start(dir);
+    let site = format!("site={}", plant.run);
+    plant.add_agent(&id, &site);
+    let ids = vec![id.clone()];
+    let api = plant.gateway.api();
+    api.wait_connection(&id, "online", T).await;
+    api.apply(dir, "web", &site, &stack(APP_V1));
+    invariants::converged(&plant, "web", "app", &all_on(&ids, APP_V1), T).await;
+    let sampler = Sampler::start(ids.clone());
+
+    let filler = disk.fill();
+    api.apply(dir, "web", &site, &stack(APP_V2));
+    // The agent got the change (or said why not) and is still alive.
+    let seen = wait::until(
+        "the agent's reaction to the change on a full disk",
+        T,
+        || async {
+            let d = api.device(&id).await?;
+            let events = d["events"].as_array().cloned().unwrap_or_default();
+            let complaint = events
+                .iter()
+                .find(|e| {
+                    e["message"].as_str().is_some_and(|m| {
+                        m.contains("space") || m.contains("disk") || m.contains("write")
+                    })
+                })
+                .map(|e| e["message"].to_string());
+            match complaint {
+                Some(m) => Ok(format!("event: {m}")),
+                None if d["status"]["desired_revision"] == d["desired_revision"] => {
+                    Ok(format!("state {}", d["status"]["state"]))
+                }
+                None => Err(d["status"].to_string()),
+            }
+        },
+    )
+    .await;
+    assert!(
+        plant.agent(&id).host.running(),
+        "the agent must survive a full disk"
+    );
+    std::fs::remove_file(&filler).expect("free the space");
+    let freed = Instant::now();
+    let (_, checked) = invariants::all(&plant, "web", 2, &all_on(&ids, APP_V2), sampler, T).await;
+    let took = freed.elapsed();
+    // Once there is room, what it holds on disk should be the change (the document is
+    // stored as its JSON text inside the postcard record).
+    let state = plant.agent(&id).state_file();
+    if check_saved {
+        wait::until("state.bin holds the change", T, || async {
+            let bytes = std::fs::read(&state).map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&bytes);
+            if text.contains(APP_V2) {
+                Ok(())
+            } else {
+                Err(format!("{} bytes without {APP_V2}", bytes.len()))
+            }
+        })
+        .await;
+    }
+    drop(plant);
+    line(
+        "data-area-full",
+        &format!(
+            "agent data dir (1 MiB tmpfs) filled to the last byte, then a change applied; agent: {seen}; space freed"
+        ),
+        took,
+        &format!("agent alive and said why, {checked}"),
+    );
+}
