@@ -235,10 +235,15 @@ impl Gateway {
     /// Every listener on port 0; the ports it got come from its addresses file, and it gets
     /// the same ones back when restarted.
     pub fn start_env(dir: &Path, envs: &[(&str, &str)]) -> Gateway {
+        Self::start_with(dir, envs, &[])
+    }
+
+    /// [`Gateway::start_env`] with extra flags (e.g. `--http-idle-timeout 2s`).
+    pub fn start_with(dir: &Path, envs: &[(&str, &str)], extra: &[&str]) -> Gateway {
         let data_dir = dir.join("gateway-data");
         let _ = std::fs::remove_file(data_dir.join("addresses.json"));
         let any = "127.0.0.1:0".to_owned();
-        let args = vec![
+        let args: Vec<String> = vec![
             "gateway".into(),
             "--data-dir".into(),
             data_dir.display().to_string(),
@@ -257,6 +262,10 @@ impl Gateway {
             "--public-host".into(),
             "127.0.0.1".into(),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(extra.iter().map(|a| a.to_string()))
+            .collect();
         let mut proc = Proc::spawn_env("gateway", dir, &bins().edgefleet, &args, envs);
         let a = addresses_of(
             &proc,
@@ -340,6 +349,11 @@ impl Gateway {
 
     pub fn broker_url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.mqtt_port)
+    }
+
+    /// The gateway's CA certificate (what `edgefleet login --ca-file` pins).
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join("pki").join("ca.pem")
     }
 
     /// The API, logged in as the first-start admin.
