@@ -89,7 +89,7 @@ pub async fn create_token(
 ) -> Result<Response, ApiError> {
     let Json(b) = body?;
     auth.note(&format!("{}/{}", auth.username(), b.name), None);
-    if b.name.is_empty() || b.name.len() > 64 || b.name.chars().any(char::is_control) {
+    if b.name.is_empty() || b.name.chars().count() > 64 || b.name.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(
             "a token needs a name of 1-64 characters saying what uses it (e.g. 'ci-deploy')".into(),
         ));
