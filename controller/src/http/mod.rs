@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod enroll;
 pub mod error;
+pub mod extract;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -71,11 +71,27 @@ pub enum RolloutError {
 pub struct StartRequest {
     pub deployment: String,
     /// Defaults to the deployment's latest revision.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub revision: Option<u64>,
     /// Fields overriding the deployment file's `x-edgefleet-rollout` (or the defaults).
     #[serde(default)]
     pub strategy: Option<serde_json::Value>,
+}
+
+/// A revision number as JSON Schema counts integers: `2` or `2.0` (a whole number written
+/// as a float, as some JSON encoders do); `2.5`, negatives and strings are refused.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+                .map(|f| f as u64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("revision {n} is not a whole number >= 0")))
 }
 
 /// An operator's control of a running rollout.
@@ -628,5 +644,36 @@ impl Rollouts {
             edgefleet_protocol::topics::rollout_status(v.id),
             edgefleet_protocol::codec::encode(&doc),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revision(body: &str) -> Result<Option<u64>, serde_json::Error> {
+        serde_json::from_str::<StartRequest>(body).map(|r| r.revision)
+    }
+
+    #[test]
+    fn a_revision_is_any_whole_number_json_can_write() {
+        assert_eq!(revision(r#"{"deployment":"d"}"#).unwrap(), None);
+        assert_eq!(
+            revision(r#"{"deployment":"d","revision":null}"#).unwrap(),
+            None
+        );
+        assert_eq!(
+            revision(r#"{"deployment":"d","revision":3}"#).unwrap(),
+            Some(3)
+        );
+        assert_eq!(
+            revision(r#"{"deployment":"d","revision":3.0}"#).unwrap(),
+            Some(3)
+        );
+        for bad in ["3.5", "-1", "1e30"] {
+            let e = revision(&format!(r#"{{"deployment":"d","revision":{bad}}}"#)).unwrap_err();
+            assert!(e.to_string().contains("not a whole number"), "{bad}: {e}");
+        }
+        assert!(revision(r#"{"deployment":"d","revision":"3"}"#).is_err());
     }
 }

@@ -11,7 +11,8 @@
 //! - [`pages`]: the fleet, device, deployment, rollout and audit pages.
 //! - [`stream`]: `GET /api/v1/events/stream`, the live updates (SSE).
 //! - [`report`]: `GET /api/v1/reports/compliance?format=csv|json`.
-//! - [`openapi`]: `GET /api/openapi.json`, the hand-written description of every route.
+//! - [`openapi`]: `GET /api/openapi.json`, the hand-written description of every API route
+//!   (the pages are for browsers and not part of it).
 //!
 //! ## Browser authentication
 //! `POST /login` (a plain form) checks the password exactly like `POST /api/v1/login`, puts

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::http::auth::Auth;
 use crate::http::error::ApiError;
+use crate::http::extract::Path as ApiPath;
 use crate::services::deployments::{ApplyRequest, Deployments};
 use crate::services::fleet::Fleet;
 use crate::services::windows::Windows;
@@ -114,7 +115,7 @@ pub async fn one(
     State(store): State<Store>,
     State(fleet): State<Arc<Fleet>>,
     auth: Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<DeploymentDetail> {
     let row = store
         .deployment(&name)
@@ -151,7 +152,7 @@ pub async fn delete(
     State(store): State<Store>,
     State(deployments): State<Arc<Deployments>>,
     auth: Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<serde_json::Value> {
     let row = store
         .deployment(&name)
@@ -218,7 +219,7 @@ pub fn unified_diff(name: &str, a: &RevisionRow, b: &RevisionRow) -> String {
 pub async fn diff(
     State(store): State<Store>,
     auth: Auth,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     query: Result<Query<DiffQuery>, QueryRejection>,
 ) -> ApiResult<serde_json::Value> {
     let Query(q) = query.map_err(|_| {
@@ -276,7 +277,7 @@ pub async fn windows(
 pub async fn set_window(
     State(windows): State<Arc<Windows>>,
     auth: Auth,
-    Path(site): Path<String>,
+    ApiPath(site): ApiPath<String>,
     body: Result<Json<WindowBody>, JsonRejection>,
 ) -> ApiResult<serde_json::Value> {
     auth.check_site(&format!("the window of site '{site}'"), Some(&site))?;
@@ -291,7 +292,7 @@ pub async fn set_window(
 pub async fn clear_window(
     State(windows): State<Arc<Windows>>,
     auth: Auth,
-    Path(site): Path<String>,
+    ApiPath(site): ApiPath<String>,
 ) -> ApiResult<serde_json::Value> {
     auth.check_site(&format!("the window of site '{site}'"), Some(&site))?;
     windows.set(&site, None).await?;

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use edgefleet_domain::device::DeviceSummary;
 use edgefleet_protocol::event::DeviceEvent;
 use edgefleet_store::Store;
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::auth::Auth;
 use crate::http::error::ApiError;
+use crate::http::extract::{Path, Query};
 use crate::services::commands::Commands;
 use crate::services::fleet::Fleet;
 

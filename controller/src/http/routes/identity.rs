@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
 use edgefleet_domain::labels::parse_labels;
 use serde::Deserialize;
 
 use crate::http::auth::Auth;
 use crate::http::error::ApiError;
+use crate::http::extract::{Path, Query};
 use crate::services::fleet::Fleet;
 use crate::services::identity::{DEFAULT_TOKEN_TTL, Identity};
 

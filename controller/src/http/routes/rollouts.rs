@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::http::auth::Auth;
 use crate::http::error::ApiError;
+use crate::http::extract::Path as ApiPath;
 use crate::services::deployments::Deployments;
 use crate::services::rollouts::{Control, Rollouts, StartRequest};
 
@@ -116,7 +117,7 @@ pub async fn control(
     State(rollouts): State<Arc<Rollouts>>,
     State(deployments): State<Arc<Deployments>>,
     auth: Auth,
-    Path((id, action)): Path<(String, String)>,
+    ApiPath((id, action)): ApiPath<(String, String)>,
 ) -> Result<Json<RolloutView>, ApiError> {
     let id: u64 = id.parse().map_err(|_| bad_id())?;
     let current = rollouts.get(id).await?;

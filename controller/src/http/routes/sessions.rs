@@ -138,7 +138,7 @@ pub async fn create_token(
 
 /// A token's name: 1-64 printable characters; `login` is what sessions are called.
 fn check_token_name(name: &str) -> Result<(), ApiError> {
-    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(|c| c.is_control()) {
         return Err(ApiError::BadRequest(
             "a token needs a name of 1-64 characters saying what uses it (e.g. 'ci-deploy')".into(),
         ));

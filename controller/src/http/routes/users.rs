@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::http::auth::Auth;
 use crate::http::error::ApiError;
+use crate::http::extract::Path;
 use crate::services::users::{NewUser, Users};
 
 pub async fn list(State(users): State<Arc<Users>>) -> Result<Json<serde_json::Value>, ApiError> {
