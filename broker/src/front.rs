@@ -1,8 +1,11 @@
-//! The network front: the TLS listener devices and integrators connect to (default `:8883`).
+//! The network front: the TLS listener devices and integrators connect to (default `:8883`),
+//! and the plain loopback listener local MQTT users connect to ([`FrontHandle::serve_plain`]).
 //!
-//! It terminates TLS (client certificate required, signed by our CA: [`crate::pki`]), takes
-//! the identity from the certificate, and relays MQTT v3.1.1 to rumqttd's plain loopback
-//! listener, checking every packet from the client against `edgefleet_protocol::acl`:
+//! It terminates TLS (client certificate required, signed by our CA: [`crate::pki`]) and takes
+//! the identity from the certificate — or, on the plain listener, from the local user named
+//! in CONNECT — and relays MQTT v3.1.1 to rumqttd's internal loopback listener (presenting
+//! [`FrontConfig::upstream_login`]), checking every packet from the client against
+//! `edgefleet_protocol::acl` (rules and the topic shapes rumqttd cannot take):
 //! - the TLS handshake runs in the connection's own task under `handshake_timeout`: an idle
 //!   socket never delays anyone else (rumqttd's own TLS listener handshakes inside its accept
 //!   loop, so one idle socket stalls every new connection);
@@ -14,6 +17,8 @@
 //!   the connection (MQTT 3.1.1 has no negative PUBACK); refused SUBSCRIBE filters get return
 //!   code 0x80 and never reach the broker; an oversize or malformed packet closes that
 //!   connection only;
+//! - the CONNECT is relayed, and nothing else happens until rumqttd's CONNACK is read: the
+//!   upstream socket is never closed between the two (rumqttd 0.20 issue #1062);
 //! - when the client goes away without DISCONNECT (or is refused or revoked), the upstream
 //!   socket is dropped without DISCONNECT, so rumqttd fires the client's last will (device
 //!   presence relies on it); a DISCONNECT from the client is forwarded, and then rumqttd

@@ -304,11 +304,17 @@ pub fn check_unsubscribe(identity: &Identity, filter: &str) -> Result<(), Denied
 /// client connects with the same id).
 ///
 /// For everyone: no `/`, `+` or `#` (rumqttd 0.20 closes such a connection without CONNACK),
-/// no control character, at most [`MAX_CLIENT_ID_BYTES`] bytes, not empty.
+/// no control character, at most [`MAX_CLIENT_ID_BYTES`] bytes. Only local users may leave
+/// it empty (the broker then assigns a unique one).
 pub fn check_client_id(identity: &Identity, client_id: &str) -> Result<(), Denied> {
     let refuse = |reason: String| Err(denied(identity, Action::Connect, client_id, reason));
     if client_id.is_empty() {
-        return refuse("an empty client id is not accepted: connect with an explicit one".into());
+        // MQTT 3.1.1 lets a clean-session client leave the id to the broker (mosquitto_pub
+        // does by default); it then gets a fresh, unique one: no session can be taken.
+        return match identity {
+            Identity::Local(_) | Identity::Bridge(_) => Ok(()),
+            _ => refuse("an empty client id is not accepted: connect with an explicit one".into()),
+        };
     }
     if client_id.len() > MAX_CLIENT_ID_BYTES {
         return refuse(format!("client id longer than {MAX_CLIENT_ID_BYTES} bytes"));
