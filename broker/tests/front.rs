@@ -1059,7 +1059,12 @@ async fn a_serving_front_is_not_stopped_and_a_dropped_one_is() {
     let reason = tokio::time::timeout(WAIT, stopped)
         .await
         .expect("dropping the handle stops the front");
-    assert_eq!(reason, "the TLS front's accept loop was shut down");
+    // Both accept loops (TLS and plain) are shut down; the first one reported wins.
+    assert!(
+        reason == "the TLS front's accept loop was shut down"
+            || reason == "the plain MQTT front's accept loop was shut down",
+        "{reason}"
+    );
     a.closed("relayed connection closed with the front").await;
 }
 
