@@ -103,8 +103,12 @@ pub struct Cli {
     #[arg(long, env = "EDGEFLEET_BROKER", value_name = "URL")]
     pub broker: Option<String>,
 
-    /// Targeting labels as key=value pairs separated by commas, e.g. site=lyon,line=3.
-    /// When given, they replace the labels of the config file.
+    /// Labels this device reports about itself, key=value pairs separated by commas, e.g.
+    /// site=lyon,line=3. When given, they replace the labels of the config file (an enrolled
+    /// device reports its enrolled labels). The controller shows them as "reported" only:
+    /// its inventory (`edgefleet device add` / `device label`) decides the device's site and
+    /// targets, and a mismatch is an alarm. A device the controller has never heard of is
+    /// adopted with them.
     #[arg(
         long,
         env = "EDGEFLEET_LABELS",

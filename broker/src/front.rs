@@ -1,8 +1,11 @@
-//! The network front: the TLS listener devices and integrators connect to (default `:8883`).
+//! The network front: the TLS listener devices and integrators connect to (default `:8883`),
+//! and the plain loopback listener local MQTT users connect to ([`FrontHandle::serve_plain`]).
 //!
-//! It terminates TLS (client certificate required, signed by our CA: [`crate::pki`]), takes
-//! the identity from the certificate, and relays MQTT v3.1.1 to rumqttd's plain loopback
-//! listener, checking every packet from the client against `edgefleet_protocol::acl`:
+//! It terminates TLS (client certificate required, signed by our CA: [`crate::pki`]) and takes
+//! the identity from the certificate — or, on the plain listener, from the local user named
+//! in CONNECT — and relays MQTT v3.1.1 to rumqttd's internal loopback listener (presenting
+//! [`FrontConfig::upstream_login`]), checking every packet from the client against
+//! `edgefleet_protocol::acl` (rules and the topic shapes rumqttd cannot take):
 //! - the TLS handshake runs in the connection's own task under `handshake_timeout`: an idle
 //!   socket never delays anyone else (rumqttd's own TLS listener handshakes inside its accept
 //!   loop, so one idle socket stalls every new connection);
@@ -14,6 +17,8 @@
 //!   the connection (MQTT 3.1.1 has no negative PUBACK); refused SUBSCRIBE filters get return
 //!   code 0x80 and never reach the broker; an oversize or malformed packet closes that
 //!   connection only;
+//! - the CONNECT is relayed, and nothing else happens until rumqttd's CONNACK is read: the
+//!   upstream socket is never closed between the two (rumqttd 0.20 issue #1062);
 //! - when the client goes away without DISCONNECT (or is refused or revoked), the upstream
 //!   socket is dropped without DISCONNECT, so rumqttd fires the client's last will (device
 //!   presence relies on it); a DISCONNECT from the client is forwarded, and then rumqttd
@@ -74,7 +79,6 @@ use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -88,6 +92,7 @@ const MAX_UPSTREAM_PACKET: usize = 64 * 1024 * 1024;
 const CONNACK_BAD_PROTOCOL: u8 = 0x01;
 const CONNACK_BAD_CLIENT_ID: u8 = 0x02;
 const CONNACK_UNAVAILABLE: u8 = 0x03;
+const CONNACK_BAD_LOGIN: u8 = 0x04;
 const CONNACK_NOT_AUTHORIZED: u8 = 0x05;
 const SUBACK_FAILURE: u8 = 0x80;
 /// After forwarding a client's DISCONNECT, how long the front waits for rumqttd to close the
@@ -98,8 +103,12 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
 /// by the caller and handed to [`start_front`] (see [`bind`]).
 #[derive(Debug, Clone)]
 pub struct FrontConfig {
-    /// rumqttd's plain listener (loopback) every accepted connection is relayed to.
+    /// rumqttd's internal listener (loopback) every accepted connection is relayed to.
     pub upstream: SocketAddr,
+    /// The internal listener's credential, put into every CONNECT relayed upstream (the
+    /// client's own user name and password never reach rumqttd). `None`: the broker takes
+    /// anonymous connections (a broker started without [`crate::BrokerConfig::credential`]).
+    pub upstream_login: Option<crate::InternalCredential>,
     /// Time a client has to complete the TLS handshake.
     pub handshake_timeout: Duration,
     /// Time a client has, after the handshake, to send CONNECT.
@@ -110,10 +119,34 @@ pub struct FrontConfig {
     pub revoked_serials: Vec<String>,
     /// Identities refused from the start, whatever their certificate.
     pub revoked_identities: Vec<Identity>,
-    /// Most TLS handshakes in progress at once. A socket beyond it is closed at accept, so a
-    /// flood of idle sockets costs a bounded amount of memory; each pending one still waits at
-    /// most `handshake_timeout`.
+    /// Most TLS handshakes in progress at once (on the plain listener: connections that have
+    /// not sent CONNECT yet). A socket beyond it is closed at accept, so a flood of idle
+    /// sockets costs a bounded amount of memory; each pending one still waits at most
+    /// `handshake_timeout` (plain: `connect_timeout`).
     pub max_pending_handshakes: usize,
+}
+
+/// A local MQTT user an admin created, for the plain listener ([`FrontHandle::serve_plain`]):
+/// its name (the CONNECT user name), the SHA-256 of its password (lowercase hex; passwords
+/// are random, 256 bits, so a fast hash is enough) and the identity it acts as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalUser {
+    pub name: String,
+    pub password_sha256: String,
+    pub identity: Identity,
+}
+
+impl LocalUser {
+    /// The SHA-256 of `password` as [`LocalUser::password_sha256`] holds it.
+    pub fn hash_password(password: &str) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(password.as_bytes()))
+    }
+
+    /// The revocation key of this user's connections (see [`FrontHandle::revoke`]).
+    fn serial(name: &str) -> String {
+        format!("local-user:{name}")
+    }
 }
 
 impl FrontConfig {
@@ -122,6 +155,7 @@ impl FrontConfig {
     pub fn new(upstream: SocketAddr) -> FrontConfig {
         FrontConfig {
             upstream,
+            upstream_login: None,
             handshake_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             max_packet_bytes: edgefleet_protocol::MAX_PAYLOAD_BYTES + 64 * 1024,
@@ -184,7 +218,8 @@ pub enum FrontEventKind {
 pub struct FrontHandle {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
-    accept: AbortHandle,
+    config: Arc<FrontConfig>,
+    accepts: Mutex<Vec<AbortHandle>>,
     signal: Arc<StopSignal>,
 }
 
@@ -237,11 +272,53 @@ impl FrontHandle {
     pub fn subscribe_events(&self) -> broadcast::Receiver<FrontEvent> {
         self.shared.events.subscribe()
     }
+
+    /// Also serves `listener` (bound by the caller, normally on loopback) as a **plain** MQTT
+    /// listener: no TLS; each client proves who it is with the user name and password of a
+    /// [`LocalUser`] (see [`FrontHandle::set_local_users`]) in its CONNECT, and is then
+    /// confined exactly like a TLS client of that identity. A CONNECT without a known user
+    /// gets CONNACK 4 (bad user name or password) or 5 (no credentials) and is closed. Its
+    /// accept loop is supervised like the TLS one ([`FrontHandle::stopped`]).
+    pub fn serve_plain(&self, listener: TcpListener) -> Result<SocketAddr, FrontError> {
+        let addr = listener.local_addr().map_err(FrontError::Listener)?;
+        let task = tokio::spawn(accept_loop(
+            listener,
+            Arc::new(Entry::Plain),
+            self.config.clone(),
+            self.shared.clone(),
+        ));
+        self.accepts.lock().push(task.abort_handle());
+        supervision::supervise_task(
+            "the plain MQTT front's accept loop",
+            task,
+            self.signal.clone(),
+        );
+        info!(%addr, "MQTT plain front listening (local users only)");
+        Ok(addr)
+    }
+
+    /// Replaces the local users the plain listener accepts. Live connections of a user that
+    /// is gone, or whose password or identity changed, are closed (wills fire).
+    pub fn set_local_users(&self, users: Vec<LocalUser>) -> usize {
+        let mut state = self.shared.state.lock();
+        let new: HashMap<String, LocalUser> =
+            users.into_iter().map(|u| (u.name.clone(), u)).collect();
+        let stale: HashSet<String> = state
+            .local_users
+            .iter()
+            .filter(|(name, old)| new.get(*name) != Some(old))
+            .map(|(name, _)| LocalUser::serial(name))
+            .collect();
+        state.local_users = new;
+        state.close_where(|live| stale.contains(&live.serial))
+    }
 }
 
 impl Drop for FrontHandle {
     fn drop(&mut self) {
-        self.accept.abort();
+        for accept in self.accepts.lock().drain(..) {
+            accept.abort();
+        }
         let mut state = self.shared.state.lock();
         state.closed = true;
         state.close_where(|_| true);
@@ -273,15 +350,16 @@ pub fn start_front(
                 .map(|s| s.to_ascii_lowercase())
                 .collect(),
             revoked_identities: config.revoked_identities.iter().cloned().collect(),
+            local_users: HashMap::new(),
             live: HashMap::new(),
             next_id: 0,
             closed: false,
         }),
         events: broadcast::channel(1024).0,
     });
-    let acceptor = TlsAcceptor::from(tls);
+    let entry = Arc::new(Entry::Tls(TlsAcceptor::from(tls)));
     let config = Arc::new(config);
-    let accept = tokio::spawn(accept_loop(listener, acceptor, config, shared.clone()));
+    let accept = tokio::spawn(accept_loop(listener, entry, config.clone(), shared.clone()));
     let abort = accept.abort_handle();
     let signal = StopSignal::new();
     supervision::supervise_task("the TLS front's accept loop", accept, signal.clone());
@@ -289,7 +367,8 @@ pub fn start_front(
     Ok(FrontHandle {
         local_addr,
         shared,
-        accept: abort,
+        config,
+        accepts: Mutex::new(vec![abort]),
         signal,
     })
 }
@@ -306,6 +385,8 @@ struct Shared {
 struct State {
     revoked_serials: HashSet<String>,
     revoked_identities: HashSet<Identity>,
+    /// The plain listener's users, by name.
+    local_users: HashMap<String, LocalUser>,
     live: HashMap<u64, Live>,
     next_id: u64,
     /// Set when the handle is dropped: handshakes still in flight are not admitted.
@@ -418,7 +499,7 @@ impl Drop for Registration {
 /// Accepts until the listener fails for good; returns why.
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    entry: Arc<Entry>,
     config: Arc<FrontConfig>,
     shared: Arc<Shared>,
 ) -> String {
@@ -436,14 +517,13 @@ async fn accept_loop(
                     continue;
                 };
                 // Never await anything per connection here: the handshake runs in its task.
-                tokio::spawn(serve(
-                    tcp,
-                    peer,
-                    acceptor.clone(),
-                    config.clone(),
-                    shared.clone(),
-                    permit,
-                ));
+                let (config, shared) = (config.clone(), shared.clone());
+                match &*entry {
+                    Entry::Tls(acceptor) => {
+                        tokio::spawn(serve(tcp, peer, acceptor.clone(), config, shared, permit))
+                    }
+                    Entry::Plain => tokio::spawn(serve_plain(tcp, peer, config, shared, permit)),
+                };
             }
             // EINVAL: the socket is not listening any more (shut down); nothing will ever be
             // accepted again.
@@ -460,7 +540,17 @@ async fn accept_loop(
     }
 }
 
-type Tls = TlsStream<TcpStream>;
+/// How clients come in on a listener.
+enum Entry {
+    /// TLS with a client certificate: the identity is the certificate's.
+    Tls(TlsAcceptor),
+    /// Plain TCP: the identity is the local user named in CONNECT.
+    Plain,
+}
+
+/// A client stream the front relays (TLS or plain TCP).
+trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for S {}
 
 /// How a relayed connection ended.
 #[derive(Debug)]
@@ -535,10 +625,129 @@ async fn serve(
         config,
         shared: shared.clone(),
     };
+    relay(session, registration, tls, BytesMut::with_capacity(4096)).await;
+}
+
+/// A plain-listener connection: its CONNECT names a local user, whose identity it gets.
+async fn serve_plain(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    config: Arc<FrontConfig>,
+    shared: Arc<Shared>,
+    pending: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _ = tcp.set_nodelay(true);
+    let mut tcp = tcp;
+    let mut buf = BytesMut::with_capacity(4096);
+    let connect = timeout(
+        config.connect_timeout,
+        read_frame(&mut tcp, &mut buf, config.max_packet_bytes),
+    )
+    .await;
+    drop(pending);
+    let frame = match connect {
+        Err(_) => {
+            let reason = format!(
+                "no CONNECT within {} ms",
+                config.connect_timeout.as_millis()
+            );
+            shared.emit(None, peer, FrontEventKind::HandshakeFailed { reason });
+            return;
+        }
+        Ok(Err(reason)) => {
+            shared.emit(None, peer, FrontEventKind::HandshakeFailed { reason });
+            return;
+        }
+        Ok(Ok(frame)) => frame,
+    };
+    let user = match local_user_of(&shared, &frame, config.max_packet_bytes) {
+        Ok(user) => user,
+        Err((code, reason)) => {
+            if let Some(code) = code {
+                let _ = write_flush(&mut tcp, &[0x20, 0x02, 0x00, code]).await;
+            }
+            shared.emit(None, peer, FrontEventKind::HandshakeFailed { reason });
+            return;
+        }
+    };
+    let registration = match shared.register(&user.identity, &LocalUser::serial(&user.name)) {
+        Ok(r) => r,
+        Err(reason) => {
+            let _ = write_flush(&mut tcp, &[0x20, 0x02, 0x00, CONNACK_NOT_AUTHORIZED]).await;
+            let kind = FrontEventKind::Refused {
+                action: Action::Connect,
+                topic: format!("local user {}", user.name),
+                reason: reason.to_owned(),
+            };
+            shared.emit(Some(&user.identity), peer, kind);
+            return;
+        }
+    };
+    let session = Session {
+        identity: user.identity,
+        peer,
+        config,
+        shared: shared.clone(),
+    };
+    // The CONNECT goes back in front of whatever followed it: the session reads it again.
+    let mut first = frame;
+    first.unsplit(buf);
+    relay(session, registration, tcp, first).await;
+}
+
+/// The local user a plain CONNECT logs in as, or the CONNACK code (if any) and why not.
+fn local_user_of(
+    shared: &Shared,
+    frame: &BytesMut,
+    max: usize,
+) -> Result<LocalUser, (Option<u8>, String)> {
+    let mut copy = frame.clone();
+    let login = match V4.read_mut(&mut copy, max) {
+        Ok(Packet::Connect(_, _, _, _, login)) => login,
+        Ok(_) => return Err((None, "first packet is not CONNECT".to_owned())),
+        Err(CodecError::InvalidProtocolLevel(level)) => {
+            return Err((
+                Some(CONNACK_BAD_PROTOCOL),
+                format!("MQTT protocol level {level} refused: only MQTT 3.1.1 is served"),
+            ));
+        }
+        Err(e) => return Err((None, format!("malformed CONNECT: {e}"))),
+    };
+    let Some(login) = login else {
+        return Err((
+            Some(CONNACK_NOT_AUTHORIZED),
+            "no user name and password: this listener takes only local MQTT users (edgefleet mqtt-user add)".to_owned(),
+        ));
+    };
+    let state = shared.state.lock();
+    match state.local_users.get(&login.username) {
+        Some(user) if user.password_sha256 == LocalUser::hash_password(&login.password) => {
+            Ok(user.clone())
+        }
+        _ => {
+            let mut name: String = login.username.chars().take(64).collect();
+            name.retain(|c| !c.is_control());
+            Err((
+                Some(CONNACK_BAD_LOGIN),
+                format!("unknown local MQTT user '{name}' or wrong password"),
+            ))
+        }
+    }
+}
+
+/// Relays an admitted connection until it ends or is revoked, then reports how it ended.
+async fn relay<S: ClientStream>(
+    session: Session,
+    registration: Registration,
+    stream: S,
+    buf: BytesMut,
+) {
     let cancel = registration.cancel.clone();
+    let peer = session.peer;
+    let shared = session.shared.clone();
     let end = tokio::select! {
-        end = session.run(tls) => end,
-        () = cancel.cancelled() => Some(End::Dropped("certificate revoked".to_owned())),
+        end = session.run(stream, buf) => end,
+        () = cancel.cancelled() => Some(End::Dropped("certificate or user revoked".to_owned())),
     };
     drop(registration);
     // Both sockets are closed by now (dropped with the futures above).
@@ -567,11 +776,11 @@ struct Session {
 type PendingSubAcks = Mutex<HashMap<u16, Vec<Option<u8>>>>;
 
 impl Session {
-    /// Runs one connection until it ends. `None` when it ended before being relayed (the
-    /// refusal was already reported).
-    async fn run(&self, tls: Tls) -> Option<End> {
-        let (mut client_rd, mut client_wr) = tokio::io::split(tls);
-        let mut buf = BytesMut::with_capacity(4096);
+    /// Runs one connection until it ends; `buf` holds what was already read from the client.
+    /// `None` when it ended before being relayed (the refusal was already reported).
+    async fn run<S: ClientStream>(&self, stream: S, buf: BytesMut) -> Option<End> {
+        let (mut client_rd, mut client_wr) = tokio::io::split(stream);
+        let mut buf = buf;
         let connect = timeout(
             self.config.connect_timeout,
             read_frame(&mut client_rd, &mut buf, self.config.max_packet_bytes),
@@ -612,16 +821,62 @@ impl Session {
             Err(_) => return Some(self.unavailable(&mut client_wr, "timeout".to_owned()).await),
         };
         let _ = upstream.set_nodelay(true);
-        let (up_rd, mut up_wr) = upstream.into_split();
+        let (mut up_rd, mut up_wr) = upstream.into_split();
         if let Err(e) = write_flush(&mut up_wr, &upstream_connect).await {
             return Some(self.unavailable(&mut client_wr, e.to_string()).await);
+        }
+        // Nothing else happens until rumqttd has answered: the upstream socket is never
+        // closed between its CONNECT and its CONNACK, whatever the client does meanwhile.
+        // (rumqttd 0.20 leaves a dead entry in its will handlers when writing the CONNACK
+        // fails, and the next CONNECT with that client id then panics under their lock and
+        // poisons it: every later connection of the listener panics. Upstream issue #1062.)
+        let mut up_buf = BytesMut::with_capacity(16 * 1024);
+        let connack = timeout(
+            self.config.connect_timeout,
+            read_frame(&mut up_rd, &mut up_buf, MAX_UPSTREAM_PACKET),
+        )
+        .await;
+        let connack = match connack {
+            Ok(Ok(frame)) if frame.len() == 4 && frame[0] == 0x20 => frame,
+            Ok(Ok(_)) => {
+                let error = "the broker did not answer CONNECT with CONNACK".to_owned();
+                return Some(self.unavailable(&mut client_wr, error).await);
+            }
+            Ok(Err(e)) => {
+                // rumqttd closes without CONNACK when the credential is wrong.
+                let error = format!(
+                    "the broker closed the connection before CONNACK (is the front's internal credential the broker's?): {e}"
+                );
+                return Some(self.unavailable(&mut client_wr, error).await);
+            }
+            Err(_) => {
+                let error = "no CONNACK from the broker in time".to_owned();
+                return Some(self.unavailable(&mut client_wr, error).await);
+            }
+        };
+        match connack[3] {
+            0 => {}
+            CONNACK_BAD_LOGIN | CONNACK_NOT_AUTHORIZED => {
+                let error = "the broker refused the front's internal credential".to_owned();
+                return Some(self.unavailable(&mut client_wr, error).await);
+            }
+            code => {
+                let _ = write_flush(&mut client_wr, &connack).await;
+                return Some(End::Dropped(format!(
+                    "the broker refused CONNECT (code {code})"
+                )));
+            }
+        }
+        if let Err(e) = write_flush(&mut client_wr, &connack).await {
+            // The link exists in rumqttd now: dropping the socket ends it the normal way.
+            return Some(End::Dropped(format!("client connection lost: {e}")));
         }
         self.shared
             .emit(Some(&self.identity), self.peer, FrontEventKind::Connected);
 
         let client_wr = tokio::sync::Mutex::new(client_wr);
         let pending = PendingSubAcks::default();
-        let to_client = broker_to_client(up_rd, &client_wr, &pending);
+        let to_client = broker_to_client(up_rd, up_buf, &client_wr, &pending);
         tokio::pin!(to_client);
         let end = tokio::select! {
             end = self.client_to_broker(client_rd, buf, &mut up_wr, &client_wr, &pending) => end,
@@ -646,7 +901,11 @@ impl Session {
         );
     }
 
-    async fn unavailable(&self, client_wr: &mut WriteHalf<Tls>, error: String) -> End {
+    async fn unavailable<S: ClientStream>(
+        &self,
+        client_wr: &mut WriteHalf<S>,
+        error: String,
+    ) -> End {
         let _ = write_flush(client_wr, &[0x20, 0x02, 0x00, CONNACK_UNAVAILABLE]).await;
         warn!(upstream = %self.config.upstream, %error, "cannot reach the broker behind the front");
         End::Dropped(format!("broker unreachable: {error}"))
@@ -672,7 +931,7 @@ impl Session {
             }
             Err(e) => return Err((None, format!("malformed CONNECT: {e}"))),
         };
-        let Packet::Connect(connect, _, will, _, _login) = packet else {
+        let Packet::Connect(connect, _, will, _, _client_login) = packet else {
             return Err((None, "first packet is not CONNECT".to_owned()));
         };
         if let Err(denied) = acl::check_client_id(&self.identity, &connect.client_id) {
@@ -691,18 +950,26 @@ impl Session {
                 return Err((Some(CONNACK_NOT_AUTHORIZED), reason));
             }
         }
+        let login = self
+            .config
+            .upstream_login
+            .as_ref()
+            .map(|c| rumqttd::protocol::Login {
+                username: c.username.clone(),
+                password: c.password.clone(),
+            });
         let mut out = BytesMut::new();
-        V4.write(Packet::Connect(connect, None, will, None, None), &mut out)
+        V4.write(Packet::Connect(connect, None, will, None, login), &mut out)
             .map_err(|e| (None, format!("cannot re-encode CONNECT: {e}")))?;
         Ok(out)
     }
 
-    async fn client_to_broker(
+    async fn client_to_broker<S: ClientStream>(
         &self,
-        mut client_rd: ReadHalf<Tls>,
+        mut client_rd: ReadHalf<S>,
         mut buf: BytesMut,
         up_wr: &mut tokio::net::tcp::OwnedWriteHalf,
-        client_wr: &tokio::sync::Mutex<WriteHalf<Tls>>,
+        client_wr: &tokio::sync::Mutex<WriteHalf<S>>,
         pending: &PendingSubAcks,
     ) -> End {
         let max = self.config.max_packet_bytes;
@@ -749,8 +1016,20 @@ impl Session {
                     let _ = write_flush(up_wr, &raw).await;
                     return End::Clean;
                 }
-                Packet::Unsubscribe(..)
-                | Packet::PingReq(_)
+                Packet::Unsubscribe(unsubscribe, _) => {
+                    // MQTT 3.1.1's UNSUBACK has no failure code: a malformed filter closes.
+                    let bad = unsubscribe
+                        .filters
+                        .iter()
+                        .find_map(|f| acl::check_unsubscribe(&self.identity, f).err());
+                    if let Some(denied) = bad {
+                        let reason = denied.to_string();
+                        self.shared.refused(&self.identity, self.peer, denied);
+                        return End::Dropped(reason);
+                    }
+                    raw
+                }
+                Packet::PingReq(_)
                 | Packet::PubAck(..)
                 | Packet::PubRec(..)
                 | Packet::PubRel(..)
@@ -830,14 +1109,22 @@ enum SubscribeVerdict {
 
 /// Broker → client: copied packet by packet, except SUBACKs of partly refused SUBSCRIBEs,
 /// whose return codes are put back in the client's order.
-async fn broker_to_client(
+async fn broker_to_client<S: ClientStream>(
     mut up_rd: tokio::net::tcp::OwnedReadHalf,
-    client_wr: &tokio::sync::Mutex<WriteHalf<Tls>>,
+    buf: BytesMut,
+    client_wr: &tokio::sync::Mutex<WriteHalf<S>>,
     pending: &PendingSubAcks,
 ) -> End {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut buf = buf;
+    let mut first = !buf.is_empty();
     loop {
-        match up_rd.read_buf(&mut buf).await {
+        let read = if first {
+            first = false;
+            Ok(buf.len())
+        } else {
+            up_rd.read_buf(&mut buf).await
+        };
+        match read {
             Ok(0) => return End::Dropped("broker closed the connection".to_owned()),
             Ok(_) => {}
             Err(e) => return End::Dropped(format!("broker connection lost: {e}")),

@@ -1,13 +1,17 @@
 //! # edgefleet-broker
 //!
-//! rumqttd embedded in-process, configured from code (no TOML file): one plain MQTT v3.1.1
-//! listener with deliberately chosen limits, kept on loopback; and the network front devices
-//! and integrators connect to: TLS with client certificates from our own CA, every packet
-//! checked against the confinement rules of `edgefleet_protocol::acl`, then relayed to the
-//! plain listener (see ARCHITECTURE.md, "Network front").
+//! rumqttd embedded in-process, configured from code (no TOML file): one internal MQTT v3.1.1
+//! listener with deliberately chosen limits, on loopback, that (in the gateway) takes only
+//! connections presenting the [`InternalCredential`]; and the network front every other
+//! client connects to: TLS with client certificates from our own CA, or plain TCP on
+//! loopback with a local user's password, every packet checked against the confinement rules
+//! and topic shapes of `edgefleet_protocol::acl`, then relayed to the internal listener (see
+//! ARCHITECTURE.md, "Network front" and "Threat model").
 //!
 //! ## Layout
 //! - [`BrokerConfig`]: the knobs we expose, with the values we chose and why.
+//! - [`InternalCredential`]: the secret of the internal listener (generated at first start,
+//!   `0600` in the data dir), used by the controller and the front's upstream connections.
 //! - [`start`]: starts the broker on its own thread (any address, port 0 included) and waits
 //!   until its listener accepts; the [`BrokerHandle`] reports the real address and when the
 //!   broker died ([`BrokerHandle::stopped`]).
@@ -47,8 +51,10 @@ pub mod reservation;
 mod supervision;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -79,13 +85,69 @@ pub enum BrokerError {
     Thread(std::io::Error),
 }
 
+/// The user name and password rumqttd's internal listener requires (rumqttd's static
+/// connection auth). Only the controller and the front's upstream connections hold it: no
+/// other client can connect to the internal listener at all.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InternalCredential {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for InternalCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InternalCredential")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl InternalCredential {
+    /// The user name the controller and the front present.
+    pub const USERNAME: &'static str = "edgefleet-internal";
+    /// The file (in the data dir) that holds the password.
+    pub const FILE: &'static str = "broker-internal-password";
+
+    /// Reads the password from `dir`/[`Self::FILE`], or creates it (256 random bits, hex,
+    /// `0600`, written atomically) on first start. `dir` must exist.
+    pub fn load_or_create(dir: &Path) -> std::io::Result<InternalCredential> {
+        let path = dir.join(Self::FILE);
+        let password = match std::fs::read_to_string(&path) {
+            Ok(text) if text.trim().len() >= 32 => text.trim().to_owned(),
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is too short to be a broker password: delete it and restart (a new one is generated)",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let password = hex::encode(rand::random::<[u8; 32]>());
+                edgefleet_files::write_private(&path, password.as_bytes())?;
+                password
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(InternalCredential {
+            username: Self::USERNAME.to_owned(),
+            password,
+        })
+    }
+}
+
 /// Broker limits. The defaults are chosen for a plant gateway with up to ~10k agents; see
 /// ARCHITECTURE.md ("Broker settings") for the measurements behind them.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// Plain MQTT listener. Keep it on loopback unless the network is trusted. Port 0 lets
-    /// the kernel pick one; [`BrokerHandle::listen_addr`] tells which.
+    /// rumqttd's own listener. Keep it on loopback. Port 0 lets the kernel pick one;
+    /// [`BrokerHandle::listen_addr`] tells which.
     pub mqtt_listen: SocketAddr,
+    /// Required of every client by rumqttd (CONNACK 4 otherwise). `None`: anonymous clients
+    /// are accepted (`edgefleet broker`, benchmarks); the gateway always sets it.
+    pub credential: Option<InternalCredential>,
     /// Most concurrent connections the router accepts.
     pub max_connections: usize,
     /// Largest PUBLISH payload accepted (a desired document with many stacks can be large).
@@ -104,6 +166,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            credential: None,
             max_connections: 20_000,
             max_payload_bytes: edgefleet_protocol::MAX_PAYLOAD_BYTES + 64 * 1024,
             max_inflight: 1000,
@@ -122,7 +185,10 @@ impl BrokerConfig {
             connection_timeout_ms: 10_000,
             max_payload_size: self.max_payload_bytes,
             max_inflight_count: self.max_inflight,
-            auth: None,
+            auth: self
+                .credential
+                .as_ref()
+                .map(|c| HashMap::from([(c.username.clone(), c.password.clone())])),
             external_auth: None,
             dynamic_filters: true,
         };

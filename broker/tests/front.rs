@@ -1,7 +1,8 @@
-//! The TLS front against a real rumqttd (started with `edgefleet_broker::start`) and real
-//! clients: rumqttc over rustls, mosquitto_pub / mosquitto_sub, and a raw TLS socket for
-//! packets no well-behaved client sends. Every wait polls with a deadline. Every listener is
-//! on port 0 and asked for its real address.
+//! The front against a real rumqttd (started with `edgefleet_broker::start`, with an
+//! internal credential as in the gateway) and real clients: rumqttc over rustls, mosquitto_pub
+//! / mosquitto_sub, and raw TLS or TCP sockets for packets no well-behaved client sends. Both
+//! listeners: TLS (client certificates) and plain (local users). Every wait polls with a
+//! deadline. Every listener is on port 0 and asked for its real address.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use edgefleet_broker::front::{
-    self, FrontConfig, FrontEvent, FrontEventKind, FrontHandle, start_front,
+    self, FrontConfig, FrontEvent, FrontEventKind, FrontHandle, LocalUser, start_front,
 };
 use edgefleet_broker::pki::{IssuedCert, Pki};
-use edgefleet_broker::{BrokerConfig, start};
+use edgefleet_broker::{BrokerConfig, BrokerHandle, InternalCredential, start};
 use edgefleet_protocol::acl::{Action, Identity};
 use edgefleet_protocol::topics::{self, TopicKind};
 use futures_util::FutureExt;
@@ -42,7 +43,11 @@ struct Gateway {
     files: PathBuf,
     pki: Pki,
     broker: SocketAddr,
+    handle: BrokerHandle,
+    credential: InternalCredential,
     front: FrontHandle,
+    /// The front's plain listener (local users).
+    plain: SocketAddr,
 }
 
 impl Gateway {
@@ -58,15 +63,23 @@ impl Gateway {
     /// The front on a listener the test bound itself.
     fn start_on(listener: tokio::net::TcpListener, tune: impl FnOnce(&mut FrontConfig)) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
+        let credential = InternalCredential::load_or_create(dir.path()).unwrap();
         let broker = start(&BrokerConfig {
             mqtt_listen: any_port(),
+            credential: Some(credential.clone()),
             ..BrokerConfig::default()
         })
         .expect("broker starts");
         let pki = Pki::load_or_create(&dir.path().join("pki"), &[]).unwrap();
         let mut config = FrontConfig::new(broker.connect_addr());
+        config.upstream_login = Some(credential.clone());
         tune(&mut config);
         let front = start_front(listener, config, pki.server_tls_config()).unwrap();
+        let plain = std::net::TcpListener::bind(any_port()).unwrap();
+        plain.set_nonblocking(true).unwrap();
+        let plain = front
+            .serve_plain(tokio::net::TcpListener::from_std(plain).unwrap())
+            .unwrap();
         let files = dir.path().join("files");
         std::fs::create_dir(&files).unwrap();
         std::fs::write(files.join("ca.pem"), pki.ca_pem()).unwrap();
@@ -75,8 +88,31 @@ impl Gateway {
             files,
             pki,
             broker: broker.connect_addr(),
+            handle: broker,
+            credential,
             front,
+            plain,
         }
+    }
+
+    /// Creates local users (replacing any) and returns their passwords, by name.
+    fn local_users(&self, users: &[(&str, Identity)]) -> std::collections::HashMap<String, String> {
+        let mut passwords = std::collections::HashMap::new();
+        let list = users
+            .iter()
+            .map(|(name, identity)| {
+                let password = format!("pw-{name}-{}", rand_suffix());
+                let user = LocalUser {
+                    name: (*name).to_owned(),
+                    password_sha256: LocalUser::hash_password(&password),
+                    identity: identity.clone(),
+                };
+                passwords.insert((*name).to_owned(), password);
+                user
+            })
+            .collect();
+        self.front.set_local_users(list);
+        passwords
     }
 
     fn port(&self) -> u16 {
@@ -142,10 +178,19 @@ impl Client {
         Client { client, events }
     }
 
-    /// A plain client on the broker's loopback listener (not through the front).
+    /// A client on the broker's internal listener (not through the front), with the
+    /// internal credential: what the controller is.
     fn loopback(gw: &Gateway, id: &str) -> Client {
         let mut o = MqttOptions::new(id, gw.broker.ip().to_string(), gw.broker.port());
         o.set_max_packet_size(1 << 20, 1 << 20);
+        o.set_credentials(&gw.credential.username, &gw.credential.password);
+        Client::spawn(o)
+    }
+
+    /// A client of the front's plain listener, as local user `user`.
+    fn plain(gw: &Gateway, client_id: &str, user: &str, password: &str) -> Client {
+        let mut o = MqttOptions::new(client_id, gw.plain.ip().to_string(), gw.plain.port());
+        o.set_credentials(user, password);
         Client::spawn(o)
     }
 
@@ -1014,7 +1059,12 @@ async fn a_serving_front_is_not_stopped_and_a_dropped_one_is() {
     let reason = tokio::time::timeout(WAIT, stopped)
         .await
         .expect("dropping the handle stops the front");
-    assert_eq!(reason, "the TLS front's accept loop was shut down");
+    // Both accept loops (TLS and plain) are shut down; the first one reported wins.
+    assert!(
+        reason == "the TLS front's accept loop was shut down"
+            || reason == "the plain MQTT front's accept loop was shut down",
+        "{reason}"
+    );
     a.closed("relayed connection closed with the front").await;
 }
 
@@ -1057,7 +1107,12 @@ async fn a_front_whose_listener_fails_is_stopped() {
 async fn after_a_clean_disconnect_the_broker_closes_first() {
     let upstream = tokio::net::TcpListener::bind(any_port()).await.unwrap();
     let fake = upstream.local_addr().unwrap();
-    let gw = Gateway::start_with(|c| c.upstream = fake).await;
+    // Without an upstream login, the CONNECT the fake broker reads is the client's own.
+    let gw = Gateway::start_with(|c| {
+        c.upstream = fake;
+        c.upstream_login = None;
+    })
+    .await;
     let mut events = gw.front.subscribe_events();
     let mut raw = raw_tls(&gw, &gw.issue(&device("press-a"))).await;
     raw.write_all(&connect_packet("edgefleet-agent-press-a"))
@@ -1096,4 +1151,387 @@ async fn after_a_clean_disconnect_the_broker_closes_first() {
             reason: "client sent DISCONNECT".to_owned()
         }
     );
+}
+
+/// Without the internal credential nobody gets onto rumqttd's own listener: no login, a
+/// wrong password, mosquitto_sub anonymous. With it (the controller's way) it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_internal_listener_takes_only_the_internal_credential() {
+    let gw = Gateway::start().await;
+    let mut anonymous = Client::spawn(MqttOptions::new(
+        "anonymous",
+        gw.broker.ip().to_string(),
+        gw.broker.port(),
+    ));
+    let err = anonymous.closed("anonymous client refused").await;
+    assert!(
+        !matches!(
+            err,
+            ConnectionError::ConnectionRefused(ConnectReturnCode::Success)
+        ),
+        "{err:?}"
+    );
+    let mut o = MqttOptions::new("guesser", gw.broker.ip().to_string(), gw.broker.port());
+    o.set_credentials(InternalCredential::USERNAME, "not-the-password");
+    let mut wrong = Client::spawn(o);
+    wrong.closed("wrong password refused").await;
+    let port = gw.broker.port().to_string();
+    let out = mosquitto(
+        "mosquitto_sub",
+        &[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "#",
+            "-C",
+            "1",
+            "-W",
+            "3",
+        ],
+    );
+    assert!(!out.status.success(), "anonymous mosquitto_sub got in");
+    let mut ok = Client::loopback(&gw, "with-credential");
+    ok.connected().await;
+    ok.disconnect().await;
+    // The password file is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(gw._dir.path().join(InternalCredential::FILE))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+/// A device publishes its status through the TLS front and a client with the internal
+/// credential (the controller's place) receives it within 2 s: the broker serves.
+async fn assert_broker_serves(gw: &Gateway, device_cert: &IssuedCert, round: &str) {
+    assert!(
+        gw.handle.stopped().now_or_never().is_none(),
+        "the broker died ({round})"
+    );
+    let status = TopicKind::DeviceStatus.for_device("press-ok");
+    let mut controller = Client::loopback(gw, &format!("controller-{}", rand_suffix()));
+    controller.connected().await;
+    controller
+        .client
+        .subscribe(&status, QoS::AtMostOnce)
+        .await
+        .unwrap();
+    controller.suback().await;
+    let mut dev = Client::tls(gw, "edgefleet-agent-press-ok", device_cert);
+    dev.connected().await;
+    let started = Instant::now();
+    let body = format!("status after {round}");
+    dev.client
+        .publish(&status, QoS::AtLeastOnce, false, body.clone().into_bytes())
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), controller.message(&status))
+        .await
+        .unwrap_or_else(|_| panic!("no status within 2 s after {round}"));
+    assert_eq!(got, body.as_bytes());
+    eprintln!("{round}: status relayed in {:?}", started.elapsed());
+    dev.disconnect().await;
+    controller.disconnect().await;
+}
+
+/// Every topic and filter shape that panicked rumqttd 0.20 in our probes, sent on both
+/// listeners by the most privileged client each allows, while a subscription exists (the
+/// panics are in matching): each is refused at the front, and the broker goes on serving.
+/// Shapes (probed against a bare `edgefleet broker`): a PUBLISH to `é` (router thread,
+/// `protocol/mod.rs:658`, with any subscription present); a last will on `é` (the same, when
+/// it fires); non-ASCII first characters in general.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_that_panic_rumqttd_never_reach_it() {
+    let gw = Gateway::start().await;
+    let ok_cert = gw.issue(&device("press-ok"));
+    let dev_cert = gw.issue(&device("press-e"));
+    let users = gw.local_users(&[
+        ("bridge", Identity::Bridge("bridge".into())),
+        ("local", Identity::Local("local".into())),
+    ]);
+    // A subscription that matches nothing we send: matching itself is what panics.
+    let mut sub = Client::loopback(&gw, "matcher");
+    sub.connected().await;
+    sub.client.subscribe("x/+", QoS::AtMostOnce).await.unwrap();
+    sub.suback().await;
+    assert_broker_serves(&gw, &ok_cert, "start").await;
+
+    let plain_port = gw.plain.port().to_string();
+    let tls_port = gw.port().to_string();
+    let ca = gw.ca_file();
+    let dev_files = gw.write_cert("press-e", &dev_cert);
+    for topic in ["é", "éa/b", "\u{1}x"] {
+        // mosquitto_pub on the plain listener, as the bridge (allowed every topic).
+        let bridge_pw = &users["bridge"];
+        let out = mosquitto(
+            "mosquitto_pub",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &plain_port,
+                "-u",
+                "bridge",
+                "-P",
+                bridge_pw,
+                "-i",
+                "bridge-1",
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                "x",
+            ],
+        );
+        let _ = out;
+        assert_broker_serves(&gw, &ok_cert, &format!("plain publish to {topic:?}")).await;
+        // The same on the TLS listener with a device certificate.
+        let mut args = tls_args(&tls_port, &ca, Some(&dev_files));
+        args.extend([
+            "-i",
+            "edgefleet-agent-press-e",
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            "x",
+        ]);
+        let _ = mosquitto("mosquitto_pub", &args);
+        assert_broker_serves(&gw, &ok_cert, &format!("TLS publish to {topic:?}")).await;
+        // As a last will, on both listeners: refused at CONNECT.
+        let mut o = MqttOptions::new("bridge-will", gw.plain.ip().to_string(), gw.plain.port());
+        o.set_credentials("bridge", bridge_pw);
+        o.set_last_will(LastWill::new(topic, "bye", QoS::AtMostOnce, false));
+        let mut will = Client::spawn(o);
+        let err = will.closed("will refused").await;
+        assert!(
+            matches!(
+                err,
+                ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized)
+            ),
+            "{err:?}"
+        );
+        let mut o = Client::tls_options(&gw, "edgefleet-agent-press-e", Some(&dev_cert));
+        o.set_last_will(LastWill::new(topic, "bye", QoS::AtMostOnce, false));
+        let mut will = Client::spawn(o);
+        will.closed("will refused").await;
+        assert_broker_serves(&gw, &ok_cert, &format!("wills on {topic:?}")).await;
+        // As a filter: refused in SUBACK, never forwarded.
+        let mut b = Client::plain(&gw, "bridge-sub", "bridge", bridge_pw);
+        b.connected().await;
+        b.client.subscribe(topic, QoS::AtMostOnce).await.unwrap();
+        assert_eq!(b.suback().await, vec![SubscribeReasonCode::Failure]);
+        b.disconnect().await;
+    }
+    // A raw PUBLISH to `é` as the bridge: the connection is closed.
+    let mut raw = TcpStream::connect(gw.plain).await.unwrap();
+    let mut connect = BytesMut::new();
+    V4.write(
+        Packet::Connect(
+            Connect {
+                keep_alive: 30,
+                client_id: "bridge-raw".into(),
+                clean_session: true,
+            },
+            None,
+            None,
+            None,
+            Some(rumqttd::protocol::Login {
+                username: "bridge".into(),
+                password: users["bridge"].clone(),
+            }),
+        ),
+        &mut connect,
+    )
+    .unwrap();
+    raw.write_all(&connect).await.unwrap();
+    let mut publish = vec![0x30, 0x05, 0x00, 0x02];
+    publish.extend_from_slice("é".as_bytes());
+    publish.push(b'x');
+    raw.write_all(&publish).await.unwrap();
+    let answer = read_until_closed(&mut raw)
+        .await
+        .expect("connection closed");
+    assert_eq!(
+        &answer[..4],
+        &[0x20, 0x02, 0x00, 0x00],
+        "CONNACK, then closed"
+    );
+    assert_broker_serves(&gw, &ok_cert, "raw publish to é").await;
+}
+
+/// The plain listener: no user, an unknown one or a wrong password never get in; a local
+/// user stays outside edgefleet/, a bridge reads everything; removing a user cuts it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plain_listener_takes_only_local_users_confined_by_role() {
+    let gw = Gateway::start().await;
+    let users = gw.local_users(&[
+        ("historian", Identity::Local("historian".into())),
+        ("bridge", Identity::Bridge("bridge".into())),
+        ("press-p", device("press-p")),
+    ]);
+    let mut none = Client::spawn(MqttOptions::new(
+        "nobody",
+        gw.plain.ip().to_string(),
+        gw.plain.port(),
+    ));
+    let err = none.closed("no credentials").await;
+    assert!(
+        matches!(
+            err,
+            ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized)
+        ),
+        "{err:?}"
+    );
+    let mut wrong = Client::plain(&gw, "guess", "historian", "guess");
+    let err = wrong.closed("wrong password").await;
+    assert!(
+        matches!(
+            err,
+            ConnectionError::ConnectionRefused(ConnectReturnCode::BadUserNamePassword)
+        ),
+        "{err:?}"
+    );
+
+    let mut h = Client::plain(&gw, "historian-1", "historian", &users["historian"]);
+    h.connected().await;
+    h.client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new("plant/#".into(), QoS::AtMostOnce),
+            rumqttc::SubscribeFilter::new("#".into(), QoS::AtMostOnce),
+            rumqttc::SubscribeFilter::new(topics::controller_presence(), QoS::AtMostOnce),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        h.suback().await,
+        vec![
+            SubscribeReasonCode::Success(QoS::AtMostOnce),
+            SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Failure,
+        ]
+    );
+    let mut b = Client::plain(&gw, "bridge-1", "bridge", &users["bridge"]);
+    b.connected().await;
+    b.client.subscribe("#", QoS::AtMostOnce).await.unwrap();
+    assert_eq!(
+        b.suback().await,
+        vec![SubscribeReasonCode::Success(QoS::AtMostOnce)]
+    );
+    // The device-role user publishes its own status; the bridge sees it.
+    let status = TopicKind::DeviceStatus.for_device("press-p");
+    let mut p = Client::plain(&gw, "edgefleet-agent-press-p", "press-p", &users["press-p"]);
+    p.connected().await;
+    p.client
+        .publish(&status, QoS::AtLeastOnce, false, b"up".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(b.message(&status).await, b"up");
+    // The historian publishing into edgefleet/ is cut off.
+    h.client
+        .publish(&status, QoS::AtLeastOnce, false, b"forged".to_vec())
+        .await
+        .unwrap();
+    h.closed("local user publishing into edgefleet/").await;
+    // Removing the bridge closes its connection.
+    gw.local_users(&[("historian", Identity::Local("historian".into()))]);
+    b.closed("removed user cut off").await;
+    let mut again = Client::plain(&gw, "bridge-2", "bridge", &users["bridge"]);
+    again.closed("removed user refused").await;
+}
+
+/// rumqttd 0.20 poisons its will-handler lock when a connection is reset right after CONNECT
+/// and its client id comes back (upstream #1062; reproduced on a bare rumqttd: every later
+/// connection panics). The front never closes an upstream socket between CONNECT and CONNACK,
+/// so 1,000 devices that CONNECT through the front and reset at once, then come back, leave
+/// it accepting everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_then_reset_storms_leave_the_front_accepting_everyone() {
+    const DEVICES: usize = 1000;
+    let gw = Gateway::start().await;
+    let ok_cert = gw.issue(&device("press-ok"));
+    let names: Vec<String> = (0..DEVICES).map(|i| format!("storm-{i}")).collect();
+    let users: Vec<(&str, Identity)> = names.iter().map(|n| (n.as_str(), device(n))).collect();
+    let passwords = gw.local_users(&users);
+    // Plain listener: 1,000 devices at once, CONNECT then RST.
+    let mut storm = tokio::task::JoinSet::new();
+    for name in &names {
+        let (addr, name, password) = (gw.plain, name.clone(), passwords[name].clone());
+        storm.spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let mut connect = BytesMut::new();
+            V4.write(
+                Packet::Connect(
+                    Connect {
+                        keep_alive: 30,
+                        client_id: format!("edgefleet-agent-{name}"),
+                        clean_session: true,
+                    },
+                    None,
+                    None,
+                    None,
+                    Some(rumqttd::protocol::Login {
+                        username: name,
+                        password,
+                    }),
+                ),
+                &mut connect,
+            )
+            .unwrap();
+            tcp.write_all(&connect).await.unwrap();
+            tcp.set_zero_linger().unwrap();
+            drop(tcp); // RST
+        });
+    }
+    while let Some(r) = storm.join_next().await {
+        r.unwrap();
+    }
+    // TLS listener: 200 devices with certificates, the same.
+    let mut storm = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let id = format!("tls-storm-{i}");
+        let cert = gw.issue(&device(&id));
+        let tls = raw_tls(&gw, &cert).await;
+        storm.spawn(async move {
+            let mut tls = tls;
+            tls.write_all(&connect_packet(&format!("edgefleet-agent-{id}")))
+                .await
+                .unwrap();
+            tls.flush().await.unwrap();
+            tls.get_ref().0.set_zero_linger().unwrap();
+            drop(tls);
+        });
+    }
+    while let Some(r) = storm.join_next().await {
+        r.unwrap();
+    }
+    // Everyone comes back with the same client ids (the #1062 trigger), then someone new.
+    let started = Instant::now();
+    for name in names.iter().step_by(10) {
+        let mut c = Client::plain(
+            &gw,
+            &format!("edgefleet-agent-{name}"),
+            name,
+            &passwords[name],
+        );
+        c.connected().await;
+        c.disconnect().await;
+    }
+    for i in (0..200).step_by(20) {
+        let id = format!("tls-storm-{i}");
+        let cert = gw.issue(&device(&id));
+        let mut c = Client::tls(&gw, &format!("edgefleet-agent-{id}"), &cert);
+        c.connected().await;
+        c.disconnect().await;
+    }
+    eprintln!(
+        "110 reconnections after the storms in {:?}",
+        started.elapsed()
+    );
+    assert_broker_serves(&gw, &ok_cert, "the CONNECT-then-reset storms").await;
 }

@@ -92,6 +92,9 @@ pub enum Command {
     /// Read-only MQTT credentials for integrators (SCADA, historians), admin only.
     #[command(subcommand)]
     Integrator(IntegratorCommand),
+    /// Local MQTT users of the gateway's plain loopback listener (admin only).
+    #[command(subcommand, name = "mqtt-user")]
+    MqttUser(MqttUserCommand),
     /// The confinement rules for an external broker.
     #[command(subcommand)]
     Acl(AclCommand),
@@ -128,6 +131,41 @@ pub enum DeviceCommand {
     /// Revoke every certificate of a device: it is disconnected now and cannot reconnect.
     /// Enroll it again (device add) to let it back.
     Revoke { id: String },
+    /// Change a device's labels (its site, area, line…): the inventory, not the device,
+    /// decides them. The device's desired state, scope and site summary follow at once.
+    ///
+    /// `key=value` sets a label, `key-` removes it. What the device reports about itself is
+    /// shown as "reported" and never used; a mismatch is an alarm.
+    #[command(after_help = "Example:
+  edgefleet device label press-07 site=paris line=2 area-")]
+    Label {
+        id: String,
+        /// `key=value` to set, `key-` to remove (at least one).
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        changes: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MqttUserCommand {
+    /// Create a local MQTT user with a random password (printed once) for the gateway's plain
+    /// listener (--mqtt-listen, loopback). The role decides what it may do: `local` (default)
+    /// publishes and subscribes only outside edgefleet/; `bridge` may use every topic, like
+    /// the controller (a trusted bridge or a test suite); `device:ID` and `integrator:NAME`
+    /// act exactly as that device or integrator.
+    #[command(
+        after_help = "Example:\n  edgefleet mqtt-user add historian\n  mosquitto_sub -h 127.0.0.1 -p 1883 -u historian -P PASSWORD -t 'plant/#'"
+    )]
+    Add {
+        name: String,
+        /// local, bridge, device:ID or integrator:NAME.
+        #[arg(long, default_value = "local")]
+        role: String,
+    },
+    /// List the local MQTT users (names, roles, who created them; never passwords).
+    List,
+    /// Remove a local MQTT user: its connections are closed now.
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -286,9 +324,11 @@ pub struct ServerArgs {
 pub struct GatewayArgs {
     #[command(flatten)]
     pub server: ServerArgs,
-    /// Address of the plain MQTT listener (no identity, no confinement): for the controller
-    /// and local tools. Keep it on loopback; any other address is accepted with a warning.
-    /// Port 0: any free port.
+    /// Address of the plain MQTT listener for local users an admin created (`edgefleet
+    /// mqtt-user add`): each is confined to its role's topics, like a TLS client. Keep it on
+    /// loopback (passwords travel in clear); any other address is accepted with a warning.
+    /// The embedded broker itself listens on a loopback port of its own that takes only the
+    /// gateway's internal credential. Port 0: any free port.
     #[arg(long, default_value = "127.0.0.1:1883")]
     pub mqtt_listen: SocketAddr,
     /// Address of the TLS MQTT listener devices and integrators connect to, with the

@@ -278,6 +278,72 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
                 )
             },
         ),
+        Command::Device(DeviceCommand::Label { id, changes }) => (
+            api.put(
+                &format!("/api/v1/devices/{id}/labels"),
+                &label_changes(changes)?,
+            )
+            .await?,
+            |v: &Value| {
+                let labels = v["labels"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
+                format!("{}: labels now {labels}", s(v, "device"))
+            },
+        ),
+        Command::MqttUser(MqttUserCommand::Add { name, role }) => (
+            api.post("/api/v1/mqtt-users", &json!({ "name": name, "role": role }))
+                .await?,
+            |v: &Value| {
+                format!(
+                    "local MQTT user {} (role {}) created; its password, shown only now:\n\n  {}\n\nconnect to the gateway's plain listener (--mqtt-listen) with user name {} and this password",
+                    s(v, "name"),
+                    s(v, "role"),
+                    s(v, "password"),
+                    s(v, "name")
+                )
+            },
+        ),
+        Command::MqttUser(MqttUserCommand::List) => {
+            (api.get("/api/v1/mqtt-users").await?, |v: &Value| {
+                let rows: Vec<String> = v
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|u| {
+                        format!(
+                            "{}  {}  (created {} by {})",
+                            s(u, "name"),
+                            s(u, "role"),
+                            s(u, "created_at"),
+                            s(u, "created_by")
+                        )
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    "no local MQTT users".to_owned()
+                } else {
+                    rows.join("\n")
+                }
+            })
+        }
+        Command::MqttUser(MqttUserCommand::Remove { name }) => (
+            api.delete(&format!("/api/v1/mqtt-users/{name}")).await?,
+            |v: &Value| {
+                format!(
+                    "local MQTT user {} removed ({} connection(s) closed)",
+                    s(v, "name"),
+                    v["connections_closed"]
+                )
+            },
+        ),
         Command::Device(DeviceCommand::Revoke { id }) => (
             api.post(&format!("/api/v1/devices/{id}/revoke"), &json!({}))
                 .await?,
@@ -594,4 +660,21 @@ async fn watch_rollout(api: &ApiClient, id: u64, json_out: bool) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// `key=value` / `key-` arguments of `device label` as the API's body
+/// `{"set": {key: value}, "remove": [key]}`.
+fn label_changes(changes: &[String]) -> anyhow::Result<Value> {
+    let mut set = serde_json::Map::new();
+    let mut remove = Vec::new();
+    for change in changes {
+        if let Some((k, v)) = change.split_once('=') {
+            set.insert(k.to_owned(), Value::String(v.to_owned()));
+        } else if let Some(k) = change.strip_suffix('-') {
+            remove.push(Value::String(k.to_owned()));
+        } else {
+            bail!("'{change}' is neither key=value (set a label) nor key- (remove it)");
+        }
+    }
+    Ok(json!({ "set": set, "remove": remove }))
 }

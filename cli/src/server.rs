@@ -5,6 +5,7 @@
 //! systemd or Docker restart it).
 
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use anyhow::Context;
@@ -82,9 +83,13 @@ fn plain_http_on_loopback(addr: SocketAddr, https_hint: &str) -> anyhow::Result<
     )
 }
 
-async fn start_broker(mqtt_listen: SocketAddr) -> anyhow::Result<edgefleet_broker::BrokerHandle> {
+async fn start_broker(
+    mqtt_listen: SocketAddr,
+    credential: Option<edgefleet_broker::InternalCredential>,
+) -> anyhow::Result<edgefleet_broker::BrokerHandle> {
     let config = edgefleet_broker::BrokerConfig {
         mqtt_listen,
+        credential,
         ..Default::default()
     };
     Ok(tokio::task::spawn_blocking(move || edgefleet_broker::start(&config)).await??)
@@ -96,7 +101,25 @@ pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
         "Other hosts reach the API and dashboard over HTTPS: --https-listen (default 0.0.0.0:8444).",
     )?;
     let shutdown = watch_signals();
-    let broker = start_broker(args.mqtt_listen).await?;
+    let data_dir = args.server.data_dir.clone();
+    let credential = tokio::task::spawn_blocking(move || {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data_dir)?;
+        edgefleet_broker::InternalCredential::load_or_create(&data_dir)
+    })
+    .await?
+    .with_context(|| {
+        format!(
+            "cannot read or create the broker's internal password in {}",
+            args.server.data_dir.display()
+        )
+    })?;
+    // rumqttd itself: loopback, a port nobody has to choose, our credential only.
+    let internal = SocketAddr::from(([127, 0, 0, 1], 0));
+    let broker = start_broker(internal, Some(credential.clone())).await?;
+    let mqtt = bind(args.mqtt_listen, "MQTT (local users)", "--mqtt-listen").await?;
     let http = bind(args.server.http_listen, "HTTP", "--http-listen").await?;
     let https = bind(args.https_listen, "HTTPS", "--https-listen").await?;
     let mqtts = bind(args.mqtts_listen, "MQTT over TLS", "--mqtts-listen").await?;
@@ -104,15 +127,15 @@ pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
     if !args.mqtt_listen.ip().is_loopback() {
         tracing::warn!(
             listen = %args.mqtt_listen,
-            "the plain MQTT listener is not on loopback: any client that reaches it can publish and subscribe anywhere, with no identity. Use it only on a trusted network; devices belong on the TLS listener (--mqtts-listen)"
+            "the plain MQTT listener is not on loopback: local users' passwords cross the network in clear. Devices and integrators belong on the TLS listener (--mqtts-listen)"
         );
     }
     let public_host = args.public_host();
     eprintln!(
-        "edgefleet gateway: devices on mqtts://{public_host}:{} (enroll at https://{public_host}:{}), local MQTT on {}, API and dashboard on https://{public_host}:{} (CA in {}) and http://{}, data in {} (addresses in {})",
+        "edgefleet gateway: devices on mqtts://{public_host}:{} (enroll at https://{public_host}:{}), local MQTT users on {}, API and dashboard on https://{public_host}:{} (CA in {}) and http://{}, data in {} (addresses in {})",
         mqtts.local_addr()?.port(),
         enroll.local_addr()?.port(),
-        broker.listen_addr(),
+        mqtt.local_addr()?,
         https.local_addr()?.port(),
         args.server.data_dir.join("pki").join("ca.pem").display(),
         http.local_addr()?,
@@ -129,6 +152,7 @@ pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
             tls: false,
         }),
         public_host,
+        internal_credential: credential,
     };
     edgefleet_controller::run_gateway(
         config,
@@ -136,6 +160,7 @@ pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
         GatewayListeners {
             http,
             https,
+            mqtt,
             mqtts,
             enroll,
         },
@@ -173,7 +198,7 @@ async fn write_addresses(file: &Path, addresses: Addresses) -> anyhow::Result<()
 }
 
 pub async fn broker(args: &BrokerArgs) -> anyhow::Result<()> {
-    let broker = start_broker(args.mqtt_listen).await?;
+    let broker = start_broker(args.mqtt_listen, None).await?;
     eprintln!("edgefleet broker: MQTT on {}", broker.listen_addr());
     if let Some(file) = &args.addresses_file {
         let mut a = Addresses::new();

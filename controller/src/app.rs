@@ -51,6 +51,9 @@ pub const ADDRESSES_FILE: &str = "addresses.json";
 pub struct ControllerConfig {
     pub data_dir: PathBuf,
     pub broker: BrokerAddr,
+    /// User name and password for the broker, if it requires them (the gateway's internal
+    /// listener always does: `edgefleet_broker::InternalCredential`).
+    pub broker_login: Option<(String, String)>,
     /// MQTT keepalive of the controller's own connection.
     pub keepalive: Duration,
     /// A device that reports an older desired revision than the one published this long ago
@@ -67,6 +70,7 @@ impl ControllerConfig {
         ControllerConfig {
             data_dir,
             broker,
+            broker_login: None,
             keepalive: Duration::from_secs(10),
             republish_after: Duration::from_secs(10),
             presence_grace: Duration::from_secs(30),
@@ -83,9 +87,13 @@ pub struct Addresses {
     pub pid: u32,
     /// The HTTP API and dashboard.
     pub http: Option<SocketAddr>,
-    /// The embedded broker's plain listener (gateway, `edgefleet broker`).
+    /// The plain MQTT listener: the gateway's front for local users, or `edgefleet broker`'s
+    /// own listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<SocketAddr>,
+    /// The gateway's internal broker listener (loopback, internal credential only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal: Option<SocketAddr>,
     /// The TLS device listener (gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtts: Option<SocketAddr>,
@@ -246,7 +254,12 @@ impl App {
         let session = self.store.next_counter("controller_session").await?;
         let token = extra.token.clone();
         let mut tasks = extra;
-        let (client, eventloop) = bus::client(&config.broker, config.keepalive, session);
+        let (client, eventloop) = bus::client(
+            &config.broker,
+            config.broker_login.clone(),
+            config.keepalive,
+            session,
+        );
         let (intake_tx, intake_rx) = mpsc::channel::<Message>(bus::INTAKE_CAPACITY);
         let link = LinkTask {
             client: client.clone(),

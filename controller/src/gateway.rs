@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use edgefleet_broker::BrokerHandle;
 use edgefleet_broker::front::{FrontConfig, FrontEventKind, FrontHandle, start_front};
 use edgefleet_broker::pki::Pki;
+use edgefleet_broker::{BrokerHandle, InternalCredential};
 use edgefleet_domain::audit::{Entry, Outcome};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,8 @@ pub struct GatewayConfig {
     pub controller: ControllerConfig,
     /// The name or address devices reach the gateway at (in URLs and the server certificate).
     pub public_host: String,
+    /// The embedded broker's credential (the broker was started with it).
+    pub internal_credential: InternalCredential,
 }
 
 /// The gateway's listeners, bound by the caller (port 0 allowed).
@@ -36,6 +38,8 @@ pub struct GatewayListeners {
     pub http: TcpListener,
     /// The HTTPS API and dashboard, with the gateway's server certificate.
     pub https: TcpListener,
+    /// The plain MQTT listener for local users (`edgefleet mqtt-user add`); loopback.
+    pub mqtt: TcpListener,
     /// The TLS MQTT listener devices and integrators connect to (client certificates).
     pub mqtts: TcpListener,
     /// The HTTPS listener agents enroll at.
@@ -111,6 +115,8 @@ pub async fn run_gateway(
         port: upstream.port(),
         tls: false,
     };
+    let credential = config.internal_credential.clone();
+    controller.broker_login = Some((credential.username.clone(), credential.password.clone()));
     let app = App::open(&controller.data_dir).await?;
     let signer = signer(&controller.data_dir).await?;
     app.users.ensure_initial_admin(&controller.data_dir).await?;
@@ -123,9 +129,13 @@ pub async fn run_gateway(
     let mqtts: SocketAddr = listeners.mqtts.local_addr()?;
     let enroll: SocketAddr = listeners.enroll.local_addr()?;
     let mut front_config = FrontConfig::new(upstream);
+    front_config.upstream_login = Some(credential);
     front_config.revoked_serials = app.store.revoked_serials().await?;
     let front = start_front(listeners.mqtts, front_config, pki.server_tls_config())
         .context("cannot start the MQTT TLS front")?;
+    let mqtt = front
+        .serve_plain(listeners.mqtt)
+        .context("cannot start the plain MQTT front")?;
     let host = url_host(&config.public_host);
     tracing::info!(
         %mqtts,
@@ -143,6 +153,10 @@ pub async fn run_gateway(
         controller_key: signer.public_key_text(),
     });
     let app = app.with_security(security.clone());
+    app.identity
+        .load_mqtt_users()
+        .await
+        .context("cannot load the local MQTT users")?;
 
     let mut essentials = Essentials::new(&shutdown);
     essentials.watch("the embedded MQTT broker", broker.stopped());
@@ -174,7 +188,8 @@ pub async fn run_gateway(
     });
 
     let mut addresses = Addresses::new();
-    addresses.mqtt = Some(broker.listen_addr());
+    addresses.mqtt = Some(mqtt);
+    addresses.internal = Some(broker.listen_addr());
     addresses.mqtts = Some(mqtts);
     addresses.enroll = Some(enroll);
     addresses.https = Some(https);

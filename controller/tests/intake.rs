@@ -180,15 +180,35 @@ async fn a_site_that_empties_gets_a_zeroed_summary() {
         )
         .await;
     c.sites.queue_changed();
-    // Relabelled to another site: lyon must be overwritten with zeros, not left stale.
-    let mut moved = presence("d1", "paris");
-    moved = String::from_utf8(moved)
+    // A presence claiming another site moves nothing: the labels are the inventory's.
+    let mut claims = presence("d1", "paris");
+    claims = String::from_utf8(claims)
         .unwrap()
         .replace("\"session\":1", "\"session\":2")
         .into_bytes();
     c.intake
-        .on_message(&TopicKind::DevicePresence.for_device("d1"), &moved)
+        .on_message(&TopicKind::DevicePresence.for_device("d1"), &claims)
         .await;
+    let d1 = c.fleet.get("d1").unwrap();
+    assert_eq!(d1.labels["site"], "lyon");
+    assert_eq!(d1.reported_labels()["site"], "paris");
+    assert!(
+        d1.label_mismatch()
+            .unwrap()
+            .contains("site: inventory lyon, reported paris")
+    );
+    // Relabelled by the inventory: lyon must be overwritten with zeros, not left stale.
+    let set = std::collections::BTreeMap::from([("site".to_owned(), "paris".to_owned())]);
+    edgefleet_controller::services::inventory::relabel(
+        &c.store,
+        &c.fleet,
+        &c.deployments,
+        "d1",
+        &set,
+        &[],
+    )
+    .await
+    .unwrap();
     c.sites.queue_changed();
     let mut last = std::collections::BTreeMap::new();
     while let Ok(job) = rx.try_recv() {
@@ -202,6 +222,7 @@ async fn a_site_that_empties_gets_a_zeroed_summary() {
     }
     assert_eq!(last[&topics::site_summary("lyon")]["devices"], 0);
     assert_eq!(last[&topics::site_summary("paris")]["devices"], 1);
+    assert!(c.fleet.get("d1").unwrap().label_mismatch().is_none());
 }
 
 #[tokio::test]

@@ -1,6 +1,11 @@
 //! A device as the controller knows it: labels, connection, presence, reported status,
 //! desired document and recent events ([`DeviceView`]), and the summary the API lists
 //! ([`DeviceSummary`]). Pure data; the live fleet that holds them is a service.
+//!
+//! `labels` are the inventory's (set by `edgefleet device add` / `device label`): they alone
+//! decide targeting, scope, site summaries and rollouts. The labels a device reports in its
+//! presence are only shown ([`DeviceView::reported_labels`]); when they differ,
+//! [`DeviceView::label_mismatch`] says how, and that is an alarm.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
@@ -61,6 +66,39 @@ impl DeviceView {
         self.desired.as_ref().map_or(0, |d| d.revision)
     }
 
+    /// What the device says its labels are (its latest presence), never used for anything
+    /// but display and [`DeviceView::label_mismatch`].
+    pub fn reported_labels(&self) -> BTreeMap<String, String> {
+        self.presence
+            .as_ref()
+            .map(|p| p.labels.clone())
+            .unwrap_or_default()
+    }
+
+    /// When the device reports labels and they differ from the inventory's: which keys,
+    /// e.g. `site: inventory lyon, reported paris`. `None` when it reports none, or the same.
+    pub fn label_mismatch(&self) -> Option<String> {
+        let reported = self.reported_labels();
+        if reported.is_empty() || reported == self.labels {
+            return None;
+        }
+        let keys: std::collections::BTreeSet<&String> =
+            reported.keys().chain(self.labels.keys()).collect();
+        let shown = |v: Option<&String>| v.map_or("(none)".to_owned(), Clone::clone);
+        let diffs: Vec<String> = keys
+            .into_iter()
+            .filter(|k| reported.get(*k) != self.labels.get(*k))
+            .map(|k| {
+                format!(
+                    "{k}: inventory {}, reported {}",
+                    shown(self.labels.get(k)),
+                    shown(reported.get(k))
+                )
+            })
+            .collect();
+        Some(diffs.join("; "))
+    }
+
     /// Whether the device reports having applied its current desired revision (never true
     /// before it has one).
     pub fn converged(&self) -> bool {
@@ -107,6 +145,8 @@ impl DeviceView {
             services_total: total,
             services_unhealthy: unhealthy,
             last_error: self.status.as_ref().and_then(|s| s.last_error.clone()),
+            reported_labels: self.reported_labels(),
+            label_mismatch: self.label_mismatch(),
         }
     }
 }
@@ -130,4 +170,8 @@ pub struct DeviceSummary {
     pub services_total: usize,
     pub services_unhealthy: usize,
     pub last_error: Option<String>,
+    /// What the device reports (display only; `labels` are the inventory's).
+    pub reported_labels: BTreeMap<String, String>,
+    /// How the reported labels differ from the inventory's, if they do (an alarm).
+    pub label_mismatch: Option<String>,
 }

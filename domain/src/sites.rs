@@ -14,7 +14,8 @@ fn label<'a>(d: &'a DeviceView, key: &str) -> &'a str {
     d.labels.get(key).map_or(UNASSIGNED_SITE, String::as_str)
 }
 
-/// Alarms of one device: offline, failed apply, unhealthy services.
+/// Alarms of one device: offline, reported labels not the inventory's, failed apply,
+/// unhealthy services.
 pub fn alarms(d: &DeviceView) -> Vec<Alarm> {
     let mut out = Vec::new();
     let alarm = |severity, kind: &str, since: Option<String>, message: String| Alarm {
@@ -28,6 +29,12 @@ pub fn alarms(d: &DeviceView) -> Vec<Alarm> {
         let since = d.last_seen.clone();
         let msg = format!("offline since {}", since.as_deref().unwrap_or("unknown"));
         out.push(alarm(Severity::Error, "offline", since, msg));
+    }
+    if let Some(diff) = d.label_mismatch() {
+        let msg = format!(
+            "reports other labels than the inventory's ({diff}); the inventory's apply: fix the agent or run 'edgefleet device label'"
+        );
+        out.push(alarm(Severity::Warning, "labels", None, msg));
     }
     let Some(status) = &d.status else { return out };
     if status.state == ConvergenceState::Failed {

@@ -9,9 +9,25 @@
 //!   (`edgefleet/v1/fleet/#`), rollout progress and the controller's presence, or any more
 //!   specific filter of those. Never `desired`, never `sync`, never `#`.
 //!
+//! Two more come from a local MQTT user an admin created (`edgefleet mqtt-user add`) on the
+//! gateway's plain loopback listener:
+//! - a **local** user (no role) may publish and subscribe only outside the product's
+//!   namespace: the first level of every topic and filter is a literal that is neither
+//!   `edgefleet` nor starts with `$`;
+//! - a **bridge** user (role `bridge`) may use every topic, as the controller does: for a
+//!   trusted bridge (a historian mirroring the bus) and for test harnesses. It cannot take the
+//!   controller's client id.
+//!
+//! A local user may also be given a device or integrator role, and is then exactly that
+//! identity.
+//!
 //! A subscription filter is allowed only if **every** topic it can match is allowed (a filter
 //! is checked for being covered by an allowed filter, wildcard by wildcard). Every rule is
 //! derived from [`crate::topics`]; no topic string is written here.
+//!
+//! Every topic, filter and client id is also checked for shapes the embedded broker
+//! (rumqttd 0.20) cannot handle ([`validate_topic_name`], [`validate_filter`],
+//! [`check_client_id`]): nothing that could reach one of its panics gets past the front.
 
 use std::fmt;
 
@@ -28,6 +44,15 @@ pub const DEVICE_CLIENT_ID_PREFIX: &str = "edgefleet-agent-";
 
 /// Longest topic or filter accepted, in bytes (MQTT's own limit is 65,535; ours are < 200).
 pub const MAX_TOPIC_BYTES: usize = 1024;
+
+/// Longest client id accepted, in bytes.
+pub const MAX_CLIENT_ID_BYTES: usize = 256;
+
+/// The controller's MQTT client id (no other identity may take it).
+pub const CONTROLLER_CLIENT_ID: &str = "edgefleet-controller";
+
+/// First level of every topic of the product (see [`crate::topics::ROOT`]).
+const NAMESPACE: &str = "edgefleet";
 
 /// Kinds a device publishes on its own prefix.
 const DEVICE_PUBLISHES: [TopicKind; 5] = [
@@ -52,6 +77,10 @@ pub enum Identity {
     Device(String),
     /// A read-only consumer of the read model; the string is its name.
     Integrator(String),
+    /// A local MQTT user without a role: topics outside `edgefleet/` only.
+    Local(String),
+    /// A local MQTT user with the `bridge` role: every topic (not the controller's client id).
+    Bridge(String),
 }
 
 impl Identity {
@@ -72,18 +101,24 @@ impl Identity {
 
     /// The certificate subject common name encoding this identity (inverse of
     /// [`Identity::from_common_name`]).
+    /// Local users have no certificate: their "common name" is their display form, which
+    /// [`Identity::from_common_name`] refuses.
     pub fn common_name(&self) -> String {
         match self {
             Identity::Device(id) => id.clone(),
             Identity::Integrator(name) => format!("{INTEGRATOR_PREFIX}{name}"),
+            Identity::Local(_) | Identity::Bridge(_) => self.to_string(),
         }
     }
 
-    /// Checks that the id or name is one [`Identity::from_common_name`] would accept.
+    /// Checks that the id or name is one [`Identity::from_common_name`] would accept (local
+    /// user names follow the same rules).
     pub fn validate(&self) -> Result<(), IdError> {
         match self {
             Identity::Device(id) => validate_device_id(id),
-            Identity::Integrator(name) => validate_integrator_name(name),
+            Identity::Integrator(name) | Identity::Local(name) | Identity::Bridge(name) => {
+                validate_integrator_name(name)
+            }
         }
     }
 }
@@ -93,8 +128,17 @@ impl fmt::Display for Identity {
         match self {
             Identity::Device(id) => write!(f, "device:{id}"),
             Identity::Integrator(name) => write!(f, "integrator:{name}"),
+            Identity::Local(name) => write!(f, "local:{name}"),
+            Identity::Bridge(name) => write!(f, "bridge:{name}"),
         }
     }
+}
+
+/// Whether `topic_or_filter`'s first level is the product's namespace or a `$` topic, or
+/// (for a filter) a wildcard that could match one.
+fn reaches_namespace(topic_or_filter: &str) -> bool {
+    let first = topic_or_filter.split('/').next().unwrap_or("");
+    first == NAMESPACE || first.starts_with('$') || first == "+" || first == "#"
 }
 
 /// Integrator names follow the device id rules (letters, digits, `-`, `_`, `.`).
@@ -167,7 +211,7 @@ fn denied(identity: &Identity, action: Action, topic: &str, reason: impl Into<St
 /// Whether `identity` may publish on `topic`.
 pub fn check_publish(identity: &Identity, topic: &str) -> Result<(), Denied> {
     let deny = |reason: &str| Err(denied(identity, Action::Publish, topic, reason));
-    if let Err(e) = validate_topic(topic, false) {
+    if let Err(e) = validate_topic_name(topic) {
         return deny(e);
     }
     if let Err(e) = identity.validate() {
@@ -175,6 +219,11 @@ pub fn check_publish(identity: &Identity, topic: &str) -> Result<(), Denied> {
     }
     match identity {
         Identity::Integrator(_) => deny("integrators are read-only"),
+        Identity::Bridge(_) => Ok(()),
+        Identity::Local(_) if reaches_namespace(topic) => deny(
+            "a local MQTT user without a role publishes only outside edgefleet/ (and not to $ topics)",
+        ),
+        Identity::Local(_) => Ok(()),
         Identity::Device(id) => {
             if DEVICE_PUBLISHES
                 .iter()
@@ -207,11 +256,21 @@ pub fn check_payload(identity: &Identity, topic: &str, payload_len: usize) -> Re
 /// match is allowed.
 pub fn check_subscribe(identity: &Identity, filter: &str) -> Result<(), Denied> {
     let deny = |reason: &str| Err(denied(identity, Action::Subscribe, filter, reason));
-    if let Err(e) = validate_topic(filter, true) {
+    if let Err(e) = validate_filter(filter) {
         return deny(e);
     }
     if let Err(e) = identity.validate() {
         return deny(&format!("invalid identity ({e})"));
+    }
+    match identity {
+        Identity::Bridge(_) => return Ok(()),
+        Identity::Local(_) if reaches_namespace(filter) => {
+            return deny(
+                "a local MQTT user without a role subscribes only outside edgefleet/: the first level must be another literal (no wildcard, no $)",
+            );
+        }
+        Identity::Local(_) => return Ok(()),
+        Identity::Device(_) | Identity::Integrator(_) => {}
     }
     if readable_filters(identity)
         .iter()
@@ -226,15 +285,43 @@ pub fn check_subscribe(identity: &Identity, filter: &str) -> Result<(), Denied> 
         Identity::Integrator(_) => deny(
             "integrators read only device status/presence/events, fleet summaries, rollout status and controller presence",
         ),
+        Identity::Local(_) | Identity::Bridge(_) => deny("not allowed"),
     }
+}
+
+/// Whether `topic_or_filter` may be the argument of an UNSUBSCRIBE: any well-formed filter
+/// (unsubscribing from something never subscribed changes nothing, but rumqttd must never
+/// see a malformed one).
+pub fn check_unsubscribe(identity: &Identity, filter: &str) -> Result<(), Denied> {
+    validate_filter(filter).map_err(|e| denied(identity, Action::Subscribe, filter, e))
 }
 
 /// Whether `client_id` is one `identity` may use. Devices must use
 /// [`device_client_id`]; integrators `integrator:<name>`, optionally followed by a suffix that
-/// starts with a character a name cannot contain (`integrator:scada:2`, `integrator:scada/hmi`).
-/// So no identity can take over another one's session (the broker drops an existing session
-/// when a client connects with the same id).
+/// starts with a character a name cannot contain (`integrator:scada:2`); a local user any id
+/// that does not start with `edgefleet-` (a bridge: any id but the controller's). So no
+/// identity can take over another one's session (the broker drops an existing session when a
+/// client connects with the same id).
+///
+/// For everyone: no `/`, `+` or `#` (rumqttd 0.20 closes such a connection without CONNACK),
+/// no control character, at most [`MAX_CLIENT_ID_BYTES`] bytes. Only local users may leave
+/// it empty (the broker then assigns a unique one).
 pub fn check_client_id(identity: &Identity, client_id: &str) -> Result<(), Denied> {
+    let refuse = |reason: String| Err(denied(identity, Action::Connect, client_id, reason));
+    if client_id.is_empty() {
+        // MQTT 3.1.1 lets a clean-session client leave the id to the broker (mosquitto_pub
+        // does by default); it then gets a fresh, unique one: no session can be taken.
+        return match identity {
+            Identity::Local(_) | Identity::Bridge(_) => Ok(()),
+            _ => refuse("an empty client id is not accepted: connect with an explicit one".into()),
+        };
+    }
+    if client_id.len() > MAX_CLIENT_ID_BYTES {
+        return refuse(format!("client id longer than {MAX_CLIENT_ID_BYTES} bytes"));
+    }
+    if client_id.contains(['/', '+', '#']) || client_id.chars().any(char::is_control) {
+        return refuse("a client id cannot contain '/', '+', '#' or control characters".into());
+    }
     let ok = match identity {
         Identity::Device(id) => client_id == device_client_id(id),
         Identity::Integrator(name) => {
@@ -242,14 +329,14 @@ pub fn check_client_id(identity: &Identity, client_id: &str) -> Result<(), Denie
             debug_assert!(own.ends_with(name.as_str()));
             match client_id.strip_prefix(own.as_str()) {
                 Some("") => true,
-                Some(rest) => {
-                    rest.chars().next().is_some_and(|c| {
-                        !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-                    }) && client_id.len() <= MAX_TOPIC_BYTES
-                }
+                Some(rest) => rest.chars().next().is_some_and(|c| {
+                    !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+                }),
                 None => false,
             }
         }
+        Identity::Local(_) => !client_id.starts_with("edgefleet-"),
+        Identity::Bridge(_) => client_id != CONTROLLER_CLIENT_ID,
     };
     if ok {
         Ok(())
@@ -257,11 +344,15 @@ pub fn check_client_id(identity: &Identity, client_id: &str) -> Result<(), Denie
         let expected = match identity {
             Identity::Device(id) => format!("client id must be '{}'", device_client_id(id)),
             Identity::Integrator(_) => format!(
-                "client id must be '{}' or start with it followed by ':' or '/'",
+                "client id must be '{}' or start with it followed by ':'",
                 identity.common_name()
             ),
+            Identity::Local(_) => {
+                "a local MQTT user's client id cannot start with 'edgefleet-'".to_owned()
+            }
+            Identity::Bridge(_) => format!("'{CONTROLLER_CLIENT_ID}' is the controller's"),
         };
-        Err(denied(identity, Action::Connect, client_id, expected))
+        refuse(expected)
     }
 }
 
@@ -283,10 +374,28 @@ fn readable_filters(identity: &Identity) -> Vec<String> {
             v.push(topics::controller_presence());
             v
         }
+        // Handled by rule in `check_subscribe`, not by filter.
+        Identity::Local(_) | Identity::Bridge(_) => Vec::new(),
     }
 }
 
-/// Checks a topic name (no wildcards) or a filter (`+` and `#` allowed where MQTT allows them).
+/// Checks a topic name as a PUBLISH or a will carries it: see [`validate_filter`] for the
+/// rules, and no `+` or `#` at all.
+pub fn validate_topic_name(topic: &str) -> Result<(), &'static str> {
+    validate_topic(topic, false)
+}
+
+/// Checks a subscription filter. Beyond MQTT 3.1.1's rules (not empty, at most
+/// [`MAX_TOPIC_BYTES`], no NUL, `+` and `#` fill a whole level, `#` last), refuses what the
+/// embedded broker (rumqttd 0.20) cannot handle or what no edgefleet client needs:
+/// - a first character that is not ASCII: rumqttd slices the first byte of every topic and
+///   filter it matches (`protocol/mod.rs:658`, `topic[..1]`) and its router thread panics;
+/// - control characters (MQTT 3.1.1 §1.5.3 says they should not be used; they make audit
+///   records and logs unreadable).
+pub fn validate_filter(filter: &str) -> Result<(), &'static str> {
+    validate_topic(filter, true)
+}
+
 fn validate_topic(topic: &str, filter: bool) -> Result<(), &'static str> {
     if topic.is_empty() {
         return Err("empty topic");
@@ -296,6 +405,12 @@ fn validate_topic(topic: &str, filter: bool) -> Result<(), &'static str> {
     }
     if topic.contains('\0') {
         return Err("topic contains NUL");
+    }
+    if !topic.as_bytes()[0].is_ascii() {
+        return Err("a topic or filter must start with an ASCII character");
+    }
+    if topic.chars().any(char::is_control) {
+        return Err("topic contains a control character");
     }
     let levels: Vec<&str> = topic.split('/').collect();
     for (i, level) in levels.iter().enumerate() {
@@ -646,14 +761,14 @@ mod tests {
             check_client_id(&a, id).expect_err(id);
         }
         let i = integ("scada");
-        for id in [
-            "integrator:scada",
-            "integrator:scada:2",
-            "integrator:scada/hmi",
-        ] {
+        for id in ["integrator:scada", "integrator:scada:2"] {
             check_client_id(&i, id).unwrap();
         }
         for id in [
+            "integrator:scada/hmi",
+            "integrator:scada:#",
+            "integrator:scada:+",
+            "integrator:scada:\u{7}",
             "integrator:scada2",
             "integrator:scad",
             "integrator:scada.x",
@@ -664,6 +779,70 @@ mod tests {
         }
         // A device whose id is the controller's client id cannot kick the controller.
         check_client_id(&dev("edgefleet-controller"), "edgefleet-controller").unwrap_err();
+        let l = Identity::Local("historian".into());
+        check_client_id(&l, "historian-1").unwrap();
+        for id in [
+            "edgefleet-controller",
+            "edgefleet-agent-press-07",
+            "",
+            "a/b",
+        ] {
+            check_client_id(&l, id).expect_err(id);
+        }
+        let b = Identity::Bridge("paho".into());
+        check_client_id(&b, "edgefleet-agent-press-07").unwrap();
+        check_client_id(&b, CONTROLLER_CLIENT_ID).unwrap_err();
+        check_client_id(&b, &"x".repeat(MAX_CLIENT_ID_BYTES + 1)).unwrap_err();
+    }
+
+    #[test]
+    fn local_users_stay_outside_the_namespace_unless_bridges() {
+        let l = Identity::Local("historian".into());
+        check_publish(&l, "plant/line3/temp").unwrap();
+        check_subscribe(&l, "plant/#").unwrap();
+        check_subscribe(&l, "plant/+/temp").unwrap();
+        for topic in [
+            TopicKind::DevicePresence.for_device("press-07"),
+            topics::controller_presence(),
+            "$SYS/x".to_owned(),
+        ] {
+            check_publish(&l, &topic).expect_err(&topic);
+            check_subscribe(&l, &topic).expect_err(&topic);
+        }
+        for filter in ["#", "+/v1/devices/+/status", "+", "$SYS/#"] {
+            check_subscribe(&l, filter).expect_err(filter);
+        }
+        let b = Identity::Bridge("paho".into());
+        check_publish(&b, &TopicKind::DeviceDesired.for_device("press-07")).unwrap();
+        check_subscribe(&b, "#").unwrap();
+        check_publish(&b, "é").unwrap_err();
+    }
+
+    /// Shapes rumqttd 0.20 cannot take (see `validate_filter`) are refused for every
+    /// identity, whatever its rights.
+    #[test]
+    fn topics_rumqttd_cannot_handle_are_refused_for_everyone() {
+        let everyone = [
+            dev("press-07"),
+            integ("scada"),
+            Identity::Local("l".into()),
+            Identity::Bridge("b".into()),
+        ];
+        for who in &everyone {
+            for topic in ["é", "éa/b", "\u{1}a", "a\u{0}", "a/\u{7f}", ""] {
+                check_publish(who, topic).expect_err(topic);
+                check_subscribe(who, topic).expect_err(topic);
+                check_unsubscribe(who, topic).expect_err(topic);
+            }
+            for filter in ["a/#/b", "a+", "#a", "a/b#"] {
+                check_subscribe(who, filter).expect_err(filter);
+                check_unsubscribe(who, filter).expect_err(filter);
+            }
+            check_publish(who, &"a".repeat(MAX_TOPIC_BYTES + 1)).unwrap_err();
+        }
+        // Non-ASCII after the first character is fine for rumqttd.
+        check_publish(&Identity::Local("l".into()), "plant/é").unwrap();
+        check_subscribe(&integ("scada"), "edgefleet/v1/devices/+/status").unwrap();
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! - [`users`]: API users and tokens (digests only).
 //! - [`audit`]: the append-only, hash-chained audit log.
 //! - [`identity`]: enrollment tokens (digests) and issued certificates.
+//! - [`mqtt_users`]: the gateway's local MQTT users (password digests).
 //! - [`meta`]: persistent counters (the controller session).
 //!
 //! This crate knows SQL and the domain's types, nothing above them.
@@ -32,6 +33,7 @@ pub mod devices;
 pub mod identity;
 pub mod meta;
 pub mod migrations;
+pub mod mqtt_users;
 pub mod rollouts;
 pub mod users;
 

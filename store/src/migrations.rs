@@ -125,4 +125,14 @@ CREATE TABLE certificates (
 );
 CREATE INDEX certificates_by_identity ON certificates (identity);
 "#,
+    // 6: local MQTT users of the gateway's plain listener (only their password's SHA-256).
+    r#"
+CREATE TABLE mqtt_users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL
+);
+"#,
 ];

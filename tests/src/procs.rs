@@ -213,8 +213,11 @@ fn addresses_of(p: &Proc, path: &Path, timeout: Duration) -> serde_json::Value {
 /// A gateway (embedded broker + controller) on its own ports and data dir.
 pub struct Gateway {
     pub proc: Proc,
-    /// The plain loopback listener (controller, tests: the privileged path).
+    /// The plain loopback listener for local MQTT users; the tests log in as a `bridge`
+    /// user the harness creates (see [`crate::mqtt::login_for`]): the privileged path.
     pub mqtt_port: u16,
+    /// The embedded broker's own listener (internal credential only).
+    pub internal_port: u16,
     pub http_port: u16,
     /// The HTTPS API and dashboard (the gateway's CA: `data_dir/pki/ca.pem`).
     pub https_port: u16,
@@ -273,6 +276,7 @@ impl Gateway {
             Duration::from_secs(60),
         );
         let (mqtt_port, http_port) = (port_of(&a, "mqtt"), port_of(&a, "http"));
+        let internal_port = port_of(&a, "internal");
         let (mqtts_port, enroll_port) = (port_of(&a, "mqtts"), port_of(&a, "enroll"));
         let https_port = port_of(&a, "https");
         proc.hold_ports(&[
@@ -282,15 +286,41 @@ impl Gateway {
             ("--mqtts-listen", mqtts_port),
             ("--enroll-listen", enroll_port),
         ]);
-        Gateway {
+        let gw = Gateway {
             proc,
             mqtt_port,
             http_port,
             https_port,
             mqtts_port,
             enroll_port,
+            internal_port,
             data_dir,
-        }
+        };
+        gw.create_bridge_user();
+        gw
+    }
+
+    /// Creates the harness's `bridge` MQTT user (every topic, as the controller) with
+    /// `edgefleet mqtt-user add` and records its login for this gateway's plain port.
+    fn create_bridge_user(&self) {
+        let name = "tests-bridge";
+        let api = self.api();
+        let _ = api.cli(&["mqtt-user", "remove", name]);
+        let out = api.cli(&["mqtt-user", "add", name, "--role", "bridge", "--json"]);
+        assert!(out.success, "mqtt-user add failed: {out:?}");
+        let password = out.json()["password"]
+            .as_str()
+            .expect("password in mqtt-user add output")
+            .to_owned();
+        crate::mqtt::set_login(self.mqtt_port, name, &password);
+    }
+
+    /// The embedded broker's internal password (what only the gateway itself holds).
+    pub fn internal_password(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("broker-internal-password"))
+            .expect("the gateway's internal broker password")
+            .trim()
+            .to_owned()
     }
 
     /// Waits until the (re)started gateway is up: its addresses file names this process, on
@@ -457,12 +487,18 @@ impl Agent {
 
     /// Starts an enrolled agent: `--data-dir` carries id, labels, broker and keys.
     pub fn enrolled(dir: &Path, id: &str) -> Agent {
-        let args = vec![
+        Agent::enrolled_with(dir, id, &[])
+    }
+
+    /// [`Agent::enrolled`] with extra flags (e.g. `--labels site=paris`: what it reports).
+    pub fn enrolled_with(dir: &Path, id: &str, extra: &[&str]) -> Agent {
+        let mut args = vec![
             "--data-dir".into(),
             Agent::data_dir(dir, id).display().to_string(),
             "--keepalive".into(),
             "4".into(),
         ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let proc = Proc::spawn(&format!("agent-{id}"), dir, &bins().agent, &args);
         Agent {
             id: id.to_owned(),

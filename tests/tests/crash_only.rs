@@ -15,10 +15,39 @@ fn the_gateway_exits_non_zero_when_its_embedded_broker_dies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut gw = Gateway::start(dir.path());
     // rumqttd 0.20 panics its router thread on a topic that starts with a multibyte
-    // character (src/protocol/mod.rs slices the first byte; SPEC.md §13): after that no
-    // message moves. One QoS 0 publish on the plain listener, as any local client could.
+    // character (src/protocol/mod.rs:658 slices the first byte; SPEC.md §13) while any
+    // subscription exists: after that no message moves. No client of the front can send one
+    // any more (the front refuses such topics on every listener: broker/tests/front.rs), so
+    // the only way left is the broker's own listener with the gateway's internal password,
+    // which only the gateway's data dir holds: whoever can read it is as good as the
+    // gateway. One QoS 0 publish there.
+    for (port, login) in [
+        (
+            gw.mqtt_port,
+            edgefleet_tests::mqtt::login_args(gw.mqtt_port),
+        ),
+        (gw.internal_port, Vec::new()),
+    ] {
+        // Refused on the plain listener (even for the bridge user) and, without the
+        // password, on the internal one: the gateway keeps running.
+        let _ = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(login)
+            .args(["-q", "0", "-t", "é", "-m", "x"])
+            .status()
+            .expect("cannot run mosquitto_pub (Debian package mosquitto-clients)");
+    }
+    // The broker still moves messages (a retained one through the bridge user).
+    edgefleet_tests::mqtt::publish(gw.mqtt_port, "plant/alive", b"yes", true);
+    assert_eq!(
+        edgefleet_tests::mqtt::retained_raw(gw.mqtt_port, "plant/alive", 5),
+        b"yes",
+        "the broker stopped serving after a refused publish:\n{}",
+        gw.proc.log(30)
+    );
     let published = std::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &gw.mqtt_port.to_string()])
+        .args(["-h", "127.0.0.1", "-p", &gw.internal_port.to_string()])
+        .args(["-u", "edgefleet-internal", "-P", &gw.internal_password()])
         .args(["-q", "0", "-t", "é", "-m", "x"])
         .status()
         .expect("cannot run mosquitto_pub (Debian package mosquitto-clients)");

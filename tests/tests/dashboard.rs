@@ -18,7 +18,7 @@ use edgefleet_protocol::topics::TopicKind;
 use edgefleet_tests::browser::{Browser, screenshot_dir};
 use edgefleet_tests::docker::{self, Cleanup};
 use edgefleet_tests::images::{self, APP_V1, APP_V2};
-use edgefleet_tests::procs::{self, Agent, Gateway};
+use edgefleet_tests::procs::{self, Gateway};
 use edgefleet_tests::{unique_id, wait};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
@@ -96,8 +96,8 @@ async fn dashboard_in_a_real_browser() {
     let gw = Gateway::start(dir);
     let api = gw.api();
     let labels = |line: u32| format!("site={site},area=press,line={line}");
-    let _a = Agent::start(dir, &ids[0], &labels(1), &gw.broker_url());
-    let mut b_agent = Agent::start(dir, &ids[1], &labels(2), &gw.broker_url());
+    let _a = gw.agent(dir, &ids[0], &labels(1));
+    let mut b_agent = gw.agent(dir, &ids[1], &labels(2));
     for id in &ids {
         api.wait_connection(id, "online", T).await;
     }
@@ -332,6 +332,9 @@ fn status(id: &str, revision: u64, last_error: Option<&str>) -> Vec<u8> {
 impl FakeDevices {
     async fn start(port: u16, key: VerifyingKey, last_error: Option<&'static str>) -> FakeDevices {
         let mut opts = MqttOptions::new(unique_id("fakes"), "127.0.0.1", port);
+        if let Some((user, password)) = edgefleet_tests::mqtt::login_for(port) {
+            opts.set_credentials(user, password);
+        }
         opts.set_keep_alive(Duration::from_secs(10));
         opts.set_max_packet_size(2 << 20, 2 << 20);
         opts.set_inflight(1000);

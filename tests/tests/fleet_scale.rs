@@ -73,6 +73,9 @@ fn status(id: &str, revision: u64) -> Vec<u8> {
 /// desired document, a rebirth when a new controller session appears.
 async fn fake_agent(id: String, port: u16, key: VerifyingKey, stop: Stop) {
     let mut opts = MqttOptions::new(format!("fake-{id}"), "127.0.0.1", port);
+    if let Some((user, password)) = edgefleet_tests::mqtt::login_for(port) {
+        opts.set_credentials(user, password);
+    }
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_max_packet_size(2 << 20, 2 << 20);
     opts.set_last_will(LastWill::new(

@@ -93,6 +93,9 @@ async fn api_and_mqtt_intake_answer_within_100ms_during_a_long_audit_export() {
 
     // A device on the bus (plain listener), its presence taken in by the controller.
     let mut opts = MqttOptions::new(format!("edgefleet-agent-{id}"), "127.0.0.1", gw.mqtt_port);
+    if let Some((user, password)) = edgefleet_tests::mqtt::login_for(gw.mqtt_port) {
+        opts.set_credentials(user, password);
+    }
     opts.set_keep_alive(Duration::from_secs(10));
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });

@@ -29,7 +29,7 @@ use crate::services::rollouts::Rollouts;
 pub use edgefleet_protocol::broker_url::BrokerAddr;
 
 /// Client id of the controller on the bus.
-pub const CLIENT_ID: &str = "edgefleet-controller";
+pub const CLIENT_ID: &str = edgefleet_protocol::acl::CONTROLLER_CLIENT_ID;
 /// Messages queued between the link and the intake.
 pub const INTAKE_CAPACITY: usize = 10_000;
 
@@ -44,8 +44,16 @@ fn presence(session: u64, state: PresenceState) -> Vec<u8> {
 }
 
 /// Creates the MQTT client for the controller, with its last will.
-pub fn client(broker: &BrokerAddr, keepalive: Duration, session: u64) -> (AsyncClient, EventLoop) {
+pub fn client(
+    broker: &BrokerAddr,
+    login: Option<(String, String)>,
+    keepalive: Duration,
+    session: u64,
+) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(CLIENT_ID, broker.host.clone(), broker.port);
+    if let Some((username, password)) = login {
+        opts.set_credentials(username, password);
+    }
     opts.set_keep_alive(keepalive);
     opts.set_clean_session(true);
     let max = edgefleet_protocol::MAX_PAYLOAD_BYTES + 64 * 1024;

@@ -81,7 +81,7 @@ pub fn access(method: &Method, path: &str) -> Access {
         Some("health") => Access::Public,
         Some("login") if *method == Method::POST => Access::Public,
         Some("whoami" | "logout" | "tokens") => Access::Any,
-        Some("users" | "integrators") => Access::Roles(ADMINS),
+        Some("users" | "integrators" | "mqtt-users") => Access::Roles(ADMINS),
         // Enrolling and revoking devices changes who may reach the bus: admins only.
         Some("devices") if !read => Access::Roles(ADMINS),
         Some("audit") => Access::Roles(AUDITORS),
@@ -105,6 +105,9 @@ pub fn action_of(method: &Method, path: &str) -> (String, String) {
         ("POST", ["devices", id, "enroll"]) => ("device.add".into(), id),
         ("POST", ["devices", id, "revoke"]) => ("device.revoke".into(), id),
         ("POST", ["integrators"]) => ("integrator.add".into(), ""),
+        ("POST", ["mqtt-users"]) => ("mqtt_user.add".into(), ""),
+        ("DELETE", ["mqtt-users", name]) => ("mqtt_user.remove".into(), name),
+        ("PUT", ["devices", id, "labels"]) => ("device.label".into(), id),
         ("DELETE", ["users", name]) => ("user.remove".into(), name),
         ("POST", ["tokens"]) => ("token.create".into(), ""),
         ("DELETE", ["tokens", name]) => ("token.revoke".into(), name),

@@ -172,12 +172,26 @@ impl From<CommandError> for ApiError {
     }
 }
 
+impl From<crate::services::inventory::InventoryError> for ApiError {
+    fn from(e: crate::services::inventory::InventoryError) -> Self {
+        use crate::services::inventory::InventoryError;
+        match e {
+            InventoryError::Unknown(_) => ApiError::NotFound(e.to_string()),
+            InventoryError::Invalid(m) => ApiError::BadRequest(m),
+            InventoryError::Store(s) => s.into(),
+        }
+    }
+}
+
 impl From<EnrollError> for ApiError {
     fn from(e: EnrollError) -> Self {
         match e {
             EnrollError::NoGateway => ApiError::Conflict(e.to_string()),
             EnrollError::Invalid(m) => ApiError::BadRequest(m),
-            EnrollError::NotEnrolled(_) => ApiError::NotFound(e.to_string()),
+            EnrollError::NotEnrolled(_) | EnrollError::NoMqttUser(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            EnrollError::MqttUserExists(_) => ApiError::Conflict(e.to_string()),
             EnrollError::Store(s) => s.into(),
             EnrollError::Pki(p) => ApiError::Internal(format!("cannot issue a certificate: {p}")),
         }

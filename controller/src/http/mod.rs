@@ -41,7 +41,19 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/devices/{id}/logs", get(devices::logs))
         .route("/api/v1/devices/{id}/enroll", post(identity::add_device))
         .route("/api/v1/devices/{id}/revoke", post(identity::revoke_device))
+        .route(
+            "/api/v1/devices/{id}/labels",
+            axum::routing::put(devices::set_labels),
+        )
         .route("/api/v1/integrators", post(identity::add_integrator))
+        .route(
+            "/api/v1/mqtt-users",
+            get(identity::list_mqtt_users).post(identity::add_mqtt_user),
+        )
+        .route(
+            "/api/v1/mqtt-users/{name}",
+            axum::routing::delete(identity::remove_mqtt_user),
+        )
         .route("/api/v1/acl", get(identity::acl))
         .route(
             "/api/v1/deployments",

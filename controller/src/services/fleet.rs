@@ -2,8 +2,11 @@
 //! set of devices changed since the last flush to the store, and a change counter the
 //! dashboard's streams read to send only what changed.
 //!
-//! Written by the intake (presence, status, events) and by the deployments service (desired
-//! documents); read by everything else. Never hold an entry across an `.await`: every method
+//! Written by the intake (presence, status, events), by the deployments service (desired
+//! documents) and by the inventory (labels: [`Fleet::register`], [`Fleet::relabel`]); read
+//! by everything else. A device's labels are the inventory's: a presence never changes
+//! them, except that a device the controller has never heard of (no `device add`, no store
+//! row) is adopted with the labels of its first presence (see ARCHITECTURE.md, "Inventory"). Never hold an entry across an `.await`: every method
 //! here is synchronous and quick.
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,6 +19,18 @@ use edgefleet_protocol::event::{DeviceEvent, EventKind};
 use edgefleet_protocol::presence::{DevicePresence, PresenceState};
 use edgefleet_protocol::status::DeviceStatus;
 use parking_lot::Mutex;
+
+/// Largest step between a device's known session number and a new presence's.
+pub const MAX_SESSION_JUMP: u64 = 1_000_000;
+
+/// What a presence changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceOutcome {
+    /// The device needs a desired document computed (new, or never had one).
+    pub refresh: bool,
+    /// The device was unknown and has been adopted with its reported labels.
+    pub adopted: bool,
+}
 
 /// Which device changed when: change numbers, the newest per device.
 #[derive(Default)]
@@ -162,25 +177,65 @@ impl Fleet {
         }
     }
 
-    /// Records a presence message; stale ones (older session) are ignored. Returns true when
-    /// the device's labels changed or it was new (its desired document must be recomputed).
-    pub fn on_presence(&self, presence: DevicePresence) -> bool {
+    /// Records a presence message; stale ones (older session) are ignored. The presence's
+    /// labels are kept as reported only, except for a device never heard of, which is
+    /// adopted with them.
+    pub fn on_presence(&self, presence: DevicePresence) -> PresenceOutcome {
+        let adopted = !self.devices.contains_key(&presence.device);
         self.update(&presence.device.clone(), |d| {
             if d.presence.as_ref().is_some_and(|p| p.session > presence.session) {
                 tracing::debug!(device = %d.id, "stale presence of session {} ignored", presence.session);
-                return false;
+                return PresenceOutcome::default();
             }
-            let relabel = d.labels != presence.labels || d.desired.is_none();
+            // An agent's session number grows by one per connection attempt: a jump this
+            // large is a forgery meant to make the device's real presences look stale.
+            if let Some(p) = &d.presence
+                && presence.session - p.session > MAX_SESSION_JUMP
+            {
+                tracing::warn!(device = %d.id, "presence refused: session {} jumps more than {MAX_SESSION_JUMP} past {}", presence.session, p.session);
+                return PresenceOutcome::default();
+            }
+            if adopted {
+                d.labels = presence.labels.clone();
+            }
             d.connection = match presence.state {
                 PresenceState::Online => Connection::Online,
                 PresenceState::Offline => Connection::Offline,
             };
-            if presence.state == PresenceState::Online {
-                d.labels = presence.labels.clone();
-            }
             d.last_seen = Some(edgefleet_protocol::now_rfc3339());
             d.presence = Some(presence);
-            relabel && d.connection == Connection::Online
+            PresenceOutcome {
+                refresh: d.desired.is_none() && d.connection == Connection::Online,
+                adopted,
+            }
+        })
+    }
+
+    /// Records a device the inventory now knows (`device add`), with its labels; creates it
+    /// if it was never seen. Returns its view.
+    pub fn register(&self, id: &str, labels: BTreeMap<String, String>) -> DeviceView {
+        self.update(id, |d| {
+            d.labels = labels;
+            d.clone()
+        })
+    }
+
+    /// Changes a known device's labels (`device label`): sets `set`, removes `remove`.
+    /// Returns (old labels, new view), or `None` for an unknown device.
+    pub fn relabel(
+        &self,
+        id: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Option<(BTreeMap<String, String>, DeviceView)> {
+        self.update_known(id, |d| {
+            let old = d.labels.clone();
+            for k in remove {
+                d.labels.remove(k);
+            }
+            d.labels
+                .extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            (old, d.clone())
         })
     }
 

@@ -13,6 +13,11 @@
 //!   offline) and refuses those certificates from then on. Stored revocations are handed to
 //!   the front at every start.
 //!
+//! - `edgefleet mqtt-user add NAME --role ROLE` ([`Identity::add_mqtt_user`]) creates a
+//!   local MQTT user of the gateway's plain listener with a random password (shown once; the
+//!   store keeps its SHA-256) and hands the new set of users to the front; removing one
+//!   closes its live connections.
+//!
 //! Every attempt is audited. No token, secret or key is ever logged. A controller on an
 //! external broker has no front and no CA: every operation here then says so.
 
@@ -22,12 +27,13 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use edgefleet_broker::front::FrontHandle;
+use edgefleet_broker::front::{FrontHandle, LocalUser};
 use edgefleet_broker::pki::{IssuedCert, Pki};
 use edgefleet_domain::audit::{Entry, Outcome};
 use edgefleet_protocol::acl::Identity as Who;
 use edgefleet_protocol::enrollment::{EnrollRequest, EnrollResponse, EnrollmentToken};
 use edgefleet_store::identity::Refusal;
+use edgefleet_store::mqtt_users::MqttUserRow;
 use edgefleet_store::{Store, StoreError};
 use thiserror::Error;
 
@@ -71,6 +77,10 @@ pub enum EnrollError {
     Invalid(String),
     #[error("device '{0}' has no certificate to revoke (it was never enrolled)")]
     NotEnrolled(String),
+    #[error("a local MQTT user named '{0}' already exists: remove it first to replace it")]
+    MqttUserExists(String),
+    #[error("no local MQTT user named '{0}'")]
+    NoMqttUser(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot issue a certificate: {0}")]
@@ -287,5 +297,94 @@ impl Identity {
             ca_pem: security.pki.ca_pem().to_owned(),
             broker_url: security.device_broker_url.clone(),
         })
+    }
+}
+
+/// A local MQTT user's role as written (`local`, `bridge`, `device:<id>`,
+/// `integrator:<name>`), as the identity the front confines it to.
+pub fn mqtt_role(name: &str, role: &str) -> Result<Who, String> {
+    let who = match role.split_once(':') {
+        None if role == "local" => Who::Local(name.to_owned()),
+        None if role == "bridge" => Who::Bridge(name.to_owned()),
+        Some(("device", id)) => Who::Device(id.to_owned()),
+        Some(("integrator", n)) => Who::Integrator(n.to_owned()),
+        _ => {
+            return Err(format!(
+                "unknown role '{role}': use local (topics outside edgefleet/), bridge (every topic), device:ID or integrator:NAME"
+            ));
+        }
+    };
+    who.validate().map_err(|e| e.to_string())?;
+    Ok(who)
+}
+
+/// A local MQTT user just created (the only time its password exists).
+pub struct NewMqttUser {
+    pub name: String,
+    pub role: String,
+    pub password: String,
+}
+
+impl Identity {
+    /// Hands the stored local MQTT users to the front (at start and after every change).
+    /// Returns how many live connections had to close.
+    pub async fn load_mqtt_users(&self) -> Result<usize, EnrollError> {
+        let security = self.security()?;
+        let mut users = Vec::new();
+        for row in self.store.mqtt_users().await? {
+            match mqtt_role(&row.name, &row.role) {
+                Ok(identity) => users.push(LocalUser {
+                    name: row.name,
+                    password_sha256: row.password_sha256,
+                    identity,
+                }),
+                Err(e) => tracing::error!(user = %row.name, "stored MQTT user skipped: {e}"),
+            }
+        }
+        Ok(security.front.set_local_users(users))
+    }
+
+    /// Creates a local MQTT user with a random password.
+    pub async fn add_mqtt_user(
+        &self,
+        name: &str,
+        role: &str,
+        by: &str,
+    ) -> Result<NewMqttUser, EnrollError> {
+        self.security()?;
+        edgefleet_protocol::acl::validate_integrator_name(name)
+            .map_err(|e| EnrollError::Invalid(format!("MQTT user {e}")))?;
+        mqtt_role(name, role).map_err(EnrollError::Invalid)?;
+        let password = hex::encode(rand::random::<[u8; 32]>());
+        let row = MqttUserRow {
+            name: name.to_owned(),
+            role: role.to_owned(),
+            password_sha256: LocalUser::hash_password(&password),
+            created_at: edgefleet_protocol::now_rfc3339(),
+            created_by: by.to_owned(),
+        };
+        if !self.store.insert_mqtt_user(row).await? {
+            return Err(EnrollError::MqttUserExists(name.to_owned()));
+        }
+        self.load_mqtt_users().await?;
+        Ok(NewMqttUser {
+            name: name.to_owned(),
+            role: role.to_owned(),
+            password,
+        })
+    }
+
+    /// The local MQTT users (no password digests).
+    pub async fn mqtt_users(&self) -> Result<Vec<MqttUserRow>, EnrollError> {
+        Ok(self.store.mqtt_users().await?)
+    }
+
+    /// Removes a local MQTT user and closes its connections; returns how many closed.
+    pub async fn remove_mqtt_user(&self, name: &str) -> Result<usize, EnrollError> {
+        self.security()?;
+        if !self.store.delete_mqtt_user(name).await? {
+            return Err(EnrollError::NoMqttUser(name.to_owned()));
+        }
+        self.load_mqtt_users().await
     }
 }

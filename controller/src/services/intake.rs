@@ -5,12 +5,14 @@
 //!
 //! The MQTT link hands messages over a channel and never waits for this ([`Intake::run`]
 //! takes them one by one). Status and events change only the in-memory fleet view; the
-//! store sees them at the next [`Intake::flush`] (each second), in batches. A presence that
-//! changes a device's labels recomputes its desired document (persisted before published).
+//! store sees them at the next [`Intake::flush`] (each second), in batches. A presence never
+//! changes a device's labels (the inventory's); the first presence of a device never heard
+//! of adopts it with its reported labels (audited, `device.adopt`) and computes its desired
+//! document (persisted before published).
 
 use std::sync::Arc;
 
-use edgefleet_domain::audit::device_outcome;
+use edgefleet_domain::audit::{Entry, Outcome, device_outcome};
 use edgefleet_protocol::codec::{self, DecodeError};
 use edgefleet_protocol::event::DeviceEvent;
 use edgefleet_protocol::presence::DevicePresence;
@@ -183,7 +185,26 @@ impl Intake {
             }
         }
         tracing::info!(device, state = ?p.state, session = p.session, "presence");
-        if self.fleet.on_presence(p)
+        let labels = p.labels.clone();
+        let outcome = self.fleet.on_presence(p);
+        if outcome.adopted {
+            tracing::info!(
+                device,
+                ?labels,
+                "unknown device adopted with its reported labels"
+            );
+            self.audit.buffer(Entry {
+                actor: format!("device:{device}"),
+                role: "device".into(),
+                action: "device.adopt".into(),
+                target: device.to_owned(),
+                site: labels.get("site").cloned().unwrap_or_default(),
+                outcome: Outcome::Ok,
+                status: None,
+                detail: serde_json::json!({ "labels": labels }),
+            });
+        }
+        if outcome.refresh
             && let Err(e) = self.deployments.refresh(&[device.to_owned()]).await
         {
             tracing::error!(device, "cannot compute desired state: {e}");

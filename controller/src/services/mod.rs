@@ -9,6 +9,7 @@
 //! - [`audit`]: the audit log (→ store).
 //! - [`windows`]: maintenance windows (→ store).
 //! - [`deployments`]: apply, delete, pins, desired documents (→ fleet, outbox, store).
+//! - [`inventory`]: a device's labels, set by admins only (→ deployments, fleet, store).
 //! - [`commands`]: signed commands to one agent and their replies (→ fleet, outbox).
 //! - [`rollouts`]: running rollouts (→ deployments, fleet, windows, audit, outbox, store).
 //! - [`intake`]: what devices publish (→ fleet, deployments, commands, audit, outbox, store).
@@ -25,6 +26,7 @@ pub mod deployments;
 pub mod fleet;
 pub mod identity;
 pub mod intake;
+pub mod inventory;
 pub mod keys;
 pub mod link;
 pub mod outbox;

@@ -1,4 +1,5 @@
-//! Devices: the fleet list, one device in full, and a service's logs read from the device.
+//! Devices: the fleet list, one device in full, its labels (the inventory, admins only), and
+//! a service's logs read from the device.
 
 use std::sync::Arc;
 
@@ -13,7 +14,9 @@ use crate::http::auth::Auth;
 use crate::http::error::ApiError;
 use crate::http::extract::{Path, Query};
 use crate::services::commands::Commands;
+use crate::services::deployments::Deployments;
 use crate::services::fleet::Fleet;
+use crate::services::inventory;
 
 #[derive(Serialize)]
 pub struct DeviceList {
@@ -102,5 +105,38 @@ pub async fn logs(
         .await?;
     Ok(Json(serde_json::json!({
         "device": id, "stack": q.stack, "service": q.service, "lines": lines,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct LabelChanges {
+    /// Labels to set (key → value).
+    #[serde(default)]
+    set: std::collections::BTreeMap<String, String>,
+    /// Label keys to remove.
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// `PUT /api/v1/devices/{id}/labels`: the inventory's labels of a device (admins only, see
+/// the role table). The device's targets, scope and site follow at once.
+pub async fn set_labels(
+    State(fleet): State<Arc<Fleet>>,
+    State(store): State<Store>,
+    State(deployments): State<Arc<Deployments>>,
+    auth: Auth,
+    Path(id): Path<String>,
+    body: Result<Json<LabelChanges>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body?;
+    let old_site = fleet.site_of(&id);
+    auth.note(&id, old_site.as_deref());
+    let done =
+        inventory::relabel(&store, &fleet, &deployments, &id, &body.set, &body.remove).await?;
+    auth.detail(serde_json::json!({ "before": done.before, "after": done.after }));
+    Ok(Json(serde_json::json!({
+        "device": id,
+        "labels": done.after,
+        "previous_labels": done.before,
     })))
 }

@@ -1,5 +1,6 @@
 //! Device identities (admin only): enrollment tokens, revocation, integrator certificates,
-//! and the equivalent ACL for an external broker.
+//! local MQTT users of the gateway's plain listener, and the equivalent ACL for an external
+//! broker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,9 @@ pub struct AddDeviceBody {
 
 pub async fn add_device(
     State(identity): State<Arc<Identity>>,
+    State(fleet): State<Arc<Fleet>>,
+    State(store): State<edgefleet_store::Store>,
+    State(deployments): State<Arc<crate::services::deployments::Deployments>>,
     auth: Auth,
     Path(id): Path<String>,
     body: Result<Json<AddDeviceBody>, JsonRejection>,
@@ -47,6 +51,8 @@ pub async fn add_device(
     let token = identity
         .add_device(&id, &labels, ttl, auth.username())
         .await?;
+    // The inventory knows the device (and its labels) from now on, enrolled or not yet.
+    crate::services::inventory::register(&store, &fleet, &deployments, &id, labels.clone()).await?;
     let expires_at = std::time::UNIX_EPOCH + Duration::from_secs(token.expires_at.max(0) as u64);
     Ok(Json(serde_json::json!({
         "device": token.device,
@@ -124,4 +130,59 @@ pub async fn acl(Query(q): Query<AclQuery>) -> Result<String, ApiError> {
         .collect();
     edgefleet_protocol::acl::mosquitto_acl_with_integrators(&names)
         .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+#[derive(Deserialize)]
+pub struct AddMqttUserBody {
+    name: String,
+    /// `local` (default), `bridge`, `device:ID`, `integrator:NAME`.
+    #[serde(default)]
+    role: Option<String>,
+}
+
+pub async fn add_mqtt_user(
+    State(identity): State<Arc<Identity>>,
+    auth: Auth,
+    body: Result<Json<AddMqttUserBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body?;
+    let role = body.role.unwrap_or_else(|| "local".to_owned());
+    auth.note(&body.name, None);
+    auth.detail(serde_json::json!({ "role": role }));
+    let new = identity
+        .add_mqtt_user(&body.name, &role, auth.username())
+        .await?;
+    Ok(Json(serde_json::json!({
+        "name": new.name,
+        "role": new.role,
+        "password": new.password,
+    })))
+}
+
+pub async fn list_mqtt_users(
+    State(identity): State<Arc<Identity>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let users: Vec<serde_json::Value> = identity
+        .mqtt_users()
+        .await?
+        .into_iter()
+        .map(|u| {
+            serde_json::json!({
+                "name": u.name, "role": u.role, "created_at": u.created_at, "created_by": u.created_by,
+            })
+        })
+        .collect();
+    Ok(Json(serde_json::json!(users)))
+}
+
+pub async fn remove_mqtt_user(
+    State(identity): State<Arc<Identity>>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.note(&name, None);
+    let closed = identity.remove_mqtt_user(&name).await?;
+    Ok(Json(
+        serde_json::json!({ "name": name, "connections_closed": closed }),
+    ))
 }
