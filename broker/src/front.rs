@@ -83,6 +83,10 @@ use crate::supervision::{self, StopSignal};
 /// Largest packet accepted from rumqttd towards a client (the broker is trusted; this only
 /// bounds memory if it misbehaves).
 const MAX_UPSTREAM_PACKET: usize = 64 * 1024 * 1024;
+/// The front's accept backlog. `TcpListener::bind` (mio) listens with 128, which a reconnect
+/// storm of a few thousand devices overflows: the kernel then drops their SYNs and each client
+/// retries after 1, 3, 7 s. The kernel caps it at `net.core.somaxconn` (4096 on current Linux).
+const LISTEN_BACKLOG: u32 = 4096;
 /// CONNACK return codes of MQTT 3.1.1.
 const CONNACK_BAD_PROTOCOL: u8 = 0x01;
 const CONNACK_BAD_CLIENT_ID: u8 = 0x02;
@@ -327,11 +331,20 @@ impl Drop for FrontHandle {
 }
 
 /// Binds the TLS listener for [`start_front`] (port 0: the kernel picks one; read it with
-/// `local_addr()`), with an error that tells the operator what to do.
+/// `local_addr()`) on a deep accept backlog (4096), with an error that tells the operator what
+/// to do.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, FrontError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| FrontError::Bind { addr, source })
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|source| FrontError::Bind { addr, source })
 }
 
 /// Starts accepting on `listener` (bound by the caller, e.g. with [`bind`]). `tls` must
