@@ -88,6 +88,10 @@ use crate::supervision::{self, StopSignal};
 /// Largest packet accepted from rumqttd towards a client (the broker is trusted; this only
 /// bounds memory if it misbehaves).
 const MAX_UPSTREAM_PACKET: usize = 64 * 1024 * 1024;
+/// The front's accept backlog. `TcpListener::bind` (mio) listens with 128, which a reconnect
+/// storm of a few thousand devices overflows: the kernel then drops their SYNs and each client
+/// retries after 1, 3, 7 s. The kernel caps it at `net.core.somaxconn` (4096 on current Linux).
+const LISTEN_BACKLOG: u32 = 4096;
 /// CONNACK return codes of MQTT 3.1.1.
 const CONNACK_BAD_PROTOCOL: u8 = 0x01;
 const CONNACK_BAD_CLIENT_ID: u8 = 0x02;
@@ -124,6 +128,11 @@ pub struct FrontConfig {
     /// sockets costs a bounded amount of memory; each pending one still waits at most
     /// `handshake_timeout` (plain: `connect_timeout`).
     pub max_pending_handshakes: usize,
+    /// A client may ask for no keepalive (0, legal in MQTT 3.1.1); rumqttd 0.20 closes such a
+    /// CONNECT without CONNACK. The front then asks rumqttd for this keepalive instead and
+    /// keeps the upstream session alive itself (a PINGREQ every half of it, whose PINGRESP
+    /// the client never sees), so the client gets what it asked for.
+    pub keepalive_for_silent: Duration,
 }
 
 /// A local MQTT user an admin created, for the plain listener ([`FrontHandle::serve_plain`]):
@@ -162,6 +171,7 @@ impl FrontConfig {
             revoked_serials: Vec::new(),
             revoked_identities: Vec::new(),
             max_pending_handshakes: 1024,
+            keepalive_for_silent: Duration::from_secs(60),
         }
     }
 }
@@ -326,11 +336,20 @@ impl Drop for FrontHandle {
 }
 
 /// Binds the TLS listener for [`start_front`] (port 0: the kernel picks one; read it with
-/// `local_addr()`), with an error that tells the operator what to do.
+/// `local_addr()`) on a deep accept backlog (4096), with an error that tells the operator what
+/// to do.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, FrontError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| FrontError::Bind { addr, source })
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().map_err(|source| FrontError::Bind { addr, source })
 }
 
 /// Starts accepting on `listener` (bound by the caller, e.g. with [`bind`]). `tls` must
@@ -800,8 +819,8 @@ impl Session {
             }
             Ok(Ok(frame)) => frame,
         };
-        let upstream_connect = match self.check_connect(frame) {
-            Ok(bytes) => bytes,
+        let (upstream_connect, front_pings) = match self.check_connect(frame) {
+            Ok(checked) => checked,
             Err((code, reason)) => {
                 if let Some(code) = code {
                     let _ = write_flush(&mut client_wr, &[0x20, 0x02, 0x00, code]).await;
@@ -875,12 +894,15 @@ impl Session {
             .emit(Some(&self.identity), self.peer, FrontEventKind::Connected);
 
         let client_wr = tokio::sync::Mutex::new(client_wr);
+        let up_wr = tokio::sync::Mutex::new(up_wr);
         let pending = PendingSubAcks::default();
-        let to_client = broker_to_client(up_rd, up_buf, &client_wr, &pending);
+        let own_pings = std::sync::atomic::AtomicUsize::new(0);
+        let to_client = broker_to_client(up_rd, up_buf, &client_wr, &pending, &own_pings);
         tokio::pin!(to_client);
         let end = tokio::select! {
-            end = self.client_to_broker(client_rd, buf, &mut up_wr, &client_wr, &pending) => end,
+            end = self.client_to_broker(client_rd, buf, &up_wr, &client_wr, &pending) => end,
             end = &mut to_client => end,
+            end = ping_upstream(front_pings, &up_wr, &own_pings) => end,
         };
         if let End::Clean = end {
             // The DISCONNECT is forwarded: let rumqttd close first. Its router frees the
@@ -911,9 +933,14 @@ impl Session {
         End::Dropped(format!("broker unreachable: {error}"))
     }
 
-    /// Checks the CONNECT and returns it re-encoded for the broker (v3.1.1, no login), or the
-    /// CONNACK code to answer (if any) and the reason.
-    fn check_connect(&self, frame: BytesMut) -> Result<BytesMut, (Option<u8>, String)> {
+    /// Checks the CONNECT and returns it re-encoded for the broker (v3.1.1, the internal
+    /// login) with how often the front must ping upstream itself (a client without
+    /// keepalive), or the CONNACK code to answer (if any) and the reason.
+    #[allow(clippy::type_complexity)]
+    fn check_connect(
+        &self,
+        frame: BytesMut,
+    ) -> Result<(BytesMut, Option<Duration>), (Option<u8>, String)> {
         let mut frame = frame;
         let packet = match V4.read_mut(&mut frame, self.config.max_packet_bytes) {
             Ok(p) => p,
@@ -931,9 +958,26 @@ impl Session {
             }
             Err(e) => return Err((None, format!("malformed CONNECT: {e}"))),
         };
-        let Packet::Connect(connect, _, will, _, _client_login) = packet else {
+        let Packet::Connect(mut connect, _, will, _, _client_login) = packet else {
             return Err((None, "first packet is not CONNECT".to_owned()));
         };
+        if connect.client_id.is_empty() {
+            // MQTT-3.1.3-7/8: a zero-byte client id only with a clean session, and the server
+            // then assigns one.
+            if !connect.clean_session {
+                return Err((
+                    Some(CONNACK_BAD_CLIENT_ID),
+                    "a zero-length client id needs a clean session (MQTT 3.1.1, 3.1.3-8)"
+                        .to_owned(),
+                ));
+            }
+            connect.client_id = format!("auto-{:016x}", rand::random::<u64>());
+        }
+        let front_pings = (connect.keep_alive == 0).then(|| {
+            let secs = self.config.keepalive_for_silent.as_secs().clamp(2, 65_535);
+            connect.keep_alive = u16::try_from(secs).unwrap_or(u16::MAX);
+            Duration::from_secs(secs / 2)
+        });
         if let Err(denied) = acl::check_client_id(&self.identity, &connect.client_id) {
             let reason = denied.to_string();
             self.shared.refused(&self.identity, self.peer, denied);
@@ -961,14 +1005,14 @@ impl Session {
         let mut out = BytesMut::new();
         V4.write(Packet::Connect(connect, None, will, None, login), &mut out)
             .map_err(|e| (None, format!("cannot re-encode CONNECT: {e}")))?;
-        Ok(out)
+        Ok((out, front_pings))
     }
 
     async fn client_to_broker<S: ClientStream>(
         &self,
         mut client_rd: ReadHalf<S>,
         mut buf: BytesMut,
-        up_wr: &mut tokio::net::tcp::OwnedWriteHalf,
+        up_wr: &tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
         client_wr: &tokio::sync::Mutex<WriteHalf<S>>,
         pending: &PendingSubAcks,
     ) -> End {
@@ -1013,7 +1057,7 @@ impl Session {
                     }
                 }
                 Packet::Disconnect(..) => {
-                    let _ = write_flush(up_wr, &raw).await;
+                    let _ = write_flush(&mut *up_wr.lock().await, &raw).await;
                     return End::Clean;
                 }
                 Packet::Unsubscribe(unsubscribe, _) => {
@@ -1046,7 +1090,7 @@ impl Session {
                     );
                 }
             };
-            if let Err(e) = write_flush(up_wr, &forward).await {
+            if let Err(e) = write_flush(&mut *up_wr.lock().await, &forward).await {
                 return End::Dropped(format!("broker connection lost: {e}"));
             }
         }
@@ -1114,7 +1158,9 @@ async fn broker_to_client<S: ClientStream>(
     buf: BytesMut,
     client_wr: &tokio::sync::Mutex<WriteHalf<S>>,
     pending: &PendingSubAcks,
+    own_pings: &std::sync::atomic::AtomicUsize,
 ) -> End {
+    use std::sync::atomic::Ordering;
     let mut buf = buf;
     let mut first = !buf.is_empty();
     loop {
@@ -1135,6 +1181,17 @@ async fn broker_to_client<S: ClientStream>(
                 Ok(header) => {
                     let frame = buf.split_to(header.frame_length());
                     let is_suback = header.byte1 >> 4 == 9;
+                    let is_pingresp = header.byte1 >> 4 == 13;
+                    if is_pingresp
+                        && own_pings
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            })
+                            .is_ok()
+                    {
+                        // The answer to the front's own PINGREQ: not the client's.
+                        continue;
+                    }
                     if is_suback && !pending.lock().is_empty() {
                         out.extend_from_slice(&merge_suback(frame, pending));
                     } else {
@@ -1153,6 +1210,26 @@ async fn broker_to_client<S: ClientStream>(
             if let Err(e) = write_flush(&mut *client_wr, &out).await {
                 return End::Dropped(format!("client connection lost: {e}"));
             }
+        }
+    }
+}
+
+/// For a client without keepalive: a PINGREQ upstream every `every`, so rumqttd keeps the
+/// session (see [`FrontConfig::keepalive_for_silent`]). Never ends for other clients.
+async fn ping_upstream(
+    every: Option<Duration>,
+    up_wr: &tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
+    own_pings: &std::sync::atomic::AtomicUsize,
+) -> End {
+    let Some(every) = every else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        own_pings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = write_flush(&mut *up_wr.lock().await, &[0xC0, 0x00]).await {
+            return End::Dropped(format!("broker connection lost: {e}"));
         }
     }
 }

@@ -1535,3 +1535,139 @@ async fn connect_then_reset_storms_leave_the_front_accepting_everyone() {
     );
     assert_broker_serves(&gw, &ok_cert, "the CONNECT-then-reset storms").await;
 }
+
+/// A raw CONNECT as a local user, with this keepalive, client id and clean-session flag.
+fn raw_connect(
+    user: &str,
+    password: &str,
+    client_id: &str,
+    keep_alive: u16,
+    clean: bool,
+) -> BytesMut {
+    let mut out = BytesMut::new();
+    V4.write(
+        Packet::Connect(
+            Connect {
+                keep_alive,
+                client_id: client_id.into(),
+                clean_session: clean,
+            },
+            None,
+            None,
+            None,
+            Some(rumqttd::protocol::Login {
+                username: user.into(),
+                password: password.into(),
+            }),
+        ),
+        &mut out,
+    )
+    .unwrap();
+    out
+}
+
+/// The next whole packet from `rd` (waits at most `WAIT`).
+async fn next_packet(rd: &mut TcpStream, buf: &mut BytesMut) -> Packet {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut copy = buf.clone();
+        match V4.read_mut(&mut copy, 1 << 20) {
+            Ok(p) => {
+                *buf = copy;
+                return p;
+            }
+            Err(rumqttd::protocol::Error::InsufficientBytes(_)) => {}
+            Err(e) => panic!("unreadable packet from the front: {e}"),
+        }
+        let n = tokio::time::timeout_at(deadline, rd.read_buf(buf))
+            .await
+            .expect("a packet in time")
+            .unwrap();
+        assert!(n > 0, "the front closed the connection");
+    }
+}
+
+/// MQTT 3.1.1 allows keepalive 0 (no keepalive); rumqttd 0.20 closes such a CONNECT without
+/// CONNACK. Through the front the client gets its CONNACK and, silent for longer than the
+/// keepalive the front asks of rumqttd, keeps its session (the front pings upstream itself and
+/// never shows the client those PINGRESPs). Caught by the Eclipse Paho interoperability tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_keepalive_is_served_and_kept() {
+    let gw = Gateway::start_with(|c| c.keepalive_for_silent = Duration::from_secs(2)).await;
+    let users = gw.local_users(&[("historian", Identity::Local("historian".into()))]);
+    let mut raw = TcpStream::connect(gw.plain).await.unwrap();
+    raw.write_all(&raw_connect(
+        "historian",
+        &users["historian"],
+        "silent",
+        0,
+        true,
+    ))
+    .await
+    .unwrap();
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        next_packet(&mut raw, &mut buf).await,
+        Packet::ConnAck(..)
+    ));
+    // Silent for twice what rumqttd would tolerate of a 2 s keepalive (1.5 × 2 s): this is the
+    // scenario itself, not a wait for a condition.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut subscribe = BytesMut::new();
+    V4.write(
+        Packet::Subscribe(
+            rumqttd::protocol::Subscribe {
+                pkid: 7,
+                filters: vec![rumqttd::protocol::Filter {
+                    path: "plant/#".into(),
+                    qos: rumqttd::protocol::QoS::AtMostOnce,
+                    nolocal: false,
+                    preserve_retain: false,
+                    retain_forward_rule: rumqttd::protocol::RetainForwardRule::OnEverySubscribe,
+                }],
+            },
+            None,
+        ),
+        &mut subscribe,
+    )
+    .unwrap();
+    raw.write_all(&subscribe).await.unwrap();
+    // The next packet is the SUBACK: the session lived, and no PINGRESP of the front's own
+    // pings reached the client.
+    match next_packet(&mut raw, &mut buf).await {
+        Packet::SubAck(ack, _) => assert_eq!(ack.pkid, 7),
+        other => panic!("expected the SUBACK, got {other:?}"),
+    }
+    // Its own PINGREQ still gets its PINGRESP.
+    raw.write_all(&[0xC0, 0x00]).await.unwrap();
+    assert!(matches!(
+        next_packet(&mut raw, &mut buf).await,
+        Packet::PingResp(_)
+    ));
+}
+
+/// MQTT 3.1.1, 3.1.3-7/8: a zero-length client id is refused (CONNACK 2) without a clean
+/// session and given one by the server with it. Caught by the Paho tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_length_client_id_needs_a_clean_session_and_then_gets_one() {
+    let gw = Gateway::start().await;
+    let users = gw.local_users(&[("historian", Identity::Local("historian".into()))]);
+    let pw = &users["historian"];
+    let mut raw = TcpStream::connect(gw.plain).await.unwrap();
+    raw.write_all(&raw_connect("historian", pw, "", 30, false))
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut raw).await.expect("closed");
+    assert_eq!(answer, vec![0x20, 0x02, 0x00, 0x02], "identifier rejected");
+    let mut raw = TcpStream::connect(gw.plain).await.unwrap();
+    raw.write_all(&raw_connect("historian", pw, "", 30, true))
+        .await
+        .unwrap();
+    let mut buf = BytesMut::new();
+    match next_packet(&mut raw, &mut buf).await {
+        Packet::ConnAck(ack, _) => {
+            assert_eq!(ack.code, rumqttd::protocol::ConnectReturnCode::Success)
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
