@@ -224,6 +224,9 @@ pub struct GatewayHost {
     pub data_dir: PathBuf,
     api: Api,
     forward: Forward,
+    /// The local MQTT user (`bridge` role) the checks read retained state with: the plain
+    /// listener takes only local users an admin created.
+    mqtt_login: OnceLock<(String, String)>,
 }
 
 /// A TCP forwarder on the test machine's loopback (port 0, held for the test's life) to the
@@ -301,6 +304,18 @@ impl GatewayHost {
     /// A retained document on the gateway's own broker, read with `mosquitto_sub` on the
     /// gateway host's loopback (its plain listener never leaves it).
     pub fn retained(&self, topic: &str) -> Result<Value, String> {
+        let (user, password) = self.mqtt_login.get_or_init(|| {
+            let name = "checks-bridge";
+            let out = self
+                .api
+                .cli(&["mqtt-user", "add", name, "--role", "bridge", "--json"]);
+            assert!(out.success, "mqtt-user add failed: {out:?}");
+            let password = out.json()["password"]
+                .as_str()
+                .expect("password in mqtt-user add output")
+                .to_owned();
+            (name.to_owned(), password)
+        });
         let out = self.host.in_netns(
             "mosquitto_sub",
             &[
@@ -308,6 +323,10 @@ impl GatewayHost {
                 "127.0.0.1",
                 "-p",
                 "1883",
+                "-u",
+                user,
+                "-P",
+                password,
                 "-t",
                 topic,
                 "-C",
@@ -426,6 +445,7 @@ impl Plant {
             data_dir,
             api,
             forward,
+            mqtt_login: OnceLock::new(),
         };
         let plant = Plant {
             run,
