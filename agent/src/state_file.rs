@@ -25,7 +25,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edgefleet_files::{Mode, write_atomic};
 use edgefleet_protocol::desired::DesiredState;
@@ -184,33 +184,63 @@ fn write_postcard<T: Serialize>(path: &Path, value: &T, mode: Mode) -> Result<()
 
 /// Applies `change` to a copy of `record`, writes it to `path`, and only then keeps it, so a
 /// failed write is not carried into the next one.
+/// Applies `change` to `record` (what the agent means to hold) and writes it. The record
+/// changes even when the write fails: the next write, or the writer's retry, then carries it.
 fn save_record(
     path: &Path,
     record: &mut StateRecord,
     change: impl FnOnce(&mut StateRecord),
 ) -> Result<(), StateFileError> {
-    let mut next = record.clone();
-    change(&mut next);
-    write_postcard(path, &next, Mode::Private)?;
-    *record = next;
-    Ok(())
+    change(record);
+    write_postcard(path, record, Mode::Private)
 }
 
-/// The writer thread: runs jobs in order until the store (the only sender) is gone.
+/// How often the writer retries a `state.bin` it could not write (a full disk, an I/O error).
+const RETRY_UNSAVED: Duration = Duration::from_secs(5);
+
+/// The writer thread: runs jobs in order until the store (the only sender) is gone. When a
+/// write of `state.bin` failed, it retries every [`RETRY_UNSAVED`] until one succeeds, so
+/// once there is room again the file holds what the agent applied (without it, a restart
+/// with the broker unreachable fell back to the older revision).
 fn write_jobs(dir: PathBuf, mut record: StateRecord, jobs: mpsc::Receiver<Job>) {
     let state_path = dir.join(STATE_FILE);
     let session_path = dir.join(SESSION_FILE);
-    // An answer is lost only if its caller stopped waiting (cancelled): the job is done anyway.
-    for job in jobs {
+    let mut unsaved = false;
+    loop {
+        let job = if unsaved {
+            match jobs.recv_timeout(RETRY_UNSAVED) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if write_postcard(&state_path, &record, Mode::Private).is_ok() {
+                        tracing::info!(path = %state_path.display(), "state file saved again after an earlier failure");
+                        unsaved = false;
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = write_postcard(&state_path, &record, Mode::Private);
+                    return;
+                }
+            }
+        } else {
+            match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        // An answer is lost only if its caller stopped waiting (cancelled): the job is done
+        // anyway.
         match job {
             Job::Desired { json, done } => {
                 let saved = save_record(&state_path, &mut record, |r| r.desired_json = Some(json));
+                unsaved = saved.is_err();
                 let _ = done.send(saved);
             }
             Job::Applied { revision, done } => {
                 let saved = save_record(&state_path, &mut record, |r| {
                     r.last_applied_revision = revision
                 });
+                unsaved = saved.is_err();
                 let _ = done.send(saved);
             }
             Job::Session { session, done } => {
@@ -411,7 +441,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_write_is_reported_and_not_carried_into_the_next() {
+    async fn a_failed_write_is_reported_and_saved_by_the_next() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let (store, _) = StateStore::open(&data, "press-07").unwrap();
@@ -431,7 +461,9 @@ mod tests {
         assert_eq!(store.next_session().await, 2);
         drop(store);
         let (_, loaded) = StateStore::open(&data, "press-07").unwrap();
-        assert_eq!(loaded.desired, Some(doc(1)), "revision 2 was never saved");
+        // Revision 2 is what the agent applied (it runs a document it could not save): the
+        // next write that succeeds carries it, so a restart does not fall back to revision 1.
+        assert_eq!(loaded.desired, Some(doc(2)));
         assert_eq!(loaded.last_applied_revision, 1);
     }
 
