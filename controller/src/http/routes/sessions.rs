@@ -16,10 +16,11 @@ use serde_json::json;
 
 use crate::http::auth::Auth;
 use crate::http::error::ApiError;
+use crate::http::extract::{Path, Query};
 use std::net::SocketAddr;
 
 use axum::Extension;
-use axum::extract::{ConnectInfo, Path, Query};
+use axum::extract::ConnectInfo;
 
 use crate::services::users::{Users, rfc3339, token_max_secs};
 
