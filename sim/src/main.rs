@@ -257,8 +257,13 @@ fn agent_config(dir: &Path, keepalive: Duration) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// Devices of ours the gateway shows online.
-async fn online(api: &Api, ours: &std::collections::HashSet<String>) -> anyhow::Result<usize> {
+/// How many devices of ours the gateway's device list shows with `field` true (`online`,
+/// `converged`): one request however large the fleet.
+async fn count_ours(
+    api: &Api,
+    ours: &std::collections::HashSet<String>,
+    field: &str,
+) -> anyhow::Result<usize> {
     let list = api.get("/api/v1/devices").await?;
     let devices = list["devices"]
         .as_array()
@@ -267,7 +272,7 @@ async fn online(api: &Api, ours: &std::collections::HashSet<String>) -> anyhow::
         .unwrap_or_default();
     Ok(devices
         .iter()
-        .filter(|d| d["online"] == true && d["id"].as_str().is_some_and(|id| ours.contains(id)))
+        .filter(|d| d[field] == true && d["id"].as_str().is_some_and(|id| ours.contains(id)))
         .count())
 }
 
@@ -314,12 +319,7 @@ async fn rehearse(api: &Api, args: &Args, devices: &[SimDevice]) -> anyhow::Resu
     };
     let deadline = Instant::now() + args.timeout;
     loop {
-        let mut converged = 0;
-        for id in &ids {
-            if api.get(&format!("/api/v1/devices/{id}")).await?["converged"] == true {
-                converged += 1;
-            }
-        }
+        let converged = count_ours(api, &ids, "converged").await?;
         if converged == ids.len() {
             break;
         }
@@ -454,7 +454,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let ours: std::collections::HashSet<String> = devices.iter().map(|d| d.id.clone()).collect();
     let deadline = Instant::now() + args.timeout;
     loop {
-        let n = online(&api, &ours).await?;
+        let n = count_ours(&api, &ours, "online").await?;
         if !args.json {
             eprintln!("online {n}/{}", devices.len());
         }

@@ -58,6 +58,23 @@ fn deployment(c: &Connection, name: &str) -> Result<Option<DeploymentRow>, Store
     .optional()?)
 }
 
+/// The latest revision of `name`, if it has exactly this target and spec (applying them
+/// again records nothing).
+fn latest_matching(
+    c: &Connection,
+    name: &str,
+    target: &str,
+    spec: &RevisionSpec,
+) -> Result<Option<u64>, StoreError> {
+    let Some(d) = deployment(c, name)? else {
+        return Ok(None);
+    };
+    let same = d.target == target
+        && revision(c, name, d.revision)?
+            .is_some_and(|r| RevisionSpec::from_json(&r.spec_json).ok().as_ref() == Some(spec));
+    Ok(same.then_some(d.revision))
+}
+
 fn revision(c: &Connection, name: &str, revision: u64) -> Result<Option<RevisionRow>, StoreError> {
     Ok(c.query_row(
         "SELECT deployment, revision, target, created_at, created_by, compose, spec_json
@@ -89,6 +106,19 @@ impl Store {
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
+    }
+
+    /// Whether `name`'s latest revision already has this target and spec, as
+    /// [`Store::record_revision`] decides it.
+    pub async fn is_latest(
+        &self,
+        name: &str,
+        target: &str,
+        spec: &RevisionSpec,
+    ) -> Result<bool, StoreError> {
+        let (name, target, spec) = (name.to_owned(), target.to_owned(), spec.clone());
+        self.read(move |c| Ok(latest_matching(c, &name, &target, &spec)?.is_some()))
+            .await
     }
 
     pub async fn deployment(&self, name: &str) -> Result<Option<DeploymentRow>, StoreError> {
@@ -126,13 +156,8 @@ impl Store {
     pub async fn record_revision(&self, new: NewRevision) -> Result<(u64, bool), StoreError> {
         self.write(move |c| {
             let tx = c.transaction()?;
-            if let Some(d) = deployment(&tx, &new.name)?
-                && d.target == new.target
-                && revision(&tx, &new.name, d.revision)?.is_some_and(|r| {
-                    RevisionSpec::from_json(&r.spec_json).ok().as_ref() == Some(&new.spec)
-                })
-            {
-                return Ok((d.revision, false));
+            if let Some(latest) = latest_matching(&tx, &new.name, &new.target, &new.spec)? {
+                return Ok((latest, false));
             }
             let last: Option<i64> = tx.query_row(
                 "SELECT MAX(revision) FROM revisions WHERE deployment = ?1",

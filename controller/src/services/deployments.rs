@@ -205,27 +205,6 @@ impl Deployments {
             .and_then(|ids| ids.first().copied())
     }
 
-    /// Whether `name`'s latest revision already has this target and spec (applying it again
-    /// records nothing).
-    async fn unchanged(
-        &self,
-        name: &str,
-        target: &str,
-        spec: &RevisionSpec,
-    ) -> Result<bool, StoreError> {
-        let Some(d) = self.store.deployment(name).await? else {
-            return Ok(false);
-        };
-        if d.target != target {
-            return Ok(false);
-        }
-        Ok(self
-            .store
-            .revision(name, d.revision)
-            .await?
-            .is_some_and(|r| RevisionSpec::from_json(&r.spec_json).ok().as_ref() == Some(spec)))
-    }
-
     /// The first targeted device whose signed desired document would exceed the bus's
     /// payload limit if `name` ran `stack` on every device `selector` targets (pins ignored:
     /// a rollout may move any of them to it later). Checked before anything is recorded.
@@ -282,7 +261,7 @@ impl Deployments {
         let spec = RevisionSpec::of(&parsed);
         let _change = self.change.lock().await;
         if let Some(rollout) = self.rolling(&req.name)
-            && !self.unchanged(&req.name, &target, &spec).await?
+            && !self.store.is_latest(&req.name, &target, &spec).await?
         {
             return Err(ApplyError::RolloutActive {
                 deployment: req.name.clone(),

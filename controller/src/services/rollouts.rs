@@ -226,15 +226,17 @@ impl Rollouts {
     }
 
     fn busy(&self, deployment: &str) -> Option<RolloutError> {
-        self.active
+        let id = self.active_for(deployment)?;
+        let state = self
+            .active
             .lock()
-            .iter()
-            .find(|(_, (_, r))| r.deployment == deployment)
-            .map(|(id, (_, r))| RolloutError::Busy {
-                id: *id,
-                deployment: r.deployment.clone(),
-                state: state_name(&r.state),
-            })
+            .get(&id)
+            .map(|(_, r)| state_name(&r.state))?;
+        Some(RolloutError::Busy {
+            id,
+            deployment: deployment.to_owned(),
+            state,
+        })
     }
 
     pub async fn start(&self, req: &StartRequest, by: &str) -> Result<RolloutView, RolloutError> {
