@@ -14,9 +14,13 @@
 //!   the identity's client id (`acl::check_client_id`) and carry an allowed will; username and
 //!   password are stripped;
 //! - a PUBLISH outside the identity's topics, or with an empty payload on a state topic, closes
-//!   the connection (MQTT 3.1.1 has no negative PUBACK); refused SUBSCRIBE filters get return
-//!   code 0x80 and never reach the broker; an oversize or malformed packet closes that
-//!   connection only;
+//!   the connection (MQTT 3.1.1 has no negative PUBACK) — except for a local user without a
+//!   role, whose refused PUBLISH is acknowledged and dropped, as Mosquitto does; refused
+//!   SUBSCRIBE filters get return code 0x80 and never reach the broker; an oversize or
+//!   malformed packet closes that connection only;
+//! - a local user without a role may subscribe more broadly than it may read (`#`): every
+//!   delivery it may not read ([`acl::LocalGrants::may_read`]: never `edgefleet/` or `$`) is
+//!   acknowledged to rumqttd by the front and never reaches it;
 //! - the CONNECT is relayed, and nothing else happens until rumqttd's CONNACK is read: the
 //!   upstream socket is never closed between the two (rumqttd 0.20 issue #1062);
 //! - when the client goes away without DISCONNECT (or is refused or revoked), the upstream
@@ -59,7 +63,7 @@
 //! Revocations live in memory only: the caller persists them. Dropping the [`FrontHandle`]
 //! stops accepting and closes every relayed connection.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -137,12 +141,15 @@ pub struct FrontConfig {
 
 /// A local MQTT user an admin created, for the plain listener ([`FrontHandle::serve_plain`]):
 /// its name (the CONNECT user name), the SHA-256 of its password (lowercase hex; passwords
-/// are random, 256 bits, so a fast hash is enough) and the identity it acts as.
+/// are random, 256 bits, so a fast hash is enough), the identity it acts as and, for a user
+/// without a role ([`Identity::Local`]), what it may read and write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalUser {
     pub name: String,
     pub password_sha256: String,
     pub identity: Identity,
+    /// Applied only to [`Identity::Local`] (see [`acl::LocalGrants`]).
+    pub grants: acl::LocalGrants,
 }
 
 impl LocalUser {
@@ -640,6 +647,7 @@ async fn serve(
     };
     let session = Session {
         identity,
+        grants: None,
         peer,
         config,
         shared: shared.clone(),
@@ -702,8 +710,10 @@ async fn serve_plain(
             return;
         }
     };
+    let grants = matches!(user.identity, Identity::Local(_)).then_some(user.grants);
     let session = Session {
         identity: user.identity,
+        grants,
         peer,
         config,
         shared: shared.clone(),
@@ -785,6 +795,8 @@ async fn relay<S: ClientStream>(
 
 struct Session {
     identity: Identity,
+    /// A local user's read and write filters (`None`: a certificate or a role decides).
+    grants: Option<acl::LocalGrants>,
     peer: SocketAddr,
     config: Arc<FrontConfig>,
     shared: Arc<Shared>,
@@ -897,10 +909,19 @@ impl Session {
         let up_wr = tokio::sync::Mutex::new(up_wr);
         let pending = PendingSubAcks::default();
         let own_pings = std::sync::atomic::AtomicUsize::new(0);
-        let to_client = broker_to_client(up_rd, up_buf, &client_wr, &pending, &own_pings);
+        let acks = Mutex::new(AckOrder::default());
+        let to_client = broker_to_client(
+            up_rd,
+            up_buf,
+            &client_wr,
+            &up_wr,
+            &pending,
+            &own_pings,
+            self.grants.as_ref().map(|g| (g, &acks)),
+        );
         tokio::pin!(to_client);
         let end = tokio::select! {
-            end = self.client_to_broker(client_rd, buf, &up_wr, &client_wr, &pending) => end,
+            end = self.client_to_broker(client_rd, buf, &up_wr, &client_wr, &pending, &acks) => end,
             end = &mut to_client => end,
             end = ping_upstream(front_pings, &up_wr, &own_pings) => end,
         };
@@ -986,9 +1007,7 @@ impl Session {
         if let Some(will) = &will {
             let topic = std::str::from_utf8(&will.topic)
                 .map_err(|_| (None, "will topic is not UTF-8".to_owned()))?;
-            let allowed = acl::check_publish(&self.identity, topic)
-                .and_then(|()| acl::check_payload(&self.identity, topic, will.message.len()));
-            if let Err(denied) = allowed {
+            if let Err(denied) = self.check_publish(topic, will.message.len()) {
                 let reason = format!("last will refused: {denied}");
                 self.shared.refused(&self.identity, self.peer, denied);
                 return Err((Some(CONNACK_NOT_AUTHORIZED), reason));
@@ -1015,8 +1034,12 @@ impl Session {
         up_wr: &tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
         client_wr: &tokio::sync::Mutex<WriteHalf<S>>,
         pending: &PendingSubAcks,
+        acks: &Mutex<AckOrder>,
     ) -> End {
         let max = self.config.max_packet_bytes;
+        // Packet ids of a local user's refused QoS 2 PUBLISHes, answered PUBREC by the front:
+        // their PUBREL is answered here too, and never reaches the broker.
+        let mut dropped_qos2 = HashSet::new();
         loop {
             let frame = match read_frame(&mut client_rd, &mut buf, max).await {
                 Ok(f) => f,
@@ -1033,15 +1056,38 @@ impl Session {
                     let Ok(topic) = std::str::from_utf8(&publish.topic) else {
                         return End::Dropped("malformed packet: topic is not UTF-8".to_owned());
                     };
-                    let allowed = acl::check_publish(&self.identity, topic).and_then(|()| {
-                        acl::check_payload(&self.identity, topic, publish.payload.len())
-                    });
-                    if let Err(denied) = allowed {
+                    if let Err(denied) = self.check_publish(topic, publish.payload.len()) {
                         let reason = denied.to_string();
                         self.shared.refused(&self.identity, self.peer, denied);
-                        return End::Dropped(reason);
+                        if self.grants.is_none() {
+                            return End::Dropped(reason);
+                        }
+                        // A local user's refused PUBLISH is acknowledged and dropped, as
+                        // Mosquitto does: MQTT 3.1.1 has no refusal code for a PUBLISH.
+                        let head = v4::check(raw.iter(), max)
+                            .ok()
+                            .and_then(|h| publish_head(&raw, h.fixed_header_len));
+                        let ack = match head {
+                            Some((1, _, pkid)) => ack_packet(PUBACK, pkid),
+                            Some((2, _, pkid)) => {
+                                dropped_qos2.insert(pkid);
+                                ack_packet(PUBREC, pkid)
+                            }
+                            _ => continue,
+                        };
+                        if let Err(e) = write_flush(&mut *client_wr.lock().await, &ack).await {
+                            return End::Dropped(format!("client connection lost: {e}"));
+                        }
+                        continue;
                     }
                     raw
+                }
+                Packet::PubRel(pubrel, _) if dropped_qos2.remove(&pubrel.pkid) => {
+                    let ack = ack_packet(PUBCOMP, pubrel.pkid);
+                    if let Err(e) = write_flush(&mut *client_wr.lock().await, &ack).await {
+                        return End::Dropped(format!("client connection lost: {e}"));
+                    }
+                    continue;
                 }
                 Packet::Subscribe(subscribe, _) => {
                     match self.police_subscribe(subscribe, pending) {
@@ -1073,6 +1119,25 @@ impl Session {
                     }
                     raw
                 }
+                Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..)
+                    if self.grants.is_some() =>
+                {
+                    // A local user's acknowledgement of a delivery: sent on in the broker's
+                    // order, among the front's own for the deliveries it dropped.
+                    let mut up_wr = up_wr.lock().await;
+                    let mut out = BytesMut::new();
+                    {
+                        let mut acks = acks.lock();
+                        if !acks.client_ack(&raw) {
+                            out.extend_from_slice(&raw);
+                        }
+                        acks.ready(&mut out);
+                    }
+                    if let Err(e) = write_flush(&mut *up_wr, &out).await {
+                        return End::Dropped(format!("broker connection lost: {e}"));
+                    }
+                    continue;
+                }
                 Packet::PingReq(_)
                 | Packet::PubAck(..)
                 | Packet::PubRec(..)
@@ -1096,12 +1161,29 @@ impl Session {
         }
     }
 
+    /// Whether this client may publish `len` bytes on `topic` (also its last will): the
+    /// identity's rules, then a local user's write filters.
+    fn check_publish(&self, topic: &str, len: usize) -> Result<(), Denied> {
+        acl::check_publish(&self.identity, topic)
+            .and_then(|()| acl::check_payload(&self.identity, topic, len))
+            .and_then(|()| match &self.grants {
+                Some(grants) => grants.check_write(&self.identity, topic),
+                None => Ok(()),
+            })
+    }
+
     fn police_subscribe(&self, subscribe: Subscribe, pending: &PendingSubAcks) -> SubscribeVerdict {
         let total = subscribe.filters.len();
         let mut codes = Vec::with_capacity(total);
         let mut allowed = Vec::with_capacity(total);
         for filter in subscribe.filters {
-            match acl::check_subscribe(&self.identity, &filter.path) {
+            let checked = acl::check_subscribe(&self.identity, &filter.path).and_then(|()| {
+                match &self.grants {
+                    Some(grants) => grants.check_subscribe(&self.identity, &filter.path),
+                    None => Ok(()),
+                }
+            });
+            match checked {
                 Ok(()) => {
                     codes.push(None);
                     allowed.push(filter);
@@ -1152,17 +1234,25 @@ enum SubscribeVerdict {
 }
 
 /// Broker → client: copied packet by packet, except SUBACKs of partly refused SUBSCRIBEs,
-/// whose return codes are put back in the client's order.
+/// whose return codes are put back in the client's order, and, for a local user (`grants`),
+/// deliveries it may not read: those are acknowledged to the broker by the front (PUBACK,
+/// or PUBREC then PUBCOMP) and never reach the client.
+#[allow(clippy::too_many_arguments)]
 async fn broker_to_client<S: ClientStream>(
     mut up_rd: tokio::net::tcp::OwnedReadHalf,
     buf: BytesMut,
     client_wr: &tokio::sync::Mutex<WriteHalf<S>>,
+    up_wr: &tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
     pending: &PendingSubAcks,
     own_pings: &std::sync::atomic::AtomicUsize,
+    grants: Option<(&acl::LocalGrants, &Mutex<AckOrder>)>,
 ) -> End {
     use std::sync::atomic::Ordering;
     let mut buf = buf;
     let mut first = !buf.is_empty();
+    // Packet ids of QoS 2 deliveries the front dropped (it answered PUBREC): their PUBREL is
+    // the front's to complete.
+    let mut dropped_qos2 = HashSet::new();
     loop {
         let read = if first {
             first = false;
@@ -1180,6 +1270,45 @@ async fn broker_to_client<S: ClientStream>(
             match v4::check(buf.iter(), MAX_UPSTREAM_PACKET) {
                 Ok(header) => {
                     let frame = buf.split_to(header.frame_length());
+                    if let Some((grants, acks)) = grants {
+                        match header.byte1 >> 4 {
+                            3 => {
+                                let Some((qos, topic, pkid)) =
+                                    publish_head(&frame, header.fixed_header_len)
+                                else {
+                                    return End::Dropped(
+                                        "unreadable PUBLISH from broker".to_owned(),
+                                    );
+                                };
+                                let readable =
+                                    std::str::from_utf8(topic).is_ok_and(|t| grants.may_read(t));
+                                let ack = match qos {
+                                    1 => Some(ack_packet(PUBACK, pkid)),
+                                    2 => Some(ack_packet(PUBREC, pkid)),
+                                    _ => None,
+                                };
+                                if let Some(ack) = ack {
+                                    acks.lock().delivered(pkid, (!readable).then_some(ack));
+                                }
+                                if !readable {
+                                    if qos == 2 {
+                                        dropped_qos2.insert(pkid);
+                                    }
+                                    continue;
+                                }
+                            }
+                            6 if frame.len() == 4 => {
+                                let pkid = u16::from_be_bytes([frame[2], frame[3]]);
+                                let ours = dropped_qos2.remove(&pkid);
+                                acks.lock()
+                                    .released(pkid, ours.then_some(ack_packet(PUBCOMP, pkid)));
+                                if ours {
+                                    continue;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
                     let is_suback = header.byte1 >> 4 == 9;
                     let is_pingresp = header.byte1 >> 4 == 13;
                     if is_pingresp
@@ -1205,6 +1334,16 @@ async fn broker_to_client<S: ClientStream>(
                 Err(e) => return End::Dropped(format!("unreadable packet from broker: {e}")),
             }
         }
+        if let Some((_, acks)) = grants {
+            let mut up_wr = up_wr.lock().await;
+            let mut ready = BytesMut::new();
+            acks.lock().ready(&mut ready);
+            if !ready.is_empty()
+                && let Err(e) = write_flush(&mut *up_wr, &ready).await
+            {
+                return End::Dropped(format!("broker connection lost: {e}"));
+            }
+        }
         if !out.is_empty() {
             let mut client_wr = client_wr.lock().await;
             if let Err(e) = write_flush(&mut *client_wr, &out).await {
@@ -1212,6 +1351,90 @@ async fn broker_to_client<S: ClientStream>(
             }
         }
     }
+}
+
+/// A local user's deliveries and releases awaiting acknowledgement, in the broker's order.
+/// rumqttd 0.20 takes acknowledgements only in the order it sent the packets (an
+/// out-of-order PUBACK, PUBREC or PUBCOMP closes the connection: `register_ack`), and the
+/// front answers the deliveries it drops at once while the client answers its own later: so
+/// every acknowledgement waits here until those before it are given.
+#[derive(Default)]
+struct AckOrder {
+    /// QoS 1 and 2 deliveries: packet id, and its PUBACK or PUBREC once given (the front's
+    /// at once for a dropped delivery; the client's when it comes).
+    deliveries: VecDeque<(u16, Option<[u8; 4]>)>,
+    /// QoS 2 releases (the broker's PUBREL), the same way for their PUBCOMP.
+    releases: VecDeque<(u16, Option<[u8; 4]>)>,
+}
+
+impl AckOrder {
+    fn delivered(&mut self, pkid: u16, ack: Option<[u8; 4]>) {
+        self.deliveries.push_back((pkid, ack));
+    }
+
+    fn released(&mut self, pkid: u16, comp: Option<[u8; 4]>) {
+        self.releases.push_back((pkid, comp));
+    }
+
+    /// Records the client's PUBACK, PUBREC or PUBCOMP (a 4-byte frame); `false` if nothing
+    /// waits for it (it is then sent on as it is, and rumqttd decides).
+    fn client_ack(&mut self, frame: &[u8]) -> bool {
+        let Ok(ack) = <[u8; 4]>::try_from(frame) else {
+            return false;
+        };
+        let pkid = u16::from_be_bytes([ack[2], ack[3]]);
+        let queue = if ack[0] >> 4 == 7 {
+            &mut self.releases
+        } else {
+            &mut self.deliveries
+        };
+        match queue
+            .iter_mut()
+            .find(|(id, given)| *id == pkid && given.is_none())
+        {
+            Some((_, given)) => {
+                *given = Some(ack);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Moves every acknowledgement whose predecessors are all given into `out`, in order.
+    fn ready(&mut self, out: &mut BytesMut) {
+        for queue in [&mut self.deliveries, &mut self.releases] {
+            while let Some((_, Some(ack))) = queue.front() {
+                out.extend_from_slice(ack);
+                queue.pop_front();
+            }
+        }
+    }
+}
+
+const PUBACK: u8 = 0x40;
+const PUBREC: u8 = 0x50;
+const PUBCOMP: u8 = 0x70;
+
+/// A PUBACK, PUBREC or PUBCOMP for `pkid`.
+fn ack_packet(kind: u8, pkid: u16) -> [u8; 4] {
+    let [hi, lo] = pkid.to_be_bytes();
+    [kind, 0x02, hi, lo]
+}
+
+/// A PUBLISH frame's QoS, topic and packet id (0 at QoS 0), or `None` if it is too short
+/// for what its header says.
+fn publish_head(frame: &[u8], header_len: usize) -> Option<(u8, &[u8], u16)> {
+    let qos = (frame.first()? >> 1) & 3;
+    let body = frame.get(header_len..)?;
+    let len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let topic = body.get(2..2 + len)?;
+    let pkid = if qos > 0 {
+        let id = body.get(2 + len..4 + len)?;
+        u16::from_be_bytes([id[0], id[1]])
+    } else {
+        0
+    };
+    Some((qos, topic, pkid))
 }
 
 /// For a client without keepalive: a PINGREQ upstream every `every`, so rumqttd keeps the

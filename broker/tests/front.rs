@@ -16,7 +16,7 @@ use edgefleet_broker::front::{
 };
 use edgefleet_broker::pki::{IssuedCert, Pki};
 use edgefleet_broker::{BrokerConfig, BrokerHandle, InternalCredential, start};
-use edgefleet_protocol::acl::{Action, Identity};
+use edgefleet_protocol::acl::{Action, Identity, LocalGrants};
 use edgefleet_protocol::topics::{self, TopicKind};
 use futures_util::FutureExt;
 use rumqttc::{
@@ -97,15 +97,28 @@ impl Gateway {
 
     /// Creates local users (replacing any) and returns their passwords, by name.
     fn local_users(&self, users: &[(&str, Identity)]) -> std::collections::HashMap<String, String> {
+        let all: Vec<_> = users
+            .iter()
+            .map(|(name, identity)| (*name, identity.clone(), LocalGrants::everything()))
+            .collect();
+        self.local_users_with(&all)
+    }
+
+    /// As [`Self::local_users`], each with its read and write filters.
+    fn local_users_with(
+        &self,
+        users: &[(&str, Identity, LocalGrants)],
+    ) -> std::collections::HashMap<String, String> {
         let mut passwords = std::collections::HashMap::new();
         let list = users
             .iter()
-            .map(|(name, identity)| {
+            .map(|(name, identity, grants)| {
                 let password = format!("pw-{name}-{}", rand_suffix());
                 let user = LocalUser {
                     name: (*name).to_owned(),
                     password_sha256: LocalUser::hash_password(&password),
                     identity: identity.clone(),
+                    grants: grants.clone(),
                 };
                 passwords.insert((*name).to_owned(), password);
                 user
@@ -1408,11 +1421,13 @@ async fn the_plain_listener_takes_only_local_users_confined_by_role() {
         ])
         .await
         .unwrap();
+    // `#` is granted (the front drops what the historian may not read); a filter that can
+    // match only edgefleet/ topics is refused.
     assert_eq!(
         h.suback().await,
         vec![
             SubscribeReasonCode::Success(QoS::AtMostOnce),
-            SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Success(QoS::AtMostOnce),
             SubscribeReasonCode::Failure,
         ]
     );
@@ -1432,12 +1447,35 @@ async fn the_plain_listener_takes_only_local_users_confined_by_role() {
         .await
         .unwrap();
     assert_eq!(b.message(&status).await, b"up");
-    // The historian publishing into edgefleet/ is cut off.
+    // The historian publishing into edgefleet/ is acknowledged, dropped and audited; it stays
+    // connected, and the bridge never sees the forgery (the next message it gets is the
+    // historian's allowed one, sent after it).
+    let mut events = gw.front.subscribe_events();
     h.client
         .publish(&status, QoS::AtLeastOnce, false, b"forged".to_vec())
         .await
         .unwrap();
-    h.closed("local user publishing into edgefleet/").await;
+    h.expect("PUBACK of the dropped PUBLISH", |e| {
+        matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(())
+    })
+    .await;
+    front_event(&mut events, "the refusal", |e| {
+        matches!(&e.kind, FrontEventKind::Refused { action: Action::Publish, topic, .. } if *topic == status)
+    })
+    .await;
+    h.client
+        .publish("plant/line3/temp", QoS::AtLeastOnce, false, b"21".to_vec())
+        .await
+        .unwrap();
+    let next = b
+        .expect("the historian's next message", |e| match e {
+            Event::Incoming(Incoming::Publish(p)) => Some((p.topic.clone(), p.payload.to_vec())),
+            _ => None,
+        })
+        .await;
+    assert_eq!(next, ("plant/line3/temp".to_owned(), b"21".to_vec()));
+    // The historian got its own plant message, and none of the device's.
+    assert_eq!(h.message("plant/line3/temp").await, b"21");
     // Removing the bridge closes its connection.
     gw.local_users(&[("historian", Identity::Local("historian".into()))]);
     b.closed("removed user cut off").await;
@@ -1669,5 +1707,176 @@ async fn a_zero_length_client_id_needs_a_clean_session_and_then_gets_one() {
             assert_eq!(ack.code, rumqttd::protocol::ConnectReturnCode::Success)
         }
         other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+/// A local user's read and write filters, as the Paho interoperability suite exercises them:
+/// broad subscriptions (`#`, `+/+`) are granted and filtered delivery by delivery (never an
+/// edgefleet/ or `$` topic, never one outside its read filters); a filter matching nothing it
+/// may read gets 0x80; a PUBLISH it may not write (`$` topics, edgefleet/, outside its write
+/// filters) is acknowledged and dropped at every QoS, and the session goes on. The front
+/// acknowledges the deliveries it drops: after more dropped QoS 1 and QoS 2 deliveries than
+/// rumqttd keeps in flight (1,000), an allowed one still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_user_reads_and_writes_only_within_its_filters() {
+    let gw = Gateway::start().await;
+    let grants = LocalGrants::new(
+        vec!["TopicA/#".into(), "Topic/#".into()],
+        vec!["TopicA/#".into(), "Topic/#".into()],
+    )
+    .unwrap();
+    let users = gw.local_users_with(&[
+        ("paho", Identity::Local("paho".into()), grants),
+        (
+            "bridge",
+            Identity::Bridge("bridge".into()),
+            LocalGrants::everything(),
+        ),
+    ]);
+    let status = TopicKind::DeviceStatus.for_device("press-g");
+    publish_loopback(&gw, &status, "retained-status", true).await;
+    publish_loopback(&gw, "test/x", "retained-test", true).await;
+    publish_loopback(&gw, "TopicA/B", "retained-a", true).await;
+
+    let mut l = Client::plain(&gw, "paho-1", "paho", &users["paho"]);
+    l.connected().await;
+    l.client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new("#".into(), QoS::ExactlyOnce),
+            rumqttc::SubscribeFilter::new("+/+".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new("test/nosubscribe".into(), QoS::ExactlyOnce),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        l.suback().await,
+        vec![
+            SubscribeReasonCode::Success(QoS::ExactlyOnce),
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            SubscribeReasonCode::Failure,
+        ]
+    );
+    // Of the three retained messages only TopicA/B is readable: it is the first (and, the
+    // two filters overlapping, possibly the second) PUBLISH to arrive.
+    let first = l
+        .expect("a retained message", |e| match e {
+            Event::Incoming(Incoming::Publish(p)) => Some(p.topic.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(first, "TopicA/B");
+
+    // More unreadable QoS 1 and QoS 2 deliveries than rumqttd keeps in flight, then a
+    // readable one: it arrives only if the front acknowledged every dropped one.
+    let mut writer = Client::loopback(&gw, "writer-flood");
+    writer.connected().await;
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        for i in 0..1100 {
+            let topic = if i % 2 == 0 {
+                "test/x"
+            } else {
+                status.as_str()
+            };
+            writer
+                .client
+                .publish(topic, qos, false, b"no".to_vec())
+                .await
+                .unwrap();
+        }
+    }
+    writer
+        .client
+        .publish("Topic/C", QoS::ExactlyOnce, false, b"yes".to_vec())
+        .await
+        .unwrap();
+    let next = l
+        .expect("the readable message after the flood", |e| match e {
+            Event::Incoming(Incoming::Publish(p)) if p.topic != "TopicA/B" => {
+                Some((p.topic.clone(), p.payload.to_vec()))
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(next, ("Topic/C".to_owned(), b"yes".to_vec()));
+
+    // Refused PUBLISHes at QoS 1 and 2: acknowledged (PUBACK; PUBREC then PUBCOMP), dropped.
+    let mut b = Client::plain(&gw, "bridge-1", "bridge", &users["bridge"]);
+    b.connected().await;
+    b.client.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    b.suback().await;
+    // A `$` filter (rumqttd 0.20 closes the connection on one) is refused with 0x80 even for
+    // a bridge, which stays connected.
+    b.client
+        .subscribe("$TopicA/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert_eq!(b.suback().await, vec![SubscribeReasonCode::Failure]);
+    l.client
+        .publish("$TopicA/B", QoS::AtLeastOnce, false, b"dollar".to_vec())
+        .await
+        .unwrap();
+    l.expect("PUBACK of the $ topic", |e| {
+        matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(())
+    })
+    .await;
+    for topic in [status.as_str(), "plant/line3/temp"] {
+        l.client
+            .publish(topic, QoS::ExactlyOnce, false, b"refused".to_vec())
+            .await
+            .unwrap();
+        l.expect("PUBCOMP of the refused QoS 2 PUBLISH", |e| {
+            matches!(e, Event::Incoming(Incoming::PubComp(_))).then_some(())
+        })
+        .await;
+    }
+    // Then an allowed one: the bridge's next message, so none of the refused ones got through.
+    l.client
+        .publish("TopicA/C", QoS::ExactlyOnce, false, b"allowed".to_vec())
+        .await
+        .unwrap();
+    let got = b
+        .expect("the allowed message", |e| match e {
+            Event::Incoming(Incoming::Publish(p)) if !p.retain => {
+                Some((p.topic.clone(), p.payload.to_vec()))
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(got, ("TopicA/C".to_owned(), b"allowed".to_vec()));
+    assert_eq!(retained(&gw, &status).await, b"retained-status");
+}
+
+/// MQTT-3.1.0-2: a second CONNECT on one connection is a protocol violation and the server
+/// closes it (rumqttd 0.20 ignores it; Paho's basic test checks this). The client's session
+/// is not harmed: the same client id connects again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connect_closes_the_connection() {
+    let gw = Gateway::start().await;
+    let users = gw.local_users(&[("historian", Identity::Local("historian".into()))]);
+    let pw = &users["historian"];
+    for round in 0..2 {
+        let mut raw = TcpStream::connect(gw.plain).await.unwrap();
+        raw.write_all(&raw_connect("historian", pw, "twice", 30, true))
+            .await
+            .unwrap();
+        let mut buf = BytesMut::new();
+        match next_packet(&mut raw, &mut buf).await {
+            Packet::ConnAck(ack, _) => {
+                assert_eq!(
+                    ack.code,
+                    rumqttd::protocol::ConnectReturnCode::Success,
+                    "round {round}"
+                )
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        raw.write_all(&raw_connect("historian", pw, "twice", 30, true))
+            .await
+            .unwrap();
+        let rest = read_until_closed(&mut raw).await.expect("closed");
+        assert!(
+            rest.is_empty(),
+            "nothing answers the second CONNECT: {rest:?}"
+        );
     }
 }

@@ -150,17 +150,29 @@ pub enum DeviceCommand {
 pub enum MqttUserCommand {
     /// Create a local MQTT user with a random password (printed once) for the gateway's plain
     /// listener (--mqtt-listen, loopback). The role decides what it may do: `local` (default)
-    /// publishes and subscribes only outside edgefleet/; `bridge` may use every topic, like
-    /// the controller (a trusted bridge or a test suite); `device:ID` and `integrator:NAME`
-    /// act exactly as that device or integrator.
+    /// publishes and reads only outside edgefleet/, within its --read and --write filters;
+    /// `bridge` may use every topic, like the controller (a trusted bridge or a test suite);
+    /// `device:ID` and `integrator:NAME` act exactly as that device or integrator.
+    ///
+    /// A local user may subscribe to a broader filter than it may read (`#`): it receives only
+    /// the messages its read filters match. A filter matching none of them is refused (SUBACK
+    /// 0x80). A PUBLISH outside its write filters is acknowledged and dropped, and audited.
     #[command(
-        after_help = "Example:\n  edgefleet mqtt-user add historian\n  mosquitto_sub -h 127.0.0.1 -p 1883 -u historian -P PASSWORD -t 'plant/#'"
+        after_help = "Examples:\n  edgefleet mqtt-user add historian --read 'plant/#' --write none\n  mosquitto_sub -h 127.0.0.1 -p 1883 -u historian -P PASSWORD -t 'plant/#'\n  edgefleet mqtt-user add line3-plc --read 'plant/line3/cmd/#' --write 'plant/line3/#'"
     )]
     Add {
         name: String,
         /// local, bridge, device:ID or integrator:NAME.
         #[arg(long, default_value = "local")]
         role: String,
+        /// Role local: a topic filter it may receive (repeat for several; default `#`, every
+        /// topic outside edgefleet/; `none` for no reading).
+        #[arg(long = "read", value_name = "FILTER")]
+        read: Vec<String>,
+        /// Role local: a topic filter it may publish on (repeat for several; default `#`;
+        /// `none` for a read-only user).
+        #[arg(long = "write", value_name = "FILTER")]
+        write: Vec<String>,
     },
     /// List the local MQTT users (names, roles, who created them; never passwords).
     List,

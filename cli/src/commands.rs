@@ -297,19 +297,30 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
                 format!("{}: labels now {labels}", s(v, "device"))
             },
         ),
-        Command::MqttUser(MqttUserCommand::Add { name, role }) => (
-            api.post("/api/v1/mqtt-users", &json!({ "name": name, "role": role }))
-                .await?,
-            |v: &Value| {
+        Command::MqttUser(MqttUserCommand::Add {
+            name,
+            role,
+            read,
+            write,
+        }) => {
+            let mut body = json!({ "name": name, "role": role });
+            if let Some(read) = grant_filters(read) {
+                body["read"] = json!(read);
+            }
+            if let Some(write) = grant_filters(write) {
+                body["write"] = json!(write);
+            }
+            (api.post("/api/v1/mqtt-users", &body).await?, |v: &Value| {
                 format!(
-                    "local MQTT user {} (role {}) created; its password, shown only now:\n\n  {}\n\nconnect to the gateway's plain listener (--mqtt-listen) with user name {} and this password",
+                    "local MQTT user {} (role {}{}) created; its password, shown only now:\n\n  {}\n\nconnect to the gateway's plain listener (--mqtt-listen) with user name {} and this password",
                     s(v, "name"),
                     s(v, "role"),
+                    grants_shown(v),
                     s(v, "password"),
                     s(v, "name")
                 )
-            },
-        ),
+            })
+        }
         Command::MqttUser(MqttUserCommand::List) => {
             (api.get("/api/v1/mqtt-users").await?, |v: &Value| {
                 let rows: Vec<String> = v
@@ -319,9 +330,10 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
                     .iter()
                     .map(|u| {
                         format!(
-                            "{}  {}  (created {} by {})",
+                            "{}  {}{}  (created {} by {})",
                             s(u, "name"),
                             s(u, "role"),
+                            grants_shown(u),
                             s(u, "created_at"),
                             s(u, "created_by")
                         )

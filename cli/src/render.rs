@@ -403,3 +403,33 @@ pub fn render_windows(v: &Value) -> String {
     }
     format!("{t}\n{} window(s)", all.len())
 }
+
+/// A `local` MQTT user's read and write filters as shown after its role, e.g.
+/// `; read plant/#; write none` (nothing for other roles, which have no filters).
+pub fn grants_shown(user: &Value) -> String {
+    let list = |key: &str| match user[key].as_array() {
+        None => None,
+        Some(filters) if filters.is_empty() => Some("none".to_owned()),
+        Some(filters) => Some(
+            filters
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    };
+    match (list("read"), list("write")) {
+        (Some(read), Some(write)) => format!("; read {read}; write {write}"),
+        _ => String::new(),
+    }
+}
+
+/// The `--read`/`--write` values as sent: `None` when not given (the gateway's default,
+/// every topic outside edgefleet/); `none` alone means no filter at all.
+pub fn grant_filters(given: &[String]) -> Option<Vec<String>> {
+    match given {
+        [] => None,
+        [only] if only == "none" => Some(Vec::new()),
+        _ => Some(given.to_vec()),
+    }
+}

@@ -11,9 +11,13 @@
 //!
 //! Two more come from a local MQTT user an admin created (`edgefleet mqtt-user add`) on the
 //! gateway's plain loopback listener:
-//! - a **local** user (no role) may publish and subscribe only outside the product's
-//!   namespace: the first level of every topic and filter is a literal that is neither
-//!   `edgefleet` nor starts with `$`;
+//! - a **local** user (no role) publishes and reads only outside the product's namespace:
+//!   never a topic whose first level is `edgefleet` or starts with `$`, and within the rest
+//!   only what its [`LocalGrants`] allow (everything, unless the admin narrowed it). Unlike
+//!   the other identities it may subscribe with a filter broader than what it may read (`#`,
+//!   `+/+`, as plant MQTT tools do): the front then drops every delivery it may not read
+//!   ([`LocalGrants::may_read`]). A filter that can only match topics it may not read is
+//!   refused;
 //! - a **bridge** user (role `bridge`) may use every topic, as the controller does: for a
 //!   trusted bridge (a historian mirroring the bus) and for test harnesses. It cannot take the
 //!   controller's client id.
@@ -141,6 +145,123 @@ fn reaches_namespace(topic_or_filter: &str) -> bool {
     first == NAMESPACE || first.starts_with('$') || first == "+" || first == "#"
 }
 
+/// Whether a filter can match only topics of the product's namespace or `$` topics (its
+/// first level is the literal `edgefleet` or starts with `$`).
+fn only_namespace(filter: &str) -> bool {
+    let first = filter.split('/').next().unwrap_or("");
+    first == NAMESPACE || first.starts_with('$')
+}
+
+/// What a local MQTT user without a role may write (publish) and read (receive), as topic
+/// filters, always within the topics outside `edgefleet/` and `$`. An admin sets them when
+/// creating the user (`edgefleet mqtt-user add NAME --read plant/# --write plant/line3/#`);
+/// [`LocalGrants::everything`] is the default. An empty list grants nothing (a read-only
+/// user has no write filters).
+///
+/// How the front applies them, as Mosquitto applies its ACLs to MQTT 3.1.1 clients (which
+/// have no way to be told "refused" for a PUBLISH):
+/// - a PUBLISH it may not write is acknowledged and dropped (and audited as refused);
+/// - a SUBSCRIBE filter that overlaps no read filter gets the failure return code 0x80;
+///   one that does is granted, and every delivery it may not read is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalGrants {
+    pub read: Vec<String>,
+    pub write: Vec<String>,
+}
+
+impl LocalGrants {
+    /// Every topic outside `edgefleet/` and `$`, both ways.
+    pub fn everything() -> LocalGrants {
+        LocalGrants {
+            read: vec!["#".to_owned()],
+            write: vec!["#".to_owned()],
+        }
+    }
+
+    /// Checked grants: every entry a well-formed filter that can match some topic outside
+    /// the namespace.
+    pub fn new(read: Vec<String>, write: Vec<String>) -> Result<LocalGrants, String> {
+        for (what, filters) in [("read", &read), ("write", &write)] {
+            if filters.len() > MAX_GRANT_FILTERS {
+                return Err(format!(
+                    "at most {MAX_GRANT_FILTERS} {what} filters per MQTT user"
+                ));
+            }
+            for filter in filters {
+                validate_filter(filter).map_err(|e| format!("{what} filter '{filter}': {e}"))?;
+                if only_namespace(filter) {
+                    return Err(format!(
+                        "{what} filter '{filter}': a local MQTT user never reaches edgefleet/ or $ topics (give it the bridge or integrator role instead)"
+                    ));
+                }
+            }
+        }
+        Ok(LocalGrants { read, write })
+    }
+
+    /// Whether a delivery on `topic` may reach the user.
+    pub fn may_read(&self, topic: &str) -> bool {
+        !reaches_namespace(topic) && self.read.iter().any(|f| covers(f, topic))
+    }
+
+    /// Whether the user may publish on `topic` (refusal as for [`check_publish`]).
+    pub fn check_write(&self, identity: &Identity, topic: &str) -> Result<(), Denied> {
+        if self.write.iter().any(|f| covers(f, topic)) {
+            Ok(())
+        } else {
+            Err(denied(
+                identity,
+                Action::Publish,
+                topic,
+                "outside this MQTT user's write filters",
+            ))
+        }
+    }
+
+    /// Whether a SUBSCRIBE with `filter` is granted: it must overlap a read filter.
+    pub fn check_subscribe(&self, identity: &Identity, filter: &str) -> Result<(), Denied> {
+        if self.read.iter().any(|f| overlaps(f, filter)) {
+            Ok(())
+        } else {
+            Err(denied(
+                identity,
+                Action::Subscribe,
+                filter,
+                "matches nothing this MQTT user may read",
+            ))
+        }
+    }
+}
+
+/// Most read or write filters one local MQTT user may have.
+pub const MAX_GRANT_FILTERS: usize = 64;
+
+/// Whether some topic matches both filters (wildcards on either side; a filter whose first
+/// level is a wildcard matches no `$` topic).
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let a: Vec<&str> = a.split('/').collect();
+    let b: Vec<&str> = b.split('/').collect();
+    let wild = |l: &str| l == "+" || l == "#";
+    if (a[0].starts_with('$') && wild(b[0])) || (b[0].starts_with('$') && wild(a[0])) {
+        return false;
+    }
+    let mut i = 0;
+    loop {
+        match (a.get(i), b.get(i)) {
+            // `#` matches its parent level and everything below it.
+            (Some(&"#"), _) | (_, Some(&"#")) | (None, None) => return true,
+            (None, Some(_)) | (Some(_), None) => return false,
+            (Some(&"+"), Some(_)) | (Some(_), Some(&"+")) => {}
+            (Some(x), Some(y)) => {
+                if x != y {
+                    return false;
+                }
+            }
+        }
+        i += 1;
+    }
+}
+
 /// Integrator names follow the device id rules (letters, digits, `-`, `_`, `.`).
 pub fn validate_integrator_name(name: &str) -> Result<(), IdError> {
     validate_device_id(name).map_err(|e| match e {
@@ -259,14 +380,18 @@ pub fn check_subscribe(identity: &Identity, filter: &str) -> Result<(), Denied> 
     if let Err(e) = validate_filter(filter) {
         return deny(e);
     }
+    if filter.starts_with('$') && !filter.starts_with("$share/") {
+        // rumqttd 0.20 closes the connection on any other `$` filter (it has no `$SYS`).
+        return deny("the broker has no $ topics (only $share/GROUP/FILTER shared subscriptions)");
+    }
     if let Err(e) = identity.validate() {
         return deny(&format!("invalid identity ({e})"));
     }
     match identity {
         Identity::Bridge(_) => return Ok(()),
-        Identity::Local(_) if reaches_namespace(filter) => {
+        Identity::Local(_) if only_namespace(filter) => {
             return deny(
-                "a local MQTT user without a role subscribes only outside edgefleet/: the first level must be another literal (no wildcard, no $)",
+                "a local MQTT user without a role reads only outside edgefleet/ (and no $ topics)",
             );
         }
         Identity::Local(_) => return Ok(()),
@@ -807,13 +932,89 @@ mod tests {
             check_publish(&l, &topic).expect_err(&topic);
             check_subscribe(&l, &topic).expect_err(&topic);
         }
-        for filter in ["#", "+/v1/devices/+/status", "+", "$SYS/#"] {
+        // Broad filters are granted: the front drops the deliveries a local user may not
+        // read (`LocalGrants::may_read`). Only filters that can match nothing else are not.
+        for filter in ["#", "+/v1/devices/+/status", "+", "+/+"] {
+            check_subscribe(&l, filter).unwrap();
+        }
+        for filter in ["$SYS/#", "edgefleet/#", "edgefleet", "$x"] {
             check_subscribe(&l, filter).expect_err(filter);
+        }
+        let all = LocalGrants::everything();
+        assert!(all.may_read("plant/line3/temp"));
+        for topic in [
+            TopicKind::DeviceStatus.for_device("press-07"),
+            "edgefleet".to_owned(),
+            "$SYS/x".to_owned(),
+            "$TopicA/B".to_owned(),
+        ] {
+            assert!(!all.may_read(&topic), "{topic}");
         }
         let b = Identity::Bridge("paho".into());
         check_publish(&b, &TopicKind::DeviceDesired.for_device("press-07")).unwrap();
         check_subscribe(&b, "#").unwrap();
+        check_subscribe(&b, "$share/historians/plant/#").unwrap();
+        check_subscribe(&b, "$TopicA/#").unwrap_err();
+        check_subscribe(&b, "$SYS/#").unwrap_err();
         check_publish(&b, "é").unwrap_err();
+    }
+
+    #[test]
+    fn grants_narrow_a_local_user() {
+        let l = Identity::Local("historian".into());
+        let g = LocalGrants::new(
+            vec!["TopicA/#".into(), "Topic/#".into(), "/#".into()],
+            vec!["plant/line3/#".into()],
+        )
+        .unwrap();
+        for filter in ["#", "+/+", "TopicA/+", "TopicA", "+/C", "/+"] {
+            g.check_subscribe(&l, filter).expect(filter);
+        }
+        for filter in ["test/nosubscribe", "plant/#", "Topicx", "test/+", "x/+/y"] {
+            g.check_subscribe(&l, filter).expect_err(filter);
+        }
+        assert!(g.may_read("TopicA"));
+        assert!(g.may_read("Topic/C"));
+        assert!(!g.may_read("test/nosubscribe"));
+        assert!(g.may_read("Topic"));
+        assert!(!g.may_read("Topicx/C"));
+        g.check_write(&l, "plant/line3/temp").unwrap();
+        g.check_write(&l, "plant/line4/temp").unwrap_err();
+        for bad in ["edgefleet/#", "$SYS/#", "a/#/b", ""] {
+            LocalGrants::new(vec![bad.into()], vec![]).expect_err(bad);
+            LocalGrants::new(vec![], vec![bad.into()]).expect_err(bad);
+        }
+        LocalGrants::new(vec!["a".into(); MAX_GRANT_FILTERS + 1], vec![]).unwrap_err();
+        // A read-only user.
+        let ro = LocalGrants::new(vec!["#".into()], vec![]).unwrap();
+        ro.check_write(&l, "plant/x").unwrap_err();
+    }
+
+    #[test]
+    fn overlaps_is_symmetric_and_respects_dollar_topics() {
+        let yes = [
+            ("#", "a"),
+            ("a/#", "a"),
+            ("a/+", "+/b"),
+            ("+/+", "a/b"),
+            ("a/b/c", "a/+/#"),
+            ("$SYS/#", "$SYS/+"),
+            ("a//b", "a/+/b"),
+        ];
+        let no = [
+            ("a", "b"),
+            ("a/+", "a"),
+            ("a/b", "a/b/c"),
+            ("#", "$SYS/x"),
+            ("+/x", "$SYS/x"),
+            ("a/+/c", "a/b/d"),
+        ];
+        for (a, b) in yes {
+            assert!(overlaps(a, b) && overlaps(b, a), "{a} ~ {b}");
+        }
+        for (a, b) in no {
+            assert!(!overlaps(a, b) && !overlaps(b, a), "{a} !~ {b}");
+        }
     }
 
     /// Shapes rumqttd 0.20 cannot take (see `validate_filter`) are refused for every

@@ -135,4 +135,10 @@ CREATE TABLE mqtt_users (
     created_by TEXT NOT NULL
 );
 "#,
+    // 7: a local MQTT user's read and write topic filters (JSON arrays; `["#"]`: everything
+    // outside edgefleet/, the default and what users created before had).
+    r##"
+ALTER TABLE mqtt_users ADD COLUMN read_filters TEXT NOT NULL DEFAULT '["#"]';
+ALTER TABLE mqtt_users ADD COLUMN write_filters TEXT NOT NULL DEFAULT '["#"]';
+"##,
 ];

@@ -1,5 +1,6 @@
-//! The gateway's local MQTT users (migration 6): name, role, the SHA-256 of the password
-//! (random, shown once at creation) and who created it. Changed only by admins through the
+//! The gateway's local MQTT users (migrations 6 and 7): name, role, the SHA-256 of the
+//! password (random, shown once at creation), who created it, and (role `local`) the topic
+//! filters it may read and write. Changed only by admins through the
 //! API; read at every gateway start and after every change, into the network front.
 
 use tokio_rusqlite::rusqlite::{ErrorCode, params};
@@ -15,6 +16,18 @@ pub struct MqttUserRow {
     pub password_sha256: String,
     pub created_at: String,
     pub created_by: String,
+    /// Topic filters a `local` user may read (receive) and write (publish).
+    pub read: Vec<String>,
+    pub write: Vec<String>,
+}
+
+fn filters_json(filters: &[String]) -> String {
+    serde_json::to_string(filters).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// A stored filter list; an unreadable one grants nothing (never more than was stored).
+fn filters_of(column: String) -> Vec<String> {
+    serde_json::from_str(&column).unwrap_or_default()
 }
 
 impl Store {
@@ -22,14 +35,17 @@ impl Store {
     pub async fn insert_mqtt_user(&self, row: MqttUserRow) -> Result<bool, StoreError> {
         self.write(move |c| {
             let inserted = c.execute(
-                "INSERT INTO mqtt_users (name, role, password_sha256, created_at, created_by)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO mqtt_users (name, role, password_sha256, created_at, created_by,
+                                         read_filters, write_filters)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     row.name,
                     row.role,
                     row.password_sha256,
                     row.created_at,
-                    row.created_by
+                    row.created_by,
+                    filters_json(&row.read),
+                    filters_json(&row.write),
                 ],
             );
             match inserted {
@@ -49,7 +65,8 @@ impl Store {
     pub async fn mqtt_users(&self) -> Result<Vec<MqttUserRow>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare(
-                "SELECT name, role, password_sha256, created_at, created_by FROM mqtt_users ORDER BY name",
+                "SELECT name, role, password_sha256, created_at, created_by, read_filters, write_filters
+                 FROM mqtt_users ORDER BY name",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok(MqttUserRow {
@@ -58,6 +75,8 @@ impl Store {
                     password_sha256: r.get(2)?,
                     created_at: r.get(3)?,
                     created_by: r.get(4)?,
+                    read: filters_of(r.get(5)?),
+                    write: filters_of(r.get(6)?),
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -86,6 +105,8 @@ mod tests {
             password_sha256: "ab".repeat(32),
             created_at: "2026-01-01T00:00:00Z".into(),
             created_by: "admin".into(),
+            read: vec!["plant/#".into(), "+/+".into()],
+            write: vec![],
         };
         assert!(store.insert_mqtt_user(row.clone()).await.unwrap());
         assert!(!store.insert_mqtt_user(row.clone()).await.unwrap());

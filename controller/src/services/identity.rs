@@ -13,10 +13,11 @@
 //!   offline) and refuses those certificates from then on. Stored revocations are handed to
 //!   the front at every start.
 //!
-//! - `edgefleet mqtt-user add NAME --role ROLE` ([`Identity::add_mqtt_user`]) creates a
-//!   local MQTT user of the gateway's plain listener with a random password (shown once; the
-//!   store keeps its SHA-256) and hands the new set of users to the front; removing one
-//!   closes its live connections.
+//! - `edgefleet mqtt-user add NAME --role ROLE [--read F]… [--write F]…`
+//!   ([`Identity::add_mqtt_user`]) creates a local MQTT user of the gateway's plain listener
+//!   with a random password (shown once; the store keeps its SHA-256) and, for role `local`,
+//!   the topic filters it may read and write, and hands the new set of users to the front;
+//!   removing one closes its live connections.
 //!
 //! Every attempt is audited. No token, secret or key is ever logged. A controller on an
 //! external broker has no front and no CA: every operation here then says so.
@@ -30,7 +31,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use edgefleet_broker::front::{FrontHandle, LocalUser};
 use edgefleet_broker::pki::{IssuedCert, Pki};
 use edgefleet_domain::audit::{Entry, Outcome};
-use edgefleet_protocol::acl::Identity as Who;
+use edgefleet_protocol::acl::{Identity as Who, LocalGrants};
 use edgefleet_protocol::enrollment::{EnrollRequest, EnrollResponse, EnrollmentToken};
 use edgefleet_store::identity::Refusal;
 use edgefleet_store::mqtt_users::MqttUserRow;
@@ -323,6 +324,7 @@ pub struct NewMqttUser {
     pub name: String,
     pub role: String,
     pub password: String,
+    pub grants: LocalGrants,
 }
 
 impl Identity {
@@ -333,28 +335,49 @@ impl Identity {
         let mut users = Vec::new();
         for row in self.store.mqtt_users().await? {
             match mqtt_role(&row.name, &row.role) {
-                Ok(identity) => users.push(LocalUser {
-                    name: row.name,
-                    password_sha256: row.password_sha256,
-                    identity,
-                }),
+                Ok(identity) => {
+                    // Stored grants were checked when the user was made; if one no longer
+                    // passes, the user gets none rather than more than it was given.
+                    let grants = LocalGrants::new(row.read, row.write).unwrap_or_else(|e| {
+                        tracing::error!(user = %row.name, "stored MQTT user's filters refused: {e}");
+                        LocalGrants::new(Vec::new(), Vec::new()).unwrap_or_else(|_| LocalGrants::everything())
+                    });
+                    users.push(LocalUser {
+                        name: row.name,
+                        password_sha256: row.password_sha256,
+                        identity,
+                        grants,
+                    });
+                }
                 Err(e) => tracing::error!(user = %row.name, "stored MQTT user skipped: {e}"),
             }
         }
         Ok(security.front.set_local_users(users))
     }
 
-    /// Creates a local MQTT user with a random password.
+    /// Creates a local MQTT user with a random password. `read`/`write` (role `local` only;
+    /// `None`: every topic outside edgefleet/) are the topic filters it may receive and
+    /// publish.
     pub async fn add_mqtt_user(
         &self,
         name: &str,
         role: &str,
+        read: Option<Vec<String>>,
+        write: Option<Vec<String>>,
         by: &str,
     ) -> Result<NewMqttUser, EnrollError> {
         self.security()?;
         edgefleet_protocol::acl::validate_integrator_name(name)
             .map_err(|e| EnrollError::Invalid(format!("MQTT user {e}")))?;
-        mqtt_role(name, role).map_err(EnrollError::Invalid)?;
+        let who = mqtt_role(name, role).map_err(EnrollError::Invalid)?;
+        if !matches!(who, Who::Local(_)) && (read.is_some() || write.is_some()) {
+            return Err(EnrollError::Invalid(format!(
+                "read and write filters apply only to role local; role {role} decides its own topics"
+            )));
+        }
+        let all = LocalGrants::everything();
+        let grants = LocalGrants::new(read.unwrap_or(all.read), write.unwrap_or(all.write))
+            .map_err(EnrollError::Invalid)?;
         let password = hex::encode(rand::random::<[u8; 32]>());
         let row = MqttUserRow {
             name: name.to_owned(),
@@ -362,6 +385,8 @@ impl Identity {
             password_sha256: LocalUser::hash_password(&password),
             created_at: edgefleet_protocol::now_rfc3339(),
             created_by: by.to_owned(),
+            read: grants.read.clone(),
+            write: grants.write.clone(),
         };
         if !self.store.insert_mqtt_user(row).await? {
             return Err(EnrollError::MqttUserExists(name.to_owned()));
@@ -371,6 +396,7 @@ impl Identity {
             name: name.to_owned(),
             role: role.to_owned(),
             password,
+            grants,
         })
     }
 

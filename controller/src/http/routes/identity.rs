@@ -138,6 +138,13 @@ pub struct AddMqttUserBody {
     /// `local` (default), `bridge`, `device:ID`, `integrator:NAME`.
     #[serde(default)]
     role: Option<String>,
+    /// Role `local` only: topic filters it may receive (default `["#"]`: every topic outside
+    /// edgefleet/).
+    #[serde(default)]
+    read: Option<Vec<String>>,
+    /// Role `local` only: topic filters it may publish on (default `["#"]`).
+    #[serde(default)]
+    write: Option<Vec<String>>,
 }
 
 pub async fn add_mqtt_user(
@@ -148,14 +155,17 @@ pub async fn add_mqtt_user(
     let Json(body) = body?;
     let role = body.role.unwrap_or_else(|| "local".to_owned());
     auth.note(&body.name, None);
-    auth.detail(serde_json::json!({ "role": role }));
+    auth.detail(serde_json::json!({ "role": role, "read": body.read, "write": body.write }));
     let new = identity
-        .add_mqtt_user(&body.name, &role, auth.username())
+        .add_mqtt_user(&body.name, &role, body.read, body.write, auth.username())
         .await?;
+    let local = new.role == "local";
     Ok(Json(serde_json::json!({
         "name": new.name,
         "role": new.role,
         "password": new.password,
+        "read": local.then_some(&new.grants.read),
+        "write": local.then_some(&new.grants.write),
     })))
 }
 
@@ -167,8 +177,10 @@ pub async fn list_mqtt_users(
         .await?
         .into_iter()
         .map(|u| {
+            let local = u.role == "local";
             serde_json::json!({
                 "name": u.name, "role": u.role, "created_at": u.created_at, "created_by": u.created_by,
+                "read": local.then_some(&u.read), "write": local.then_some(&u.write),
             })
         })
         .collect();
