@@ -283,9 +283,28 @@ async fn agent_restarted_while_the_gateway_is_down_keeps_running_from_local_stat
     let (_, container) = wait_converged_running(&api, &id, APP_V1).await;
 
     gw.proc.kill9();
+    let log = agent.proc.full_log();
+    let (loaded, tried) = (
+        log.matches("loaded desired state").count(),
+        log.matches("cannot connect to broker").count(),
+    );
     agent.proc.restart();
-    // Alone, the agent keeps the container and still restores drift from its local state.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Alone, the agent keeps the container and still restores drift from its local state:
+    // once the restarted agent has loaded its state and failed to reach the gateway (a
+    // teardown would be caught below too: the drift check wants this very container back).
+    wait::until("the restarted agent running alone", T, || async {
+        let log = agent.proc.full_log();
+        let now = (
+            log.matches("loaded desired state").count(),
+            log.matches("cannot connect to broker").count(),
+        );
+        if now.0 > loaded && now.1 > tried {
+            Ok(())
+        } else {
+            Err(format!("{now:?} (was {:?})", (loaded, tried)))
+        }
+    })
+    .await;
     assert!(
         agent.proc.alive(),
         "the agent must keep running without its gateway"

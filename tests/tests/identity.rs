@@ -21,6 +21,51 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// How many audit records have exactly this action, actor, target and outcome (parsed
+/// records, not a text search).
+async fn audited(
+    api: &edgefleet_tests::api::Api,
+    action: &str,
+    actor: &str,
+    target: &str,
+    outcome: &str,
+) -> Result<usize, String> {
+    let page = api.get("/api/v1/audit?limit=1000").await?;
+    let records = page["records"]
+        .as_array()
+        .ok_or_else(|| format!("no records in {page}"))?;
+    Ok(records
+        .iter()
+        .filter(|r| {
+            r["action"] == action
+                && r["actor"] == actor
+                && r["target"] == target
+                && r["outcome"] == outcome
+        })
+        .count())
+}
+
+/// Waits until the audit holds at least `n` such records.
+async fn wait_audited(
+    api: &edgefleet_tests::api::Api,
+    (action, actor, target, outcome): (&str, &str, &str, &str),
+    n: usize,
+) {
+    wait::until(
+        &format!("{n} audit record(s) {action} {outcome} by {actor} on {target}"),
+        T,
+        || async {
+            let got = audited(api, action, actor, target, outcome).await?;
+            if got >= n {
+                Ok(())
+            } else {
+                Err(format!("{got} so far"))
+            }
+        },
+    )
+    .await;
+}
+
 /// mosquitto_sub/pub TLS arguments with the credentials in `creds` (ca.pem, cert.pem, key.pem).
 fn tls(port: u16, creds: &Path, client_id: &str) -> Vec<String> {
     let p = |f: &str| creds.join(f).display().to_string();
@@ -94,7 +139,17 @@ async fn enrollment_works_once_and_a_revoked_device_cannot_come_back() {
     // An expired token is refused.
     let short = api.cli(&["device", "add", "late-dev", "--expires", "1s", "--json"]);
     assert!(short.success, "{short:?}");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Until the clock has passed its expiry (RFC 3339 UTC with milliseconds both: ordered as
+    // text; the gateway runs on this clock).
+    let expires = short.json()["expires_at"]
+        .as_str()
+        .expect("expires_at")
+        .to_owned();
+    wait::until("the token's expiry to pass", T, || async {
+        let now = edgefleet_protocol::now_rfc3339();
+        if now > expires { Ok(()) } else { Err(now) }
+    })
+    .await;
     let late = gw.enroll(dir, "late-dev", short.json()["token"].as_str().unwrap());
     assert!(
         !late.status.success() && stderr(&late).contains("expired"),
@@ -132,21 +187,42 @@ async fn enrollment_works_once_and_a_revoked_device_cannot_come_back() {
     api.wait_connection(&id, "offline", Duration::from_secs(15))
         .await;
     eprintln!("revoked device shown offline after {:?}", t0.elapsed());
-    // The agent keeps trying (jittered backoff); it must stay out.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The agent keeps trying (jittered backoff); it must stay out: two more of its
+    // reconnects fail (its log says so each time), and the device is still offline after.
+    let attempts = |log: &str| {
+        log.matches("broker closed the connection before CONNACK")
+            .count()
+            + log.matches("cannot connect to broker").count()
+    };
+    let at_revocation = attempts(&agent.proc.full_log());
+    wait::until("two refused reconnects of the revoked agent", T, || async {
+        let n = attempts(&agent.proc.full_log());
+        if n >= at_revocation + 2 {
+            Ok(())
+        } else {
+            Err(format!("{} so far", n - at_revocation))
+        }
+    })
+    .await;
     assert!(
         agent.proc.alive(),
         "the agent should keep running and retrying"
     );
     let d = api.device(&id).await.expect("device");
     assert_eq!(d["online"], false, "a revoked device came back: {d}");
-    let audit = api
-        .get("/api/v1/audit?limit=500")
-        .await
-        .expect("audit")
-        .to_string();
-    for action in ["device.add", "device.enroll", "device.revoke"] {
-        assert!(audit.contains(action), "{action} is not audited");
+    let device_actor = format!("device:{id}");
+    for (action, actor) in [
+        ("device.add", "admin"),
+        ("device.enroll", device_actor.as_str()),
+        ("device.revoke", "admin"),
+    ] {
+        assert!(
+            audited(&api, action, actor, &id, "ok")
+                .await
+                .expect("audit")
+                >= 1,
+            "{action} of {id} by {actor} is not audited"
+        );
     }
     // A revoked device's token cannot be reused either, and a new one lets it back.
     let token = gw.enrollment_token(&id, "site=e,line=1");
@@ -197,7 +273,10 @@ async fn a_device_certificate_reaches_only_its_own_topics_and_integrators_only_r
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("mosquitto_sub");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Published once the front has refused the subscription (audited as it answers 0x80).
+    let a_actor = format!("device:{a}");
+    let b_desired = TopicKind::DeviceDesired.for_device(&b);
+    wait_audited(&api, ("mqtt.subscribe", &a_actor, &b_desired, "refused"), 1).await;
     mqtt::publish(
         gw.mqtt_port,
         &TopicKind::DeviceDesired.for_device(&b),
@@ -222,7 +301,8 @@ async fn a_device_certificate_reaches_only_its_own_topics_and_integrators_only_r
         format!("{{\"schema\":1,\"device\":\"{b}\",\"forged\":true}}"),
     ]);
     let _ = run("mosquitto_pub", &args);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The front refuses (and audits) before anything reaches the broker.
+    wait_audited(&api, ("mqtt.publish", &a_actor, &b_status, "refused"), 1).await;
     let after = mqtt::retained(gw.mqtt_port, &b_status, 5).expect("B's retained status");
     assert!(
         after.get("forged").is_none(),
@@ -298,20 +378,19 @@ async fn a_device_certificate_reaches_only_its_own_topics_and_integrators_only_r
         "{}".into(),
     ]);
     let _ = run("mosquitto_pub", &args);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let desired = mqtt::retained_raw(gw.mqtt_port, &TopicKind::DeviceDesired.for_device(&b), 3);
+    wait_audited(
+        &api,
+        (
+            "mqtt.publish",
+            "integrator:historian",
+            &b_desired,
+            "refused",
+        ),
+        1,
+    )
+    .await;
+    let desired = mqtt::retained_raw(gw.mqtt_port, &b_desired, 3);
     assert_ne!(desired, b"{}", "an integrator published a desired document");
-
-    // The refusals are in the audit log.
-    let audit = api
-        .get("/api/v1/audit?limit=500")
-        .await
-        .expect("audit")
-        .to_string();
-    assert!(
-        audit.contains("mqtt.publish") && audit.contains(&format!("device:{a}")),
-        "the front's refusals are not audited: {audit}"
-    );
 }
 
 /// Logs on demand: the controller asks the enrolled agent (a signed command over the TLS
@@ -402,4 +481,106 @@ async fn a_services_logs_are_read_from_the_device_on_demand() {
         }
     })
     .await;
+}
+
+/// A local MQTT user made with `edgefleet mqtt-user add --read/--write`, driven with Debian's
+/// mosquitto clients on the gateway's plain listener: subscribed to `#` it receives plant
+/// messages its read filter matches and nothing of `edgefleet/` (the controller's retained
+/// presence is there to be leaked); a read-only user's PUBLISH is acknowledged (the client
+/// succeeds), dropped and audited; filters are refused for other roles and inside the
+/// namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_mqtt_user_reads_and_writes_only_within_its_filters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let gw = Gateway::start(dir);
+    let api = gw.api();
+    let out = api.cli(&[
+        "mqtt-user",
+        "add",
+        "hist",
+        "--read",
+        "plant/#",
+        "--write",
+        "none",
+        "--json",
+    ]);
+    assert!(out.success, "{out:?}");
+    let user = out.json();
+    assert_eq!(user["read"], serde_json::json!(["plant/#"]), "{user}");
+    assert_eq!(user["write"], serde_json::json!([]), "{user}");
+    let password = user["password"].as_str().expect("password").to_owned();
+    for (args, says) in [
+        (
+            vec!["mqtt-user", "add", "b2", "--role", "bridge", "--read", "#"],
+            "apply only to role local",
+        ),
+        (
+            vec!["mqtt-user", "add", "l2", "--read", "edgefleet/#"],
+            "never reaches edgefleet/",
+        ),
+    ] {
+        let out = api.cli(&args);
+        assert!(
+            !out.success && out.stderr.contains(says),
+            "{args:?}: {out:?}"
+        );
+    }
+    let listed = api.cli(&["mqtt-user", "list"]);
+    assert!(
+        listed
+            .stdout
+            .contains("hist  local; read plant/#; write none"),
+        "{listed:?}"
+    );
+
+    // Retained: the controller's presence (edgefleet/), a plant value it may read, one it
+    // may not (outside plant/).
+    mqtt::publish(gw.mqtt_port, "plant/line3/temp", b"21", true);
+    mqtt::publish(gw.mqtt_port, "office/printer", b"jam", true);
+    let port = gw.mqtt_port.to_string();
+    let login = ["-u", "hist", "-P", password.as_str()];
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "#",
+            "-v",
+            "-C",
+            "2",
+            "-W",
+            "3",
+        ])
+        .args(login)
+        .output()
+        .expect("mosquitto_sub");
+    let got = String::from_utf8_lossy(&sub.stdout);
+    assert_eq!(
+        got.lines().collect::<Vec<_>>(),
+        ["plant/line3/temp 21"],
+        "{sub:?}"
+    );
+
+    // A read-only user's PUBLISH: acknowledged (mosquitto_pub waits for the PUBACK and exits
+    // 0), dropped (the retained value is unchanged), audited as refused.
+    let publ = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-r"])
+        .args(["-t", "plant/line3/temp", "-m", "99"])
+        .args(login)
+        .output()
+        .expect("mosquitto_pub");
+    assert!(publ.status.success(), "{publ:?}");
+    wait_audited(
+        &api,
+        ("mqtt.publish", "local:hist", "plant/line3/temp", "refused"),
+        1,
+    )
+    .await;
+    assert_eq!(
+        mqtt::retained_raw(gw.mqtt_port, "plant/line3/temp", 5),
+        b"21"
+    );
 }
