@@ -4,7 +4,8 @@
 //! socket (their services run next to them, labelled with their device id, as on a device).
 //! Faults come from outside, as a plant's network or power would deal them:
 //! - the link: `nsenter -t PID -n iptables …` in the host's network namespace (every packet
-//!   dropped, no FIN, no RST; or a share of them at random);
+//!   dropped, no FIN, no RST; or a share of them at random); latency through a delay line
+//!   ([`Host::delayed`]: this kernel has no netem);
 //! - the host itself: `docker kill -s KILL`, `docker start`.
 //!
 //! Every container and the network carry the label `io.edgefleet.hosts-run=<run>`; a
@@ -31,6 +32,8 @@ const PID_LABEL: &str = "io.edgefleet.hosts-pid";
 /// Ports inside the gateway host (its own network namespace: nothing else binds there).
 /// The gateway's HTTPS API (plain HTTP stays on the gateway host's loopback).
 const HTTPS: u16 = 8444;
+/// The gateway's MQTT over TLS listener, which agents connect to.
+pub const MQTTS: u16 = 8883;
 /// The agents' keepalive on these hosts (`--keepalive`).
 pub const KEEPALIVE: Duration = Duration::from_secs(4);
 
@@ -164,23 +167,103 @@ impl Host {
         self.iptables(&["-F", "OUTPUT"]);
     }
 
-    /// Drops each packet, in and out, with probability `p` (iptables' statistic match).
+    /// Drops each packet, in and out, with probability `p` (iptables' statistic match): every
+    /// packet leaving (OUTPUT, loopback included, so a [`Host::delayed`] link loses its share
+    /// too) and every packet arriving from outside (INPUT not on loopback: a looped-back
+    /// packet is not lost twice).
     pub fn lossy(&self, p: f64) {
         let p = format!("{p}");
-        for chain in ["INPUT", "OUTPUT"] {
-            self.iptables(&[
-                "-I",
-                chain,
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                &p,
-                "-j",
-                "DROP",
-            ]);
-        }
+        let random = [
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &p,
+            "-j",
+            "DROP",
+        ];
+        self.iptables(&[&["-I", "OUTPUT"][..], &random].concat());
+        self.iptables(&[&["-I", "INPUT", "!", "-i", "lo"][..], &random].concat());
+    }
+
+    /// Adds `delay` each way to this host's TCP connections to `server` (a plant link's
+    /// latency). This kernel has no netem (`tc qdisc add … netem` answers "Specified qdisc
+    /// kind is unknown"), so the delay is made in user space: in this host's network
+    /// namespace, connections to `server` are redirected (iptables `nat OUTPUT REDIRECT`) to
+    /// a listener the test opened in that namespace (`setns(2)` on its own thread), which
+    /// connects to `server` from the test machine and relays every chunk `delay` after it
+    /// read it, both ways. A delay line, not a queue: throughput is kept, every byte is late.
+    /// Connections made before it are reset at their next packet (a TCP RST, as after a
+    /// router change), so the host reconnects through the line; [`Host::undelayed`] removes
+    /// the redirection (connections through the line keep it until they close).
+    pub fn delayed(&self, server: std::net::SocketAddr, delay: Duration) -> DelayLine {
+        let listener = listener_in_netns(self.pid()).expect("a listener in the host's namespace");
+        let port = listener
+            .local_addr()
+            .expect("its address")
+            .port()
+            .to_string();
+        self.iptables(&[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &server.ip().to_string(),
+            "--dport",
+            &server.port().to_string(),
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &port,
+        ]);
+        // After the nat table, redirected packets are addressed to the line: only the old
+        // direct connections still go to `server`.
+        self.iptables(&[
+            "-I",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &server.ip().to_string(),
+            "--dport",
+            &server.port().to_string(),
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ]);
+        let line = DelayLine::default();
+        let relayed = line.relayed.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                relayed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::thread::spawn(move || {
+                    let Ok(upstream) =
+                        std::net::TcpStream::connect_timeout(&server, Duration::from_secs(5))
+                    else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = upstream.set_nodelay(true);
+                    let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
+                        return;
+                    };
+                    let up = std::thread::spawn(move || delay_line(c2, u2, delay));
+                    delay_line(upstream, client, delay);
+                    let _ = up.join();
+                });
+            }
+        });
+        line
+    }
+
+    /// Removes [`Host::delayed`]'s redirections: new connections take the direct path.
+    pub fn undelayed(&self) {
+        self.iptables(&["-t", "nat", "-F", "OUTPUT"]);
     }
 
     /// SIGKILL to everything in the host: a power cut.
@@ -227,6 +310,65 @@ pub struct GatewayHost {
     /// The local MQTT user (`bridge` role) the checks read retained state with: the plain
     /// listener takes only local users an admin created.
     mqtt_login: OnceLock<(String, String)>,
+}
+
+/// What [`Host::delayed`] made: how many connections went through the line.
+#[derive(Default)]
+pub struct DelayLine {
+    relayed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DelayLine {
+    /// Connections the line has taken so far.
+    pub fn connections(&self) -> usize {
+        self.relayed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A listener on an unused port of the network namespace of process `pid` (a socket stays in
+/// the namespace it was made in, whichever thread uses it later).
+fn listener_in_netns(pid: u32) -> std::io::Result<std::net::TcpListener> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    // On a thread of its own: setns changes only the calling thread's namespace.
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        std::net::TcpListener::bind("0.0.0.0:0")
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the namespace thread panicked"))?
+}
+
+/// Copies `from` to `to`, each chunk written `delay` after it was read; then half-closes.
+fn delay_line(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration) {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Vec<u8>)>();
+    let writer = std::thread::spawn(move || {
+        for (due, chunk) in rx {
+            // The line's latency itself, not a wait for a condition.
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if tx
+                    .send((std::time::Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.join();
 }
 
 /// A TCP forwarder on the test machine's loopback (port 0, held for the test's life) to the

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use edgefleet_tests::hosts::{KEEPALIVE, Plant, docker};
+use edgefleet_tests::hosts::{KEEPALIVE, MQTTS, Plant, docker};
 use edgefleet_tests::images::{self, APP_V1, APP_V2};
 use edgefleet_tests::invariants::{self, Sampler};
 use edgefleet_tests::registry::Registry;
@@ -309,17 +309,28 @@ async fn agent_sigkilled_during_an_update() {
     );
 }
 
-/// 10 % of the device's packets dropped, both ways, for a whole rollout.
+/// 10 % of the device's packets dropped and 500 ms added, both ways, for a whole rollout:
+/// each agent's link to the gateway goes through a delay line from the start of the
+/// rollout (its direct connection is reset, so that it reconnects through the line).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lossy_link_during_a_rollout() {
+async fn lossy_slow_link_during_a_rollout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dir = dir.path();
     let (plant, ids) = plant_on_v1(dir, 2, "loss", staged).await;
     let api = plant.gateway.api();
     let sampler = Sampler::start(ids.clone());
-    for id in &ids {
-        plant.agent(id).host.lossy(0.10);
-    }
+    let gateway: std::net::SocketAddr = format!("{}:{MQTTS}", plant.gateway.host.ip())
+        .parse()
+        .expect("gateway address");
+    let lines: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let host = &plant.agent(id).host;
+            let line = host.delayed(gateway, Duration::from_millis(500));
+            host.lossy(0.10);
+            line
+        })
+        .collect();
     let site = format!("site={}", plant.run);
     api.apply(dir, "web", &site, &staged(APP_V2));
     let t0 = Instant::now();
@@ -327,12 +338,17 @@ async fn lossy_link_during_a_rollout() {
     wait_rollout_done(&plant, &rollout, "succeeded").await;
     let (_, checked) = invariants::all(&plant, "web", 2, &all_on(&ids, APP_V2), sampler, T).await;
     let took = t0.elapsed();
-    for id in &ids {
+    for (id, line) in ids.iter().zip(&lines) {
+        assert!(
+            line.connections() >= 1,
+            "{id} never connected through its delay line"
+        );
         plant.agent(id).host.heal();
+        plant.agent(id).host.undelayed();
     }
     line(
-        "lossy-link",
-        "10 % of every device's packets dropped both ways during a 2-device rollout (no latency: this kernel has no netem)",
+        "lossy-slow-link",
+        "10 % of every device's packets dropped and 500 ms added, both ways, during a 2-device rollout (delay line in user space: this kernel has no netem)",
         took,
         &checked,
     );
