@@ -1,0 +1,24 @@
+//! What `edgefleet apply` hands the controller as text: a Compose file (YAML, parsed by
+//! serde-saphyr under the 512 KiB budget, interpolated, validated) and an env file, then the
+//! stack as it goes into a device's desired document (serialized, as the controller does).
+#![no_main]
+
+use edgefleet_domain::compose;
+use edgefleet_domain::interpolate::{self, Variables};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    // An optional env file first, separated from the Compose file by a NUL byte.
+    let (env, yaml) = text.split_once('\0').unwrap_or(("", text));
+    let vars = interpolate::parse_env_file(env).unwrap_or_else(|_| Variables::new());
+    let _ = compose::uses_device_builtins(yaml);
+    for vars in [Variables::new(), vars] {
+        if let Ok(stack) = compose::parse_with(yaml, &vars) {
+            let spec = stack.into_stack_spec("fuzz", 1);
+            let _ = serde_json::to_vec(&spec);
+        }
+    }
+});
