@@ -236,7 +236,8 @@ pub async fn enroll(
 /// rest 0644). Blocking.
 pub fn save(reply: &EnrollResponse, data_dir: &Path) -> anyhow::Result<Enrolled> {
     let dir = identity_dir(data_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    edgefleet_files::create_private_dir(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let enrolled = Enrolled {
         device: reply.device.clone(),
         labels: reply.labels.clone(),

@@ -263,7 +263,7 @@ impl StateStore {
     /// `state.bin` is moved aside as `state.bin.corrupt-<unix seconds>` and reported in
     /// [`Loaded::corrupt`]; the agent then starts with no desired state (and touches nothing).
     pub fn open(dir: &Path, device: &str) -> Result<(StateStore, Loaded), StateFileError> {
-        fs::create_dir_all(dir).map_err(|source| StateFileError::CreateDir {
+        edgefleet_files::create_private_dir(dir).map_err(|source| StateFileError::CreateDir {
             path: dir.to_owned(),
             source,
         })?;

@@ -127,6 +127,12 @@ pub struct FrontConfig {
     pub revoked_serials: Vec<String>,
     /// Identities refused from the start, whatever their certificate.
     pub revoked_identities: Vec<Identity>,
+    /// `Some`: only certificates with one of these serials (lowercase hex) are admitted — the
+    /// serials the gateway's store recorded when it issued them; more are added with
+    /// [`FrontHandle::admit_serial`]. A certificate signed by the CA but missing from the
+    /// store (its record lost, or a store restored from an older backup) could never be
+    /// revoked, so it is refused. `None`: any certificate of the CA (tests, tools).
+    pub issued_serials: Option<Vec<String>>,
     /// Most TLS handshakes in progress at once (on the plain listener: connections that have
     /// not sent CONNECT yet). A socket beyond it is closed at accept, so a flood of idle
     /// sockets costs a bounded amount of memory; each pending one still waits at most
@@ -161,8 +167,11 @@ impl LocalUser {
 
     /// The revocation key of this user's connections (see [`FrontHandle::revoke`]).
     fn serial(name: &str) -> String {
-        format!("local-user:{name}")
+        format!("{}{name}", Self::SERIAL_PREFIX)
     }
+
+    /// What [`LocalUser::serial`] starts with (no certificate serial does: those are hex).
+    const SERIAL_PREFIX: &str = "local-user:";
 }
 
 impl FrontConfig {
@@ -177,6 +186,7 @@ impl FrontConfig {
             max_packet_bytes: edgefleet_protocol::MAX_PAYLOAD_BYTES + 64 * 1024,
             revoked_serials: Vec::new(),
             revoked_identities: Vec::new(),
+            issued_serials: None,
             max_pending_handshakes: 1024,
             keepalive_for_silent: Duration::from_secs(60),
         }
@@ -262,6 +272,14 @@ impl FrontHandle {
         let closed = state.close_where(|live| live.serial == serial);
         state.revoked_serials.insert(serial);
         closed
+    }
+
+    /// Admits the certificate with this serial from now on (when the front checks issued
+    /// serials: [`FrontConfig::issued_serials`]); the caller records it in its store first.
+    pub fn admit_serial(&self, serial: &str) {
+        if let Some(issued) = &mut self.shared.state.lock().issued_serials {
+            issued.insert(serial.to_ascii_lowercase());
+        }
     }
 
     /// Refuses every certificate of `identity` from now on and closes its live connections
@@ -376,6 +394,10 @@ pub fn start_front(
                 .map(|s| s.to_ascii_lowercase())
                 .collect(),
             revoked_identities: config.revoked_identities.iter().cloned().collect(),
+            issued_serials: config
+                .issued_serials
+                .as_ref()
+                .map(|s| s.iter().map(|s| s.to_ascii_lowercase()).collect()),
             local_users: HashMap::new(),
             live: HashMap::new(),
             next_id: 0,
@@ -410,6 +432,8 @@ struct Shared {
 #[derive(Debug)]
 struct State {
     revoked_serials: HashSet<String>,
+    /// See [`FrontConfig::issued_serials`].
+    issued_serials: Option<HashSet<String>>,
     revoked_identities: HashSet<Identity>,
     /// The plain listener's users, by name.
     local_users: HashMap<String, LocalUser>,
@@ -486,6 +510,15 @@ impl Shared {
         }
         if state.revoked_serials.contains(serial) {
             return Err("certificate revoked");
+        }
+        let local = serial.starts_with(LocalUser::SERIAL_PREFIX);
+        if !local
+            && state
+                .issued_serials
+                .as_ref()
+                .is_some_and(|issued| !issued.contains(serial))
+        {
+            return Err("certificate unknown to this gateway's store (enroll the device again)");
         }
         if state.revoked_identities.contains(identity) {
             return Err("identity revoked");

@@ -1880,3 +1880,40 @@ async fn a_second_connect_closes_the_connection() {
         );
     }
 }
+
+/// With [`FrontConfig::issued_serials`] set (as the gateway sets it from its store), a
+/// certificate the CA signed but the store never recorded is refused — it could never be
+/// revoked — until the serial is admitted; local users are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_certificates_the_store_recorded_are_admitted() {
+    let gw = Gateway::start_with(|c| c.issued_serials = Some(vec![])).await;
+    let mut events = gw.front.subscribe_events();
+    let cert = gw.issue(&device("press-u"));
+    let mut unknown = Client::tls(&gw, "edgefleet-agent-press-u", &cert);
+    unknown.closed("a certificate missing from the store").await;
+    let refused = front_event(&mut events, "the refusal", |e| {
+        matches!(
+            &e.kind,
+            FrontEventKind::Refused {
+                action: Action::Connect,
+                ..
+            }
+        )
+    })
+    .await;
+    match refused.kind {
+        FrontEventKind::Refused { reason, .. } => {
+            assert!(
+                reason.contains("unknown to this gateway's store"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    gw.front.admit_serial(&cert.serial);
+    let mut admitted = Client::tls(&gw, "edgefleet-agent-press-u", &cert);
+    admitted.connected().await;
+    let users = gw.local_users(&[("historian", Identity::Local("historian".into()))]);
+    let mut local = Client::plain(&gw, "historian-1", "historian", &users["historian"]);
+    local.connected().await;
+}

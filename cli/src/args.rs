@@ -193,6 +193,9 @@ pub enum IntegratorCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Revoke every certificate of an integrator: its connections close now and it cannot
+    /// connect again (issue a new one with `integrator add`).
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -346,6 +346,18 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
                 }
             })
         }
+        Command::Integrator(IntegratorCommand::Revoke { name }) => (
+            api.post(&format!("/api/v1/integrators/{name}/revoke"), &json!({}))
+                .await?,
+            |v: &Value| {
+                format!(
+                    "integrator {}: {} certificate(s) revoked, {} connection(s) closed",
+                    s(v, "integrator"),
+                    v["certificates_revoked"],
+                    v["connections_closed"]
+                )
+            },
+        ),
         Command::MqttUser(MqttUserCommand::Remove { name }) => (
             api.delete(&format!("/api/v1/mqtt-users/{name}")).await?,
             |v: &Value| {

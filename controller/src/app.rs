@@ -146,7 +146,7 @@ impl App {
     /// deployments, pins, windows and active rollouts are loaded from the store).
     pub async fn open(data_dir: &Path) -> anyhow::Result<App> {
         let dir = data_dir.to_owned();
-        tokio::task::spawn_blocking(move || std::fs::create_dir_all(&dir))
+        tokio::task::spawn_blocking(move || edgefleet_files::create_private_dir(&dir))
             .await?
             .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
         let store = Store::open(&data_dir.join("edgefleet.db")).await?;
@@ -183,6 +183,7 @@ impl App {
             store.clone(),
             fleet.clone(),
             audit.clone(),
+            outbox.clone(),
             None,
         ));
         Ok(App {
@@ -210,6 +211,7 @@ impl App {
             self.store.clone(),
             self.fleet.clone(),
             self.audit.clone(),
+            self.outbox.clone(),
             Some(security),
         ));
         self

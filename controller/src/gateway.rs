@@ -131,6 +131,8 @@ pub async fn run_gateway(
     let mut front_config = FrontConfig::new(upstream);
     front_config.upstream_login = Some(credential);
     front_config.revoked_serials = app.store.revoked_serials().await?;
+    // Only certificates the store knows: one it lost could never be revoked.
+    front_config.issued_serials = Some(app.store.issued_serials().await?);
     let front = start_front(listeners.mqtts, front_config, pki.server_tls_config())
         .context("cannot start the MQTT TLS front")?;
     let mqtt = front

@@ -57,6 +57,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Mode) -> std::io::Result<()
     Ok(())
 }
 
+/// Creates `dir` (and missing parents, also `0700`) for files that hold secrets, and makes
+/// it `0700` if it already existed wider: the gateway's and the agent's data dirs, keys,
+/// the PKI. Only the owner may list or enter it.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        std::fs::set_permissions(dir, Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// [`write_atomic`] with [`Mode::Private`].
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomic(path, bytes, Mode::Private)
@@ -68,6 +84,20 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn private_dirs_are_0700_new_or_existing() {
+        let root = tempfile::tempdir().unwrap();
+        let deep = root.path().join("a/b");
+        create_private_dir(&deep).unwrap();
+        assert_eq!(mode(&deep), 0o700);
+        assert_eq!(mode(&root.path().join("a")), 0o700);
+        let wide = root.path().join("wide");
+        std::fs::create_dir(&wide).unwrap();
+        std::fs::set_permissions(&wide, Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&wide).unwrap();
+        assert_eq!(mode(&wide), 0o700);
     }
 
     #[test]

@@ -136,6 +136,48 @@ impl Store {
     }
 
     /// Serials of every revoked certificate (handed to the front at start).
+    /// Every serial this store recorded at issue (revoked ones included): what the network
+    /// front admits.
+    pub async fn issued_serials(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT serial FROM certificates")?;
+            let serials = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(serials)
+        })
+        .await
+    }
+
+    /// Marks revoked every certificate of `identity` but `keep` (a device enrolled again:
+    /// its earlier certificates stop working); returns the serials revoked now.
+    pub async fn revoke_all_but(
+        &self,
+        identity: &str,
+        keep: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let (identity, keep) = (identity.to_owned(), keep.to_owned());
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            let serials = {
+                let mut stmt = tx.prepare(
+                    "SELECT serial FROM certificates
+                     WHERE identity = ?1 AND serial != ?2 AND revoked_at IS NULL",
+                )?;
+                stmt.query_map(params![identity, keep], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            tx.execute(
+                "UPDATE certificates SET revoked_at = ?1
+                 WHERE identity = ?2 AND serial != ?3 AND revoked_at IS NULL",
+                params![edgefleet_protocol::now_rfc3339(), identity, keep],
+            )?;
+            tx.commit()?;
+            Ok(serials)
+        })
+        .await
+    }
+
     pub async fn revoked_serials(&self) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
             let mut stmt =

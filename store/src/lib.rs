@@ -63,6 +63,33 @@ pub enum StoreError {
     Closed,
     #[error("store: {0}")]
     Thread(String),
+    #[error("store {path}: cannot make it private (0600): {source}")]
+    Private {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The store holds enrollment digests, password hashes and every deployment's environment:
+/// the file is created `0600` (and an older, wider one is narrowed) before SQLite opens it.
+/// SQLite gives its `-wal` and `-shm` files the database file's mode.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |source| StoreError::Private {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    let mode = std::fs::metadata(path).map_err(err)?.permissions().mode() & 0o777;
+    if mode != 0o600 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    }
+    Ok(())
 }
 
 impl From<tokio_rusqlite::Error<StoreError>> for StoreError {
@@ -108,6 +135,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 
 /// Opens the writer's connection and applies the migrations (blocking).
 fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    make_private(path)?;
     let mut conn = open_connection(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a committed desired revision must survive a power cut (with NORMAL a WAL commit
@@ -231,5 +259,23 @@ mod tests {
             .await
             .unwrap_err();
         assert!(refused.to_string().contains("readonly"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn the_store_and_its_wal_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = Store::open(&path).await.unwrap();
+        s.next_counter("session").await.unwrap();
+        for file in ["e.db", "e.db-wal", "e.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
     }
 }

@@ -584,3 +584,145 @@ async fn a_local_mqtt_user_reads_and_writes_only_within_its_filters() {
         b"21"
     );
 }
+
+/// Revocation leaves nothing behind, and files holding secrets are private:
+/// - a device enrolled again (a replaced box: `device add` + `enroll` into a new data dir)
+///   makes the old box's certificate useless at once (its connection closes, it stays out);
+/// - a revoked device whose retained presence still says `online` (no live connection, so no
+///   will fires) is shown offline, on the bus and in the API;
+/// - an integrator is revoked by name and cannot connect again;
+/// - the gateway's data dir is 0700 and its store 0600; the agent's data dir 0700, its
+///   state file 0600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_leaves_nothing_behind_and_secrets_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let id = unique_id("revo");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let gw = Gateway::start(dir);
+    let api = gw.api();
+    let mut old_box = gw.agent(dir, &id, "site=r,line=1");
+    api.wait_connection(&id, "online", T).await;
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&gw.data_dir), 0o700, "gateway data dir");
+    assert_eq!(
+        mode(&gw.data_dir.join("edgefleet.db")),
+        0o600,
+        "gateway store"
+    );
+    let agent_dir = Agent::data_dir(dir, &id);
+    assert_eq!(mode(&agent_dir), 0o700, "agent data dir");
+    api.apply(
+        dir,
+        "web",
+        &format!("id={id}"),
+        &format!("services:\n  app:\n    image: {APP_V1}\n"),
+    );
+    wait::until("the agent saves its state", T, || async {
+        let p = agent_dir.join("state.bin");
+        if p.exists() {
+            Ok(())
+        } else {
+            Err("no state.bin yet".into())
+        }
+    })
+    .await;
+    assert_eq!(
+        mode(&agent_dir.join("state.bin")),
+        0o600,
+        "agent state file"
+    );
+
+    // A replaced box: enrolled again into a new data dir; the old box is cut off and stays
+    // out (its reconnect is refused), the new one is the device now.
+    let token = gw.enrollment_token(&id, "site=r,line=1");
+    let new_dir = dir.join("new-box");
+    let out = gw.enroll(&new_dir, &id, &token);
+    assert!(out.status.success(), "re-enrollment: {}", stderr(&out));
+    let failures = |log: &str| {
+        log.matches("broker closed the connection before CONNACK")
+            .count()
+    };
+    let before = failures(&old_box.proc.full_log());
+    wait::until("the old box refused after re-enrollment", T, || async {
+        let n = failures(&old_box.proc.full_log());
+        if n > before {
+            Ok(())
+        } else {
+            Err("no refused reconnect yet".to_owned())
+        }
+    })
+    .await;
+    let mut new_box = Agent::enrolled(&new_dir, &id);
+    api.wait_connection(&id, "online", T).await;
+
+    // Revoked while its retained presence says online and nothing is connected: stop the
+    // agent (its last presence is offline), put back an `online` presence of the same
+    // session as a stale retained one would be, then revoke.
+    new_box.proc.stop();
+    old_box.proc.stop();
+    let presence_topic = TopicKind::DevicePresence.for_device(&id);
+    let mut stale = mqtt::retained(gw.mqtt_port, &presence_topic, 5).expect("presence");
+    stale["state"] = "online".into();
+    mqtt::publish(
+        gw.mqtt_port,
+        &presence_topic,
+        stale.to_string().as_bytes(),
+        true,
+    );
+    api.wait_connection(&id, "online", T).await;
+    let out = api.cli(&["device", "revoke", &id, "--json"]);
+    assert!(out.success, "{out:?}");
+    api.wait_connection(&id, "offline", T).await;
+    wait::until("the retained presence says offline", T, || async {
+        let p = mqtt::retained(gw.mqtt_port, &presence_topic, 5)?;
+        if p["state"] == "offline" {
+            Ok(())
+        } else {
+            Err(p.to_string())
+        }
+    })
+    .await;
+
+    // An integrator revoked by name.
+    let creds = dir.join("scada");
+    let out = api.cli(&[
+        "integrator",
+        "add",
+        "scada",
+        "--out",
+        &creds.display().to_string(),
+    ]);
+    assert!(out.success, "{out:?}");
+    let read = |wait: &str| {
+        let mut args = tls(gw.mqtts_port, &creds, "integrator:scada");
+        args.extend([
+            "-t".into(),
+            topics::controller_presence(),
+            "-C".into(),
+            "1".into(),
+        ]);
+        args.extend(["-W".into(), wait.into()]);
+        run("mosquitto_sub", &args)
+    };
+    let before = read("10");
+    assert!(
+        before.status.success() && !before.stdout.is_empty(),
+        "{before:?}"
+    );
+    let out = api.cli(&["integrator", "revoke", "scada", "--json"]);
+    assert!(out.success, "{out:?}");
+    assert_eq!(out.json()["certificates_revoked"], 1, "{out:?}");
+    let after = read("5");
+    assert!(
+        after.stdout.is_empty(),
+        "a revoked integrator read: {after:?}"
+    );
+    let again = api.cli(&["integrator", "revoke", "nobody"]);
+    assert!(
+        !again.success && again.stderr.contains("no certificate"),
+        "{again:?}"
+    );
+}

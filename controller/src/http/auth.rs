@@ -105,6 +105,7 @@ pub fn action_of(method: &Method, path: &str) -> (String, String) {
         ("POST", ["devices", id, "enroll"]) => ("device.add".into(), id),
         ("POST", ["devices", id, "revoke"]) => ("device.revoke".into(), id),
         ("POST", ["integrators"]) => ("integrator.add".into(), ""),
+        ("POST", ["integrators", name, "revoke"]) => ("integrator.revoke".into(), name),
         ("POST", ["mqtt-users"]) => ("mqtt_user.add".into(), ""),
         ("DELETE", ["mqtt-users", name]) => ("mqtt_user.remove".into(), name),
         ("PUT", ["devices", id, "labels"]) => ("device.label".into(), id),

@@ -188,9 +188,9 @@ impl From<EnrollError> for ApiError {
         match e {
             EnrollError::NoGateway => ApiError::Conflict(e.to_string()),
             EnrollError::Invalid(m) => ApiError::BadRequest(m),
-            EnrollError::NotEnrolled(_) | EnrollError::NoMqttUser(_) => {
-                ApiError::NotFound(e.to_string())
-            }
+            EnrollError::NotEnrolled(_)
+            | EnrollError::NoIntegrator(_)
+            | EnrollError::NoMqttUser(_) => ApiError::NotFound(e.to_string()),
             EnrollError::MqttUserExists(_) => ApiError::Conflict(e.to_string()),
             EnrollError::Store(s) => s.into(),
             EnrollError::Pki(p) => ApiError::Internal(format!("cannot issue a certificate: {p}")),

@@ -47,6 +47,10 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/integrators", post(identity::add_integrator))
         .route(
+            "/api/v1/integrators/{name}/revoke",
+            post(identity::revoke_integrator),
+        )
+        .route(
             "/api/v1/mqtt-users",
             get(identity::list_mqtt_users).post(identity::add_mqtt_user),
         )

@@ -78,6 +78,8 @@ pub enum EnrollError {
     Invalid(String),
     #[error("device '{0}' has no certificate to revoke (it was never enrolled)")]
     NotEnrolled(String),
+    #[error("integrator '{0}' has no certificate to revoke (see edgefleet integrator add)")]
+    NoIntegrator(String),
     #[error("a local MQTT user named '{0}' already exists: remove it first to replace it")]
     MqttUserExists(String),
     #[error("no local MQTT user named '{0}'")]
@@ -117,6 +119,7 @@ pub struct Identity {
     store: Store,
     fleet: Arc<Fleet>,
     audit: Arc<AuditLog>,
+    outbox: Arc<super::outbox::Outbox>,
     security: Option<Arc<Security>>,
 }
 
@@ -132,14 +135,37 @@ impl Identity {
         store: Store,
         fleet: Arc<Fleet>,
         audit: Arc<AuditLog>,
+        outbox: Arc<super::outbox::Outbox>,
         security: Option<Arc<Security>>,
     ) -> Self {
         Identity {
             store,
             fleet,
             audit,
+            outbox,
             security,
         }
+    }
+
+    /// A revoked device is offline now, in the fleet view and retained on the bus for
+    /// integrators, whatever its last presence said: its will fires only if it was
+    /// connected at that moment, and a presence retained `online` would stay forever. Same
+    /// session as its last presence, so the fleet takes it; a later enrollment's agent
+    /// starts a newer session.
+    fn mark_offline(&self, device: &str) {
+        let Some(last) = self.fleet.get(device).and_then(|d| d.presence) else {
+            return;
+        };
+        let offline = edgefleet_protocol::presence::DevicePresence {
+            state: edgefleet_protocol::presence::PresenceState::Offline,
+            since: edgefleet_protocol::now_rfc3339(),
+            ..last
+        };
+        self.fleet.on_presence(offline.clone());
+        self.outbox.queue_retained(
+            edgefleet_protocol::topics::TopicKind::DevicePresence.for_device(device),
+            edgefleet_protocol::codec::encode(&offline),
+        );
     }
 
     /// The gateway's security services, when this controller runs inside a gateway.
@@ -210,11 +236,26 @@ impl Identity {
         };
         let identity = Who::Device(request.device.clone());
         let cert = self.issue(&security, &identity).await?;
+        // Enrolled again (`device add` for a known device, a replaced box): the device's
+        // earlier certificates stop working now, and their connections close.
+        let replaced = self
+            .store
+            .revoke_all_but(&identity.to_string(), &cert.serial)
+            .await?;
+        let closed: usize = replaced.iter().map(|s| security.front.revoke(s)).sum();
+        let replaced_note = if replaced.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} earlier certificate(s) revoked ({closed} connection(s) closed)",
+                replaced.len()
+            )
+        };
         self.audit_enrollment(
             &request.device,
             Outcome::Ok,
             &format!(
-                "certificate {} issued (agent {})",
+                "certificate {} issued (agent {}){replaced_note}",
                 cert.serial, request.agent_version
             ),
         )
@@ -244,6 +285,7 @@ impl Identity {
         self.store
             .record_certificate(&identity.to_string(), &cert.serial, unix(cert.not_after))
             .await?;
+        security.front.admit_serial(&cert.serial);
         Ok(cert)
     }
 
@@ -276,11 +318,31 @@ impl Identity {
             return Err(EnrollError::NotEnrolled(device.to_owned()));
         }
         let closed: usize = serials.iter().map(|s| security.front.revoke(s)).sum();
+        self.mark_offline(device);
         tracing::info!(
             device,
             certificates = serials.len(),
             closed,
             "device revoked"
+        );
+        Ok((serials.len(), closed))
+    }
+
+    /// Revokes every certificate of integrator `name` and disconnects it. Returns
+    /// (certificates, live connections closed).
+    pub async fn revoke_integrator(&self, name: &str) -> Result<(usize, usize), EnrollError> {
+        let security = self.security()?;
+        let identity = Who::Integrator(name.to_owned());
+        let serials = self.store.revoke(&identity.to_string(), None).await?;
+        if serials.is_empty() {
+            return Err(EnrollError::NoIntegrator(name.to_owned()));
+        }
+        let closed: usize = serials.iter().map(|s| security.front.revoke(s)).sum();
+        tracing::info!(
+            integrator = name,
+            certificates = serials.len(),
+            closed,
+            "integrator revoked"
         );
         Ok((serials.len(), closed))
     }

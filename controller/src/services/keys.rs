@@ -22,7 +22,8 @@ pub fn public_key_path(data_dir: &Path) -> PathBuf {
 /// Loads the signing key, creating it (0600) on first start.
 pub fn load_or_create_signer(data_dir: &Path) -> anyhow::Result<DocumentSigner> {
     let dir = signing_dir(data_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    edgefleet_files::create_private_dir(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let secret_path = dir.join("desired-signing.key");
     let signer = if secret_path.exists() {
         let text = std::fs::read_to_string(&secret_path)

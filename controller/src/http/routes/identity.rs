@@ -77,6 +77,18 @@ pub async fn revoke_device(
     })))
 }
 
+pub async fn revoke_integrator(
+    State(identity): State<Arc<Identity>>,
+    auth: Auth,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    auth.note(&name, None);
+    let (certificates, disconnected) = identity.revoke_integrator(&name).await?;
+    Ok(Json(serde_json::json!({
+        "integrator": name, "certificates_revoked": certificates, "connections_closed": disconnected,
+    })))
+}
+
 #[derive(Deserialize)]
 pub struct AddIntegratorBody {
     name: String,
