@@ -5,7 +5,6 @@
 //! systemd or Docker restart it).
 
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use anyhow::Context;
@@ -95,18 +94,37 @@ async fn start_broker(
     Ok(tokio::task::spawn_blocking(move || edgefleet_broker::start(&config)).await??)
 }
 
+/// Raises this process's open-files soft limit to its hard limit: every device is a socket
+/// at the front and one upstream, and the common default of 1,024 would refuse the
+/// 500th device (accept fails with EMFILE). Logs the figures; a failure is only a warning.
+fn raise_open_files_limit() {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft);
+    match (before, rlimit::increase_nofile_limit(u64::MAX)) {
+        (Ok(before), Ok(now)) => {
+            tracing::info!(before, now, "open files limit (RLIMIT_NOFILE soft)");
+            if now < 8192 {
+                tracing::warn!(
+                    now,
+                    "open files limit below 8192: each device needs two; raise the hard limit (ulimit -Hn, LimitNOFILE= in systemd)"
+                );
+            }
+        }
+        (_, Err(e)) | (Err(e), _) => {
+            tracing::warn!(error = %e, "cannot raise the open files limit")
+        }
+    }
+}
+
 pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
     plain_http_on_loopback(
         args.server.http_listen,
         "Other hosts reach the API and dashboard over HTTPS: --https-listen (default 0.0.0.0:8444).",
     )?;
+    raise_open_files_limit();
     let shutdown = watch_signals();
     let data_dir = args.server.data_dir.clone();
     let credential = tokio::task::spawn_blocking(move || {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&data_dir)?;
+        edgefleet_files::create_private_dir(&data_dir)?;
         edgefleet_broker::InternalCredential::load_or_create(&data_dir)
     })
     .await?
@@ -174,6 +192,7 @@ pub async fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
         args.server.http_listen,
         "The controller alone serves no HTTPS: run `edgefleet gateway` (HTTPS on --https-listen), or put a TLS reverse proxy on this machine in front of a loopback --http-listen.",
     )?;
+    raise_open_files_limit();
     let shutdown = watch_signals();
     let http = bind(args.server.http_listen, "HTTP", "--http-listen").await?;
     eprintln!(
@@ -198,6 +217,7 @@ async fn write_addresses(file: &Path, addresses: Addresses) -> anyhow::Result<()
 }
 
 pub async fn broker(args: &BrokerArgs) -> anyhow::Result<()> {
+    raise_open_files_limit();
     let broker = start_broker(args.mqtt_listen, None).await?;
     eprintln!("edgefleet broker: MQTT on {}", broker.listen_addr());
     if let Some(file) = &args.addresses_file {

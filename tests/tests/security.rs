@@ -396,3 +396,53 @@ async fn no_password_or_token_in_the_gateway_logs_at_trace() {
         assert!(!audit_text.contains(secret), "{what} is in the audit log");
     }
 }
+
+/// The gateway raises its open-files soft limit to the hard one at start and logs both
+/// figures: started from a shell whose soft limit is 512 (the hard limit stays), it reports
+/// `before` 512 and `now` the hard limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_raises_its_open_files_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hard: u64 = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .expect("sh")
+            .stdout,
+    )
+    .expect("utf-8")
+    .trim()
+    .parse()
+    .unwrap_or(u64::MAX);
+    let script = format!(
+        "ulimit -Sn 512 && exec '{}' --log-format json gateway --data-dir '{}' --http-listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 --mqtts-listen 127.0.0.1:0 --enroll-listen 127.0.0.1:0 --https-listen 127.0.0.1:0",
+        bins().edgefleet.display(),
+        dir.path().join("data").display()
+    );
+    let mut gw = edgefleet_tests::procs::Proc::spawn(
+        "gateway-nofile",
+        dir.path(),
+        Path::new("/bin/sh"),
+        &["-c".to_owned(), script],
+    );
+    let line =
+        edgefleet_tests::wait::until("the open files line", Duration::from_secs(60), || async {
+            gw.full_log()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| {
+                    v["fields"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("open files limit"))
+                })
+                .ok_or_else(|| gw.log(5))
+        })
+        .await;
+    assert_eq!(line["fields"]["before"], 512, "{line}");
+    let now = line["fields"]["now"].as_u64().expect("now");
+    assert!(
+        now > 512 && now <= hard,
+        "raised to the hard limit {hard}: {line}"
+    );
+    gw.stop();
+}
