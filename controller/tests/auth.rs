@@ -303,9 +303,44 @@ async fn roles_and_site_scope_over_http_and_refusals_are_audited() {
             Some(json!({"deployment": "web-paris"})),
         )
         .await,
-        403,
-        &["site 'paris'"],
+        404,
+        &["web-paris"],
     );
+    // A paris rollout is, to a lyon operator, one that does not exist (reading it, or
+    // pausing it): the same answer as for an id nobody has.
+    let staged = json!({ "name": "web-paris", "target": "site=paris",
+        "compose": "services:\n  app:\n    image: app:2\nx-edgefleet-rollout:\n  canary: 1\n  soak: 0s\n" });
+    let (status, body) = s
+        .call(
+            Some(&admin),
+            Method::POST,
+            "/api/v1/deployments",
+            Some(staged),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, started) = s
+        .call(
+            Some(&admin),
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({"deployment": "web-paris"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{started}");
+    let id = started["id"].as_u64().expect("rollout id");
+    for (method, path) in [
+        (Method::GET, format!("/api/v1/rollouts/{id}")),
+        (Method::POST, format!("/api/v1/rollouts/{id}/pause")),
+        (Method::GET, "/api/v1/rollouts/999999".to_owned()),
+    ] {
+        refused(
+            "operator reads or pauses a paris rollout",
+            s.call(Some(&op), method, &path, None).await,
+            404,
+            &["no rollout"],
+        );
+    }
     let window = Some(json!({"window": "daily 22:00-04:00", "tz": "UTC"}));
     assert_eq!(
         s.call(
@@ -512,7 +547,7 @@ async fn roles_and_site_scope_over_http_and_refusals_are_audited() {
         ("op-lyon", "deployment.apply", "ok", 201, "lyon"),
         ("op-lyon", "deployment.apply", "refused", 403, "paris"),
         ("op-lyon", "deployment.delete", "refused", 404, "paris"),
-        ("op-lyon", "rollout.start", "refused", 403, "paris"),
+        ("op-lyon", "rollout.start", "refused", 404, "paris"),
         ("op-lyon", "window.set", "ok", 200, "lyon"),
         ("op-lyon", "window.set", "refused", 403, "paris"),
         ("op-lyon", "api.read", "refused", 403, ""),

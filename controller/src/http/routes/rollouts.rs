@@ -50,7 +50,9 @@ pub async fn list(
     Ok(Json(RolloutList { rollouts }))
 }
 
-/// 403 unless the rollout's deployment is within the caller's scope; notes it for the audit.
+/// 404, as for a rollout that does not exist, unless the rollout's deployment is within the
+/// caller's scope (a 403 would tell a scoped user that another site runs rollout `id` and
+/// of which deployment); notes it for the audit either way.
 async fn check_rollout(
     deployments: &Deployments,
     auth: &Auth,
@@ -59,9 +61,9 @@ async fn check_rollout(
 ) -> Result<(), ApiError> {
     let site = deployments.site_of(deployment).await?;
     auth.note(&id.to_string(), site.as_deref());
-    auth.check_site(
-        &format!("rollout {id} of deployment '{deployment}'"),
+    auth.check_visible(
         site.as_deref(),
+        ApiError::NotFound(crate::services::rollouts::RolloutError::NotFound(id).to_string()),
     )
 }
 
@@ -75,7 +77,15 @@ pub async fn start(
     let Json(req) = body?;
     let site = deployments.site_of(&req.deployment).await?;
     auth.note(&req.deployment, site.as_deref());
-    auth.check_site(&format!("deployment '{}'", req.deployment), site.as_deref())?;
+    // Another site's deployment is answered as one that does not exist (as `get`/`delete`
+    // of it are): a scoped user learns nothing of other sites' names.
+    auth.check_visible(
+        site.as_deref(),
+        ApiError::NotFound(
+            crate::services::rollouts::RolloutError::NoDeployment(req.deployment.clone())
+                .to_string(),
+        ),
+    )?;
     // An older revision may have targeted another site (its Compose file, its secrets):
     // the caller must be allowed *that* revision's site too.
     if let Some(n) = req.revision
