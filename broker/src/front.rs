@@ -138,6 +138,11 @@ pub struct FrontConfig {
     /// sockets costs a bounded amount of memory; each pending one still waits at most
     /// `handshake_timeout` (plain: `connect_timeout`).
     pub max_pending_handshakes: usize,
+    /// Of those, most from one source address: one host opening idle sockets (a scanner, a
+    /// broken client refreshing them) fills its share and no more, so devices elsewhere
+    /// still get a handshake. A plant behind one NAT address still has this many handshakes
+    /// in flight at once, far more than a reconnect needs.
+    pub max_pending_per_address: usize,
     /// A client may ask for no keepalive (0, legal in MQTT 3.1.1); rumqttd 0.20 closes such a
     /// CONNECT without CONNACK. The front then asks rumqttd for this keepalive instead and
     /// keeps the upstream session alive itself (a PINGREQ every half of it, whose PINGRESP
@@ -188,6 +193,7 @@ impl FrontConfig {
             revoked_identities: Vec::new(),
             issued_serials: None,
             max_pending_handshakes: 1024,
+            max_pending_per_address: 256,
             keepalive_for_silent: Duration::from_secs(60),
         }
     }
@@ -563,17 +569,17 @@ async fn accept_loop(
     shared: Arc<Shared>,
 ) -> String {
     let pending = Arc::new(tokio::sync::Semaphore::new(config.max_pending_handshakes));
+    let per_address: PerAddress = Arc::default();
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
-                let Ok(permit) = pending.clone().try_acquire_owned() else {
-                    drop(tcp);
-                    let reason = format!(
-                        "{} TLS handshakes already pending: connection closed at accept",
-                        config.max_pending_handshakes
-                    );
-                    shared.emit(None, peer, FrontEventKind::HandshakeFailed { reason });
-                    continue;
+                let permit = match PendingSlot::take(&pending, &per_address, peer, &config) {
+                    Ok(slot) => slot,
+                    Err(reason) => {
+                        drop(tcp);
+                        shared.emit(None, peer, FrontEventKind::HandshakeFailed { reason });
+                        continue;
+                    }
                 };
                 // Never await anything per connection here: the handshake runs in its task.
                 let (config, shared) = (config.clone(), shared.clone());
@@ -600,6 +606,71 @@ async fn accept_loop(
 }
 
 /// How clients come in on a listener.
+/// Handshakes pending per source address.
+type PerAddress = Arc<Mutex<HashMap<std::net::IpAddr, usize>>>;
+
+/// A connection's place among the pending handshakes (the listener's and its address's
+/// share), given back when dropped: after the handshake (or CONNECT, on the plain listener),
+/// or when it fails.
+struct PendingSlot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    per_address: PerAddress,
+    ip: std::net::IpAddr,
+}
+
+impl PendingSlot {
+    fn take(
+        global: &Arc<tokio::sync::Semaphore>,
+        per_address: &PerAddress,
+        peer: SocketAddr,
+        config: &FrontConfig,
+    ) -> Result<PendingSlot, String> {
+        let ip = peer.ip();
+        {
+            let mut counts = per_address.lock();
+            let count = counts.entry(ip).or_default();
+            if *count >= config.max_pending_per_address {
+                return Err(format!(
+                    "{} handshakes already pending from {ip}: connection closed at accept",
+                    config.max_pending_per_address
+                ));
+            }
+            *count += 1;
+        }
+        let slot = |permit| PendingSlot {
+            _global: permit,
+            per_address: per_address.clone(),
+            ip,
+        };
+        match global.clone().try_acquire_owned() {
+            Ok(permit) => Ok(slot(permit)),
+            Err(_) => {
+                release(per_address, ip);
+                Err(format!(
+                    "{} handshakes already pending: connection closed at accept",
+                    config.max_pending_handshakes
+                ))
+            }
+        }
+    }
+}
+
+fn release(per_address: &PerAddress, ip: std::net::IpAddr) {
+    let mut counts = per_address.lock();
+    if let Some(n) = counts.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&ip);
+        }
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        release(&self.per_address, self.ip);
+    }
+}
+
 enum Entry {
     /// TLS with a client certificate: the identity is the certificate's.
     Tls(TlsAcceptor),
@@ -626,7 +697,7 @@ async fn serve(
     acceptor: TlsAcceptor,
     config: Arc<FrontConfig>,
     shared: Arc<Shared>,
-    pending: tokio::sync::OwnedSemaphorePermit,
+    pending: PendingSlot,
 ) {
     let _ = tcp.set_nodelay(true);
     let handshake = timeout(config.handshake_timeout, acceptor.accept(tcp)).await;
@@ -694,7 +765,7 @@ async fn serve_plain(
     peer: SocketAddr,
     config: Arc<FrontConfig>,
     shared: Arc<Shared>,
-    pending: tokio::sync::OwnedSemaphorePermit,
+    pending: PendingSlot,
 ) {
     let _ = tcp.set_nodelay(true);
     let mut tcp = tcp;
