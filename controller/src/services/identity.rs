@@ -184,6 +184,13 @@ impl Identity {
         let security = self.security()?;
         edgefleet_protocol::ids::validate_device_id(device)
             .map_err(|e| EnrollError::Invalid(e.to_string()))?;
+        if device == edgefleet_protocol::acl::CONTROLLER_CLIENT_ID {
+            // On a Mosquitto with use_username_as_clientid its client id would be the
+            // controller's.
+            return Err(EnrollError::Invalid(format!(
+                "'{device}' is reserved (the controller's MQTT client id); choose another device id"
+            )));
+        }
         for (k, v) in labels {
             edgefleet_protocol::ids::validate_label(k, v)
                 .map_err(|e| EnrollError::Invalid(e.to_string()))?;
