@@ -385,6 +385,14 @@ pub struct ControllerArgs {
     /// broker or on a trusted network; devices use the broker's TLS listener).
     #[arg(long, value_parser = plain_broker)]
     pub broker: BrokerAddr,
+    /// User name for the broker, if it requires one (Mosquitto's password_file); give the
+    /// password with --broker-password-file.
+    #[arg(long, value_name = "USER", requires = "broker_password_file")]
+    pub broker_user: Option<String>,
+    /// File holding the broker password (its first line; keep it 0600). Never on the
+    /// command line, where every local user could read it in the process list.
+    #[arg(long, value_name = "FILE", requires = "broker_user")]
+    pub broker_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -193,6 +193,22 @@ pub async fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
         "The controller alone serves no HTTPS: run `edgefleet gateway` (HTTPS on --https-listen), or put a TLS reverse proxy on this machine in front of a loopback --http-listen.",
     )?;
     raise_open_files_limit();
+    let mut config = args.server.controller_config(args.broker.clone());
+    if let (Some(user), Some(file)) = (&args.broker_user, &args.broker_password_file) {
+        let text = std::fs::read_to_string(file).with_context(|| {
+            format!(
+                "cannot read the broker password from {} (--broker-password-file)",
+                file.display()
+            )
+        })?;
+        let password = text.lines().next().unwrap_or_default().to_owned();
+        anyhow::ensure!(
+            !password.is_empty(),
+            "{} is empty: its first line must be the broker password (--broker-password-file)",
+            file.display()
+        );
+        config.broker_login = Some((user.clone(), password));
+    }
     let shutdown = watch_signals();
     let http = bind(args.server.http_listen, "HTTP", "--http-listen").await?;
     eprintln!(
@@ -201,12 +217,7 @@ pub async fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
         http.local_addr()?,
         args.server.data_dir.display()
     );
-    edgefleet_controller::run_controller(
-        args.server.controller_config(args.broker.clone()),
-        http,
-        shutdown,
-    )
-    .await
+    edgefleet_controller::run_controller(config, http, shutdown).await
 }
 
 async fn write_addresses(file: &Path, addresses: Addresses) -> anyhow::Result<()> {

@@ -401,9 +401,14 @@ pub fn controller_data_dir(dir: &Path) -> PathBuf {
 /// on port 0; returns it and its HTTP port (kept across restarts). Its API as admin:
 /// `Api::admin(http_port, &controller_data_dir(dir))`.
 pub fn controller(dir: &Path, mqtt_port: u16) -> (Proc, u16) {
+    controller_with(dir, mqtt_port, &[])
+}
+
+/// [`controller`] with extra flags (e.g. `--broker-user`).
+pub fn controller_with(dir: &Path, mqtt_port: u16, extra: &[&str]) -> (Proc, u16) {
     let data_dir = controller_data_dir(dir);
     let _ = std::fs::remove_file(data_dir.join("addresses.json"));
-    let args = vec![
+    let mut args: Vec<String> = vec![
         "controller".into(),
         "--broker".into(),
         format!("mqtt://127.0.0.1:{mqtt_port}"),
@@ -414,6 +419,7 @@ pub fn controller(dir: &Path, mqtt_port: u16) -> (Proc, u16) {
         "--keepalive".into(),
         "5".into(),
     ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     let mut p = Proc::spawn("controller", dir, &bins().edgefleet, &args);
     let a = addresses_of(
         &p,
@@ -447,12 +453,18 @@ pub fn embedded_broker(dir: &Path) -> (Proc, u16) {
 /// documents. Mosquitto cannot report a port it picked, so the port is held for it (see
 /// [`crate::ports`]) until it listens; returns it and its port.
 pub fn mosquitto(dir: &Path) -> (Proc, u16) {
+    mosquitto_with(dir, "allow_anonymous true\n")
+}
+
+/// [`mosquitto`] with these configuration lines instead of `allow_anonymous true` (e.g. a
+/// password_file).
+pub fn mosquitto_with(dir: &Path, auth: &str) -> (Proc, u16) {
     let held = Reservation::loopback();
     let port = held.port();
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 2000000\n"),
+        format!("listener {port} 127.0.0.1\n{auth}persistence false\nmax_packet_size 2000000\n"),
     )
     .expect("write mosquitto.conf");
     let p = Proc::spawn(

@@ -108,3 +108,63 @@ async fn health_answers_503_while_the_broker_link_is_down() {
     .await;
     assert_eq!(back["status"], "ok", "{back}");
 }
+
+/// `edgefleet controller --broker-user U --broker-password-file F` against a Mosquitto that
+/// takes only that user (password_file, no anonymous clients): with the password the link
+/// comes up (health 200, broker connected); with a wrong one it stays down and the log
+/// says the broker refused the login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_logs_in_to_a_broker_that_requires_a_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let passwords = dir.path().join("mosquitto.passwd");
+    let made = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args(["edgefleet-ctl", "s3cret-broker-pass"])
+        .output()
+        .expect("mosquitto_passwd (Debian package mosquitto)");
+    assert!(made.status.success(), "{made:?}");
+    let (_broker, port) = procs::mosquitto_with(
+        dir.path(),
+        &format!(
+            "allow_anonymous false\npassword_file {}\n",
+            passwords.display()
+        ),
+    );
+    let good = dir.path().join("broker-password");
+    std::fs::write(&good, "s3cret-broker-pass\n").unwrap();
+    let wrong = dir.path().join("wrong-password");
+    std::fs::write(&wrong, "guess\n").unwrap();
+
+    let run = dir.path().join("good");
+    std::fs::create_dir(&run).unwrap();
+    let login = ["--broker-user", "edgefleet-ctl", "--broker-password-file"];
+    let (_ok, http) = procs::controller_with(
+        &run,
+        port,
+        &[login[0], login[1], login[2], good.to_str().unwrap()],
+    );
+    let api = Api::new(http);
+    let up = wait::until("health 200 with the right password", T, || async {
+        api.get("/api/v1/health").await
+    })
+    .await;
+    assert_eq!(up["broker"]["connected"], true, "{up}");
+
+    let run = dir.path().join("wrong");
+    std::fs::create_dir(&run).unwrap();
+    let (refused, _http) = procs::controller_with(
+        &run,
+        port,
+        &[login[0], login[1], login[2], wrong.to_str().unwrap()],
+    );
+    wait::until("the refused login in the log", T, || async {
+        let log = refused.full_log();
+        if log.contains("broker connection lost") && log.to_lowercase().contains("refused") {
+            Ok(())
+        } else {
+            Err(refused.log(5))
+        }
+    })
+    .await;
+}
