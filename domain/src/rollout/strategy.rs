@@ -217,10 +217,15 @@ mod secs {
 
 impl Strategy {
     /// Parses a strategy from YAML or JSON (unknown fields and values are refused) and
-    /// validates it.
+    /// validates it. The YAML goes through the same bounded reader as Compose files
+    /// ([`crate::compose::load_yaml`]: serde-saphyr under a budget), never the deprecated
+    /// serde_yaml.
     pub fn from_yaml(text: &str) -> Result<Strategy, StrategyError> {
-        let s: Strategy =
-            serde_yaml::from_str(text).map_err(|e| StrategyError::Shape(e.to_string()))?;
+        let tree =
+            crate::compose::load_yaml(text).map_err(|e| StrategyError::Shape(e.to_string()))?;
+        // With the path of the field that is wrong ("on_failure: unknown variant …").
+        let s: Strategy = serde_path_to_error::deserialize(tree)
+            .map_err(|e| StrategyError::Shape(format!("{}: {}", e.path(), e.inner())))?;
         s.validate()?;
         Ok(s)
     }
