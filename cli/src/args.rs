@@ -423,6 +423,11 @@ pub struct ApplyArgs {
     /// Read here and sent with the file: it need not exist on the devices.
     #[arg(long = "env-file", value_name = "FILE")]
     pub env_file: Option<PathBuf>,
+    /// Check the file, the target and every device's document size, and print what would
+    /// change (revision, devices, devices held by a staged apply) without recording or
+    /// sending anything.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]

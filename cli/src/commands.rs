@@ -154,7 +154,7 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
                     .map_err(|e| anyhow::anyhow!("--var {kv:?}: {e}"))?;
                 variables.insert(k.to_owned(), v.to_owned());
             }
-            let body = json!({ "name": a.name, "target": a.target, "compose": compose, "variables": variables });
+            let body = json!({ "name": a.name, "target": a.target, "compose": compose, "variables": variables, "dry_run": a.dry_run });
             (api.post("/api/v1/deployments", &body).await?, render_apply)
         }
         Command::Get(GetCommand::Devices) => (api.get("/api/v1/devices").await?, render_devices),

@@ -109,13 +109,29 @@ pub fn table(header: &[&str]) -> Table {
 
 pub fn render_apply(v: &Value) -> String {
     let devices = list(v, "devices");
-    let what = if v.get("changed").and_then(Value::as_bool).unwrap_or(false) {
-        format!("revision {} recorded", n(v, "revision"))
+    let held = list(v, "held");
+    let dry = v.get("dry_run").and_then(Value::as_bool).unwrap_or(false);
+    let changed = v.get("changed").and_then(Value::as_bool).unwrap_or(false);
+    let what = match (dry, changed) {
+        (false, true) => format!("revision {} recorded", n(v, "revision")),
+        (true, true) => format!(
+            "dry run, nothing recorded or sent: would record revision {}",
+            n(v, "revision")
+        ),
+        (_, false) => format!("unchanged (still revision {})", n(v, "revision")),
+    };
+    let held = if held.is_empty() {
+        String::new()
     } else {
-        format!("unchanged (still revision {})", n(v, "revision"))
+        format!(
+            "; {} {} on their current revision until a rollout moves them: {}",
+            held.len(),
+            if dry { "would be held" } else { "held" },
+            held.join(", ")
+        )
     };
     format!(
-        "deployment {}: {what}; target '{}' matches {} device(s){}{}",
+        "deployment {}: {what}; target '{}' matches {} device(s){}{}{held}",
         s(v, "name"),
         s(v, "target"),
         devices.len(),

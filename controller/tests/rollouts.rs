@@ -48,6 +48,7 @@ fn compose(image: &str) -> String {
 async fn apply(c: &App, image: &str) -> serde_json::Value {
     let req = ApplyRequest {
         variables: Default::default(),
+        dry_run: false,
         name: "web".into(),
         target: "site=lyon".into(),
         compose: compose(image),
@@ -548,6 +549,7 @@ async fn apply_and_delete_wait_for_an_active_rollout() {
         target: "site=lyon".into(),
         compose: compose(image),
         variables: Default::default(),
+        dry_run: false,
     };
     match c.deployments.apply(&req("app:3"), "test").await {
         Err(ApplyError::RolloutActive { rollout, .. }) => assert_eq!(rollout, id),
@@ -592,6 +594,7 @@ async fn an_apply_whose_document_would_not_fit_on_the_bus_is_refused() {
             "x".repeat(400 * 1024)
         ),
         variables: Default::default(),
+        dry_run: false,
     };
     c.deployments.apply(&big("blob-a"), "test").await.unwrap();
     c.deployments.apply(&big("blob-b"), "test").await.unwrap();
@@ -637,4 +640,67 @@ async fn a_refused_revision_is_not_republished_by_the_watchdog() {
     assert!(!lagging.contains(&"d0".to_owned()), "{lagging:?}");
     assert_eq!(lagging.len(), N - 1);
     assert_eq!(c.fleet.get("d0").unwrap().refused_revision, Some(rev));
+}
+
+/// `apply --dry-run`: checked like an apply (a refused file is still refused), answered with
+/// what would happen — the next revision, the devices, the devices a staged change would hold —
+/// and nothing recorded, pinned or sent: the real apply afterwards records that very revision.
+#[tokio::test]
+async fn a_dry_run_says_what_an_apply_would_do_and_changes_nothing() {
+    let (c, mut rx, _dir) = setup().await;
+    apply(&c, "app:1").await;
+    agents_report(&c).await;
+    while rx.try_recv().is_ok() {}
+    let req = |image: &str, dry_run: bool| ApplyRequest {
+        name: "web".into(),
+        target: "site=lyon".into(),
+        compose: compose(image),
+        variables: Default::default(),
+        dry_run,
+    };
+    let before = running_revisions(&c);
+    let dry = c
+        .deployments
+        .apply(&req("app:2", true), "test")
+        .await
+        .unwrap();
+    assert!(dry.dry_run && dry.changed, "{dry:?}");
+    assert_eq!(dry.revision, 2);
+    assert_eq!(dry.devices.len(), N, "{dry:?}");
+    assert_eq!(
+        dry.held.len(),
+        N,
+        "a staged change would hold every device: {dry:?}"
+    );
+    assert_eq!(
+        c.store.deployment("web").await.unwrap().unwrap().revision,
+        1
+    );
+    assert_eq!(running_revisions(&c), before, "nothing moved");
+    assert!(rx.try_recv().is_err(), "nothing was queued for the bus");
+    let same = c
+        .deployments
+        .apply(&req("app:1", true), "test")
+        .await
+        .unwrap();
+    assert!(
+        same.dry_run && !same.changed && same.revision == 1,
+        "{same:?}"
+    );
+    let mut bad = req("app:2", true);
+    bad.compose = "services:\n  app:\n    image: app:2\n    pid: host\n".into();
+    c.deployments
+        .apply(&bad, "test")
+        .await
+        .expect_err("refused in a dry run too");
+    let real = c
+        .deployments
+        .apply(&req("app:2", false), "test")
+        .await
+        .unwrap();
+    assert!(
+        !real.dry_run && real.changed && real.revision == dry.revision,
+        "{real:?}"
+    );
+    assert_eq!(real.held, dry.held);
 }

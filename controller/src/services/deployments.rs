@@ -71,6 +71,10 @@ pub struct ApplyRequest {
     /// Values for `${VAR}` in the file (`apply --var`, `--env-file`).
     #[serde(default)]
     pub variables: std::collections::BTreeMap<String, String>,
+    /// Check everything and say what would happen, but record and send nothing
+    /// (`apply --dry-run`).
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +89,9 @@ pub struct ApplyOutcome {
     /// Staged apply (`x-edgefleet-rollout`): devices held on their current revision until a
     /// rollout moves them.
     pub held: Vec<String>,
+    /// Nothing was recorded or sent: `revision`, `changed`, `devices` and `held` say what
+    /// the apply would do.
+    pub dry_run: bool,
 }
 
 pub struct Deployments {
@@ -276,6 +283,32 @@ impl Deployments {
                 limit: edgefleet_protocol::MAX_PAYLOAD_BYTES,
             });
         }
+        if req.dry_run {
+            let changed = !self.store.is_latest(&req.name, &target, &spec).await?;
+            let latest = self
+                .store
+                .revisions(&req.name)
+                .await?
+                .last()
+                .map_or(0, |r| r.revision);
+            let held = if changed && parsed.rollout.is_some() {
+                self.would_hold(&req.name)
+                    .into_iter()
+                    .map(|(d, _, _)| d)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            return Ok(ApplyOutcome {
+                name: req.name.clone(),
+                revision: if changed { latest + 1 } else { latest },
+                changed,
+                target,
+                devices: self.fleet.targets(&selector),
+                held,
+                dry_run: true,
+            });
+        }
         let (revision, changed) = self
             .store
             .record_revision(NewRevision {
@@ -314,7 +347,28 @@ impl Deployments {
             target,
             devices: self.fleet.targets(&selector),
             held,
+            dry_run: false,
         })
+    }
+
+    /// The devices a staged apply of `name` would hold, with the revision and stack each
+    /// runs now: those running it and not pinned already (sorted by device).
+    fn would_hold(&self, name: &str) -> Vec<(String, u64, StackSpec)> {
+        let book = self.book.read();
+        let mut out: Vec<(String, u64, StackSpec)> = self
+            .fleet
+            .devices
+            .iter()
+            .filter_map(|d| {
+                let stack = d.desired.as_ref().and_then(|x| x.stacks.get(name))?;
+                if book.pins.contains_key(&(d.key().clone(), name.to_owned())) {
+                    return None;
+                }
+                Some((d.key().clone(), stack.deployment_revision, stack.clone()))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Removes the pins of a deployment that `which(revision)` selects (store, then book).
@@ -358,19 +412,9 @@ impl Deployments {
     async fn hold_current(&self, name: &str) -> Result<Vec<String>, StoreError> {
         let mut pins = Vec::new();
         let mut stacks = Vec::new();
-        {
-            let book = self.book.read();
-            for d in self.fleet.devices.iter() {
-                let Some(stack) = d.desired.as_ref().and_then(|x| x.stacks.get(name)) else {
-                    continue;
-                };
-                if book.pins.contains_key(&(d.key().clone(), name.to_owned())) {
-                    continue;
-                }
-                let rev = stack.deployment_revision;
-                stacks.push(((name.to_owned(), rev), stack.clone()));
-                pins.push((d.key().clone(), Some(rev)));
-            }
+        for (device, rev, stack) in self.would_hold(name) {
+            stacks.push(((name.to_owned(), rev), stack));
+            pins.push((device, Some(rev)));
         }
         if pins.is_empty() {
             return Ok(Vec::new());

@@ -88,8 +88,8 @@ pub async fn apply(
         )?;
     }
     let outcome = deployments.apply(&req, auth.username()).await?;
-    auth.detail(json!({ "revision": outcome.revision, "changed": outcome.changed, "target": outcome.target }));
-    let status = if outcome.changed {
+    auth.detail(json!({ "revision": outcome.revision, "changed": outcome.changed, "target": outcome.target, "dry_run": outcome.dry_run }));
+    let status = if outcome.changed && !outcome.dry_run {
         StatusCode::CREATED
     } else {
         StatusCode::OK
