@@ -208,6 +208,25 @@ impl ContainerSpec {
     }
 }
 
+/// The networks the agent creates for `desired` (every desired service's, not external).
+pub fn desired_networks(
+    device: &str,
+    desired: &edgefleet_protocol::desired::DesiredState,
+) -> std::collections::BTreeSet<String> {
+    desired
+        .stacks
+        .iter()
+        .flat_map(|(stack_name, stack)| {
+            stack.services.iter().flat_map(move |(service, svc)| {
+                service_networks(device, stack_name, stack, service, svc)
+                    .into_iter()
+                    .filter(|n| !n.spec.external)
+                    .map(|n| n.name)
+            })
+        })
+        .collect()
+}
+
 /// The networks a service joins: the ones it names, or the stack's `default`.
 fn service_networks(
     device: &str,

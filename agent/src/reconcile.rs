@@ -50,6 +50,7 @@ pub async fn observe<R: ContainerRuntime>(
 ) -> Result<Observed, RuntimeError> {
     let containers = runtime.list_containers(&desired.device).await?;
     let volumes = runtime.list_volumes(&desired.device).await?;
+    let networks = runtime.list_networks(&desired.device).await?;
     let wanted: BTreeSet<&str> = desired
         .stacks
         .values()
@@ -65,6 +66,7 @@ pub async fn observe<R: ContainerRuntime>(
         containers,
         images,
         volumes,
+        networks,
     })
 }
 
@@ -349,6 +351,17 @@ impl<R: ContainerRuntime> Reconciler<R> {
             } => {
                 rt.rename(container, to).await?;
                 info!("renamed container '{from}' to '{to}' ({})", action.finding);
+                return Ok(());
+            }
+            Op::RemoveNetwork { name } => {
+                // Best effort: a container attached by someone else keeps the network, and
+                // the device is converged anyway (the next pass tries again).
+                match rt.remove_network(name).await {
+                    Ok(()) => info!("removed network '{name}' ({})", action.finding),
+                    Err(e) => {
+                        warn!(network = %name, error = %e, "could not remove a network no service uses")
+                    }
+                }
                 return Ok(());
             }
         };

@@ -346,12 +346,15 @@ async fn reconciler_converges_on_the_real_engine() {
     })
     .await;
 
-    // The stack is removed from the desired state: containers go, the volume stays.
+    // The stack is removed from the desired state: containers go, then its network; the
+    // volume stays.
+    let networks = runtime.list_networks(&fx.device).await.unwrap();
+    assert_eq!(networks.len(), 1, "the stack's network: {networks:?}");
     held.send_replace(Some(Arc::new(desired(&fx, 2, false))));
     assert_eq!(
         r.pass().await,
         PassReport {
-            actions: 4,
+            actions: 5,
             failed: false
         }
     );
@@ -363,6 +366,11 @@ async fn reconciler_converges_on_the_real_engine() {
             .is_empty()
     );
     assert_eq!(runtime.list_volumes(&fx.device).await.unwrap().len(), 1);
+    assert!(runtime.list_networks(&fx.device).await.unwrap().is_empty());
+    for name in networks {
+        let inspect = docker(&["network", "inspect", &name]);
+        assert!(!inspect.status.success(), "network {name} still exists");
+    }
 }
 
 /// The host port `container` publishes its port 8080/tcp on (the first binding listed).

@@ -52,6 +52,14 @@ impl ContainerRuntime for SimRuntime {
         self.inner.list_volumes(device).await
     }
 
+    async fn list_networks(&self, device: &str) -> Result<BTreeSet<String>, RuntimeError> {
+        self.inner.list_networks(device).await
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        self.inner.remove_network(name).await
+    }
+
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
         self.inner.image_present(image).await
     }

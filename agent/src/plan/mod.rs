@@ -86,6 +86,8 @@ pub struct Observed {
     pub images: BTreeSet<String>,
     /// Volumes labelled with this device.
     pub volumes: BTreeSet<String>,
+    /// Networks the agent created for this device.
+    pub networks: BTreeSet<String>,
 }
 
 impl Observed {
@@ -156,6 +158,12 @@ pub enum Op {
         from: String,
         to: String,
     },
+    /// Removes a network this agent created that no desired service joins any more (a
+    /// stack removed, a network dropped from one); best effort: a container someone else
+    /// attached keeps it, and that fails nothing.
+    RemoveNetwork {
+        name: String,
+    },
 }
 
 /// Why an action is needed: what the planner found. When the revision was already converged,
@@ -182,6 +190,8 @@ pub enum Finding {
     Unfinished,
     /// Taking back the new container of a `start-first` update that failed.
     Abandoned,
+    /// A network of this device that no desired service joins.
+    UnwantedNetwork,
 }
 
 impl fmt::Display for Finding {
@@ -198,6 +208,7 @@ impl fmt::Display for Finding {
             Finding::Duplicate => write!(f, "duplicate container"),
             Finding::ImageMissing => write!(f, "image not present"),
             Finding::VolumeMissing => write!(f, "volume missing"),
+            Finding::UnwantedNetwork => write!(f, "network not in the desired state"),
             Finding::Unfinished => write!(f, "unfinished start-first update"),
             Finding::Abandoned => write!(
                 f,
@@ -249,6 +260,7 @@ impl fmt::Display for Op {
                 Readiness::Healthy { .. } => write!(f, "await healthy {name}"),
             },
             Op::Rename { from, to, .. } => write!(f, "rename {from} to {to}"),
+            Op::RemoveNetwork { name } => write!(f, "remove network {name}"),
         }
     }
 }
@@ -283,6 +295,16 @@ pub fn plan(desired: &DesiredState, observed: &Observed) -> Vec<Action> {
     }
     for (stack_name, stack) in &desired.stacks {
         p.stack(stack_name, stack);
+    }
+    // Last, once every container that could use them is gone.
+    let wanted = crate::container::desired_networks(&desired.device, desired);
+    for name in observed.networks.difference(&wanted) {
+        p.push(
+            "(networks)",
+            None,
+            Op::RemoveNetwork { name: name.clone() },
+            Finding::UnwantedNetwork,
+        );
     }
     p.actions
 }

@@ -115,7 +115,35 @@ fn observed(containers: Vec<ContainerInfo>, images: &[&str], volumes: &[&str]) -
         containers,
         images: images.iter().map(|s| s.to_string()).collect(),
         volumes: volumes.iter().map(|s| s.to_string()).collect(),
+        networks: Default::default(),
     }
+}
+
+/// A network this agent created that no desired service joins any more (the stack was
+/// removed, or the network dropped from it) is removed last, after the containers; one a
+/// desired service still joins, and external ones (never listed: not ours), are kept.
+#[test]
+fn networks_no_desired_service_joins_are_removed_last() {
+    let one = desired(vec![("app", stack(vec![("web", svc("app:1"))]))]);
+    let keep = crate::container::network_name(DEV, "app", "default");
+    let gone = crate::container::network_name(DEV, "old", "default");
+    let mut seen = observed(Vec::new(), &["app:1"], &[]);
+    seen.networks = [keep.clone(), gone.clone()].into();
+    let actions = plan(&one, &seen);
+    let removals: Vec<_> = actions
+        .iter()
+        .filter(|a| matches!(a.op, Op::RemoveNetwork { .. }))
+        .collect();
+    assert_eq!(removals.len(), 1, "{actions:?}");
+    assert_eq!(removals[0].op, Op::RemoveNetwork { name: gone });
+    assert!(
+        matches!(
+            actions.last().map(|a| &a.op),
+            Some(Op::RemoveNetwork { .. })
+        ),
+        "network removal comes last: {actions:?}"
+    );
+    assert_eq!(crate::container::desired_networks(DEV, &one), [keep].into());
 }
 
 use ContainerState::{Created, Dead, Exited, Paused, Running};

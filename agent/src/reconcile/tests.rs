@@ -566,6 +566,7 @@ async fn only_this_devices_containers_are_touched() {
     assert_eq!(c.state, ContainerState::Running);
 }
 
+/// The stack's network goes with its containers (after them); its volume stays (data).
 #[tokio::test]
 async fn removed_stack_is_torn_down_but_volume_kept() {
     let h = Harness::new();
@@ -585,6 +586,7 @@ async fn removed_stack_is_torn_down_but_volume_kept() {
             "remove ef-press-07-app-db",
             "stop ef-press-07-app-web",
             "remove ef-press-07-app-web",
+            "remove network ef-press-07-app-default",
         ]
     );
     assert!(h.rt.containers().is_empty());

@@ -19,8 +19,8 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
-    ListContainersOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
-    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use edgefleet_protocol::spec::RestartPolicy;
 use edgefleet_protocol::status::{ContainerState, Health};
@@ -485,6 +485,39 @@ impl ContainerRuntime for DockerRuntime {
             .into_iter()
             .map(|v| v.name)
             .collect())
+    }
+
+    async fn list_networks(&self, device: &str) -> Result<BTreeSet<String>, RuntimeError> {
+        let docker = self.client().await?;
+        let options = ListNetworksOptionsBuilder::default()
+            .filters(&device_filter(device))
+            .build();
+        let list = docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| unreachable_or(e, "list networks of device", device))?;
+        Ok(list
+            .into_iter()
+            // Relabelled behind our back: not ours to remove.
+            .filter(|n| {
+                n.labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_DEVICE))
+                    .is_some_and(|d| d == device)
+            })
+            .filter_map(|n| n.name)
+            .collect())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        let docker = self.client().await?;
+        match docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(unreachable_or(e, "remove network", name)),
+        }
     }
 
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {

@@ -44,6 +44,8 @@ struct Engine {
     images: BTreeSet<String>,
     registry: BTreeSet<String>,
     volumes: BTreeMap<String, String>,
+    /// Networks the containers' specs named (not external), by name: their device.
+    networks: BTreeMap<String, String>,
     next_id: u64,
     failures: Vec<(MemOp, String)>,
     calls: Vec<String>,
@@ -298,6 +300,23 @@ impl ContainerRuntime for MemoryRuntime {
             .collect())
     }
 
+    async fn list_networks(&self, device: &str) -> Result<BTreeSet<String>, RuntimeError> {
+        let mut e = self.engine.lock();
+        e.check(MemOp::List)?;
+        Ok(e.networks
+            .iter()
+            .filter(|(_, d)| *d == device)
+            .map(|(n, _)| n.clone())
+            .collect())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        let mut e = self.engine.lock();
+        e.calls.push(format!("remove network {name}"));
+        e.networks.remove(name);
+        Ok(())
+    }
+
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
         let mut e = self.engine.lock();
         e.check(MemOp::List)?;
@@ -347,6 +366,12 @@ impl ContainerRuntime for MemoryRuntime {
                 return Err(RuntimeError::NameConflict {
                     name: spec.name.clone(),
                 });
+            }
+            // As the Docker runtime does: a stack's network is created with its first
+            // container.
+            let device = spec.labels.get(LABEL_DEVICE).cloned().unwrap_or_default();
+            for net in spec.networks.iter().filter(|n| !n.spec.external) {
+                e.networks.insert(net.name.clone(), device.clone());
             }
         }
         Ok(self.insert(spec, ContainerState::Created))

@@ -106,6 +106,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         device: &str,
     ) -> impl Future<Output = Result<BTreeSet<String>, RuntimeError>> + Send;
 
+    /// Names of the networks this agent created for `device` (labelled with it; never an
+    /// external network).
+    fn list_networks(
+        &self,
+        device: &str,
+    ) -> impl Future<Output = Result<BTreeSet<String>, RuntimeError>> + Send;
+
+    /// Removes network `name` (it must have no container attached any more).
+    fn remove_network(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
     /// Whether `image` is present locally.
     fn image_present(&self, image: &str)
     -> impl Future<Output = Result<bool, RuntimeError>> + Send;
