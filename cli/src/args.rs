@@ -279,12 +279,27 @@ pub enum TokenCommand {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Walk the hash chain in the store file; exits non-zero and names the first bad record.
-    /// Reads the file directly, so it works with the gateway stopped.
+    /// Reads the file directly, so it works with the gateway stopped. Prints the head, signed
+    /// with the data dir's key, to be saved outside the gateway.
     Verify {
         /// The gateway's data directory (holding edgefleet.db).
         #[arg(long, default_value = "./edgefleet-data")]
         data_dir: PathBuf,
+        /// A signed head saved earlier (`edgefleet --json audit head > FILE`, or the retained
+        /// edgefleet/v1/audit/head): also fails if the chain no longer holds that record with
+        /// that hash (the newest records cut off, or the chain rewritten and rehashed).
+        #[arg(long, value_name = "FILE")]
+        against: Option<PathBuf>,
+        /// The controller's public key to check the saved head with: base64 text or a file
+        /// holding it. Default: DATA_DIR/signing/desired-signing.pub. Give the key you pinned
+        /// elsewhere (an enrollment bundle) if the gateway's files may have been replaced.
+        #[arg(long, value_name = "KEY|FILE", requires = "against")]
+        key: Option<String>,
     },
+    /// The audit log's current head, verified and signed by the gateway (admin, auditor):
+    /// save it outside the gateway (`edgefleet --json audit head > head.json`) and check it
+    /// later with `audit verify --against head.json`.
+    Head,
     /// Audit records, oldest first (admin, auditor).
     List {
         /// RFC 3339 time or a duration back from now (2h, 7d).

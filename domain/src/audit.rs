@@ -7,8 +7,9 @@
 //! and `prev_hash`. A walk names the first bad record: a hash that does not match its fields
 //! (modified), a gap in `seq` (removed), a `prev_hash` that is not the previous record's hash
 //! (removed, replaced or reordered). What it cannot see on its own: the newest records cut
-//! off at the end (truncation) — compare the head hash it reports with one recorded
-//! elsewhere — and a whole chain recomputed by someone who can write the file. A walk can
+//! off at the end (truncation) and a whole chain recomputed by someone who can write the
+//! file — for those, a head saved elsewhere (signed by the controller:
+//! `edgefleet_protocol::audit_head`) is compared with the chain ([`check_saved_head`]). A walk can
 //! start from any record already verified ([`ChainWalk::resume`]), so checking a growing log
 //! costs only its new records.
 
@@ -476,6 +477,37 @@ impl ChainWalk {
     }
 }
 
+/// Whether the chain still holds a head saved earlier (record `seq` with hash `hash`, from a
+/// signed head already checked): `found` is record `seq`'s hash now (`None`: no such record),
+/// `head_seq` the newest record's `seq` now. `None` when it holds; otherwise the record that
+/// betrays the cut or the rewrite.
+pub fn check_saved_head(
+    seq: u64,
+    hash: &str,
+    found: Option<&str>,
+    head_seq: u64,
+) -> Option<BadRecord> {
+    if seq == 0 {
+        // The empty log's head: every chain starts after it.
+        return (hash != GENESIS).then(|| BadRecord {
+            seq,
+            reason: "the saved head of an empty log names a hash other than the genesis hash"
+                .into(),
+        });
+    }
+    let reason = match found {
+        Some(h) if h == hash => return None,
+        Some(h) => format!(
+            "rewritten: record {seq}'s hash differs from the saved head (saved {hash}, now {h}): the chain was rewritten and rehashed from there, or before"
+        ),
+        None if head_seq < seq => format!(
+            "truncated: the saved head seq {seq} is beyond the current head {head_seq}: the newest records were cut off"
+        ),
+        None => format!("removed: record {seq} of the saved head is gone from the log"),
+    };
+    Some(BadRecord { seq, reason })
+}
+
 /// The audit record of a device-reported outcome (`converged`, `desired_rejected`, `failed`,
 /// `drift_detected`), or `None` for progress events (pulling, started, healthy…).
 pub fn device_outcome(e: &edgefleet_protocol::event::DeviceEvent, site: &str) -> Option<Entry> {
@@ -576,5 +608,36 @@ mod cap_tests {
             r.admit(refused("anonymous", "/a"), t).is_some(),
             "a new interval"
         );
+    }
+}
+
+#[cfg(test)]
+mod saved_head_tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_head_names_truncation_rewrite_and_removal() {
+        let h = "a".repeat(64);
+        assert_eq!(check_saved_head(5, &h, Some(&h), 9), None);
+        assert_eq!(check_saved_head(5, &h, Some(&h), 5), None);
+        let cut = check_saved_head(15, &h, None, 5).expect("truncation");
+        assert_eq!(cut.seq, 15);
+        assert!(
+            cut.reason
+                .starts_with("truncated: the saved head seq 15 is beyond the current head 5"),
+            "{cut:?}"
+        );
+        let other = "b".repeat(64);
+        let rewritten = check_saved_head(5, &h, Some(&other), 9).expect("rewrite");
+        assert!(
+            rewritten
+                .reason
+                .starts_with("rewritten: record 5's hash differs from the saved head"),
+            "{rewritten:?}"
+        );
+        let gone = check_saved_head(5, &h, None, 9).expect("removal");
+        assert!(gone.reason.starts_with("removed"), "{gone:?}");
+        assert_eq!(check_saved_head(0, GENESIS, None, 0), None);
+        assert!(check_saved_head(0, &h, None, 3).is_some());
     }
 }

@@ -140,6 +140,17 @@ fn one(c: &Connection, seq: u64) -> Result<Option<Record>, StoreError> {
     .optional()?)
 }
 
+/// The newest record's `seq` and hash on one connection (blocking; for tools reading the file
+/// with the gateway stopped).
+pub fn head_connection(c: &Connection) -> Result<(u64, String), StoreError> {
+    head(c)
+}
+
+/// Record `seq` on one connection, if it is there (blocking; as [`head_connection`]).
+pub fn record_connection(c: &Connection, seq: u64) -> Result<Option<Record>, StoreError> {
+    one(c, seq)
+}
+
 /// Walks the whole chain on one connection, page by page (blocking; for tools reading the
 /// file with the gateway stopped).
 pub fn verify_connection(c: &Connection) -> Result<Verification, StoreError> {
