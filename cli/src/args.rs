@@ -345,6 +345,14 @@ pub struct ServerArgs {
     /// MQTT keepalive of the controller's connection, in seconds.
     #[arg(long, default_value_t = 10)]
     pub keepalive: u64,
+    /// Audit retention by age (e.g. 400d): hourly, a signed checkpoint is written and the
+    /// records before the newest checkpoint older than this are deleted. Default: keep all.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "audit_keep_records")]
+    pub audit_retention: Option<Duration>,
+    /// Audit retention by count: keep at least this many of the newest records (pruned only
+    /// before a signed checkpoint, hourly). Default: keep all.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub audit_keep_records: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -561,6 +569,12 @@ impl ServerArgs {
         c.keepalive = Duration::from_secs(self.keepalive.max(1));
         c.http_limits.header_read_timeout = self.http_idle_timeout.max(Duration::from_millis(100));
         c.http_limits.handshake_timeout = c.http_limits.header_read_timeout;
+        use edgefleet_store::audit::Retention;
+        c.audit_retention = match (self.audit_retention, self.audit_keep_records) {
+            (Some(age), _) => Some(Retention::Age(age)),
+            (None, Some(n)) => Some(Retention::Count(n)),
+            (None, None) => None,
+        };
         c
     }
 }

@@ -13,7 +13,9 @@ use anyhow::{Context, anyhow, bail};
 use edgefleet_domain::audit::{BadRecord, Verification, check_saved_head};
 use edgefleet_protocol::audit_head::{self, SignedAuditHead};
 use edgefleet_protocol::signing::{VerifyingKey, parse_public_key};
-use edgefleet_store::audit::{head_connection, record_connection, verify_connection};
+use edgefleet_store::audit::{
+    first_connection, head_connection, record_connection, verify_connection,
+};
 use serde::Serialize;
 
 /// The largest saved head read (a real one is about 300 bytes).
@@ -131,7 +133,10 @@ fn trusted_key(data_dir: &Path, key: Option<&str>) -> anyhow::Result<VerifyingKe
             std::fs::read_to_string(k).with_context(|| format!("cannot read --key {k}"))?,
             format!("--key {k}"),
         ),
-        Some(k) => (k.to_owned(), "--key".to_owned()),
+        Some(k) => (
+            k.to_owned(),
+            format!("--key {k} (neither a file nor base64 text)"),
+        ),
         None => {
             let path = edgefleet_controller::services::keys::public_key_path(data_dir);
             let text = std::fs::read_to_string(&path).with_context(|| {
@@ -180,10 +185,16 @@ pub fn run(
     }
     let conn = edgefleet_store::open_read_only(&db)
         .with_context(|| format!("cannot open {} read-only", db.display()))?;
+    let trusted = trusted_key(data_dir, key);
     let saved = match against {
-        Some(file) => Some((file, saved_head(file, &trusted_key(data_dir, key)?)?)),
+        Some(file) => Some((
+            file,
+            saved_head(file, trusted.as_ref().map_err(|e| anyhow!("{e:#}"))?)?,
+        )),
         None => None,
     };
+    // The key also checks the retention checkpoint a pruned log starts with.
+    let trusted = trusted.ok();
     let against = match saved {
         None => None,
         Some((file, head)) => {
@@ -191,10 +202,14 @@ pub fn run(
                 .map_err(|e| anyhow!("{e}: {}", schema_hint(data_dir)))?;
             let (current, _) =
                 head_connection(&conn).map_err(|e| anyhow!("{e}: {}", schema_hint(data_dir)))?;
+            let oldest = first_connection(&conn)
+                .map_err(|e| anyhow!("{e}: {}", schema_hint(data_dir)))?
+                .map_or(1, |r| r.seq);
             let problem = check_saved_head(
                 head.seq,
                 &head.hash,
                 found.as_ref().map(|r| r.hash.as_str()),
+                oldest,
                 current,
             );
             Some(Against {
@@ -208,8 +223,8 @@ pub fn run(
             })
         }
     };
-    let verification =
-        verify_connection(&conn).map_err(|e| anyhow!("{e}: {}", schema_hint(data_dir)))?;
+    let verification = verify_connection(&conn, trusted.as_ref())
+        .map_err(|e| anyhow!("{e}: {}", schema_hint(data_dir)))?;
     let mut report = Report {
         verification,
         signed_head: None,

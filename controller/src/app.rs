@@ -63,6 +63,8 @@ pub struct ControllerConfig {
     pub presence_grace: Duration,
     /// Timeouts and connection cap of every HTTP listener.
     pub http_limits: crate::http::server::Limits,
+    /// Audit retention: prune records behind a signed checkpoint, hourly (`None`: keep all).
+    pub audit_retention: Option<edgefleet_store::audit::Retention>,
 }
 
 impl ControllerConfig {
@@ -75,6 +77,7 @@ impl ControllerConfig {
             republish_after: Duration::from_secs(10),
             presence_grace: Duration::from_secs(30),
             http_limits: Default::default(),
+            audit_retention: None,
         }
     }
 }
@@ -414,9 +417,13 @@ impl Essentials {
     }
 }
 
+/// Housekeeping ticks (seconds) between two audit retention runs (the first a minute after
+/// start): each writes a signed checkpoint and prunes behind an older one.
+const RETENTION_EVERY: u64 = 3600;
+
 /// The once-a-second work: flush the fleet view, publish changed site summaries, step the
-/// rollouts, publish the signed audit head when one is due, republish to lagging devices
-/// (every 5 s), expire stale presence after start.
+/// rollouts, publish the signed audit head when one is due, run audit retention (hourly, if
+/// configured), republish to lagging devices (every 5 s), expire stale presence after start.
 struct Housekeeping {
     fleet: Arc<Fleet>,
     audit: Arc<AuditLog>,
@@ -449,6 +456,14 @@ impl Housekeeping {
             if let Some(head) = self.audit.head_due(Instant::now()).await {
                 self.outbox
                     .queue_retained(edgefleet_protocol::topics::audit_head(), head);
+            }
+            if let Some(keep) = self.config.audit_retention
+                && n % RETENTION_EVERY == 60
+            {
+                match self.audit.retain(keep).await {
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("audit retention did not run: {e}"),
+                }
             }
             if n.is_multiple_of(5) {
                 for id in self.fleet.lagging(self.config.republish_after) {

@@ -163,7 +163,7 @@ impl AuditLog {
         let mut verified = self.verified.lock().await;
         let v = self
             .store
-            .audit_verify_after(verified.0, &verified.1)
+            .audit_verify_after(verified.0, &verified.1, Some(self.signer.verifying_key()))
             .await?;
         if v.ok {
             *verified = (v.head_seq, v.head_hash.clone());
@@ -173,7 +173,10 @@ impl AuditLog {
 
     /// Walks the whole chain from its first record.
     pub async fn verify_full(&self) -> Result<Verification, StoreError> {
-        let v = self.store.audit_verify().await?;
+        let v = self
+            .store
+            .audit_verify(Some(self.signer.verifying_key()))
+            .await?;
         if v.ok {
             *self.verified.lock().await = (v.head_seq, v.head_hash.clone());
         }
@@ -242,6 +245,45 @@ impl AuditLog {
         Some(payload)
     }
 
+    /// Retention: appends a signed checkpoint (of the verified head; none for a broken
+    /// chain), then deletes the records before the newest checkpoint `keep` allows
+    /// ([`Store::audit_prune`]) and records how many went (`audit.prune`). Returns how many.
+    pub async fn retain(&self, keep: edgefleet_store::audit::Retention) -> Result<u64, HeadError> {
+        // The chain must verify up to the head the checkpoint will vouch for.
+        self.signed_head().await?;
+        let signer = self.signer.clone();
+        let checkpoint = self
+            .store
+            .append_audit_checkpoint(move |seq, hash| {
+                let head =
+                    SignedAuditHead::sign(&signer, seq, hash, edgefleet_protocol::now_rfc3339());
+                serde_json::to_value(head).unwrap_or_default()
+            })
+            .await?;
+        self.appended.store(true, Ordering::Relaxed);
+        // Hold the incremental walk's lock across the prune: its remembered head may go.
+        let mut verified = self.verified.lock().await;
+        let (deleted, from) = self.store.audit_prune(keep).await?;
+        if deleted > 0 {
+            *verified = (0, GENESIS.to_owned());
+            drop(verified);
+            tracing::info!(
+                deleted,
+                checkpoint = from,
+                "audit retention pruned the records before a signed checkpoint"
+            );
+            self.append(vec![Entry::system(
+                "audit.prune",
+                &format!("#{}", from.unwrap_or_default()),
+                "",
+                Outcome::Ok,
+                serde_json::json!({ "deleted": deleted, "checkpoint": from, "newest_checkpoint": checkpoint }),
+            )])
+            .await;
+        }
+        Ok(deleted)
+    }
+
     /// The head last published (republished after a reconnect: the broker may have lost it).
     pub fn published_head(&self) -> Option<Vec<u8>> {
         self.published.lock().as_ref().map(|p| p.payload.clone())
@@ -292,6 +334,32 @@ mod tests {
         let next = audit_head::verify(&signer.verifying_key(), &next).unwrap();
         assert_eq!(next.seq, 2);
         assert_eq!(log.signed_head().await.unwrap().hash, next.hash);
+    }
+
+    #[tokio::test]
+    async fn retention_prunes_behind_its_checkpoints_and_the_log_still_verifies() {
+        use edgefleet_store::audit::Retention;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+        let log = AuditLog::new(
+            store.clone(),
+            Arc::new(DocumentSigner::from_secret(&[3; 32])),
+        );
+        for n in 1..=5 {
+            log.record(entry(n)).await;
+        }
+        assert!(log.verify_incremental().await.unwrap().ok);
+        // The first run only writes a checkpoint (#6): nothing is behind an old enough one.
+        let day = Duration::from_secs(86_400);
+        assert_eq!(log.retain(Retention::Age(day)).await.unwrap(), 0);
+        assert_eq!(log.retain(Retention::Count(2)).await.unwrap(), 5);
+        let v = log.verify_incremental().await.unwrap();
+        assert!(v.ok, "{v:?}");
+        let full = log.verify_full().await.unwrap();
+        assert!(full.ok, "{full:?}");
+        // #6 and #7 checkpoints, then the audit.prune record.
+        assert_eq!((full.records, full.head_seq), (3, 8));
+        assert!(log.signed_head().await.is_ok());
     }
 
     #[tokio::test]
