@@ -282,12 +282,27 @@ pub enum TokenCommand {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Walk the hash chain in the store file; exits non-zero and names the first bad record.
-    /// Reads the file directly, so it works with the gateway stopped.
+    /// Reads the file directly, so it works with the gateway stopped. Prints the head, signed
+    /// with the data dir's key, to be saved outside the gateway.
     Verify {
         /// The gateway's data directory (holding edgefleet.db).
         #[arg(long, default_value = "./edgefleet-data")]
         data_dir: PathBuf,
+        /// A signed head saved earlier (`edgefleet --json audit head > FILE`, or the retained
+        /// edgefleet/v1/audit/head): also fails if the chain no longer holds that record with
+        /// that hash (the newest records cut off, or the chain rewritten and rehashed).
+        #[arg(long, value_name = "FILE")]
+        against: Option<PathBuf>,
+        /// The controller's public key to check the saved head with: base64 text or a file
+        /// holding it. Default: DATA_DIR/signing/desired-signing.pub. Give the key you pinned
+        /// elsewhere (an enrollment bundle) if the gateway's files may have been replaced.
+        #[arg(long, value_name = "KEY|FILE", requires = "against")]
+        key: Option<String>,
     },
+    /// The audit log's current head, verified and signed by the gateway (admin, auditor):
+    /// save it outside the gateway (`edgefleet --json audit head > head.json`) and check it
+    /// later with `audit verify --against head.json`.
+    Head,
     /// Audit records, oldest first (admin, auditor).
     List {
         /// RFC 3339 time or a duration back from now (2h, 7d).
@@ -333,6 +348,14 @@ pub struct ServerArgs {
     /// MQTT keepalive of the controller's connection, in seconds.
     #[arg(long, default_value_t = 10)]
     pub keepalive: u64,
+    /// Audit retention by age (e.g. 400d): hourly, a signed checkpoint is written and the
+    /// records before the newest checkpoint older than this are deleted. Default: keep all.
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "audit_keep_records")]
+    pub audit_retention: Option<Duration>,
+    /// Audit retention by count: keep at least this many of the newest records (pruned only
+    /// before a signed checkpoint, hourly). Default: keep all.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub audit_keep_records: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -562,6 +585,12 @@ impl ServerArgs {
         c.keepalive = Duration::from_secs(self.keepalive.max(1));
         c.http_limits.header_read_timeout = self.http_idle_timeout.max(Duration::from_millis(100));
         c.http_limits.handshake_timeout = c.http_limits.header_read_timeout;
+        use edgefleet_store::audit::Retention;
+        c.audit_retention = match (self.audit_retention, self.audit_keep_records) {
+            (Some(age), _) => Some(Retention::Age(age)),
+            (None, Some(n)) => Some(Retention::Count(n)),
+            (None, None) => None,
+        };
         c
     }
 }

@@ -1,11 +1,11 @@
 //! The client commands: each one a call (or a few) to the HTTP API, rendered for a person
 //! or printed as JSON (`--json`). `audit verify` and `acl export` need no gateway: the first
-//! reads the store file itself (`--data-dir`), so it works with the gateway stopped.
+//! reads the store file itself (`--data-dir`, [`crate::audit_verify`]), so it works with the
+//! gateway stopped.
 
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use edgefleet_domain::audit::Verification;
 use edgefleet_files::Mode;
 use serde_json::{Value, json};
 
@@ -13,44 +13,15 @@ use crate::args::*;
 use crate::client::{ApiClient, audit_query, read_password, token_file};
 use crate::render::*;
 
-/// `edgefleet audit verify`: walks the chain in the store file, read-only.
-pub fn verify_store(data_dir: &std::path::Path) -> anyhow::Result<Verification> {
-    let db = data_dir.join("edgefleet.db");
-    if !db.exists() {
-        bail!(
-            "no store at {}: point --data-dir at the gateway's data directory",
-            db.display()
-        );
-    }
-    let conn = edgefleet_store::open_read_only(&db)
-        .with_context(|| format!("cannot open {} read-only", db.display()))?;
-    edgefleet_store::audit::verify_connection(&conn).map_err(|e| {
-        anyhow!("{e}: is {} an edgefleet store of schema 4 or later? (start the gateway once to migrate it)", db.display())
-    })
-}
-
 /// Runs a client command; returns what to print.
 pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
-    if let Command::Audit(AuditCommand::Verify { data_dir }) = &cli.command {
-        let v = verify_store(data_dir)?;
-        if let Some(bad) = &v.first_bad {
-            bail!(
-                "audit log TAMPERED: first bad record is #{}: {} ({} record(s) before it verify; their head is #{} {})",
-                bad.seq,
-                bad.reason,
-                v.records,
-                v.head_seq,
-                v.head_hash
-            );
-        }
-        return Ok(if cli.json {
-            serde_json::to_string_pretty(&v).unwrap_or_default()
-        } else {
-            format!(
-                "audit log OK: {} record(s), chain intact\nhead: #{} {}\n(keep the head hash elsewhere: removing the newest records is only detectable against it)",
-                v.records, v.head_seq, v.head_hash
-            )
-        });
+    if let Command::Audit(AuditCommand::Verify {
+        data_dir,
+        against,
+        key,
+    }) = &cli.command
+    {
+        return crate::audit_verify::run(data_dir, against.as_ref(), key.as_deref(), cli.json);
     }
     if let Command::Audit(AuditCommand::Export {
         format,
@@ -503,6 +474,9 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
                 )
             },
         ),
+        Command::Audit(AuditCommand::Head) => {
+            (api.get("/api/v1/audit/head").await?, render_audit_head)
+        }
         Command::Audit(AuditCommand::List { since, site, limit }) => (
             api.get(&format!(
                 "/api/v1/audit?limit={limit}{}",

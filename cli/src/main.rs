@@ -7,8 +7,10 @@
 //!   an essential part stops).
 //! - [`client`]: the HTTP client and the stored session token.
 //! - [`commands`]: the client commands; [`render`]: what they print.
+//! - [`audit_verify`]: `audit verify`, offline, with `--against` a saved signed head.
 
 mod args;
+mod audit_verify;
 mod client;
 mod commands;
 mod render;
@@ -47,7 +49,12 @@ async fn main() -> ExitCode {
                 Ok(())
             }
             Err(e) if cli.json => {
-                println!("{}", serde_json::json!({ "error": e.to_string() }));
+                match e.downcast_ref::<audit_verify::Failed>() {
+                    Some(audit_verify::Failed {
+                        json: Some(report), ..
+                    }) => println!("{report}"),
+                    _ => println!("{}", serde_json::json!({ "error": e.to_string() })),
+                }
                 return ExitCode::FAILURE;
             }
             Err(e) => Err(e),

@@ -14,6 +14,18 @@ pub fn scope(v: &Value) -> String {
     }
 }
 
+/// `edgefleet audit head`: the signed head, and the JSON line to save.
+pub fn render_audit_head(v: &Value) -> String {
+    format!(
+        "audit head: #{} {}, verified and signed {} by controller key {}\n{}\n(save that JSON line outside the gateway; `edgefleet audit verify --data-dir DIR --against FILE` later shows whether records were cut off or the chain rewritten)",
+        n(v, "seq"),
+        s(v, "hash"),
+        s(v, "ts"),
+        s(v, "key_id"),
+        v
+    )
+}
+
 pub fn render_audit(v: &Value) -> String {
     let mut t = table(&[
         "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "SITE", "OUTCOME", "DETAIL",

@@ -63,6 +63,8 @@ pub struct ControllerConfig {
     pub presence_grace: Duration,
     /// Timeouts and connection cap of every HTTP listener.
     pub http_limits: crate::http::server::Limits,
+    /// Audit retention: prune records behind a signed checkpoint, hourly (`None`: keep all).
+    pub audit_retention: Option<edgefleet_store::audit::Retention>,
 }
 
 impl ControllerConfig {
@@ -75,6 +77,7 @@ impl ControllerConfig {
             republish_after: Duration::from_secs(10),
             presence_grace: Duration::from_secs(30),
             http_limits: Default::default(),
+            audit_retention: None,
         }
     }
 }
@@ -124,6 +127,8 @@ impl Addresses {
 /// Every service, built once.
 pub struct App {
     pub store: Store,
+    /// The controller's key: signs desired documents, commands and the audit head.
+    pub signer: Arc<DocumentSigner>,
     pub fleet: Arc<Fleet>,
     pub link: Arc<Link>,
     pub outbox: Arc<Outbox>,
@@ -142,19 +147,21 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the store in `data_dir` and builds every service over it (the fleet view,
-    /// deployments, pins, windows and active rollouts are loaded from the store).
+    /// Opens the store in `data_dir`, loads (or creates) the signing key there, and builds
+    /// every service over them (the fleet view, deployments, pins, windows and active
+    /// rollouts are loaded from the store).
     pub async fn open(data_dir: &Path) -> anyhow::Result<App> {
         let dir = data_dir.to_owned();
         tokio::task::spawn_blocking(move || edgefleet_files::create_private_dir(&dir))
             .await?
             .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
         let store = Store::open(&data_dir.join("edgefleet.db")).await?;
+        let signer = signer(data_dir).await?;
         let fleet = Arc::new(Fleet::load(store.devices().await?));
         let (outbox, outgoing) = Outbox::new(fleet.clone());
         let outbox = Arc::new(outbox);
         let sites = Arc::new(SiteSummaries::new(fleet.clone(), outbox.clone()));
-        let audit = Arc::new(AuditLog::new(store.clone()));
+        let audit = Arc::new(AuditLog::new(store.clone(), signer.clone()));
         let windows = Arc::new(Windows::load(store.clone()).await?);
         let deployments =
             Arc::new(Deployments::load(store.clone(), fleet.clone(), outbox.clone()).await?);
@@ -188,6 +195,7 @@ impl App {
         ));
         Ok(App {
             store,
+            signer,
             fleet,
             link: Arc::new(Link::default()),
             outbox,
@@ -247,7 +255,6 @@ impl App {
     pub async fn run(
         mut self,
         config: ControllerConfig,
-        signer: Arc<DocumentSigner>,
         http: tokio::net::TcpListener,
         mut addresses: Addresses,
         extra: Essentials,
@@ -274,6 +281,7 @@ impl App {
                 outbox: self.outbox.clone(),
                 sites: self.sites.clone(),
                 rollouts: self.rollouts.clone(),
+                audit: self.audit.clone(),
             },
         };
         let t = token.clone();
@@ -285,7 +293,7 @@ impl App {
             .outgoing
             .take()
             .context("the publish queue was taken already")?;
-        let (outbox, t) = (self.outbox.clone(), token.clone());
+        let (outbox, t, signer) = (self.outbox.clone(), token.clone(), self.signer.clone());
         tasks.spawn("the MQTT publisher", async move {
             bus::run_publisher(outbox, outgoing, signer, client, t).await;
             Ok(())
@@ -411,8 +419,13 @@ impl Essentials {
     }
 }
 
+/// Housekeeping ticks (seconds) between two audit retention runs (the first a minute after
+/// start): each writes a signed checkpoint and prunes behind an older one.
+const RETENTION_EVERY: u64 = 3600;
+
 /// The once-a-second work: flush the fleet view, publish changed site summaries, step the
-/// rollouts, republish to lagging devices (every 5 s), expire stale presence after start.
+/// rollouts, publish the signed audit head when one is due, run audit retention (hourly, if
+/// configured), republish to lagging devices (every 5 s), expire stale presence after start.
 struct Housekeeping {
     fleet: Arc<Fleet>,
     audit: Arc<AuditLog>,
@@ -442,6 +455,18 @@ impl Housekeeping {
             self.sites.queue_changed();
             self.audit.flush_repeats(false).await;
             self.rollouts.tick().await;
+            if let Some(head) = self.audit.head_due(Instant::now()).await {
+                self.outbox
+                    .queue_retained(edgefleet_protocol::topics::audit_head(), head);
+            }
+            if let Some(keep) = self.config.audit_retention
+                && n % RETENTION_EVERY == 60
+            {
+                match self.audit.retain(keep).await {
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("audit retention did not run: {e}"),
+                }
+            }
             if n.is_multiple_of(5) {
                 for id in self.fleet.lagging(self.config.republish_after) {
                     tracing::info!(device = %id, "device has not reported its desired revision: republishing");
@@ -472,9 +497,8 @@ pub async fn run_controller(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = App::open(&config.data_dir).await?;
-    let signer = signer(&config.data_dir).await?;
     app.users.ensure_initial_admin(&config.data_dir).await?;
     let essentials = Essentials::new(&shutdown);
-    app.run(config, signer, http, Addresses::new(), essentials, shutdown)
+    app.run(config, http, Addresses::new(), essentials, shutdown)
         .await
 }

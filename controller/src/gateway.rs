@@ -16,7 +16,7 @@ use edgefleet_domain::audit::{Entry, Outcome};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Addresses, App, ControllerConfig, Essentials, signer};
+use crate::app::{Addresses, App, ControllerConfig, Essentials};
 use crate::bus::BrokerAddr;
 use crate::services::audit::AuditLog;
 use crate::services::identity::Security;
@@ -118,7 +118,6 @@ pub async fn run_gateway(
     let credential = config.internal_credential.clone();
     controller.broker_login = Some((credential.username.clone(), credential.password.clone()));
     let app = App::open(&controller.data_dir).await?;
-    let signer = signer(&controller.data_dir).await?;
     app.users.ensure_initial_admin(&controller.data_dir).await?;
 
     let pki_dir = controller.data_dir.join("pki");
@@ -152,7 +151,7 @@ pub async fn run_gateway(
         front,
         enroll_url: format!("https://{host}:{}", enroll.port()),
         device_broker_url: format!("mqtts://{host}:{}", mqtts.port()),
-        controller_key: signer.public_key_text(),
+        controller_key: app.signer.public_key_text(),
     });
     let app = app.with_security(security.clone());
     app.identity
@@ -195,13 +194,6 @@ pub async fn run_gateway(
     addresses.mqtts = Some(mqtts);
     addresses.enroll = Some(enroll);
     addresses.https = Some(https);
-    app.run(
-        controller,
-        signer,
-        listeners.http,
-        addresses,
-        essentials,
-        shutdown,
-    )
-    .await
+    app.run(controller, listeners.http, addresses, essentials, shutdown)
+        .await
 }

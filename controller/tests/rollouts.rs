@@ -242,7 +242,7 @@ async fn staged_apply_holds_devices_and_a_rollout_moves_them_wave_by_wave() {
             (json!("running"), json!("succeeded"))
         ]
     );
-    assert!(c.store.audit_verify().await.unwrap().ok);
+    assert!(c.audit.verify_full().await.unwrap().ok);
 }
 
 #[tokio::test]

@@ -7,8 +7,9 @@
 //! and `prev_hash`. A walk names the first bad record: a hash that does not match its fields
 //! (modified), a gap in `seq` (removed), a `prev_hash` that is not the previous record's hash
 //! (removed, replaced or reordered). What it cannot see on its own: the newest records cut
-//! off at the end (truncation) — compare the head hash it reports with one recorded
-//! elsewhere — and a whole chain recomputed by someone who can write the file. A walk can
+//! off at the end (truncation) and a whole chain recomputed by someone who can write the
+//! file — for those, a head saved elsewhere (signed by the controller:
+//! `edgefleet_protocol::audit_head`) is compared with the chain ([`check_saved_head`]). A walk can
 //! start from any record already verified ([`ChainWalk::resume`]), so checking a growing log
 //! costs only its new records.
 
@@ -352,6 +353,14 @@ pub struct Filter {
     pub limit: Option<u64>,
 }
 
+/// The time `age` ago, as a stored timestamp (compares as text with a record's `ts`).
+pub fn stored_ts_ago(age: std::time::Duration) -> String {
+    let at = SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    humantime::format_rfc3339_millis(at.max(SystemTime::UNIX_EPOCH)).to_string()
+}
+
 /// `--since`: an RFC 3339 time or a humantime duration back from now, as a stored timestamp.
 pub fn parse_since(s: &str) -> Result<String, SinceError> {
     let at = if let Ok(ts) = s.parse::<jiff::Timestamp>() {
@@ -476,6 +485,96 @@ impl ChainWalk {
     }
 }
 
+/// `action` of a retention checkpoint: a record whose detail is the signed head
+/// (`edgefleet_protocol::audit_head`) of the record right before it. Records before a
+/// checkpoint may be pruned; the walk then starts from it ([`walk_from`]).
+pub const CHECKPOINT_ACTION: &str = "audit.checkpoint";
+
+/// Where a walk over a chain whose oldest record is `first` starts: at the genesis when
+/// `first` is record 1; otherwise `first` must be a retention checkpoint whose signed head
+/// (checked with `key`, the controller's public key) names the record before it, with
+/// exactly `first`'s `prev_hash`. The walk returned still has to check `first` itself.
+pub fn walk_from(
+    first: &Record,
+    key: Option<&edgefleet_protocol::signing::VerifyingKey>,
+) -> Result<ChainWalk, BadRecord> {
+    if first.seq <= 1 {
+        return Ok(ChainWalk::default());
+    }
+    let bad = |reason: String| BadRecord {
+        seq: first.seq,
+        reason,
+    };
+    if first.action != CHECKPOINT_ACTION {
+        let missing = if first.seq == 2 {
+            "record 1 is missing".to_owned()
+        } else {
+            format!("records 1 to {} are missing", first.seq - 1)
+        };
+        return Err(BadRecord {
+            seq: 1,
+            reason: format!(
+                "{missing} (removed from the log; pruning keeps a signed checkpoint first, and record {} is none)",
+                first.seq
+            ),
+        });
+    }
+    let Some(key) = key else {
+        return Err(bad(
+            "the log starts at a retention checkpoint, which cannot be checked without the controller's public key".into(),
+        ));
+    };
+    let head = edgefleet_protocol::audit_head::verify(key, first.detail.as_bytes())
+        .map_err(|e| bad(format!("the retention checkpoint is not valid: {e}")))?;
+    if head.seq + 1 != first.seq || head.hash != first.prev_hash {
+        return Err(bad(format!(
+            "the retention checkpoint vouches for record {} with hash {}, not for the record before it (#{} with hash {})",
+            head.seq,
+            head.hash,
+            first.seq - 1,
+            first.prev_hash
+        )));
+    }
+    Ok(ChainWalk::resume(first.seq - 1, &first.prev_hash))
+}
+
+/// Whether the chain still holds a head saved earlier (record `seq` with hash `hash`, from a
+/// signed head already checked): `found` is record `seq`'s hash now (`None`: no such record),
+/// `first_seq` and `head_seq` the oldest and newest records' `seq` now (the oldest is above 1
+/// after retention pruned the log). `None` when it holds; otherwise the record that betrays
+/// the cut or the rewrite. A head behind the retention checkpoint can no longer be checked,
+/// which is a failure too: check against a newer saved head.
+pub fn check_saved_head(
+    seq: u64,
+    hash: &str,
+    found: Option<&str>,
+    first_seq: u64,
+    head_seq: u64,
+) -> Option<BadRecord> {
+    if seq == 0 {
+        // The empty log's head: every chain starts after it.
+        return (hash != GENESIS).then(|| BadRecord {
+            seq,
+            reason: "the saved head of an empty log names a hash other than the genesis hash"
+                .into(),
+        });
+    }
+    let reason = match found {
+        Some(h) if h == hash => return None,
+        Some(h) => format!(
+            "rewritten: record {seq}'s hash differs from the saved head (saved {hash}, now {h}): the chain was rewritten and rehashed from there, or before"
+        ),
+        None if head_seq < seq => format!(
+            "truncated: the saved head seq {seq} is beyond the current head {head_seq}: the newest records were cut off"
+        ),
+        None if seq < first_seq => format!(
+            "pruned: the saved head seq {seq} is behind the log's retention checkpoint (#{first_seq}), so it can no longer be checked: check against a newer saved head"
+        ),
+        None => format!("removed: record {seq} of the saved head is gone from the log"),
+    };
+    Some(BadRecord { seq, reason })
+}
+
 /// The audit record of a device-reported outcome (`converged`, `desired_rejected`, `failed`,
 /// `drift_detected`), or `None` for progress events (pulling, started, healthy…).
 pub fn device_outcome(e: &edgefleet_protocol::event::DeviceEvent, site: &str) -> Option<Entry> {
@@ -576,5 +675,38 @@ mod cap_tests {
             r.admit(refused("anonymous", "/a"), t).is_some(),
             "a new interval"
         );
+    }
+}
+
+#[cfg(test)]
+mod saved_head_tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_head_names_truncation_rewrite_and_removal() {
+        let h = "a".repeat(64);
+        assert_eq!(check_saved_head(5, &h, Some(&h), 1, 9), None);
+        assert_eq!(check_saved_head(5, &h, Some(&h), 1, 5), None);
+        let cut = check_saved_head(15, &h, None, 1, 5).expect("truncation");
+        assert_eq!(cut.seq, 15);
+        assert!(
+            cut.reason
+                .starts_with("truncated: the saved head seq 15 is beyond the current head 5"),
+            "{cut:?}"
+        );
+        let other = "b".repeat(64);
+        let rewritten = check_saved_head(5, &h, Some(&other), 1, 9).expect("rewrite");
+        assert!(
+            rewritten
+                .reason
+                .starts_with("rewritten: record 5's hash differs from the saved head"),
+            "{rewritten:?}"
+        );
+        let gone = check_saved_head(5, &h, None, 1, 9).expect("removal");
+        assert!(gone.reason.starts_with("removed"), "{gone:?}");
+        let pruned = check_saved_head(5, &h, None, 7, 9).expect("pruned");
+        assert!(pruned.reason.starts_with("pruned"), "{pruned:?}");
+        assert_eq!(check_saved_head(0, GENESIS, None, 1, 0), None);
+        assert!(check_saved_head(0, &h, None, 1, 3).is_some());
     }
 }

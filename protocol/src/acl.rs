@@ -6,8 +6,9 @@
 //!   and subscribe only to its own `desired` and to the controller's presence;
 //! - an **integrator** (SCADA, MES, dashboards) publishes nothing and subscribes only to the
 //!   read model: every device's `status`, `presence`, `events`, the fleet aggregates
-//!   (`edgefleet/v1/fleet/#`), rollout progress and the controller's presence, or any more
-//!   specific filter of those. Never `desired`, never `sync`, never `#`.
+//!   (`edgefleet/v1/fleet/#`), rollout progress, the controller's presence and the audit
+//!   log's signed head (so each integrator can keep its own copy), or any more specific
+//!   filter of those. Never `desired`, never `sync`, never `#`.
 //!
 //! Two more come from a local MQTT user an admin created (`edgefleet mqtt-user add`) on the
 //! gateway's plain loopback listener:
@@ -408,7 +409,7 @@ pub fn check_subscribe(identity: &Identity, filter: &str) -> Result<(), Denied> 
             deny("a device reads only its own desired state and the controller's presence")
         }
         Identity::Integrator(_) => deny(
-            "integrators read only device status/presence/events, fleet summaries, rollout status and controller presence",
+            "integrators read only device status/presence/events, fleet summaries, rollout status, controller presence and the audit head",
         ),
         Identity::Local(_) | Identity::Bridge(_) => deny("not allowed"),
     }
@@ -497,6 +498,7 @@ fn readable_filters(identity: &Identity) -> Vec<String> {
             v.push(topics::fleet_filter());
             v.push(TopicKind::RolloutStatus.any_filter());
             v.push(topics::controller_presence());
+            v.push(topics::audit_head());
             v
         }
         // Handled by rule in `check_subscribe`, not by filter.
@@ -794,6 +796,7 @@ mod tests {
             "edgefleet/v1/rollouts/+/status",
             "edgefleet/v1/rollouts/3/status",
             "edgefleet/v1/controller/presence",
+            "edgefleet/v1/audit/head",
         ] {
             check_subscribe(&i, filter).unwrap_or_else(|e| panic!("{filter}: {e}"));
         }
@@ -815,6 +818,8 @@ mod tests {
             "edgefleet/v1/rollouts/#",
             "edgefleet/v1/rollouts/+/+",
             "edgefleet/v1/controller/#",
+            "edgefleet/v1/audit/#",
+            "edgefleet/v1/audit/+",
             "+/v1/fleet/#",
             "$SYS/#",
             "$SYS/broker/clients",
@@ -1078,6 +1083,11 @@ mod tests {
             with.contains("\nuser integrator:scada\ntopic read edgefleet/v1/devices/+/status\n")
         );
         assert!(with.contains("topic read edgefleet/v1/rollouts/+/status\n"));
+        assert!(with.contains("topic read edgefleet/v1/audit/head\n"));
+        assert!(
+            !with.contains("pattern read edgefleet/v1/audit/head"),
+            "devices have no use for the audit head"
+        );
         assert!(!with.contains("topic read edgefleet/v1/devices/+/desired"));
         assert!(mosquitto_acl_with_integrators(&["a b\nuser x".to_owned()]).is_err());
     }

@@ -17,10 +17,12 @@
 //! - [`enrollment`]: the one-time enrollment token and the HTTPS exchange's payloads.
 //! - [`command`]: signed on-demand requests to one agent (log tail) and its replies.
 //! - [`signing`]: the signed envelope around desired documents (ed25519).
+//! - [`audit_head`]: the audit log's signed head, published for anyone to save.
 //!
 //! No I/O happens in this crate.
 
 pub mod acl;
+pub mod audit_head;
 pub mod backoff;
 pub mod broker_url;
 pub mod codec;

@@ -158,6 +158,24 @@ impl DocumentSigner {
     }
 }
 
+impl DocumentSigner {
+    /// Signs a statement that is not a JSON document (base64 signature). Statements start
+    /// with a fixed text tag, never with `{`, so a signed statement can never pass for a
+    /// signed document, nor a document for a statement (see [`crate::audit_head`]).
+    pub(crate) fn sign_statement(&self, statement: &[u8]) -> String {
+        debug_assert!(statement.first() != Some(&b'{'));
+        B64.encode(self.key.sign(statement).to_bytes())
+    }
+}
+
+/// Whether `signature` (base64) is `trusted`'s signature over `statement`.
+pub(crate) fn verify_statement(trusted: &VerifyingKey, statement: &[u8], signature: &str) -> bool {
+    B64.decode(signature.trim())
+        .ok()
+        .and_then(|b| Signature::from_slice(&b).ok())
+        .is_some_and(|s| trusted.verify(statement, &s).is_ok())
+}
+
 /// The public key as text (base64 of its 32 bytes).
 pub fn public_key_text(key: &VerifyingKey) -> String {
     B64.encode(key.as_bytes())

@@ -33,10 +33,11 @@ pub enum TopicKind {
     ControllerPresence,
     SiteSummary,
     RolloutStatus,
+    AuditHead,
 }
 
 impl TopicKind {
-    pub const ALL: [TopicKind; 10] = [
+    pub const ALL: [TopicKind; 11] = [
         TopicKind::DeviceDesired,
         TopicKind::DeviceStatus,
         TopicKind::DevicePresence,
@@ -47,6 +48,7 @@ impl TopicKind {
         TopicKind::ControllerPresence,
         TopicKind::SiteSummary,
         TopicKind::RolloutStatus,
+        TopicKind::AuditHead,
     ];
 
     /// The topic with `{device}` as placeholder, as written in topics.md.
@@ -62,6 +64,7 @@ impl TopicKind {
             TopicKind::ControllerPresence => "edgefleet/v1/controller/presence",
             TopicKind::SiteSummary => "edgefleet/v1/fleet/sites/{site}/summary",
             TopicKind::RolloutStatus => "edgefleet/v1/rollouts/{rollout}/status",
+            TopicKind::AuditHead => "edgefleet/v1/audit/head",
         }
     }
 
@@ -75,6 +78,7 @@ impl TopicKind {
                 | TopicKind::ControllerPresence
                 | TopicKind::SiteSummary
                 | TopicKind::RolloutStatus
+                | TopicKind::AuditHead
         )
     }
 
@@ -85,9 +89,10 @@ impl TopicKind {
                 Direction::AgentToAll
             }
             TopicKind::DeviceSync | TopicKind::DeviceReplies => Direction::AgentToController,
-            TopicKind::ControllerPresence | TopicKind::SiteSummary | TopicKind::RolloutStatus => {
-                Direction::ControllerToAll
-            }
+            TopicKind::ControllerPresence
+            | TopicKind::SiteSummary
+            | TopicKind::RolloutStatus
+            | TopicKind::AuditHead => Direction::ControllerToAll,
         }
     }
 
@@ -100,9 +105,10 @@ impl TopicKind {
             TopicKind::DeviceSync => Some("sync"),
             TopicKind::DeviceCommands => Some("commands"),
             TopicKind::DeviceReplies => Some("replies"),
-            TopicKind::ControllerPresence | TopicKind::SiteSummary | TopicKind::RolloutStatus => {
-                None
-            }
+            TopicKind::ControllerPresence
+            | TopicKind::SiteSummary
+            | TopicKind::RolloutStatus
+            | TopicKind::AuditHead => None,
         }
     }
 
@@ -170,6 +176,11 @@ pub fn rollout_status(id: u64) -> String {
         .replace("{rollout}", &id.to_string())
 }
 
+/// Topic of the audit log's signed head (retained; see [`crate::audit_head`]).
+pub fn audit_head() -> String {
+    TopicKind::AuditHead.template().to_owned()
+}
+
 /// Site name used for devices that carry no `site` label.
 pub const UNASSIGNED_SITE: &str = "unassigned";
 
@@ -207,10 +218,12 @@ mod tests {
 
     #[test]
     fn build_and_parse_round_trip() {
-        for kind in TopicKind::ALL
-            .into_iter()
-            .filter(|k| !matches!(k, TopicKind::SiteSummary | TopicKind::RolloutStatus))
-        {
+        for kind in TopicKind::ALL.into_iter().filter(|k| {
+            !matches!(
+                k,
+                TopicKind::SiteSummary | TopicKind::RolloutStatus | TopicKind::AuditHead
+            )
+        }) {
             let topic = kind.for_device("press-07");
             let parsed = parse(&topic).expect("parses");
             assert_eq!(parsed.kind, kind);
@@ -253,6 +266,8 @@ mod tests {
             controller_presence()
         );
         assert!(site_summary("lyon").starts_with(fleet_filter().trim_end_matches('#')));
+        assert_eq!(TopicKind::AuditHead.any_filter(), audit_head());
+        assert_eq!(audit_head(), "edgefleet/v1/audit/head");
     }
 
     #[test]

@@ -82,3 +82,15 @@ fn documented_examples_decode() {
         .expect("controller presence example");
     decode::<SiteSummary>(&e(TopicKind::SiteSummary)).expect("site summary example");
 }
+
+#[test]
+fn the_audit_head_example_is_a_real_signed_head() {
+    let doc = doc();
+    let example = example(&doc, TopicKind::AuditHead.template());
+    // Signed by the test key from the secret [7; 32], so the example's signature is checked,
+    // not only its shape.
+    let signer = edgefleet_protocol::signing::DocumentSigner::from_secret(&[7; 32]);
+    let head = edgefleet_protocol::audit_head::verify(&signer.verifying_key(), example.as_bytes())
+        .expect("the audit head example verifies");
+    assert_eq!(head.kind, edgefleet_protocol::audit_head::KIND);
+}

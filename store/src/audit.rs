@@ -2,11 +2,17 @@
 //! `DELETE`), hash-chained. Appends run on the writer in one `IMMEDIATE` transaction that
 //! reads the head and writes after it, so the chain never forks. Reads are paged by `seq`, so
 //! an export or a walk of a large log is many short reads, never one long one.
+//!
+//! Retention (migration 8): a checkpoint record (`audit.checkpoint`) carries the signed head
+//! of the record before it; records before the newest checkpoint may be deleted
+//! ([`Store::audit_prune`]), nothing after it. A pruned log starts with a checkpoint, and a
+//! walk starts there once its signature checks ([`walk_from`]).
 
 use edgefleet_domain::audit::{
-    BadRecord, ChainWalk, Entry, Filter, GENESIS, Record, SinceError, Verification, chain_hash,
-    parse_since,
+    BadRecord, CHECKPOINT_ACTION, ChainWalk, Entry, Filter, GENESIS, Outcome, Record, SinceError,
+    Verification, chain_hash, parse_since, stored_ts_ago, walk_from,
 };
+use edgefleet_protocol::signing::VerifyingKey;
 use tokio_rusqlite::rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use crate::{Store, StoreError, i, u};
@@ -54,17 +60,35 @@ pub struct PageQuery {
     pub limit: u64,
 }
 
+/// What retention keeps: records newer than an age, or at least a number of the newest.
+/// Either way only records behind a checkpoint go ([`Store::audit_prune`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    Age(std::time::Duration),
+    Count(u64),
+}
+
 /// Appends entries in order, in one transaction, after the current head. Returns the last
 /// sequence number written.
 fn append(c: &mut Connection, entries: &[Entry]) -> Result<u64, StoreError> {
+    append_with(c, |_, _| entries.to_vec())
+}
+
+/// Appends the entries `make` builds from the current head (`seq`, hash), in the transaction
+/// that read it.
+fn append_with(
+    c: &mut Connection,
+    make: impl FnOnce(u64, &str) -> Vec<Entry>,
+) -> Result<u64, StoreError> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (mut seq, mut prev) = head(&tx)?;
+    let entries = make(seq, &prev);
     {
         let mut ins = tx.prepare_cached(
             "INSERT INTO audit (seq, ts, actor, role, action, target, site, outcome, status, detail, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
-        for e in entries {
+        for e in &entries {
             seq += 1;
             let ts = edgefleet_protocol::now_rfc3339();
             let detail = e.detail.to_string();
@@ -131,6 +155,16 @@ fn range(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The oldest record (record 1, or a retention checkpoint after pruning).
+fn first(c: &Connection) -> Result<Option<Record>, StoreError> {
+    Ok(c.query_row(
+        &format!("SELECT {COLUMNS} FROM audit ORDER BY seq LIMIT 1"),
+        [],
+        record,
+    )
+    .optional()?)
+}
+
 fn one(c: &Connection, seq: u64) -> Result<Option<Record>, StoreError> {
     Ok(c.query_row(
         &format!("SELECT {COLUMNS} FROM audit WHERE seq = ?1"),
@@ -140,10 +174,45 @@ fn one(c: &Connection, seq: u64) -> Result<Option<Record>, StoreError> {
     .optional()?)
 }
 
+/// The newest record's `seq` and hash on one connection (blocking; for tools reading the file
+/// with the gateway stopped).
+pub fn head_connection(c: &Connection) -> Result<(u64, String), StoreError> {
+    head(c)
+}
+
+/// Record `seq` on one connection, if it is there (blocking; as [`head_connection`]).
+pub fn record_connection(c: &Connection, seq: u64) -> Result<Option<Record>, StoreError> {
+    one(c, seq)
+}
+
+/// The oldest record on one connection (blocking; as [`head_connection`]).
+pub fn first_connection(c: &Connection) -> Result<Option<Record>, StoreError> {
+    first(c)
+}
+
+/// Where a whole walk starts: the genesis, or the retention checkpoint the log starts with
+/// (checked with `key`; see [`walk_from`]). `Err` is a verification that failed there.
+fn start(
+    c: &Connection,
+    key: Option<&VerifyingKey>,
+) -> Result<Result<ChainWalk, Verification>, StoreError> {
+    let Some(r) = first(c)? else {
+        return Ok(Ok(ChainWalk::default()));
+    };
+    Ok(walk_from(&r, key).map_err(|bad| ChainWalk::default().verification(0, Some(bad))))
+}
+
 /// Walks the whole chain on one connection, page by page (blocking; for tools reading the
-/// file with the gateway stopped).
-pub fn verify_connection(c: &Connection) -> Result<Verification, StoreError> {
-    let mut walk = ChainWalk::default();
+/// file with the gateway stopped). `key` (the controller's public key) checks the retention
+/// checkpoint a pruned log starts with.
+pub fn verify_connection(
+    c: &Connection,
+    key: Option<&VerifyingKey>,
+) -> Result<Verification, StoreError> {
+    let mut walk = match start(c, key)? {
+        Ok(walk) => walk,
+        Err(failed) => return Ok(failed),
+    };
     loop {
         let (after, _) = walk.head();
         let page = range(c, after, u64::MAX >> 1, PAGE, None, None)?;
@@ -167,6 +236,60 @@ impl Store {
     /// The newest record's `seq` and hash.
     pub async fn audit_head(&self) -> Result<(u64, String), StoreError> {
         self.read(head).await
+    }
+
+    /// Appends a retention checkpoint: a record whose detail is `sign(seq, hash)` of the
+    /// record right before it (the signed head), in the transaction that read that head.
+    /// Returns the checkpoint's `seq`.
+    pub async fn append_audit_checkpoint(
+        &self,
+        sign: impl FnOnce(u64, &str) -> serde_json::Value + Send + 'static,
+    ) -> Result<u64, StoreError> {
+        self.write(move |c| {
+            append_with(c, |seq, hash| {
+                vec![Entry::system(
+                    CHECKPOINT_ACTION,
+                    &format!("#{seq}"),
+                    "",
+                    Outcome::Ok,
+                    sign(seq, hash),
+                )]
+            })
+        })
+        .await
+    }
+
+    /// Deletes every record before the newest checkpoint `keep` allows: one written before
+    /// the age cut-off (so everything deleted is older than that), or one with at least
+    /// `Count` records from it to the head. The log then starts with that checkpoint (and
+    /// the store's trigger refuses to delete anything after the newest checkpoint). Returns
+    /// the records deleted and the checkpoint the log now starts with.
+    pub async fn audit_prune(&self, keep: Retention) -> Result<(u64, Option<u64>), StoreError> {
+        let cutoff = match keep {
+            Retention::Age(age) => Some(stored_ts_ago(age)),
+            Retention::Count(_) => None,
+        };
+        let count = match keep {
+            Retention::Count(n) => i(n.max(1)),
+            Retention::Age(_) => 0,
+        };
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let checkpoint: Option<i64> = tx.query_row(
+                "SELECT MAX(seq) FROM audit WHERE action = ?1
+                   AND (?2 IS NULL OR ts <= ?2)
+                   AND (?2 IS NOT NULL OR seq <= (SELECT MAX(seq) FROM audit) - ?3 + 1)",
+                params![CHECKPOINT_ACTION, cutoff, count],
+                |r| r.get(0),
+            )?;
+            let Some(checkpoint) = checkpoint else {
+                return Ok((0, None));
+            };
+            let deleted = tx.execute("DELETE FROM audit WHERE seq < ?1", [checkpoint])?;
+            tx.commit()?;
+            Ok((deleted as u64, Some(u(checkpoint))))
+        })
+        .await
     }
 
     /// Records matching `filter`, oldest first (with `limit`, the newest `limit` of them).
@@ -235,8 +358,15 @@ impl Store {
         &self,
         seq: u64,
         hash: &str,
+        key: Option<VerifyingKey>,
     ) -> Result<Verification, StoreError> {
         let mut walk = ChainWalk::resume(seq, hash);
+        if seq == 0 {
+            match self.read(move |c| start(c, key.as_ref())).await? {
+                Ok(start) => walk = start,
+                Err(failed) => return Ok(failed),
+            }
+        }
         if seq > 0 {
             let hash = hash.to_owned();
             let bad = self
@@ -272,9 +402,13 @@ impl Store {
         }
     }
 
-    /// Walks the whole chain.
-    pub async fn audit_verify(&self) -> Result<Verification, StoreError> {
-        self.audit_verify_after(0, GENESIS).await
+    /// Walks the whole chain (from the retention checkpoint it starts with, if pruned,
+    /// checked with `key`).
+    pub async fn audit_verify(
+        &self,
+        key: Option<VerifyingKey>,
+    ) -> Result<Verification, StoreError> {
+        self.audit_verify_after(0, GENESIS, key).await
     }
 }
 
@@ -318,7 +452,7 @@ mod tests {
     #[tokio::test]
     async fn an_untouched_chain_verifies_and_reports_its_head() {
         let (_d, s) = store_with(5).await;
-        let v = s.audit_verify().await.unwrap();
+        let v = s.audit_verify(None).await.unwrap();
         assert!(v.ok, "{v:?}");
         assert_eq!((v.records, v.head_seq), (5, 5));
         let all = s.audit_records(&Filter::default()).await.unwrap();
@@ -353,42 +487,132 @@ mod tests {
         for (sql, seq, why) in cases {
             let (d, s) = store_with(5).await;
             tamper(&d, sql);
-            let v = s.audit_verify().await.unwrap();
+            let v = s.audit_verify(None).await.unwrap();
             let bad = v.first_bad.unwrap_or_else(|| panic!("{sql}: not detected"));
             assert_eq!(bad.seq, *seq, "{sql}: {bad:?}");
             assert!(bad.reason.contains(why), "{sql}: {bad:?}");
             // The file-reading walk (`edgefleet audit verify`) agrees.
             let c = crate::open_read_only(&d.path().join("s.db")).unwrap();
-            assert_eq!(verify_connection(&c).unwrap().first_bad.unwrap().seq, *seq);
+            assert_eq!(
+                verify_connection(&c, None).unwrap().first_bad.unwrap().seq,
+                *seq
+            );
         }
     }
 
     #[tokio::test]
     async fn a_walk_resumes_after_its_head_and_sees_a_truncation() {
         let (d, s) = store_with(3).await;
-        let first = s.audit_verify().await.unwrap();
+        let first = s.audit_verify(None).await.unwrap();
         for k in 4..=7 {
             s.append_audit(vec![entry(k)]).await.unwrap();
         }
         let next = s
-            .audit_verify_after(first.head_seq, &first.head_hash)
+            .audit_verify_after(first.head_seq, &first.head_hash, None)
             .await
             .unwrap();
         assert!(next.ok, "{next:?}");
         assert_eq!((next.records, next.head_seq), (7, 7));
-        assert_eq!(next.head_hash, s.audit_verify().await.unwrap().head_hash);
+        assert_eq!(
+            next.head_hash,
+            s.audit_verify(None).await.unwrap().head_hash
+        );
         tamper(&d, "DELETE FROM audit WHERE seq >= 6");
         let cut = s
-            .audit_verify_after(next.head_seq, &next.head_hash)
+            .audit_verify_after(next.head_seq, &next.head_hash, None)
             .await
             .unwrap();
         let bad = cut.first_bad.expect("truncation detected");
         assert_eq!(bad.seq, 7);
         assert!(bad.reason.contains("truncated"), "{bad:?}");
         assert!(
-            s.audit_verify().await.unwrap().ok,
+            s.audit_verify(None).await.unwrap().ok,
             "a full walk alone cannot see a truncation"
         );
+    }
+
+    fn signer() -> edgefleet_protocol::signing::DocumentSigner {
+        edgefleet_protocol::signing::DocumentSigner::from_secret(&[5; 32])
+    }
+
+    async fn checkpoint(s: &Store) -> u64 {
+        let signer = signer();
+        s.append_audit_checkpoint(move |seq, hash| {
+            let head = edgefleet_protocol::audit_head::SignedAuditHead::sign(
+                &signer,
+                seq,
+                hash,
+                edgefleet_protocol::now_rfc3339(),
+            );
+            serde_json::to_value(head).unwrap()
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn retention_prunes_only_behind_a_signed_checkpoint_and_the_walk_starts_there() {
+        let (d, s) = store_with(5).await;
+        let key = Some(signer().verifying_key());
+        assert_eq!(s.audit_prune(Retention::Count(1)).await.unwrap(), (0, None));
+        assert_eq!(checkpoint(&s).await, 6);
+        for k in 7..=9 {
+            s.append_audit(vec![entry(k)]).await.unwrap();
+        }
+        // The store refuses to delete the checkpoint or anything after it, even by hand.
+        let c = Connection::open(d.path().join("s.db")).unwrap();
+        assert!(c.execute("DELETE FROM audit WHERE seq = 6", []).is_err());
+        assert!(c.execute("DELETE FROM audit WHERE seq = 9", []).is_err());
+        // Keep at least 5: no checkpoint has 5 records from it on.
+        assert_eq!(s.audit_prune(Retention::Count(5)).await.unwrap(), (0, None));
+        // By age: the checkpoint is younger than a day.
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(s.audit_prune(Retention::Age(day)).await.unwrap(), (0, None));
+        assert_eq!(
+            s.audit_prune(Retention::Count(4)).await.unwrap(),
+            (5, Some(6))
+        );
+        let v = s.audit_verify(key).await.unwrap();
+        assert!(v.ok, "{v:?}");
+        assert_eq!((v.records, v.head_seq), (4, 9));
+        let file = crate::open_read_only(&d.path().join("s.db")).unwrap();
+        assert!(verify_connection(&file, key.as_ref()).unwrap().ok);
+        assert_eq!(first_connection(&file).unwrap().unwrap().seq, 6);
+        // Without the key the checkpoint cannot be trusted; with another key it is refused.
+        let bad = s.audit_verify(None).await.unwrap().first_bad.unwrap();
+        assert!(bad.reason.contains("public key"), "{bad:?}");
+        let other = edgefleet_protocol::signing::DocumentSigner::from_secret(&[6; 32]);
+        let bad = s
+            .audit_verify(Some(other.verifying_key()))
+            .await
+            .unwrap()
+            .first_bad
+            .unwrap();
+        assert!(bad.reason.contains("not valid"), "{bad:?}");
+        // A second checkpoint later, pruned by age (everything older than now).
+        assert_eq!(checkpoint(&s).await, 10);
+        s.append_audit(vec![entry(11)]).await.unwrap();
+        assert_eq!(
+            s.audit_prune(Retention::Age(std::time::Duration::ZERO))
+                .await
+                .unwrap(),
+            (4, Some(10))
+        );
+        assert!(s.audit_verify(key).await.unwrap().ok);
+    }
+
+    #[tokio::test]
+    async fn a_log_cut_before_a_record_that_is_no_checkpoint_fails() {
+        let (d, s) = store_with(5).await;
+        tamper(&d, "DELETE FROM audit WHERE seq <= 2");
+        let bad = s
+            .audit_verify(Some(signer().verifying_key()))
+            .await
+            .unwrap()
+            .first_bad
+            .unwrap();
+        assert_eq!(bad.seq, 1);
+        assert!(bad.reason.contains("records 1 to 2 are missing"), "{bad:?}");
     }
 
     #[tokio::test]
@@ -400,7 +624,7 @@ mod tests {
             c.execute("UPDATE audit SET actor = 'x' WHERE seq = 1", [])
                 .is_err()
         );
-        assert!(s.audit_verify().await.unwrap().ok);
+        assert!(s.audit_verify(None).await.unwrap().ok);
     }
 
     #[tokio::test]

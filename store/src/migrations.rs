@@ -141,4 +141,12 @@ CREATE TABLE mqtt_users (
 ALTER TABLE mqtt_users ADD COLUMN read_filters TEXT NOT NULL DEFAULT '["#"]';
 ALTER TABLE mqtt_users ADD COLUMN write_filters TEXT NOT NULL DEFAULT '["#"]';
 "##,
+    // 8: audit retention: a record may be deleted only behind the newest signed checkpoint
+    // (`audit.checkpoint`, whose detail is the signed head of the record before it).
+    r#"
+DROP TRIGGER audit_no_delete;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    WHEN OLD.seq >= (SELECT COALESCE(MAX(seq), 0) FROM audit WHERE action = 'audit.checkpoint')
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: only records behind a signed checkpoint may be pruned'); END;
+"#,
 ];

@@ -1,5 +1,6 @@
 //! Security acceptance with the real binaries: the audit log's tampering is caught by
-//! `edgefleet audit verify` reading the store file, and no password or token ever reaches
+//! `edgefleet audit verify` reading the store file (truncation and rehashing against a signed
+//! head saved earlier), and no password or token ever reaches
 //! the gateway's logs, even at `RUST_LOG=trace` — nor does an enrollment token or a private
 //! key, in the gateway's or the agent's output.
 
@@ -145,6 +146,263 @@ fn audit_verify_names_an_edited_or_deleted_record() {
     assert!(
         !none.success && none.stderr.contains("--data-dir"),
         "{none:?}"
+    );
+}
+
+fn verify_against(data_dir: &Path, config: &Path, saved: &Path, extra: &[&str]) -> CliOutput {
+    let (data_dir, saved) = (data_dir.display().to_string(), saved.display().to_string());
+    let mut args = vec![
+        "audit",
+        "verify",
+        "--data-dir",
+        &data_dir,
+        "--against",
+        &saved,
+    ];
+    args.extend_from_slice(extra);
+    edgefleet(&args, config, "")
+}
+
+/// The newest record's `seq` in the store file.
+fn newest(db: &rusqlite::Connection) -> u64 {
+    db.query_row("SELECT MAX(seq) FROM audit", [], |r| r.get::<_, i64>(0))
+        .expect("audit head") as u64
+}
+
+/// Rewrites record `seq`'s detail and recomputes its hash and every later one, as someone
+/// with the file and the code would: the walk alone then finds nothing wrong.
+fn rewrite_and_rehash(db: &rusqlite::Connection, seq: u64, detail: &str) {
+    use edgefleet_domain::audit::Record;
+    let mut stmt = db
+        .prepare(
+            "SELECT seq, ts, actor, role, action, target, site, outcome, status, detail, prev_hash, hash
+             FROM audit WHERE seq >= ?1 - 1 ORDER BY seq",
+        )
+        .unwrap();
+    let mut records: Vec<Record> = stmt
+        .query_map([seq as i64], |r| {
+            Ok(Record {
+                seq: r.get::<_, i64>(0)? as u64,
+                ts: r.get(1)?,
+                actor: r.get(2)?,
+                role: r.get(3)?,
+                action: r.get(4)?,
+                target: r.get(5)?,
+                site: r.get(6)?,
+                outcome: r.get(7)?,
+                status: r.get(8)?,
+                detail: r.get(9)?,
+                prev_hash: r.get(10)?,
+                hash: r.get(11)?,
+            })
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut prev = records[0].hash.clone();
+    for r in records.iter_mut().skip(1) {
+        if r.seq == seq {
+            r.detail = detail.to_owned();
+        }
+        r.prev_hash = prev;
+        r.hash = r.computed_hash();
+        prev = r.hash.clone();
+        db.execute(
+            "UPDATE audit SET detail = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+            rusqlite::params![r.detail, r.prev_hash, r.hash, r.seq as i64],
+        )
+        .unwrap();
+    }
+}
+
+/// What the walk alone cannot see — the newest records deleted, a record rewritten with every
+/// later hash recomputed — a signed head saved earlier reveals, whether it was saved from the
+/// API (`audit head`) or from the retained topic; and a saved head whose signature does not
+/// hold is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_signed_head_reveals_truncation_and_rehashing() {
+    use edgefleet_protocol::{audit_head, topics};
+    use edgefleet_tests::procs::controller_key;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("cfg");
+    let mut gw = Gateway::start(dir.path());
+    let api = gw.api();
+    let key = controller_key(dir.path());
+    api.apply(dir.path(), "web", "site=lyon", STACK);
+
+    // An early head, saved from the API.
+    let early = api.cli(&["--json", "audit", "head"]);
+    assert!(early.success, "{early:?}");
+    let early_head = audit_head::verify(&key, early.stdout.as_bytes()).expect("a signed head");
+    assert!(
+        early_head.seq >= 2,
+        "a login and an apply at least: {early_head:?}"
+    );
+    let early_file = dir.path().join("early-head.json");
+    std::fs::write(&early_file, &early.stdout).unwrap();
+    let human = api.cli(&["audit", "head"]);
+    assert!(
+        human.success && human.stdout.contains(&early_head.hash),
+        "{human:?}"
+    );
+
+    // More than ten records later, the newest head: from the API and from the retained topic
+    // (published within a few seconds of the appends, as an integrator would keep it).
+    for n in 0..12 {
+        api.apply(dir.path(), &format!("app{n}"), "site=lyon", STACK);
+    }
+    let late = api.cli(&["--json", "audit", "head"]);
+    assert!(late.success, "{late:?}");
+    let late_head = audit_head::verify(&key, late.stdout.as_bytes()).expect("a signed head");
+    assert!(late_head.seq > early_head.seq + 10, "{late_head:?}");
+    let late_file = dir.path().join("late-head.json");
+    std::fs::write(&late_file, &late.stdout).unwrap();
+    let mqtt_port = gw.mqtt_port;
+    let retained = edgefleet_tests::wait::until(
+        "the retained audit head to reach the newest record",
+        Duration::from_secs(30),
+        || async move {
+            let payload = tokio::task::spawn_blocking(move || {
+                edgefleet_tests::mqtt::retained_raw(mqtt_port, &topics::audit_head(), 2)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            let head = audit_head::verify(&key, &payload)
+                .map_err(|e| format!("{e}: {:?}", String::from_utf8_lossy(&payload)))?;
+            if head.seq >= late_head.seq {
+                Ok(payload)
+            } else {
+                Err(format!("retained head at #{}", head.seq))
+            }
+        },
+    )
+    .await;
+    let retained_file = dir.path().join("retained-head.json");
+    std::fs::write(&retained_file, &retained).unwrap();
+
+    // The API's verify signs the head it reached too.
+    let verified = api
+        .get("/api/v1/audit/verify")
+        .await
+        .expect("verify through the API");
+    let signed = serde_json::to_vec(&verified["signed_head"]).unwrap();
+    let signed = audit_head::verify(&key, &signed).expect("the API's verify signs its head");
+    assert_eq!(signed.seq, verified["head_seq"].as_u64().unwrap());
+
+    gw.proc.stop();
+    for saved in [&early_file, &late_file, &retained_file] {
+        let ok = verify_against(&gw.data_dir, &config, saved, &[]);
+        assert!(
+            ok.success && ok.stdout.contains("still in the chain, unchanged"),
+            "{saved:?}: {ok:?}"
+        );
+        assert!(ok.stdout.contains("signed head: {"), "{ok:?}");
+    }
+
+    // Someone with the file drops the guard and deletes the newest ten records.
+    let db = rusqlite::Connection::open(gw.data_dir.join("edgefleet.db")).expect("open store");
+    db.execute_batch("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;")
+        .unwrap();
+    let head_before = newest(&db);
+    db.execute(
+        "DELETE FROM audit WHERE seq > ?1",
+        [(head_before - 10) as i64],
+    )
+    .unwrap();
+    let head_after = head_before - 10;
+    let alone = verify(&gw.data_dir, &config);
+    assert!(
+        alone.success,
+        "the walk alone cannot see a truncation: {alone:?}"
+    );
+    for saved in [&late_file, &retained_file] {
+        let cut = verify_against(&gw.data_dir, &config, saved, &[]);
+        assert!(!cut.success, "a truncation must fail: {cut:?}");
+        let saved_seq = audit_head::verify(&key, &std::fs::read(saved).unwrap())
+            .unwrap()
+            .seq;
+        assert!(
+            cut.stderr.contains(&format!(
+                "truncated: the saved head seq {saved_seq} is beyond the current head {head_after}"
+            )),
+            "{cut:?}"
+        );
+        assert!(!cut.stdout.contains("signed head"), "{cut:?}");
+    }
+    let json = edgefleet(
+        &[
+            "--json",
+            "audit",
+            "verify",
+            "--data-dir",
+            &gw.data_dir.display().to_string(),
+            "--against",
+            &late_file.display().to_string(),
+        ],
+        &config,
+        "",
+    );
+    assert!(!json.success, "{json:?}");
+    let report = json.json();
+    assert_eq!(report["ok"], true, "the walk itself: {report}");
+    assert_eq!(report["against"]["holds"], false, "{report}");
+    assert_eq!(report["against"]["seq"], late_head.seq, "{report}");
+    assert!(
+        report["against"]["problem"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("truncated")),
+        "{report}"
+    );
+    assert!(report["signed_head"].is_null(), "{report}");
+    // The early head is still in what is left: it vouches for everything up to it.
+    let ok = verify_against(&gw.data_dir, &config, &early_file, &[]);
+    assert!(ok.success, "{ok:?}");
+
+    // Rewrite record 2 (before the early head) and recompute every later hash: the walk
+    // passes, the early head does not.
+    rewrite_and_rehash(&db, 2, "{\"note\":\"nothing happened\"}");
+    let alone = verify(&gw.data_dir, &config);
+    assert!(alone.success, "a rehashed chain walks clean: {alone:?}");
+    let rewritten = verify_against(&gw.data_dir, &config, &early_file, &[]);
+    assert!(!rewritten.success, "a rehash must fail: {rewritten:?}");
+    assert!(
+        rewritten.stderr.contains(&format!(
+            "rewritten: record {}'s hash differs from the saved head",
+            early_head.seq
+        )),
+        "{rewritten:?}"
+    );
+
+    // A saved head whose fields were changed, or signed by another key, is refused.
+    let mut forged: serde_json::Value = serde_json::from_str(&early.stdout).unwrap();
+    forged["seq"] = (early_head.seq - 1).into();
+    let forged_file = dir.path().join("forged-head.json");
+    std::fs::write(&forged_file, forged.to_string()).unwrap();
+    let refused = verify_against(&gw.data_dir, &config, &forged_file, &[]);
+    assert!(
+        !refused.success
+            && refused
+                .stderr
+                .contains("is refused: the head's signature does not match"),
+        "{refused:?}"
+    );
+    let other = edgefleet_protocol::signing::DocumentSigner::from_secret(&[9; 32]);
+    let other_key = edgefleet_protocol::signing::public_key_text(&other.verifying_key());
+    let refused = verify_against(&gw.data_dir, &config, &early_file, &["--key", &other_key]);
+    assert!(
+        !refused.success
+            && refused
+                .stderr
+                .contains("is refused: the head is signed by key"),
+        "{refused:?}"
+    );
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "not json").unwrap();
+    let refused = verify_against(&gw.data_dir, &config, &garbage, &[]);
+    assert!(
+        !refused.success && refused.stderr.contains("not a signed audit head"),
+        "{refused:?}"
     );
 }
 

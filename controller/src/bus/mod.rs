@@ -6,8 +6,9 @@
 //! intake over a channel (it waits only if ten thousand are queued: back-pressure, not
 //! loss), publishes come from the queue. On every CONNACK the controller subscribes to the
 //! device topics, announces itself on its presence topic (agents answer a new session with a
-//! full "rebirth") and republishes every device's desired document, every site summary and
-//! the newest rollouts, since a restarted broker holds no retained messages.
+//! full "rebirth") and republishes every device's desired document, every site summary,
+//! the newest rollouts and the signed audit head, since a restarted broker holds no retained
+//! messages.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS}
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::services::audit::AuditLog;
 use crate::services::intake::Message;
 use crate::services::link::Link;
 use crate::services::outbox::{Outbox, Outgoing, SiteSummaries};
@@ -73,6 +75,7 @@ pub struct Republish {
     pub outbox: Arc<Outbox>,
     pub sites: Arc<SiteSummaries>,
     pub rollouts: Arc<Rollouts>,
+    pub audit: Arc<AuditLog>,
 }
 
 /// The link task's parts.
@@ -180,6 +183,9 @@ async fn announce(client: AsyncClient, session: u64, republish: Republish) {
     republish.sites.reset();
     republish.sites.queue_changed();
     republish.rollouts.publish_recent();
+    if let Some(head) = republish.audit.published_head() {
+        republish.outbox.queue_retained(topics::audit_head(), head);
+    }
 }
 
 /// Drains the publish queue into the client until shutdown.

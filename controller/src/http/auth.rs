@@ -378,6 +378,7 @@ mod tests {
             ),
             (Method::GET, "/api/v1/users", Access::Roles(ADMINS)),
             (Method::GET, "/api/v1/audit/verify", Access::Roles(AUDITORS)),
+            (Method::GET, "/api/v1/audit/head", Access::Roles(AUDITORS)),
         ];
         for (m, p, want) in cases {
             assert_eq!(access(&m, p), want, "{m} {p}");

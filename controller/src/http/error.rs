@@ -160,6 +160,16 @@ impl From<AuditQueryError> for ApiError {
     }
 }
 
+impl From<crate::services::audit::HeadError> for ApiError {
+    fn from(e: crate::services::audit::HeadError) -> Self {
+        use crate::services::audit::HeadError;
+        match e {
+            HeadError::Store(e) => e.into(),
+            broken @ HeadError::Broken(_) => ApiError::Conflict(broken.to_string()),
+        }
+    }
+}
+
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         match e {

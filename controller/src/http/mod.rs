@@ -98,6 +98,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/users/{name}", axum::routing::delete(users::remove))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/verify", get(audit::verify))
+        .route("/api/v1/audit/head", get(audit::head))
         .route("/api/v1/audit/export", get(audit::export))
         .fallback(|| async { ApiError::NotFound("no such API route; see /api/v1/health".into()) })
         .layer(axum::middleware::from_fn_with_state(

@@ -129,7 +129,8 @@ impl Intake {
             | TopicKind::DeviceCommands
             | TopicKind::ControllerPresence
             | TopicKind::SiteSummary
-            | TopicKind::RolloutStatus => Ok(()),
+            | TopicKind::RolloutStatus
+            | TopicKind::AuditHead => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(device, topic, "refused a message from the bus: {e}");

@@ -1,6 +1,7 @@
 //! The controller's desired-state signing key: created on first start in the data dir and
 //! never printed. The public half sits next to it (and in every enrollment bundle) for agents
-//! to pin. Blocking file I/O: called once at start, on a blocking thread.
+//! to pin. It also signs the audit log's head (`edgefleet_protocol::audit_head`). Blocking
+//! file I/O: called once at start, on a blocking thread.
 
 use std::path::{Path, PathBuf};
 
@@ -19,36 +20,52 @@ pub fn public_key_path(data_dir: &Path) -> PathBuf {
     signing_dir(data_dir).join("desired-signing.pub")
 }
 
+/// Path of the private key (base64 text, 0600).
+pub fn secret_key_path(data_dir: &Path) -> PathBuf {
+    signing_dir(data_dir).join("desired-signing.key")
+}
+
+/// Loads the signing key if it exists, creating nothing: for tools reading a data dir
+/// (`edgefleet audit verify --data-dir` signs the head it verified). Blocking.
+pub fn load_signer(data_dir: &Path) -> anyhow::Result<Option<DocumentSigner>> {
+    let secret_path = secret_key_path(data_dir);
+    if !secret_path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&secret_path)
+        .with_context(|| format!("cannot read the signing key {}", secret_path.display()))?;
+    let bytes = B64
+        .decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok());
+    let Some(secret) = bytes else {
+        anyhow::bail!(
+            "the signing key {} is damaged (expected 32 bytes of base64). Restore it from a backup: a new key would make every enrolled agent refuse this gateway",
+            secret_path.display()
+        );
+    };
+    Ok(Some(DocumentSigner::from_secret(&secret)))
+}
+
 /// Loads the signing key, creating it (0600) on first start.
 pub fn load_or_create_signer(data_dir: &Path) -> anyhow::Result<DocumentSigner> {
     let dir = signing_dir(data_dir);
     edgefleet_files::create_private_dir(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    let secret_path = dir.join("desired-signing.key");
-    let signer = if secret_path.exists() {
-        let text = std::fs::read_to_string(&secret_path)
-            .with_context(|| format!("cannot read the signing key {}", secret_path.display()))?;
-        let bytes = B64
-            .decode(text.trim())
-            .ok()
-            .and_then(|b| <[u8; 32]>::try_from(b).ok());
-        let Some(secret) = bytes else {
-            anyhow::bail!(
-                "the signing key {} is damaged (expected 32 bytes of base64). Restore it from a backup: a new key would make every enrolled agent refuse this gateway",
-                secret_path.display()
+    let signer = match load_signer(data_dir)? {
+        Some(signer) => signer,
+        None => {
+            let secret: [u8; 32] = rand::random();
+            let secret_path = secret_key_path(data_dir);
+            edgefleet_files::write_private(&secret_path, B64.encode(secret).as_bytes())
+                .with_context(|| format!("cannot write {}", secret_path.display()))?;
+            let signer = DocumentSigner::from_secret(&secret);
+            tracing::info!(
+                key_id = signer.key_id(),
+                "created the desired-state signing key"
             );
-        };
-        DocumentSigner::from_secret(&secret)
-    } else {
-        let secret: [u8; 32] = rand::random();
-        edgefleet_files::write_private(&secret_path, B64.encode(secret).as_bytes())
-            .with_context(|| format!("cannot write {}", secret_path.display()))?;
-        let signer = DocumentSigner::from_secret(&secret);
-        tracing::info!(
-            key_id = signer.key_id(),
-            "created the desired-state signing key"
-        );
-        signer
+            signer
+        }
     };
     let public = public_key_path(data_dir);
     edgefleet_files::write_atomic(
@@ -70,6 +87,13 @@ mod tests {
         let first = load_or_create_signer(dir.path()).unwrap();
         let again = load_or_create_signer(dir.path()).unwrap();
         assert_eq!(first.key_id(), again.key_id());
+        let read = load_signer(dir.path()).unwrap().expect("the key is there");
+        assert_eq!(read.key_id(), first.key_id());
+        assert!(
+            load_signer(&dir.path().join("elsewhere"))
+                .unwrap()
+                .is_none()
+        );
         let public = std::fs::read_to_string(public_key_path(dir.path())).unwrap();
         assert_eq!(public.trim(), first.public_key_text());
         #[cfg(unix)]

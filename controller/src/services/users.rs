@@ -750,7 +750,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.db")).await.unwrap();
-        let users = Users::new(store.clone(), Arc::new(AuditLog::new(store)));
+        let signer = edgefleet_protocol::signing::DocumentSigner::from_secret(&[1; 32]);
+        let users = Users::new(
+            store.clone(),
+            Arc::new(AuditLog::new(store, Arc::new(signer))),
+        );
         assert!(users.ensure_initial_admin(dir.path()).await.unwrap());
         assert!(!users.ensure_initial_admin(dir.path()).await.unwrap());
         let file = dir.path().join(INITIAL_ADMIN_FILE);

@@ -1,4 +1,4 @@
-//! The audit log (admin, auditor): list, verify, export.
+//! The audit log (admin, auditor): list, verify, export, and its signed head.
 //!
 //! An export streams: the records up to the head at the time of the request, read from the
 //! store's reader a page at a time and written out as they come, so a large log costs
@@ -13,8 +13,9 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use edgefleet_domain::audit::{Filter, Record, Verification, parse_since};
+use edgefleet_protocol::audit_head::SignedAuditHead;
 use edgefleet_store::Store;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::http::error::ApiError;
@@ -35,9 +36,30 @@ pub async fn list(
     Ok(Json(json!({ "records": records })))
 }
 
+/// What `GET /api/v1/audit/verify` answers: the walk, and the head it reached signed now
+/// (`null` for a broken chain).
+#[derive(Serialize)]
+pub struct VerifyAnswer {
+    #[serde(flatten)]
+    pub verification: Verification,
+    pub signed_head: Option<SignedAuditHead>,
+}
+
 /// `GET /api/v1/audit/verify`: walks the whole chain.
-pub async fn verify(State(audit): State<Arc<AuditLog>>) -> Result<Json<Verification>, ApiError> {
-    Ok(Json(audit.verify_full().await?))
+pub async fn verify(State(audit): State<Arc<AuditLog>>) -> Result<Json<VerifyAnswer>, ApiError> {
+    let verification = audit.verify_full().await?;
+    let signed_head = audit.sign_verified(&verification);
+    Ok(Json(VerifyAnswer {
+        verification,
+        signed_head,
+    }))
+}
+
+/// `GET /api/v1/audit/head`: the current head, verified (incrementally) and signed now, to
+/// be saved outside the gateway and checked later with `edgefleet audit verify --against`.
+/// 409 if the chain does not verify.
+pub async fn head(State(audit): State<Arc<AuditLog>>) -> Result<Json<SignedAuditHead>, ApiError> {
+    Ok(Json(audit.signed_head().await?))
 }
 
 #[derive(Deserialize)]
