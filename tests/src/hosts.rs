@@ -204,38 +204,14 @@ impl Host {
             .expect("its address")
             .port()
             .to_string();
-        self.iptables(&[
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-d",
-            &server.ip().to_string(),
-            "--dport",
-            &server.port().to_string(),
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &port,
-        ]);
+        let (ip, dport) = (server.ip().to_string(), server.port().to_string());
+        let to_server = ["-p", "tcp", "-d", ip.as_str(), "--dport", dport.as_str()];
+        let redirect = ["-j", "REDIRECT", "--to-ports", port.as_str()];
+        self.iptables(&[&["-t", "nat", "-A", "OUTPUT"][..], &to_server, &redirect].concat());
         // After the nat table, redirected packets are addressed to the line: only the old
         // direct connections still go to `server`.
-        self.iptables(&[
-            "-I",
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-d",
-            &server.ip().to_string(),
-            "--dport",
-            &server.port().to_string(),
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ]);
+        let reset = ["-j", "REJECT", "--reject-with", "tcp-reset"];
+        self.iptables(&[&["-I", "OUTPUT"][..], &to_server, &reset].concat());
         let line = DelayLine::default();
         let relayed = line.relayed.clone();
         std::thread::spawn(move || {
