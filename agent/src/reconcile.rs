@@ -270,8 +270,8 @@ impl<R: ContainerRuntime> Reconciler<R> {
     async fn execute(&self, desired: &DesiredState, action: &Action) -> Result<(), RuntimeError> {
         let rt = &*self.runtime;
         let (kind, message) = match &action.op {
-            Op::EnsureVolume { name } => {
-                rt.ensure_volume(name, &self.device).await?;
+            Op::EnsureVolume { name, options } => {
+                rt.ensure_volume(name, &self.device, options).await?;
                 (EventKind::Created, format!("created volume '{name}'"))
             }
             Op::Pull { image } => {

@@ -171,9 +171,34 @@ async fn docker_runtime_lifecycle() {
     let mut events = rt.events(&fx.device).await.unwrap();
 
     let volume = format!("ef-{}-app-data", fx.device);
-    rt.ensure_volume(&volume, &fx.device).await.unwrap();
-    rt.ensure_volume(&volume, &fx.device).await.unwrap();
+    let none = edgefleet_protocol::spec::VolumeOptions::default();
+    rt.ensure_volume(&volume, &fx.device, &none).await.unwrap();
+    rt.ensure_volume(&volume, &fx.device, &none).await.unwrap();
     assert!(rt.list_volumes(&fx.device).await.unwrap().contains(&volume));
+    // The file's driver options reach the engine (a local tmpfs volume, as `driver_opts:
+    // {type: tmpfs, device: tmpfs, o: size=1m}` in a Compose file).
+    let tmpfs = format!("ef-{}-app-scratch", fx.device);
+    let options = edgefleet_protocol::spec::VolumeOptions {
+        driver: Some("local".into()),
+        driver_opts: [
+            ("type".to_owned(), "tmpfs".to_owned()),
+            ("device".to_owned(), "tmpfs".to_owned()),
+            ("o".to_owned(), "size=1m".to_owned()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    rt.ensure_volume(&tmpfs, &fx.device, &options)
+        .await
+        .unwrap();
+    let inspect = docker(&["volume", "inspect", "-f", "{{json .Options}}", &tmpfs]);
+    let opts: serde_json::Value =
+        serde_json::from_slice(&inspect.stdout).expect("volume options as JSON");
+    assert_eq!(
+        opts,
+        serde_json::json!({"type": "tmpfs", "device": "tmpfs", "o": "size=1m"}),
+        "{inspect:?}"
+    );
 
     let mut spec = fx.spec(&fx.device, "web");
     spec.restart = RestartPolicy::UnlessStopped;

@@ -72,8 +72,13 @@ impl ContainerRuntime for SimRuntime {
         pulled
     }
 
-    async fn ensure_volume(&self, name: &str, device: &str) -> Result<(), RuntimeError> {
-        self.inner.ensure_volume(name, device).await
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        device: &str,
+        options: &edgefleet_protocol::spec::VolumeOptions,
+    ) -> Result<(), RuntimeError> {
+        self.inner.ensure_volume(name, device, options).await
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {

@@ -126,8 +126,11 @@ pub fn current_container<'a>(
 /// One engine operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
+    /// Creates a stack's named volume with the file's `driver` and `driver_opts` (an NFS
+    /// share, a tmpfs: where the data lives).
     EnsureVolume {
         name: String,
+        options: edgefleet_protocol::spec::VolumeOptions,
     },
     Pull {
         image: String,
@@ -247,7 +250,7 @@ impl fmt::Display for Action {
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::EnsureVolume { name } => write!(f, "volume {name}"),
+            Op::EnsureVolume { name, .. } => write!(f, "volume {name}"),
             Op::Pull { image } => write!(f, "pull {image}"),
             Op::Create(spec) => write!(f, "create {}", spec.name),
             Op::Start { name, .. } => write!(f, "start {name}"),
@@ -345,12 +348,21 @@ impl Planner<'_> {
             return;
         };
         for volume in stack_volumes(stack) {
+            let options = stack
+                .volume_options
+                .get(volume)
+                .cloned()
+                .unwrap_or_default();
+            if options.external {
+                // Exists on the device under its own name; never created by the agent.
+                continue;
+            }
             let name = volume_name(self.device, stack_name, volume);
             if !self.observed.volumes.contains(&name) {
                 self.push(
                     stack_name,
                     None,
-                    Op::EnsureVolume { name },
+                    Op::EnsureVolume { name, options },
                     Finding::VolumeMissing,
                 );
             }

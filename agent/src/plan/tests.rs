@@ -847,3 +847,40 @@ fn created_container_carries_the_desired_config() {
     );
     assert_eq!(spec.image, "app:1");
 }
+
+/// A named volume is created with the file's driver options; an external one is never
+/// created by the agent (it exists on the device under its own name).
+#[test]
+fn volumes_carry_their_driver_options_and_external_ones_are_left_alone() {
+    use edgefleet_protocol::spec::VolumeOptions;
+    let mut st = stack(vec![("web", svc("app:1"))]);
+    st.volumes = vec!["nfs".into(), "plant".into()];
+    let nfs = VolumeOptions {
+        driver: Some("local".into()),
+        driver_opts: [("type".to_owned(), "nfs".to_owned())].into(),
+        ..Default::default()
+    };
+    st.volume_options.insert("nfs".into(), nfs.clone());
+    st.volume_options.insert(
+        "plant".into(),
+        VolumeOptions {
+            external: true,
+            name: Some("plantdata".into()),
+            ..Default::default()
+        },
+    );
+    let d = desired(vec![("app", st)]);
+    let actions = plan(&d, &observed(Vec::new(), &["app:1"], &[]));
+    let volumes: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match &a.op {
+            Op::EnsureVolume { name, options } => Some((name.clone(), options.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        volumes,
+        vec![(crate::container::volume_name(DEV, "app", "nfs"), nfs)],
+        "{actions:?}"
+    );
+}

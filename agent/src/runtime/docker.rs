@@ -556,10 +556,23 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(pull_err)
     }
 
-    async fn ensure_volume(&self, name: &str, device: &str) -> Result<(), RuntimeError> {
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        device: &str,
+        options: &edgefleet_protocol::spec::VolumeOptions,
+    ) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
         let request = VolumeCreateRequest {
             name: Some(name.to_owned()),
+            driver: options.driver.clone(),
+            driver_opts: (!options.driver_opts.is_empty()).then(|| {
+                options
+                    .driver_opts
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
             labels: Some(HashMap::from([(
                 LABEL_DEVICE.to_owned(),
                 device.to_owned(),

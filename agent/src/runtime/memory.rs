@@ -340,7 +340,12 @@ impl ContainerRuntime for MemoryRuntime {
         Ok(())
     }
 
-    async fn ensure_volume(&self, name: &str, device: &str) -> Result<(), RuntimeError> {
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        device: &str,
+        _options: &edgefleet_protocol::spec::VolumeOptions,
+    ) -> Result<(), RuntimeError> {
         let mut e = self.engine.lock();
         e.calls.push(format!("volume {name}"));
         e.check(MemOp::Volume)?;

@@ -123,11 +123,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Pulls `image`; fails with [`RuntimeError::Pull`].
     fn pull(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
-    /// Creates volume `name` labelled with `device` (no-op if it exists).
+    /// Creates volume `name` labelled with `device`, with `options`' driver and driver
+    /// options (no-op if it exists).
     fn ensure_volume(
         &self,
         name: &str,
         device: &str,
+        options: &edgefleet_protocol::spec::VolumeOptions,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
     /// Creates a container; returns its id.
