@@ -409,7 +409,10 @@ impl Identity {
                     // passes, the user gets none rather than more than it was given.
                     let grants = LocalGrants::new(row.read, row.write).unwrap_or_else(|e| {
                         tracing::error!(user = %row.name, "stored MQTT user's filters refused: {e}");
-                        LocalGrants::new(Vec::new(), Vec::new()).unwrap_or_else(|_| LocalGrants::everything())
+                        LocalGrants {
+                            read: Vec::new(),
+                            write: Vec::new(),
+                        }
                     });
                     users.push(LocalUser {
                         name: row.name,
