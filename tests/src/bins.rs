@@ -12,12 +12,17 @@ pub struct Bins {
 }
 
 fn target_dir() -> PathBuf {
-    // Test executables live in target/<profile>/deps/.
+    // Test executables live in target/<profile>/deps/, binaries using the harness (the fleet
+    // benchmark) in target/<profile>/.
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent()
-        .and_then(|p| p.parent())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/debug"))
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(PathBuf::from).unwrap_or(dir)
+    } else if dir.as_os_str().is_empty() {
+        PathBuf::from("target/debug")
+    } else {
+        dir
+    }
 }
 
 pub fn bins() -> &'static Bins {

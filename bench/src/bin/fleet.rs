@@ -1,0 +1,335 @@
+//! The fleet benchmark (`bench/fleet.sh`): a real gateway (its own process, started and
+//! SIGKILLed like a plant's) and N simulated devices in this process, each the real agent
+//! code with its own enrolled certificate and its own MQTT session through the TLS front
+//! (`edgefleet_sim`). Per device count it measures:
+//!
+//! 1. rollout fan-out: `rollout start` (canary 1, batch 25 %, soak 0) until every device is
+//!    converged and healthy, per device and in total, over `--repeats` rollouts;
+//! 2. reconnect storm: the gateway SIGKILLed and restarted on its ports, until every device
+//!    is online again and the fleet view shows it converged on its desired revision;
+//! 3. gateway RSS (broker + front + controller) per 1,000 devices, idle and after rollouts;
+//! 4. an integrator's wildcard subscription to every device's retained status through the
+//!    front (`mosquitto_sub --retained-only`): how many of N it receives;
+//! 5. the audit chain after it all (`edgefleet audit verify`).
+//!
+//! Prints a table per device count and, as its last line, one JSON object with every figure.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use edgefleet_sim::fleet::Shape;
+use edgefleet_sim::{AgentOptions, Agents, Api, Rehearsal, enroll_all, ids, percentile};
+use edgefleet_tests::bins::bins;
+use edgefleet_tests::procs::Gateway;
+use serde_json::{Value, json};
+
+/// Fleet benchmark: rollout fan-out, reconnect storm, gateway memory and integrator replay
+/// at N simulated devices against a real gateway.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Device counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    devices: Vec<usize>,
+    /// Rollouts per device count (median and p99 over all of them).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Gateway restarts per device count.
+    #[arg(long, default_value_t = 2)]
+    storms: usize,
+    /// Small and fast: checks the pipeline, not the numbers (CI).
+    #[arg(long)]
+    quick: bool,
+    /// How long any one phase may take before the benchmark gives up.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    percentile(&s, 50.0)
+}
+
+fn p99(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    percentile(&s, 99.0)
+}
+
+/// Each device's presence session number (it grows with every connect of the agent).
+async fn sessions(api: &Api) -> anyhow::Result<HashMap<String, u64>> {
+    let list = api.get("/api/v1/devices").await?;
+    Ok(list["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| Some((d["id"].as_str()?.to_owned(), d["session"].as_u64()?)))
+        .collect())
+}
+
+/// Waits until every device is online on a session newer than `before` (a reconnect, not
+/// the fleet view's memory of the old one) and converged on its desired revision; the
+/// seconds since `t0`.
+async fn wait_fleet(
+    api: &Api,
+    ours: &HashSet<String>,
+    before: &HashMap<String, u64>,
+    t0: Instant,
+    timeout: Duration,
+) -> anyhow::Result<f64> {
+    let mut seen = (0, 0);
+    loop {
+        // The gateway may still be starting: a refused request is a wait, not a failure.
+        if let Ok(list) = api.get("/api/v1/devices").await {
+            let (mut online, mut converged) = (0, 0);
+            for d in list["devices"].as_array().into_iter().flatten() {
+                let Some(id) = d["id"].as_str().filter(|id| ours.contains(*id)) else {
+                    continue;
+                };
+                let newer = d["session"].as_u64() > before.get(id).copied();
+                online += usize::from(d["online"] == true && newer);
+                converged += usize::from(
+                    newer
+                        && d["converged"] == true
+                        && d["observed_revision"] == d["desired_revision"],
+                );
+            }
+            if online == ours.len() && converged == ours.len() {
+                return Ok(t0.elapsed().as_secs_f64());
+            }
+            seen = (online, converged);
+        }
+        if t0.elapsed() > timeout {
+            bail!(
+                "after {:.0} s only {} of {} devices are online again and {} converged",
+                t0.elapsed().as_secs_f64(),
+                seen.0,
+                ours.len(),
+                seen.1
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Distinct retained device statuses an integrator receives on `…/devices/+/status`.
+fn integrator_retained(gw: &Gateway, dir: &Path) -> anyhow::Result<usize> {
+    let creds = dir.join("integrator");
+    let out = gw.api().cli(&[
+        "integrator",
+        "add",
+        "bench",
+        "--out",
+        &creds.display().to_string(),
+    ]);
+    if !out.success {
+        bail!("integrator add failed: {out:?}");
+    }
+    let topic = edgefleet_protocol::topics::TopicKind::DeviceStatus.all_devices_filter();
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &gw.mqtts_port.to_string()])
+        .arg("--cafile")
+        .arg(creds.join("ca.pem"))
+        .arg("--cert")
+        .arg(creds.join("cert.pem"))
+        .arg("--key")
+        .arg(creds.join("key.pem"))
+        .args(["-i", "integrator:bench", "-q", "1", "-t", &topic])
+        .args(["--retained-only", "-W", "10", "-F", "%t"])
+        .output()
+        .context("cannot run mosquitto_sub (apt-get install mosquitto-clients)")?;
+    let topics: HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    Ok(topics.len())
+}
+
+async fn one_size(args: &Args, n: usize) -> anyhow::Result<Value> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    eprintln!("[{n}] starting a gateway");
+    let mut gw = Gateway::start_with(dir.path(), &[("RUST_LOG", "warn")], &[]);
+    let pid = gw.proc.pid().context("gateway pid")?;
+    let rss_empty = rss_kb(pid)?;
+    let token = gw
+        .api()
+        .token()
+        .map_err(|e| anyhow::anyhow!(e))?
+        .context("no admin token")?;
+    let api = Api::new(&gw.api().url(), Some(token), None)?;
+    let devices = Shape::flat(n).devices()?;
+    let ours = ids(&devices);
+    let sim_dir = dir.path().join("sim");
+    eprintln!("[{n}] enrolling {n} devices");
+    let enroll_s = enroll_all(&api, &devices, &sim_dir, 16, false).await?;
+    let options = AgentOptions {
+        pull: Duration::from_millis(10),
+        start: Duration::from_millis(10),
+        start_failure: 0.0,
+        unhealthy: 0.0,
+        keepalive: Duration::from_secs(30),
+    };
+    eprintln!("[{n}] connecting {n} devices");
+    let t0 = Instant::now();
+    let agents = Agents::start(&devices, &sim_dir, &options)?;
+    let connect_s = wait_fleet(&api, &ours, &HashMap::new(), t0, args.timeout).await?;
+    let rss_idle = rss_kb(pid)?;
+
+    let mut rollouts = Vec::new();
+    let mut device_times = Vec::new();
+    for i in 0..args.repeats {
+        eprintln!("[{n}] rollout {}/{}", i + 1, args.repeats);
+        let r = edgefleet_sim::rehearse(
+            &api,
+            &Rehearsal {
+                deployment: "bench".into(),
+                strategy: "canary=1,batch=25%,soak=0s".into(),
+                timeout: args.timeout,
+            },
+            &devices,
+        )
+        .await?;
+        if r["state"] != "succeeded" {
+            bail!("rollout {} ended {}", r["rollout"], r["state"]);
+        }
+        rollouts.push(r["total_s"].as_f64().unwrap_or(f64::NAN));
+        device_times.extend(
+            r["device_times_s"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64),
+        );
+    }
+    let rss_after = rss_kb(pid)?;
+    let integrator = integrator_retained(&gw, dir.path())?;
+
+    let mut storms = Vec::new();
+    for i in 0..args.storms {
+        eprintln!(
+            "[{n}] gateway SIGKILLed and restarted ({}/{})",
+            i + 1,
+            args.storms
+        );
+        let before = sessions(&api).await?;
+        gw.proc.kill9();
+        let t0 = Instant::now();
+        gw.proc.start();
+        gw.wait_ready();
+        storms.push(wait_fleet(&api, &ours, &before, t0, args.timeout).await?);
+    }
+    agents.stop().await;
+    let audit = Command::new(&bins().edgefleet)
+        .args(["--json", "audit", "verify", "--data-dir"])
+        .arg(&gw.data_dir)
+        .output()
+        .context("cannot run edgefleet audit verify")?;
+    let audit_ok = audit.status.success();
+    let per_1k = |kb: u64| (kb.saturating_sub(rss_empty) as f64) * 1000.0 / n as f64 / 1024.0;
+    Ok(json!({
+        "devices": n,
+        "enroll_s": enroll_s,
+        "connect_s": connect_s,
+        "rollout_total_p50_s": median(&rollouts),
+        "rollout_p50_s": median(&device_times),
+        "rollout_p99_s": p99(&device_times),
+        "rollouts": rollouts,
+        "storm_s": median(&storms),
+        "storm_p99_s": p99(&storms),
+        "storms": storms,
+        "gateway_rss_kb": { "empty": rss_empty, "idle": rss_idle, "after_rollouts": rss_after },
+        "gateway_rss_kb_per_device": (rss_after.saturating_sub(rss_empty) as f64) / n as f64,
+        "gateway_mb_per_1k_idle": per_1k(rss_idle),
+        "gateway_mb_per_1k_after_rollouts": per_1k(rss_after),
+        "integrator_retained": integrator,
+        "audit_verifies": audit_ok,
+        "fanin_msgs_per_s": Value::Null,
+        "fanin_p99_ms": Value::Null,
+        "mosquitto": Value::Null,
+    }))
+}
+
+fn print_table(rows: &[Value]) {
+    println!(
+        "| devices | connect | rollout p50 / p99 (per device) | rollout total (median) | storm median / p99 | gateway MB per 1k (idle / after) | integrator retained | audit |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| {} | {:.2} s | {:.2} s / {:.2} s | {:.2} s | {:.2} s / {:.2} s | {:.1} / {:.1} | {} / {} | {} |",
+            r["devices"],
+            f("connect_s"),
+            f("rollout_p50_s"),
+            f("rollout_p99_s"),
+            f("rollout_total_p50_s"),
+            f("storm_s"),
+            f("storm_p99_s"),
+            f("gateway_mb_per_1k_idle"),
+            f("gateway_mb_per_1k_after_rollouts"),
+            r["integrator_retained"],
+            r["devices"],
+            if r["audit_verifies"] == true {
+                "verifies"
+            } else {
+                "FAILS"
+            },
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let mut args = Args::parse();
+    if args.quick {
+        args.devices = vec![20];
+        args.repeats = 1;
+        args.storms = 1;
+        args.timeout = args.timeout.min(Duration::from_secs(120));
+    }
+    if args.devices.is_empty() || args.devices.contains(&0) || args.repeats == 0 {
+        eprintln!("fleet: --devices needs counts above 0 and --repeats at least 1");
+        return std::process::ExitCode::from(2);
+    }
+    let mut rows = Vec::new();
+    for &n in &args.devices {
+        match one_size(&args, n).await {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                eprintln!("fleet: {n} devices: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    print_table(&rows);
+    // Unmet targets are figures, not failures; a broken audit chain is a failure, and so, at
+    // --quick's size (well under rumqttd's 100-message replay), is a missing status.
+    let ok = rows.iter().all(|r| {
+        r["audit_verifies"] == true && (!args.quick || r["integrator_retained"] == r["devices"])
+    });
+    println!("{}", json!({ "machine": machine(), "results": rows }));
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+fn machine() -> Value {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    json!({ "cores": cores, "profile": if cfg!(debug_assertions) { "debug" } else { "release" } })
+}
