@@ -308,11 +308,15 @@ impl App {
             audit: self.audit.clone(),
             intake: self.intake.clone(),
             sites: self.sites.clone(),
-            rollouts: self.rollouts.clone(),
             outbox: self.outbox.clone(),
             started: self.started,
             config: config.clone(),
         };
+        let (rollouts, t) = (self.rollouts.clone(), token.clone());
+        tasks.spawn("the rollout loop", async move {
+            rollouts.run(t).await;
+            Ok(())
+        });
         let t = token.clone();
         tasks.spawn("housekeeping", async move {
             hk.run(t).await;
@@ -423,15 +427,13 @@ impl Essentials {
 /// start): each writes a signed checkpoint and prunes behind an older one.
 const RETENTION_EVERY: u64 = 3600;
 
-/// The once-a-second work: flush the fleet view, publish changed site summaries, step the
-/// rollouts, publish the signed audit head when one is due, run audit retention (hourly, if
+/// The once-a-second work: flush the fleet view, publish changed site summaries, publish the signed audit head when one is due, run audit retention (hourly, if
 /// configured), republish to lagging devices (every 5 s), expire stale presence after start.
 struct Housekeeping {
     fleet: Arc<Fleet>,
     audit: Arc<AuditLog>,
     intake: Arc<Intake>,
     sites: Arc<SiteSummaries>,
-    rollouts: Arc<Rollouts>,
     outbox: Arc<Outbox>,
     started: Instant,
     config: ControllerConfig,
@@ -454,7 +456,6 @@ impl Housekeeping {
             }
             self.sites.queue_changed();
             self.audit.flush_repeats(false).await;
-            self.rollouts.tick().await;
             if let Some(head) = self.audit.head_due(Instant::now()).await {
                 self.outbox
                     .queue_retained(edgefleet_protocol::topics::audit_head(), head);

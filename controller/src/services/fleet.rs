@@ -47,6 +47,8 @@ pub struct Fleet {
     dirty: DashSet<String>,
     /// Change numbers (one lock, so a reader never misses a change being numbered).
     changes: Mutex<Changes>,
+    /// Woken on every change (one stored permit: a change while nobody waits is not lost).
+    changed: tokio::sync::Notify,
 }
 
 impl Fleet {
@@ -70,6 +72,13 @@ impl Fleet {
             c.by_seq.insert(n, id.to_owned());
         }
         self.dirty.insert(id.to_owned());
+        self.changed.notify_one();
+    }
+
+    /// Returns after the next change to any device (at once if one happened since the last
+    /// call returned).
+    pub async fn wait_changed(&self) {
+        self.changed.notified().await;
     }
 
     /// The current change number.

@@ -1,4 +1,5 @@
-//! Running rollouts: start one, drive every active one a step each second (the gated loop),
+//! Running rollouts: start one, drive every active one a step when its devices change and at
+//! least each second (the gated loop, [`Rollouts::run`]),
 //! and the operator's controls. The thinking is in `edgefleet_domain::rollout` (pure); this
 //! service owns the state (in memory and in the store, written after every step, so a
 //! controller restart resumes exactly where it was) and turns the steps' commands into pins.
@@ -31,6 +32,8 @@ use super::windows::Windows;
 
 /// Rollouts kept in memory for the dashboard and republished after a reconnect.
 pub const RECENT: usize = 200;
+/// How long a pass waits after a device changed, to take in the rest of a burst.
+pub const BURST: std::time::Duration = std::time::Duration::from_millis(20);
 /// Rollouts republished after a reconnect (the broker may have lost its retained messages).
 const REPUBLISHED: usize = 20;
 
@@ -337,6 +340,26 @@ impl Rollouts {
         Ok(id)
     }
 
+    /// The gated loop: a pass soon after any device changed (a status, a presence), so a
+    /// wave moves on as soon as its devices are done, and at least once a second for what
+    /// only time changes (soak, maintenance windows, timeouts). After a change it waits
+    /// [`BURST`] so that a burst of statuses makes one pass, not one per status.
+    pub async fn run(&self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.fleet.wait_changed() => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(BURST) => {}
+                    }
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            self.tick().await;
+        }
+    }
+
     /// One pass of the gated loop over every active rollout.
     pub async fn tick(&self) {
         let ids: Vec<u64> = self.active.lock().keys().copied().collect();
@@ -365,7 +388,8 @@ impl Rollouts {
             .devices
             .keys()
             .filter_map(|d| {
-                let v = self.fleet.get(d)?;
+                // Borrowed, not cloned: a pass may run many times a second over 10k devices.
+                let v = self.fleet.devices.get(d)?;
                 let site = v
                     .labels
                     .get("site")
