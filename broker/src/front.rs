@@ -148,6 +148,13 @@ pub struct FrontConfig {
     /// keeps the upstream session alive itself (a PINGREQ every half of it, whose PINGRESP
     /// the client never sees), so the client gets what it asked for.
     pub keepalive_for_silent: Duration,
+    /// Most client connections the front carries at once, over all its listeners. A
+    /// connection beyond it is closed at accept, before any handshake and before an
+    /// upstream socket is opened, with one warning per 10 s however many were closed. The
+    /// gateway sizes it from its open-files limit (three descriptors per session in its
+    /// process: the client's, the front's upstream one and rumqttd's); without it, the
+    /// process runs out of descriptors and rumqttd's accept loop spins on EMFILE.
+    pub max_sessions: usize,
 }
 
 /// A local MQTT user an admin created, for the plain listener ([`FrontHandle::serve_plain`]):
@@ -195,6 +202,7 @@ impl FrontConfig {
             max_pending_handshakes: 1024,
             max_pending_per_address: 256,
             keepalive_for_silent: Duration::from_secs(60),
+            max_sessions: 50_000,
         }
     }
 }
@@ -410,6 +418,10 @@ pub fn start_front(
             closed: false,
         }),
         events: broadcast::channel(1024).0,
+        sessions: Arc::new(tokio::sync::Semaphore::new(
+            config.max_sessions.min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
+        full: Mutex::new((0, None)),
     });
     let entry = Arc::new(Entry::Tls(TlsAcceptor::from(tls)));
     let config = Arc::new(config);
@@ -433,6 +445,10 @@ struct Shared {
     /// this across anything that can leave the sets half-changed) does not stop the others.
     state: Mutex<State>,
     events: broadcast::Sender<FrontEvent>,
+    /// One permit per client connection ([`FrontConfig::max_sessions`]).
+    sessions: Arc<tokio::sync::Semaphore>,
+    /// Connections closed at the session limit since the last warning, and when that was.
+    full: Mutex<(u64, Option<std::time::Instant>)>,
 }
 
 #[derive(Debug)]
@@ -468,6 +484,29 @@ impl State {
 }
 
 impl Shared {
+    /// A session permit, or `None` at the limit (counted, and warned about at most once
+    /// every 10 s: a storm at the limit must not become a log storm).
+    fn session_permit(&self, max: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(p) = self.sessions.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        let mut full = self.full.lock();
+        full.0 += 1;
+        let now = std::time::Instant::now();
+        if full
+            .1
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
+            warn!(
+                limit = max,
+                closed = full.0,
+                "the front carries its most sessions: connections closed at accept (the limit follows the open-files limit, three per session: raise LimitNOFILE / ulimit -Hn for more)"
+            );
+            *full = (0, Some(now));
+        }
+        None
+    }
+
     fn emit(&self, identity: Option<&Identity>, peer: SocketAddr, kind: FrontEventKind) {
         let who = identity.map_or_else(|| "unknown".to_owned(), ToString::to_string);
         match &kind {
@@ -573,6 +612,10 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
+                let Some(session) = shared.session_permit(config.max_sessions) else {
+                    drop(tcp);
+                    continue;
+                };
                 let permit = match PendingSlot::take(&pending, &per_address, peer, &config) {
                     Ok(slot) => slot,
                     Err(reason) => {
@@ -584,10 +627,17 @@ async fn accept_loop(
                 // Never await anything per connection here: the handshake runs in its task.
                 let (config, shared) = (config.clone(), shared.clone());
                 match &*entry {
-                    Entry::Tls(acceptor) => {
-                        tokio::spawn(serve(tcp, peer, acceptor.clone(), config, shared, permit))
+                    Entry::Tls(acceptor) => tokio::spawn(serve(
+                        tcp,
+                        peer,
+                        acceptor.clone(),
+                        config,
+                        shared,
+                        (permit, session),
+                    )),
+                    Entry::Plain => {
+                        tokio::spawn(serve_plain(tcp, peer, config, shared, (permit, session)))
                     }
-                    Entry::Plain => tokio::spawn(serve_plain(tcp, peer, config, shared, permit)),
                 };
             }
             // EINVAL: the socket is not listening any more (shut down); nothing will ever be
@@ -697,7 +747,7 @@ async fn serve(
     acceptor: TlsAcceptor,
     config: Arc<FrontConfig>,
     shared: Arc<Shared>,
-    pending: PendingSlot,
+    (pending, _session): (PendingSlot, tokio::sync::OwnedSemaphorePermit),
 ) {
     let _ = tcp.set_nodelay(true);
     let handshake = timeout(config.handshake_timeout, acceptor.accept(tcp)).await;
@@ -765,7 +815,7 @@ async fn serve_plain(
     peer: SocketAddr,
     config: Arc<FrontConfig>,
     shared: Arc<Shared>,
-    pending: PendingSlot,
+    (pending, _session): (PendingSlot, tokio::sync::OwnedSemaphorePermit),
 ) {
     let _ = tcp.set_nodelay(true);
     let mut tcp = tcp;

@@ -2039,3 +2039,77 @@ async fn only_certificates_the_store_recorded_are_admitted() {
     let mut local = Client::plain(&gw, "historian-1", "historian", &users["historian"]);
     local.connected().await;
 }
+
+/// A device's TLS handshake, CONNECT and CONNACK 0, or why not.
+async fn try_device_connect(gw: &Gateway, cert: &IssuedCert, id: &str) -> Result<(), String> {
+    let connector = tokio_rustls::TlsConnector::from(client_tls(gw.pki.ca_pem(), Some(cert)));
+    let tcp = TcpStream::connect(gw.front.local_addr())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tls = tokio::time::timeout(
+        WAIT,
+        connector.connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .map_err(|_| "no TLS handshake in time".to_owned())?
+    .map_err(|e| format!("TLS handshake: {e}"))?;
+    tls.write_all(&connect_packet(&format!("edgefleet-agent-{id}")))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(WAIT, tls.read_exact(&mut ack))
+        .await
+        .map_err(|_| "no CONNACK in time".to_owned())?
+        .map_err(|e| format!("no CONNACK: {e}"))?;
+    if ack == [0x20, 0x02, 0x00, 0x00] {
+        Ok(())
+    } else {
+        Err(format!("CONNACK {ack:?}"))
+    }
+}
+
+/// The front carries at most `max_sessions` connections (the gateway sizes it from its
+/// open-files limit): one more is closed at accept, before any handshake and before an
+/// upstream socket is opened; once a session ends, a device connects again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_session_limit_are_closed_at_accept() {
+    let gw = Gateway::start_with(|c| c.max_sessions = 2).await;
+    let a_cert = gw.issue(&device("cap-a"));
+    let b_cert = gw.issue(&device("cap-b"));
+    let c_cert = gw.issue(&device("cap-c"));
+    let mut a = Client::tls(&gw, "edgefleet-agent-cap-a", &a_cert);
+    a.connected().await;
+    let mut b = Client::tls(&gw, "edgefleet-agent-cap-b", &b_cert);
+    b.connected().await;
+    // The handshake timeout is 5 s: a socket held for a handshake would stay open that long.
+    let mut probe = TcpStream::connect(gw.front.local_addr()).await.unwrap();
+    let started = Instant::now();
+    let sent = read_until_closed(&mut probe)
+        .await
+        .expect("closed by the front");
+    assert!(
+        sent.is_empty(),
+        "nothing is said to a connection over the limit"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed at accept, not after a handshake timeout ({:?})",
+        started.elapsed()
+    );
+    let err = try_device_connect(&gw, &c_cert, "cap-c").await;
+    assert!(err.is_err(), "a third session was carried: {err:?}");
+    b.client.disconnect().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match try_device_connect(&gw, &c_cert, "cap-c").await {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no session freed when one ended: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -94,25 +94,51 @@ async fn start_broker(
     Ok(tokio::task::spawn_blocking(move || edgefleet_broker::start(&config)).await??)
 }
 
-/// Raises this process's open-files soft limit to its hard limit: every device is a socket
-/// at the front and one upstream, and the common default of 1,024 would refuse the
-/// 500th device (accept fails with EMFILE). Logs the figures; a failure is only a warning.
-fn raise_open_files_limit() {
+/// Descriptors the gateway keeps for itself (store, HTTP clients, listeners, logs).
+const RESERVED_FILES: u64 = 512;
+
+/// Raises this process's open-files soft limit to its hard limit (the common default of
+/// 1,024 would refuse the 340th device) and returns it. Logs the figures; a failure is only
+/// a warning.
+fn raise_open_files_limit() -> u64 {
     let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft);
     match (before, rlimit::increase_nofile_limit(u64::MAX)) {
         (Ok(before), Ok(now)) => {
             tracing::info!(before, now, "open files limit (RLIMIT_NOFILE soft)");
-            if now < 8192 {
-                tracing::warn!(
-                    now,
-                    "open files limit below 8192: each device needs two; raise the hard limit (ulimit -Hn, LimitNOFILE= in systemd)"
-                );
-            }
+            now
         }
-        (_, Err(e)) | (Err(e), _) => {
-            tracing::warn!(error = %e, "cannot raise the open files limit")
+        (Ok(before), Err(e)) => {
+            tracing::warn!(error = %e, "cannot raise the open files limit");
+            before
+        }
+        (Err(e), _) => {
+            tracing::warn!(error = %e, "cannot read the open files limit; assuming 1024");
+            1024
         }
     }
+}
+
+/// How many client sessions the gateway's front may carry within `limit` open files: each
+/// costs three in this one process (the client's socket, the front's upstream socket and
+/// rumqttd's end of it). Logs it, and warns below 10,000.
+fn front_sessions(limit: u64) -> usize {
+    let sessions = sessions_within(limit);
+    tracing::info!(
+        sessions,
+        open_files = limit,
+        "the front carries at most this many MQTT sessions (three open files each)"
+    );
+    if sessions < 10_000 {
+        tracing::warn!(
+            sessions,
+            "fewer than 10,000 device sessions fit in the open files limit: raise the hard limit (ulimit -Hn, LimitNOFILE= in systemd) for a larger fleet"
+        );
+    }
+    sessions
+}
+
+fn sessions_within(open_files: u64) -> usize {
+    usize::try_from(open_files.saturating_sub(RESERVED_FILES) / 3).unwrap_or(usize::MAX)
 }
 
 pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
@@ -120,7 +146,7 @@ pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
         args.server.http_listen,
         "Other hosts reach the API and dashboard over HTTPS: --https-listen (default 0.0.0.0:8444).",
     )?;
-    raise_open_files_limit();
+    let max_sessions = front_sessions(raise_open_files_limit());
     let shutdown = watch_signals();
     let data_dir = args.server.data_dir.clone();
     let credential = tokio::task::spawn_blocking(move || {
@@ -171,6 +197,7 @@ pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
         }),
         public_host,
         internal_credential: credential,
+        max_sessions,
     };
     edgefleet_controller::run_gateway(
         config,
@@ -192,7 +219,7 @@ pub async fn controller(args: &ControllerArgs) -> anyhow::Result<()> {
         args.server.http_listen,
         "The controller alone serves no HTTPS: run `edgefleet gateway` (HTTPS on --https-listen), or put a TLS reverse proxy on this machine in front of a loopback --http-listen.",
     )?;
-    raise_open_files_limit();
+    let _ = raise_open_files_limit();
     let mut config = args.server.controller_config(args.broker.clone());
     if let (Some(user), Some(file)) = (&args.broker_user, &args.broker_password_file) {
         let text = std::fs::read_to_string(file).with_context(|| {
@@ -228,7 +255,7 @@ async fn write_addresses(file: &Path, addresses: Addresses) -> anyhow::Result<()
 }
 
 pub async fn broker(args: &BrokerArgs) -> anyhow::Result<()> {
-    raise_open_files_limit();
+    let _ = raise_open_files_limit();
     let broker = start_broker(args.mqtt_listen, None).await?;
     eprintln!("edgefleet broker: MQTT on {}", broker.listen_addr());
     if let Some(file) = &args.addresses_file {
@@ -240,5 +267,15 @@ pub async fn broker(args: &BrokerArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),
         why = stopped => Err(anyhow::anyhow!("the embedded MQTT broker stopped: {why}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn three_open_files_per_session_after_the_reserve() {
+        assert_eq!(super::sessions_within(20_000), 6_496);
+        assert_eq!(super::sessions_within(1_024), 170);
+        assert_eq!(super::sessions_within(100), 0);
     }
 }
