@@ -1330,7 +1330,17 @@ impl Session {
         let total = subscribe.filters.len();
         let mut codes = Vec::with_capacity(total);
         let mut allowed = Vec::with_capacity(total);
-        for filter in subscribe.filters {
+        // An integrator's subscriptions are carried at QoS 0: rumqttd 0.20 replays at most
+        // 100 retained messages to a new QoS 1 or 2 subscription (its in-flight window, a
+        // constant) and all of them to a QoS 0 one, and an integrator subscribes to see the
+        // whole fleet. rumqttd's SUBACK then grants QoS 0, which is what it gets.
+        let downgrade = matches!(self.identity, Identity::Integrator(_));
+        let mut rewritten = false;
+        for mut filter in subscribe.filters {
+            if downgrade && filter.qos != rumqttd::protocol::QoS::AtMostOnce {
+                filter.qos = rumqttd::protocol::QoS::AtMostOnce;
+                rewritten = true;
+            }
             let checked = acl::check_subscribe(&self.identity, &filter.path).and_then(|()| {
                 match &self.grants {
                     Some(grants) => grants.check_subscribe(&self.identity, &filter.path),
@@ -1348,13 +1358,15 @@ impl Session {
                 }
             }
         }
-        if allowed.len() == total {
+        if allowed.len() == total && !rewritten {
             return SubscribeVerdict::Forward(None);
         }
         if allowed.is_empty() {
             return SubscribeVerdict::Answer(encode_suback(subscribe.pkid, &codes));
         }
-        pending.lock().insert(subscribe.pkid, codes);
+        if allowed.len() < total {
+            pending.lock().insert(subscribe.pkid, codes);
+        }
         let mut out = BytesMut::new();
         let packet = Packet::Subscribe(
             Subscribe {
@@ -1367,13 +1379,8 @@ impl Session {
             Ok(_) => SubscribeVerdict::Forward(Some(out.freeze())),
             // Cannot happen for a packet we just decoded with fewer filters; refuse all.
             Err(_) => {
-                let codes = pending
-                    .lock()
-                    .remove(&subscribe.pkid)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|_| Some(SUBACK_FAILURE))
-                    .collect::<Vec<_>>();
+                pending.lock().remove(&subscribe.pkid);
+                let codes = vec![Some(SUBACK_FAILURE); total];
                 SubscribeVerdict::Answer(encode_suback(subscribe.pkid, &codes))
             }
         }

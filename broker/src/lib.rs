@@ -156,6 +156,9 @@ pub struct BrokerConfig {
     /// fan-out at 2k+ subscribers in our probe (SPEC.md §11); 1000 did not at 2k.
     pub max_inflight: usize,
     /// Messages the router forwards to one connection per scheduling round (sample: 200).
+    /// For a QoS 0 subscription it is also the most retained messages rumqttd replays on
+    /// subscribe (a QoS 1 one gets at most 100, a constant): the front carries integrators'
+    /// subscriptions at QoS 0, so this is how many retained statuses an integrator sees.
     pub max_outgoing_packets: u64,
     /// Pause after every accepted connection. rumqttd's sample config uses 1 ms, which caps
     /// the accept rate of a reconnect storm; we use 0.
@@ -170,7 +173,7 @@ impl Default for BrokerConfig {
             max_connections: 20_000,
             max_payload_bytes: edgefleet_protocol::MAX_PAYLOAD_BYTES + 64 * 1024,
             max_inflight: 1000,
-            max_outgoing_packets: 5000,
+            max_outgoing_packets: 20_000,
             next_connection_delay_ms: 0,
         }
     }

@@ -2113,3 +2113,74 @@ async fn connections_beyond_the_session_limit_are_closed_at_accept() {
         }
     }
 }
+
+/// An integrator asking for QoS 1 is served at QoS 0 (its SUBACK says so), because that is
+/// how rumqttd replays every retained message rather than the first 100: 250 devices'
+/// retained statuses all arrive. A refused filter next to it keeps its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integrator_gets_every_retained_status_not_the_first_hundred() {
+    const DEVICES: usize = 250;
+    let gw = Gateway::start().await;
+    let mut writer = Client::loopback(&gw, "writer-many");
+    writer.connected().await;
+    for i in 0..DEVICES {
+        let topic = TopicKind::DeviceStatus.for_device(&format!("press-{i:03}"));
+        writer
+            .client
+            .publish(
+                topic,
+                QoS::AtLeastOnce,
+                true,
+                format!("status-{i}").into_bytes(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    while acked < DEVICES {
+        writer
+            .expect("PUBACK", |e| {
+                matches!(e, Event::Incoming(Incoming::PubAck(_))).then_some(())
+            })
+            .await;
+        acked += 1;
+    }
+    let cert = gw.issue(&Identity::Integrator("historian".to_owned()));
+    let mut historian = Client::tls(&gw, "integrator:historian", &cert);
+    historian.connected().await;
+    historian
+        .client
+        .subscribe_many([
+            rumqttc::SubscribeFilter::new("#".into(), QoS::AtLeastOnce),
+            rumqttc::SubscribeFilter::new(
+                TopicKind::DeviceStatus.all_devices_filter(),
+                QoS::AtLeastOnce,
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        historian.suback().await,
+        vec![
+            SubscribeReasonCode::Failure,
+            SubscribeReasonCode::Success(QoS::AtMostOnce),
+        ]
+    );
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < DEVICES {
+        let topic = historian
+            .expect(
+                &format!("retained status {} of {DEVICES}", seen.len() + 1),
+                |e| match e {
+                    Event::Incoming(Incoming::Publish(p)) => {
+                        assert!(p.retain, "a replayed status is flagged retained");
+                        assert_eq!(p.qos, QoS::AtMostOnce);
+                        Some(p.topic.clone())
+                    }
+                    _ => None,
+                },
+            )
+            .await;
+        seen.insert(topic);
+    }
+}
