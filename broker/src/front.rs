@@ -148,13 +148,17 @@ pub struct FrontConfig {
     /// keeps the upstream session alive itself (a PINGREQ every half of it, whose PINGRESP
     /// the client never sees), so the client gets what it asked for.
     pub keepalive_for_silent: Duration,
-    /// Most client connections the front carries at once, over all its listeners. A
-    /// connection beyond it is closed at accept, before any handshake and before an
-    /// upstream socket is opened, with one warning per 10 s however many were closed. The
-    /// gateway sizes it from its open-files limit (three descriptors per session in its
-    /// process: the client's, the front's upstream one and rumqttd's); without it, the
+    /// Open files the front's client sessions may hold at once, over all its listeners: a
+    /// device on the hub holds one (its socket), a relayed client three in this process
+    /// (its socket, the front's upstream socket and rumqttd's end of it). A connection
+    /// that does not fit is closed at accept, before any handshake (a relayed one that fits
+    /// its socket but not its upstream gets CONNACK 0x03), with one warning per 10 s
+    /// however many. The gateway sets it from its open-files limit; without it, the
     /// process runs out of descriptors and rumqttd's accept loop spins on EMFILE.
-    pub max_sessions: usize,
+    pub max_open_files: usize,
+    /// Devices' sessions are terminated by the front and carried over the hub's two shared
+    /// upstream connections (`hub.rs`) instead of one rumqttd connection each.
+    pub device_hub: bool,
 }
 
 /// A local MQTT user an admin created, for the plain listener ([`FrontHandle::serve_plain`]):
@@ -202,7 +206,8 @@ impl FrontConfig {
             max_pending_handshakes: 1024,
             max_pending_per_address: 256,
             keepalive_for_silent: Duration::from_secs(60),
-            max_sessions: 50_000,
+            max_open_files: 150_000,
+            device_hub: true,
         }
     }
 }
@@ -368,6 +373,7 @@ impl Drop for FrontHandle {
         for accept in self.accepts.lock().drain(..) {
             accept.abort();
         }
+        self.shared.stop.cancel();
         let mut state = self.shared.state.lock();
         state.closed = true;
         state.close_where(|_| true);
@@ -400,6 +406,7 @@ pub fn start_front(
     tls: Arc<rustls::ServerConfig>,
 ) -> Result<FrontHandle, FrontError> {
     let local_addr = listener.local_addr().map_err(FrontError::Listener)?;
+    let stop = CancellationToken::new();
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             revoked_serials: config
@@ -419,9 +426,20 @@ pub fn start_front(
         }),
         events: broadcast::channel(1024).0,
         sessions: Arc::new(tokio::sync::Semaphore::new(
-            config.max_sessions.min(tokio::sync::Semaphore::MAX_PERMITS),
+            config
+                .max_open_files
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
         )),
         full: Mutex::new((0, None)),
+        hub: config.device_hub.then(|| {
+            crate::hub::Hub::start(
+                config.upstream,
+                config.upstream_login.as_ref(),
+                config.max_packet_bytes,
+                stop.clone(),
+            )
+        }),
+        stop,
     });
     let entry = Arc::new(Entry::Tls(TlsAcceptor::from(tls)));
     let config = Arc::new(config);
@@ -445,10 +463,14 @@ struct Shared {
     /// this across anything that can leave the sets half-changed) does not stop the others.
     state: Mutex<State>,
     events: broadcast::Sender<FrontEvent>,
-    /// One permit per client connection ([`FrontConfig::max_sessions`]).
+    /// One permit per open file of a client session ([`FrontConfig::max_open_files`]).
     sessions: Arc<tokio::sync::Semaphore>,
     /// Connections closed at the session limit since the last warning, and when that was.
     full: Mutex<(u64, Option<std::time::Instant>)>,
+    /// Carries device sessions when [`FrontConfig::device_hub`].
+    hub: Option<Arc<crate::hub::Hub>>,
+    /// Stops the hub's connections when the front goes.
+    stop: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -486,8 +508,8 @@ impl State {
 impl Shared {
     /// A session permit, or `None` at the limit (counted, and warned about at most once
     /// every 10 s: a storm at the limit must not become a log storm).
-    fn session_permit(&self, max: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        if let Ok(p) = self.sessions.clone().try_acquire_owned() {
+    fn session_permit(&self, n: u32, max: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(p) = self.sessions.clone().try_acquire_many_owned(n) {
             return Some(p);
         }
         let mut full = self.full.lock();
@@ -500,7 +522,7 @@ impl Shared {
             warn!(
                 limit = max,
                 closed = full.0,
-                "the front carries its most sessions: connections closed at accept (the limit follows the open-files limit, three per session: raise LimitNOFILE / ulimit -Hn for more)"
+                "the front's sessions hold all the open files it may use: connections closed (the limit follows the open-files limit: raise LimitNOFILE / ulimit -Hn for more)"
             );
             *full = (0, Some(now));
         }
@@ -612,7 +634,7 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
-                let Some(session) = shared.session_permit(config.max_sessions) else {
+                let Some(session) = shared.session_permit(1, config.max_open_files) else {
                     drop(tcp);
                     continue;
                 };
@@ -809,6 +831,14 @@ async fn serve(
     relay(session, registration, tls, BytesMut::with_capacity(4096)).await;
 }
 
+/// The hub carrying device sessions, when this is a device and the front has one.
+fn hub_for(session: &Session) -> Option<(Arc<crate::hub::Hub>, String)> {
+    match &session.identity {
+        Identity::Device(id) => Some((session.shared.hub.clone()?, id.clone())),
+        _ => None,
+    }
+}
+
 /// A plain-listener connection: its CONNECT names a local user, whose identity it gets.
 async fn serve_plain(
     tcp: TcpStream,
@@ -928,9 +958,15 @@ async fn relay<S: ClientStream>(
     let cancel = registration.cancel.clone();
     let peer = session.peer;
     let shared = session.shared.clone();
-    let end = tokio::select! {
-        end = session.run(stream, buf) => end,
-        () = cancel.cancelled() => Some(End::Dropped("certificate or user revoked".to_owned())),
+    let end = match hub_for(&session) {
+        Some((hub, device)) => tokio::select! {
+            end = session.run_on_hub(&hub, &device, stream, buf) => end,
+            () = cancel.cancelled() => Some(End::Dropped("certificate or user revoked".to_owned())),
+        },
+        None => tokio::select! {
+            end = session.run(stream, buf) => end,
+            () = cancel.cancelled() => Some(End::Dropped("certificate or user revoked".to_owned())),
+        },
     };
     drop(registration);
     // Both sockets are closed by now (dropped with the futures above).
@@ -954,6 +990,250 @@ struct Session {
     peer: SocketAddr,
     config: Arc<FrontConfig>,
     shared: Arc<Shared>,
+}
+
+/// Publishes a device session's last will when the session ends without DISCONNECT, however
+/// it ends (also when its future is dropped: a revocation), detaches it from the hub and
+/// tells a session waiting to take over that it may go on.
+struct HubGuard {
+    hub: Arc<crate::hub::Hub>,
+    device: String,
+    slot: Arc<crate::hub::Slot>,
+    will: Option<rumqttd::protocol::LastWill>,
+}
+
+impl Drop for HubGuard {
+    fn drop(&mut self) {
+        self.hub.detach(&self.device, &self.slot);
+        if let Some(will) = self.will.take() {
+            let topic = String::from_utf8_lossy(&will.topic).into_owned();
+            let qos = will.qos as u8;
+            if !self.hub.try_publish(&topic, qos, will.retain, will.message) {
+                warn!(device = %self.device, "the hub's queue is full: a last will was not published");
+            }
+        }
+        self.slot.ended.cancel();
+    }
+}
+
+impl Session {
+    /// A device's session terminated here and carried over the hub (see `hub.rs`): CONNACK,
+    /// keepalive, SUBSCRIBE and the acknowledgements are the front's; the device's PUBLISHes
+    /// and will go up the hub's shared connection, its deliveries come from the hub.
+    async fn run_on_hub<S: ClientStream>(
+        &self,
+        hub: &Arc<crate::hub::Hub>,
+        device: &str,
+        stream: S,
+        buf: BytesMut,
+    ) -> Option<End> {
+        let (mut client_rd, mut client_wr) = tokio::io::split(stream);
+        let mut buf = buf;
+        let max = self.config.max_packet_bytes;
+        let connect = timeout(
+            self.config.connect_timeout,
+            read_frame(&mut client_rd, &mut buf, max),
+        )
+        .await;
+        let frame = match connect {
+            Err(_) => {
+                self.dropped_early(format!(
+                    "no CONNECT within {} ms",
+                    self.config.connect_timeout.as_millis()
+                ));
+                return None;
+            }
+            Ok(Err(e)) => {
+                self.dropped_early(e);
+                return None;
+            }
+            Ok(Ok(frame)) => frame,
+        };
+        let (connect, will) = match self.checked_connect(frame) {
+            Ok((connect, will, _)) => (connect, will),
+            Err((code, reason)) => {
+                if let Some(code) = code {
+                    let _ = write_flush(&mut client_wr, &[0x20, 0x02, 0x00, code]).await;
+                }
+                self.dropped_early(reason);
+                return None;
+            }
+        };
+        let (slot, mut deliveries, old) = hub.attach(device);
+        let mut guard = HubGuard {
+            hub: hub.clone(),
+            device: device.to_owned(),
+            slot: slot.clone(),
+            will,
+        };
+        if let Some(old) = old {
+            // MQTT: a new connection with the same client id ends the old one. Its will goes
+            // out before this session's CONNACK, so the device's next presence wins.
+            old.cancel.cancel();
+            let _ = timeout(Duration::from_secs(2), old.ended.cancelled()).await;
+        }
+        if let Err(e) = write_flush(&mut client_wr, &[0x20, 0x02, 0x00, 0x00]).await {
+            return Some(End::Dropped(format!("client connection lost: {e}")));
+        }
+        self.shared
+            .emit(Some(&self.identity), self.peer, FrontEventKind::Connected);
+        // MQTT 3.1.1: one and a half keepalives without a packet and the session is over.
+        let silence = (connect.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        let mut next_pkid: u16 = 0;
+        let mut qos2_in = HashSet::new();
+        let mut last_heard = tokio::time::Instant::now();
+        let end = loop {
+            let read = async {
+                match silence {
+                    Some(limit) => tokio::time::timeout_at(
+                        last_heard + limit,
+                        read_frame(&mut client_rd, &mut buf, max),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "no packet within 1.5 × the keepalive of {} s",
+                            connect.keep_alive
+                        ))
+                    }),
+                    None => read_frame(&mut client_rd, &mut buf, max).await,
+                }
+            };
+            let frame = tokio::select! {
+                () = slot.cancel.cancelled() => {
+                    break End::Dropped("a new connection of this device took over, or it read nothing".to_owned());
+                }
+                d = deliveries.recv() => {
+                    let Some(d) = d else { continue };
+                    next_pkid = next_pkid.checked_add(1).unwrap_or(1);
+                    let mut out = crate::hub::encode_publish(&d, next_pkid);
+                    // Whatever else is queued goes in the same write.
+                    while let Ok(d) = deliveries.try_recv() {
+                        next_pkid = next_pkid.checked_add(1).unwrap_or(1);
+                        out.extend_from_slice(&crate::hub::encode_publish(&d, next_pkid));
+                    }
+                    if let Err(e) = write_flush(&mut client_wr, &out).await {
+                        break End::Dropped(format!("client connection lost: {e}"));
+                    }
+                    continue;
+                }
+                f = read => match f {
+                    Ok(f) => f,
+                    Err(reason) => break End::Dropped(reason),
+                },
+            };
+            last_heard = tokio::time::Instant::now();
+            let raw = frame.clone().freeze();
+            let mut frame = frame;
+            let packet = match V4.read_mut(&mut frame, max) {
+                Ok(p) => p,
+                Err(e) => break End::Dropped(format!("malformed packet: {e}")),
+            };
+            let answer: Option<Vec<u8>> = match packet {
+                Packet::Publish(publish, _) => {
+                    let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+                        break End::Dropped("malformed packet: topic is not UTF-8".to_owned());
+                    };
+                    if let Err(denied) = self.check_publish(topic, publish.payload.len()) {
+                        let reason = denied.to_string();
+                        self.shared.refused(&self.identity, self.peer, denied);
+                        break End::Dropped(reason);
+                    }
+                    let head = v4::check(raw.iter(), max).ok().and_then(|h| {
+                        publish_head(&raw, h.fixed_header_len).map(|(q, _, p)| (q, p))
+                    });
+                    let Some((qos, pkid)) = head else {
+                        break End::Dropped("malformed PUBLISH".to_owned());
+                    };
+                    if qos == 2 && !qos2_in.insert(pkid) {
+                        // A resent QoS 2 PUBLISH we already took: only answer it again.
+                        Some(ack_packet(PUBREC, pkid).to_vec())
+                    } else {
+                        if let Err(e) = hub
+                            .publish(topic, qos, publish.retain, publish.payload.clone())
+                            .await
+                        {
+                            break End::Dropped(e);
+                        }
+                        match qos {
+                            1 => Some(ack_packet(PUBACK, pkid).to_vec()),
+                            2 => Some(ack_packet(PUBREC, pkid).to_vec()),
+                            _ => None,
+                        }
+                    }
+                }
+                Packet::PubRel(pubrel, _) => {
+                    qos2_in.remove(&pubrel.pkid);
+                    Some(ack_packet(PUBCOMP, pubrel.pkid).to_vec())
+                }
+                Packet::Subscribe(subscribe, _) => {
+                    let mut codes = Vec::with_capacity(subscribe.filters.len());
+                    let mut replay = Vec::new();
+                    for filter in &subscribe.filters {
+                        match acl::check_subscribe(&self.identity, &filter.path) {
+                            Ok(()) => {
+                                let qos = (filter.qos as u8).min(1);
+                                replay.extend(hub.subscribe(&slot, &filter.path, qos));
+                                codes.push(Some(qos));
+                            }
+                            Err(denied) => {
+                                self.shared.refused(&self.identity, self.peer, denied);
+                                codes.push(Some(SUBACK_FAILURE));
+                            }
+                        }
+                    }
+                    let mut out = encode_suback(subscribe.pkid, &codes).to_vec();
+                    for d in &replay {
+                        next_pkid = next_pkid.checked_add(1).unwrap_or(1);
+                        out.extend_from_slice(&crate::hub::encode_publish(d, next_pkid));
+                    }
+                    Some(out)
+                }
+                Packet::Unsubscribe(unsubscribe, _) => {
+                    let bad = unsubscribe
+                        .filters
+                        .iter()
+                        .find_map(|f| acl::check_unsubscribe(&self.identity, f).err());
+                    if let Some(denied) = bad {
+                        let reason = denied.to_string();
+                        self.shared.refused(&self.identity, self.peer, denied);
+                        break End::Dropped(reason);
+                    }
+                    for f in &unsubscribe.filters {
+                        hub.unsubscribe(&slot, f);
+                    }
+                    let [hi, lo] = unsubscribe.pkid.to_be_bytes();
+                    Some(vec![0xB0, 0x02, hi, lo])
+                }
+                Packet::PingReq(_) => Some(vec![0xD0, 0x00]),
+                // Acknowledgements of the hub's deliveries: nothing waits for them.
+                Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) => None,
+                Packet::Disconnect(..) => {
+                    guard.will = None;
+                    break End::Clean;
+                }
+                Packet::Connect(..) => {
+                    break End::Dropped("protocol violation: second CONNECT".to_owned());
+                }
+                Packet::ConnAck(..)
+                | Packet::SubAck(..)
+                | Packet::UnsubAck(..)
+                | Packet::PingResp(_) => {
+                    break End::Dropped(
+                        "protocol violation: server-only packet from client".to_owned(),
+                    );
+                }
+            };
+            if let Some(answer) = answer
+                && let Err(e) = write_flush(&mut client_wr, &answer).await
+            {
+                break End::Dropped(format!("client connection lost: {e}"));
+            }
+        };
+        drop(guard);
+        Some(end)
+    }
 }
 
 /// Refused SUBSCRIBEs waiting for the broker's SUBACK: per packet id, the return codes in the
@@ -994,6 +1274,12 @@ impl Session {
                 self.dropped_early(reason);
                 return None;
             }
+        };
+        // The upstream socket and rumqttd's end of it: two more open files.
+        let Some(_upstream_files) = self.shared.session_permit(2, self.config.max_open_files)
+        else {
+            let error = "no open files left for another upstream connection".to_owned();
+            return Some(self.unavailable(&mut client_wr, error).await);
         };
         let upstream = match timeout(
             self.config.connect_timeout,
@@ -1116,6 +1402,35 @@ impl Session {
         &self,
         frame: BytesMut,
     ) -> Result<(BytesMut, Option<Duration>), (Option<u8>, String)> {
+        let (connect, will, front_pings) = self.checked_connect(frame)?;
+        let login = self
+            .config
+            .upstream_login
+            .as_ref()
+            .map(|c| rumqttd::protocol::Login {
+                username: c.username.clone(),
+                password: c.password.clone(),
+            });
+        let mut out = BytesMut::new();
+        V4.write(Packet::Connect(connect, None, will, None, login), &mut out)
+            .map_err(|e| (None, format!("cannot re-encode CONNECT: {e}")))?;
+        Ok((out, front_pings))
+    }
+
+    /// The CONNECT, checked (client id, will), with a client id assigned if it had none and
+    /// how often the front must ping upstream for a client without keepalive.
+    #[allow(clippy::type_complexity)]
+    fn checked_connect(
+        &self,
+        frame: BytesMut,
+    ) -> Result<
+        (
+            rumqttd::protocol::Connect,
+            Option<rumqttd::protocol::LastWill>,
+            Option<Duration>,
+        ),
+        (Option<u8>, String),
+    > {
         let mut frame = frame;
         let packet = match V4.read_mut(&mut frame, self.config.max_packet_bytes) {
             Ok(p) => p,
@@ -1167,18 +1482,7 @@ impl Session {
                 return Err((Some(CONNACK_NOT_AUTHORIZED), reason));
             }
         }
-        let login = self
-            .config
-            .upstream_login
-            .as_ref()
-            .map(|c| rumqttd::protocol::Login {
-                username: c.username.clone(),
-                password: c.password.clone(),
-            });
-        let mut out = BytesMut::new();
-        V4.write(Packet::Connect(connect, None, will, None, login), &mut out)
-            .map_err(|e| (None, format!("cannot re-encode CONNECT: {e}")))?;
-        Ok((out, front_pings))
+        Ok((connect, will, front_pings))
     }
 
     async fn client_to_broker<S: ClientStream>(

@@ -46,6 +46,7 @@
 //! unnoticed again.
 
 pub mod front;
+pub mod hub;
 pub mod pki;
 pub mod reservation;
 mod supervision;

@@ -1243,9 +1243,12 @@ async fn after_a_clean_disconnect_the_broker_closes_first() {
     let upstream = tokio::net::TcpListener::bind(any_port()).await.unwrap();
     let fake = upstream.local_addr().unwrap();
     // Without an upstream login, the CONNECT the fake broker reads is the client's own.
+    // The proxied path (integrators, local users; devices without the hub): the hub's own
+    // connections would reach the fake broker first.
     let gw = Gateway::start_with(|c| {
         c.upstream = fake;
         c.upstream_login = None;
+        c.device_hub = false;
     })
     .await;
     let mut events = gw.front.subscribe_events();
@@ -2068,12 +2071,12 @@ async fn try_device_connect(gw: &Gateway, cert: &IssuedCert, id: &str) -> Result
     }
 }
 
-/// The front carries at most `max_sessions` connections (the gateway sizes it from its
-/// open-files limit): one more is closed at accept, before any handshake and before an
-/// upstream socket is opened; once a session ends, a device connects again.
+/// The front's sessions hold at most `max_open_files` descriptors (the gateway sizes it from
+/// its open-files limit; a device on the hub holds one): one more connection is closed at
+/// accept, before any handshake; once a session ends, a device connects again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_session_limit_are_closed_at_accept() {
-    let gw = Gateway::start_with(|c| c.max_sessions = 2).await;
+    let gw = Gateway::start_with(|c| c.max_open_files = 2).await;
     let a_cert = gw.issue(&device("cap-a"));
     let b_cert = gw.issue(&device("cap-b"));
     let c_cert = gw.issue(&device("cap-c"));

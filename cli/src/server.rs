@@ -118,27 +118,27 @@ fn raise_open_files_limit() -> u64 {
     }
 }
 
-/// How many client sessions the gateway's front may carry within `limit` open files: each
-/// costs three in this one process (the client's socket, the front's upstream socket and
-/// rumqttd's end of it). Logs it, and warns below 10,000.
-fn front_sessions(limit: u64) -> usize {
-    let sessions = sessions_within(limit);
+/// The open files the gateway's front may give its client sessions within `limit`: all but
+/// [`RESERVED_FILES`]. A device on the hub holds one, a relayed client (integrator, local
+/// user) three. Logs it, and warns when fewer than 10,000 devices would fit.
+fn front_open_files(limit: u64) -> usize {
+    let files = open_files_for_sessions(limit);
     tracing::info!(
-        sessions,
+        files,
         open_files = limit,
-        "the front carries at most this many MQTT sessions (three open files each)"
+        "the front's sessions may hold this many open files (one per device)"
     );
-    if sessions < 10_000 {
+    if files < 10_000 {
         tracing::warn!(
-            sessions,
+            files,
             "fewer than 10,000 device sessions fit in the open files limit: raise the hard limit (ulimit -Hn, LimitNOFILE= in systemd) for a larger fleet"
         );
     }
-    sessions
+    files
 }
 
-fn sessions_within(open_files: u64) -> usize {
-    usize::try_from(open_files.saturating_sub(RESERVED_FILES) / 3).unwrap_or(usize::MAX)
+fn open_files_for_sessions(open_files: u64) -> usize {
+    usize::try_from(open_files.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX)
 }
 
 pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
@@ -146,7 +146,7 @@ pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
         args.server.http_listen,
         "Other hosts reach the API and dashboard over HTTPS: --https-listen (default 0.0.0.0:8444).",
     )?;
-    let max_sessions = front_sessions(raise_open_files_limit());
+    let max_open_files = front_open_files(raise_open_files_limit());
     let shutdown = watch_signals();
     let data_dir = args.server.data_dir.clone();
     let credential = tokio::task::spawn_blocking(move || {
@@ -197,7 +197,7 @@ pub async fn gateway(args: &GatewayArgs) -> anyhow::Result<()> {
         }),
         public_host,
         internal_credential: credential,
-        max_sessions,
+        max_open_files,
     };
     edgefleet_controller::run_gateway(
         config,
@@ -273,9 +273,9 @@ pub async fn broker(args: &BrokerArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn three_open_files_per_session_after_the_reserve() {
-        assert_eq!(super::sessions_within(20_000), 6_496);
-        assert_eq!(super::sessions_within(1_024), 170);
-        assert_eq!(super::sessions_within(100), 0);
+    fn the_front_gets_all_open_files_but_the_reserve() {
+        assert_eq!(super::open_files_for_sessions(20_000), 19_488);
+        assert_eq!(super::open_files_for_sessions(1_024), 512);
+        assert_eq!(super::open_files_for_sessions(100), 0);
     }
 }

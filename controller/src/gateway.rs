@@ -30,8 +30,8 @@ pub struct GatewayConfig {
     pub public_host: String,
     /// The embedded broker's credential (the broker was started with it).
     pub internal_credential: InternalCredential,
-    /// Most client sessions the front carries (see `FrontConfig::max_sessions`).
-    pub max_sessions: usize,
+    /// Open files the front's sessions may hold (see `FrontConfig::max_open_files`).
+    pub max_open_files: usize,
 }
 
 /// The gateway's listeners, bound by the caller (port 0 allowed).
@@ -131,7 +131,7 @@ pub async fn run_gateway(
     let enroll: SocketAddr = listeners.enroll.local_addr()?;
     let mut front_config = FrontConfig::new(upstream);
     front_config.upstream_login = Some(credential);
-    front_config.max_sessions = config.max_sessions;
+    front_config.max_open_files = config.max_open_files;
     front_config.revoked_serials = app.store.revoked_serials().await?;
     // Only certificates the store knows: one it lost could never be revoked.
     front_config.issued_serials = Some(app.store.issued_serials().await?);
