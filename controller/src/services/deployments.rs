@@ -475,7 +475,9 @@ impl Deployments {
     ) -> Result<(), PinError> {
         let _change = self.change.lock().await;
         let mut stacks = Vec::new();
-        for rev in pins.iter().filter_map(|(_, r)| *r) {
+        let revisions: std::collections::BTreeSet<u64> =
+            pins.iter().filter_map(|(_, r)| *r).collect();
+        for rev in revisions {
             let stack = stored_stack(&self.store, deployment, rev)
                 .await?
                 .ok_or_else(|| PinError::NoRevision(deployment.to_owned(), rev))?;

@@ -410,14 +410,19 @@ impl Rollouts {
         if let Some(hook) = hook {
             hook().await;
         }
+        // A wave's pins are one store write and one refresh, not one per device (a wave of
+        // 2,500 devices used to be 2,500 transactions before the first desired document went
+        // out). Pins are flushed before a rollback, to keep the commands' order.
+        let mut pins: Vec<(String, Option<u64>)> = Vec::new();
         for c in commands {
             match c {
-                Command::Pin { device, revision } => {
-                    self.deployments
-                        .pin(&rollout.deployment, &[(device, Some(revision))])
-                        .await?
-                }
+                Command::Pin { device, revision } => pins.push((device, Some(revision))),
                 Command::Rollback { devices, revision } => {
+                    if !pins.is_empty() {
+                        self.deployments
+                            .pin(&rollout.deployment, &std::mem::take(&mut pins))
+                            .await?;
+                    }
                     if !devices.is_empty() {
                         self.start_rollback(
                             &rollout.deployment,
@@ -430,6 +435,9 @@ impl Rollouts {
                     }
                 }
             }
+        }
+        if !pins.is_empty() {
+            self.deployments.pin(&rollout.deployment, &pins).await?;
         }
         if rollout != before {
             self.save(id, &by, rollout).await?;
