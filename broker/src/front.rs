@@ -1156,11 +1156,19 @@ impl Session {
                         {
                             break End::Dropped(e);
                         }
-                        match qos {
-                            1 => Some(ack_packet(PUBACK, pkid).to_vec()),
-                            2 => Some(ack_packet(PUBREC, pkid).to_vec()),
-                            _ => None,
+                        let mut out = match qos {
+                            1 => ack_packet(PUBACK, pkid).to_vec(),
+                            2 => ack_packet(PUBREC, pkid).to_vec(),
+                            _ => Vec::new(),
+                        };
+                        if topic
+                            == edgefleet_protocol::topics::TopicKind::DeviceSync.for_device(device)
+                            && let Some(d) = hub.desired_for(&slot, device)
+                        {
+                            next_pkid = next_pkid.checked_add(1).unwrap_or(1);
+                            out.extend_from_slice(&crate::hub::encode_publish(&d, next_pkid));
                         }
+                        (!out.is_empty()).then_some(out)
                     }
                 }
                 Packet::PubRel(pubrel, _) => {

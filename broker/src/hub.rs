@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::InternalCredential;
 
@@ -74,7 +74,10 @@ impl Slot {
             .filter(|(f, _)| acl::covers(f, topic))
             .map(|(_, q)| *q)
             .max();
-        let Some(qos) = qos else { return };
+        let Some(qos) = qos else {
+            debug!(%topic, "not subscribed (yet): not delivered");
+            return;
+        };
         let delivery = Delivery {
             topic: topic.clone(),
             payload: payload.clone(),
@@ -206,8 +209,9 @@ impl Hub {
             }
             Some(id) => {
                 let slot = self.sessions.lock().get(&id).cloned();
-                if let Some(slot) = slot {
-                    slot.offer(&topic, &payload, false);
+                match slot {
+                    Some(slot) => slot.offer(&topic, &payload, false),
+                    None => debug!(%topic, "no session of this device: not delivered"),
                 }
             }
         }
@@ -240,6 +244,11 @@ impl Hub {
         {
             sessions.remove(device);
         }
+        debug!(
+            device,
+            generation = slot.generation,
+            "device session detached"
+        );
     }
 
     /// Records a subscription and returns the retained messages it matches (to deliver
@@ -250,17 +259,59 @@ impl Hub {
             subs.retain(|(f, _)| f != filter);
             subs.push((filter.to_owned(), qos));
         }
-        self.retained
+        let to_delivery = |(t, p): (&Arc<str>, &Bytes)| Delivery {
+            topic: t.clone(),
+            payload: p.clone(),
+            retain: true,
+            qos,
+        };
+        let retained = self.retained.lock();
+        // A device's filters are its own topics (the front's rules): a lookup, not a scan of
+        // every device's document.
+        let replay: Vec<Delivery> = if filter.contains(['+', '#']) {
+            retained
+                .iter()
+                .filter(|(t, _)| acl::covers(filter, t))
+                .map(to_delivery)
+                .collect()
+        } else {
+            retained
+                .get_key_value(filter)
+                .map(to_delivery)
+                .into_iter()
+                .collect()
+        };
+        drop(retained);
+        debug!(
+            filter,
+            generation = slot.generation,
+            replayed = replay.len(),
+            "device subscribed"
+        );
+        replay
+    }
+
+    /// The device's retained desired document, if it is subscribed to it: what a device
+    /// asking for its desired state again (`sync`) gets from the hub at once, besides the
+    /// controller's answer, so a delivery lost anywhere between here and the agent's intake
+    /// is made good by the agent's own retry.
+    pub(crate) fn desired_for(&self, slot: &Slot, device: &str) -> Option<Delivery> {
+        let topic = TopicKind::DeviceDesired.for_device(device);
+        let qos = slot
+            .subscriptions
             .lock()
             .iter()
-            .filter(|(t, _)| acl::covers(filter, t))
-            .map(|(t, p)| Delivery {
-                topic: t.clone(),
-                payload: p.clone(),
-                retain: true,
-                qos,
-            })
-            .collect()
+            .filter(|(f, _)| acl::covers(f, &topic))
+            .map(|(_, q)| *q)
+            .max()?;
+        let retained = self.retained.lock();
+        let (t, p) = retained.get_key_value(topic.as_str())?;
+        Some(Delivery {
+            topic: t.clone(),
+            payload: p.clone(),
+            retain: true,
+            qos,
+        })
     }
 
     pub(crate) fn unsubscribe(&self, slot: &Slot, filter: &str) {

@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 #[derive(Debug, Parser)]
 struct Args {
     /// Device counts, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     devices: Vec<usize>,
     /// Rollouts per device count (median and p99 over all of them).
     #[arg(long, default_value_t = 3)]
@@ -159,10 +159,24 @@ fn integrator_retained(gw: &Gateway, dir: &Path) -> anyhow::Result<usize> {
     Ok(topics.len())
 }
 
+/// One device count, in a temp dir that is kept (with the gateway's log) if it fails.
 async fn one_size(args: &Args, n: usize) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir().context("temp dir")?;
+    match measure(args, n, &dir).await {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let kept = dir.keep();
+            Err(e.context(format!("logs kept in {}", kept.display())))
+        }
+    }
+}
+
+async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Result<Value> {
     eprintln!("[{n}] starting a gateway");
-    let mut gw = Gateway::start_with(dir.path(), &[("RUST_LOG", "warn")], &[]);
+    // FLEET_GATEWAY_LOG: the gateway's RUST_LOG (e.g. `warn,edgefleet_broker::hub=debug`);
+    // its log is kept in the run's temp dir.
+    let log = std::env::var("FLEET_GATEWAY_LOG").unwrap_or_else(|_| "warn".to_owned());
+    let mut gw = Gateway::start_with(dir.path(), &[("RUST_LOG", &log)], &[]);
     let pid = gw.proc.pid().context("gateway pid")?;
     let rss_empty = rss_kb(pid)?;
     let token = gw
@@ -295,6 +309,14 @@ fn print_table(rows: &[Value]) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let mut args = Args::parse();
+    // The simulated agents' own log (RUST_LOG, default: errors only), on stderr.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     if args.quick {
         args.devices = vec![20];
         args.repeats = 1;
