@@ -10,7 +10,10 @@
 //! 3. gateway RSS (broker + front + controller) per 1,000 devices, idle and after rollouts;
 //! 4. an integrator's wildcard subscription to every device's retained status through the
 //!    front (`mosquitto_sub --retained-only`): how many of N it receives;
-//! 5. the audit chain after it all (`edgefleet audit verify`).
+//! 5. status fan-in: statuses offered at `--fanin-rate` by a bridge user, the time from
+//!    publish to the fleet view (p50/p99 over each device's last status) and the rate the
+//!    controller took in;
+//! 6. the audit chain after it all (`edgefleet audit verify`).
 //!
 //! Prints a table per device count and, as its last line, one JSON object with every figure.
 
@@ -43,6 +46,12 @@ struct Args {
     /// Small and fast: checks the pipeline, not the numbers (CI).
     #[arg(long)]
     quick: bool,
+    /// Status fan-in: statuses offered per second (round-robin over the devices).
+    #[arg(long, default_value_t = 20_000)]
+    fanin_rate: usize,
+    /// Status fan-in: for how long.
+    #[arg(long, default_value_t = 3)]
+    fanin_secs: u64,
     /// How long any one phase may take before the benchmark gives up.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -247,6 +256,12 @@ async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Resu
         storms.push(wait_fleet(&api, &ours, &before, t0, args.timeout).await?);
     }
     agents.stop().await;
+    eprintln!(
+        "[{n}] status fan-in: {} msg/s for {} s",
+        args.fanin_rate, args.fanin_secs
+    );
+    let id_list: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+    let fan = fanin(&api, &gw, &id_list, args.fanin_rate, args.fanin_secs).await?;
     let audit = Command::new(&bins().edgefleet)
         .args(["--json", "audit", "verify", "--data-dir"])
         .arg(&gw.data_dir)
@@ -271,21 +286,138 @@ async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Resu
         "gateway_mb_per_1k_after_rollouts": per_1k(rss_after),
         "integrator_retained": integrator,
         "audit_verifies": audit_ok,
-        "fanin_msgs_per_s": Value::Null,
-        "fanin_p99_ms": Value::Null,
+        "fanin_msgs_per_s": fan["msgs_per_s"],
+        "fanin_p50_ms": fan["p50_ms"],
+        "fanin_p99_ms": fan["p99_ms"],
+        "fanin": fan,
         "mosquitto": Value::Null,
+    }))
+}
+
+/// Status fan-in: `rate` statuses a second for `secs` seconds, round-robin over the fleet,
+/// published QoS 1 by the harness's `bridge` user on the plain listener (the agents are
+/// stopped first, so nothing else writes a status meanwhile). Each status carries a marker
+/// in `last_error`; the fleet view's `last_seen` is when the controller took it in. The
+/// latency is measured on each device's last status (the last round, when the queue is
+/// longest): N samples.
+async fn fanin(
+    api: &Api,
+    gw: &Gateway,
+    ids: &[String],
+    rate: usize,
+    secs: u64,
+) -> anyhow::Result<Value> {
+    use edgefleet_protocol::status::{ConvergenceState, DeviceStatus};
+    use edgefleet_protocol::topics::TopicKind;
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let (user, password) = edgefleet_tests::mqtt::login_for(gw.mqtt_port)
+        .context("the harness's bridge user is missing")?;
+    let mut o = MqttOptions::new("bench-fanin", "127.0.0.1", gw.mqtt_port);
+    o.set_credentials(user, password);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(o, 10_000);
+    let driver = tokio::spawn(async move {
+        loop {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let total = rate * secs as usize;
+    let per_tick = (rate / 100).max(1);
+    let mut last: HashMap<String, (String, std::time::SystemTime)> = HashMap::new();
+    let t0 = std::time::SystemTime::now();
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut seq = 0usize;
+    while seq < total {
+        tick.tick().await;
+        for _ in 0..per_tick.min(total - seq) {
+            let id = &ids[seq % ids.len()];
+            let marker = format!("fanin {seq}");
+            let status = DeviceStatus {
+                schema: 1,
+                device: id.clone(),
+                observed_revision: 1,
+                desired_revision: 1,
+                state: ConvergenceState::Converged,
+                stacks: Default::default(),
+                last_error: Some(marker.clone()),
+                agent_version: "bench".into(),
+                updated_at: edgefleet_protocol::now_rfc3339(),
+            };
+            let payload = edgefleet_protocol::codec::encode(&status);
+            client
+                .publish(
+                    TopicKind::DeviceStatus.for_device(id),
+                    QoS::AtLeastOnce,
+                    true,
+                    payload,
+                )
+                .await
+                .context("the fan-in publisher's queue closed")?;
+            last.insert(id.clone(), (marker, std::time::SystemTime::now()));
+            seq += 1;
+        }
+    }
+    let published_s = start.elapsed().as_secs_f64();
+    // Until every device's last status is in the fleet view.
+    let mut latencies = Vec::with_capacity(last.len());
+    let mut taken_in = t0;
+    loop {
+        let list = api.get("/api/v1/devices").await?;
+        let mut missing = 0;
+        latencies.clear();
+        for d in list["devices"].as_array().into_iter().flatten() {
+            let Some((marker, sent)) = d["id"].as_str().and_then(|id| last.get(id)) else {
+                continue;
+            };
+            let seen = d["last_seen"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok());
+            match seen {
+                Some(seen) if d["last_error"].as_str() == Some(marker) => {
+                    taken_in = taken_in.max(seen);
+                    let ms = seen
+                        .duration_since(*sent)
+                        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+                    latencies.push(ms);
+                }
+                _ => missing += 1,
+            }
+        }
+        if missing == 0 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(secs + 60) {
+            driver.abort();
+            bail!("fan-in: {missing} devices' last status not in the fleet view after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    driver.abort();
+    let took = taken_in
+        .duration_since(t0)
+        .map_or(f64::NAN, |d| d.as_secs_f64());
+    Ok(json!({
+        "messages": total,
+        "offered_msgs_per_s": total as f64 / published_s,
+        "msgs_per_s": total as f64 / took,
+        "p50_ms": median(&latencies),
+        "p99_ms": p99(&latencies),
     }))
 }
 
 fn print_table(rows: &[Value]) {
     println!(
-        "| devices | connect | rollout p50 / p99 (per device) | rollout total (median) | storm median / p99 | gateway MB per 1k (idle / after) | integrator retained | audit |"
+        "| devices | connect | rollout p50 / p99 (per device) | rollout total (median) | storm median / p99 | gateway MB per 1k (idle / after) | integrator retained | fan-in msg/s (p50 / p99 ms) | audit |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "| {} | {:.2} s | {:.2} s / {:.2} s | {:.2} s | {:.2} s / {:.2} s | {:.1} / {:.1} | {} / {} | {} |",
+            "| {} | {:.2} s | {:.2} s / {:.2} s | {:.2} s | {:.2} s / {:.2} s | {:.1} / {:.1} | {} / {} | {:.0} ({:.0} / {:.0}) | {} |",
             r["devices"],
             f("connect_s"),
             f("rollout_p50_s"),
@@ -297,6 +429,9 @@ fn print_table(rows: &[Value]) {
             f("gateway_mb_per_1k_after_rollouts"),
             r["integrator_retained"],
             r["devices"],
+            f("fanin_msgs_per_s"),
+            f("fanin_p50_ms"),
+            f("fanin_p99_ms"),
             if r["audit_verifies"] == true {
                 "verifies"
             } else {
@@ -321,6 +456,8 @@ async fn main() -> std::process::ExitCode {
         args.devices = vec![20];
         args.repeats = 1;
         args.storms = 1;
+        args.fanin_rate = 2_000;
+        args.fanin_secs = 1;
         args.timeout = args.timeout.min(Duration::from_secs(120));
     }
     if args.devices.is_empty() || args.devices.contains(&0) || args.repeats == 0 {
