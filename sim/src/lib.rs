@@ -140,14 +140,36 @@ pub async fn ensure_enrolled(api: &Api, device: &SimDevice, dir: &Path) -> anyho
     Ok(())
 }
 
-fn agent_config(dir: &Path, keepalive: Duration) -> anyhow::Result<Config> {
-    let cli = AgentCli::try_parse_from([
+fn agent_config(
+    dir: &Path,
+    keepalive: Duration,
+    device: &SimDevice,
+    broker: &Broker,
+) -> anyhow::Result<Config> {
+    let mut args = vec![
         "edgefleet-agent".to_owned(),
         "--data-dir".to_owned(),
         dir.display().to_string(),
         "--keepalive".to_owned(),
         keepalive.as_secs().max(1).to_string(),
-    ])?;
+    ];
+    if let Broker::Plain {
+        url,
+        controller_key,
+    } = broker
+    {
+        args.extend([
+            "--id".to_owned(),
+            device.id.clone(),
+            "--broker".to_owned(),
+            url.clone(),
+            "--controller-key".to_owned(),
+            controller_key.display().to_string(),
+            "--labels".to_owned(),
+            device.labels_text(),
+        ]);
+    }
+    let cli = AgentCli::try_parse_from(args)?;
     let (config, _) = Config::from_cli(cli).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(config)
 }
@@ -338,8 +360,23 @@ pub async fn rehearse(api: &Api, r: &Rehearsal, devices: &[SimDevice]) -> anyhow
     }))
 }
 
+/// Where the simulated agents connect.
+#[derive(Debug, Clone, Default)]
+pub enum Broker {
+    /// The gateway each enrolled with: its TLS front, with the device's certificate.
+    #[default]
+    Enrolled,
+    /// A plain MQTT broker (an external-broker deployment, e.g. Mosquitto with `edgefleet
+    /// controller`): no enrollment; the device is adopted on its first presence and checks
+    /// desired state with the controller's public key.
+    Plain {
+        url: String,
+        controller_key: PathBuf,
+    },
+}
+
 /// How the simulated agents behave.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AgentOptions {
     pub pull: Duration,
     pub start: Duration,
@@ -347,6 +384,7 @@ pub struct AgentOptions {
     /// Share of devices whose healthchecks never pass (the first ones).
     pub unhealthy: f64,
     pub keepalive: Duration,
+    pub broker: Broker,
 }
 
 /// Enrolls every device whose data dir has no identity yet, `parallel` at a time; the
@@ -394,7 +432,8 @@ impl Agents {
         let shutdown = CancellationToken::new();
         let mut set = tokio::task::JoinSet::new();
         for (i, d) in devices.iter().enumerate() {
-            let config = agent_config(&data_dir.join(&d.id), options.keepalive)?;
+            let config =
+                agent_config(&data_dir.join(&d.id), options.keepalive, d, &options.broker)?;
             let healthy = (i as f64 + 0.5) / devices.len() as f64 >= options.unhealthy;
             let runtime = SimRuntime::new(Behaviour {
                 pull: options.pull,

@@ -140,6 +140,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             start_failure: args.start_failure,
             unhealthy: args.unhealthy,
             keepalive: args.keepalive,
+            broker: edgefleet_sim::Broker::Enrolled,
         },
     )?;
     let online_s = match wait_online(&api, &ids(&devices), args.timeout, !args.json).await {

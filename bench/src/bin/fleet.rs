@@ -15,6 +15,9 @@
 //!    controller took in;
 //! 6. the audit chain after it all (`edgefleet audit verify`).
 //!
+//! Then, in the same run, the peer: the same fleet and rollouts on Debian's Mosquitto with
+//! `edgefleet controller` (`--no-mosquitto` skips it), ratios under `vs_mosquitto`.
+//!
 //! Prints a table per device count and, as its last line, one JSON object with every figure.
 
 use std::collections::{HashMap, HashSet};
@@ -25,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use edgefleet_sim::fleet::Shape;
-use edgefleet_sim::{AgentOptions, Agents, Api, Rehearsal, enroll_all, ids, percentile};
+use edgefleet_sim::{AgentOptions, Agents, Api, Broker, Rehearsal, enroll_all, ids, percentile};
 use edgefleet_tests::bins::bins;
 use edgefleet_tests::procs::Gateway;
 use serde_json::{Value, json};
@@ -38,14 +41,18 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     devices: Vec<usize>,
     /// Rollouts per device count (median and p99 over all of them).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     repeats: usize,
     /// Gateway restarts per device count.
     #[arg(long, default_value_t = 2)]
     storms: usize,
+    /// Skip the peer (the same fleet on Mosquitto with `edgefleet controller`).
+    #[arg(long)]
+    no_mosquitto: bool,
     /// Small and fast: checks the pipeline, not the numbers (CI).
     #[arg(long)]
     quick: bool,
+
     /// Status fan-in: statuses offered per second (round-robin over the devices).
     #[arg(long, default_value_t = 20_000)]
     fanin_rate: usize,
@@ -205,6 +212,7 @@ async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Resu
         start_failure: 0.0,
         unhealthy: 0.0,
         keepalive: Duration::from_secs(30),
+        broker: Broker::Enrolled,
     };
     eprintln!("[{n}] connecting {n} devices");
     let t0 = Instant::now();
@@ -291,6 +299,109 @@ async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Resu
         "fanin_p99_ms": fan["p99_ms"],
         "fanin": fan,
         "mosquitto": Value::Null,
+    }))
+}
+
+/// The peer: the same fleet and the same rollouts on Debian's Mosquitto with `edgefleet
+/// controller` (the external-broker deployment), the simulated agents plain MQTT with the
+/// controller's key (adopted on their first presence); the "gateway" restarted is Mosquitto
+/// and the controller, both SIGKILLed. Memory is the two processes' RSS.
+async fn mosquitto_peer(args: &Args, n: usize) -> anyhow::Result<Value> {
+    use edgefleet_tests::procs;
+    let dir = tempfile::tempdir().context("temp dir")?;
+    eprintln!("[{n}] the same fleet on Mosquitto and edgefleet controller");
+    let (mut mq, port) = procs::mosquitto(dir.path());
+    let (mut ctl, http) = procs::controller(dir.path(), port);
+    let admin = edgefleet_tests::api::Api::admin(http, &procs::controller_data_dir(dir.path()));
+    let token = admin
+        .token()
+        .map_err(|e| anyhow::anyhow!(e))?
+        .context("no admin token")?;
+    let api = Api::new(&admin.url(), Some(token), None)?;
+    let pids = |mq: &edgefleet_tests::procs::Proc, ctl: &edgefleet_tests::procs::Proc| {
+        [mq.pid(), ctl.pid()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<u32>>()
+    };
+    let rss = |pids: Vec<u32>| -> anyhow::Result<u64> {
+        pids.into_iter().map(rss_kb).sum::<anyhow::Result<u64>>()
+    };
+    let rss_empty = rss(pids(&mq, &ctl))?;
+    let devices = Shape::flat(n).devices()?;
+    let ours = ids(&devices);
+    let sim_dir = dir.path().join("sim");
+    std::fs::create_dir_all(&sim_dir)?;
+    let options = AgentOptions {
+        pull: Duration::from_millis(10),
+        start: Duration::from_millis(10),
+        start_failure: 0.0,
+        unhealthy: 0.0,
+        keepalive: Duration::from_secs(30),
+        broker: Broker::Plain {
+            url: format!("mqtt://127.0.0.1:{port}"),
+            controller_key: procs::controller_key_path(dir.path()),
+        },
+    };
+    let t0 = Instant::now();
+    let agents = Agents::start(&devices, &sim_dir, &options)?;
+    let connect_s = wait_fleet(&api, &ours, &HashMap::new(), t0, args.timeout).await?;
+    let rss_idle = rss(pids(&mq, &ctl))?;
+    let mut rollouts = Vec::new();
+    let mut device_times = Vec::new();
+    for i in 0..args.repeats {
+        eprintln!("[{n}] Mosquitto: rollout {}/{}", i + 1, args.repeats);
+        let r = edgefleet_sim::rehearse(
+            &api,
+            &Rehearsal {
+                deployment: "bench".into(),
+                strategy: "canary=1,batch=25%,soak=0s".into(),
+                timeout: args.timeout,
+            },
+            &devices,
+        )
+        .await?;
+        if r["state"] != "succeeded" {
+            bail!("rollout {} ended {}", r["rollout"], r["state"]);
+        }
+        rollouts.push(r["total_s"].as_f64().unwrap_or(f64::NAN));
+        device_times.extend(
+            r["device_times_s"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64),
+        );
+    }
+    let rss_after = rss(pids(&mq, &ctl))?;
+    let mut storms = Vec::new();
+    for i in 0..args.storms {
+        eprintln!(
+            "[{n}] Mosquitto and the controller SIGKILLed and restarted ({}/{})",
+            i + 1,
+            args.storms
+        );
+        let before = sessions(&api).await?;
+        mq.kill9();
+        ctl.kill9();
+        let t0 = Instant::now();
+        mq.start();
+        ctl.start();
+        storms.push(wait_fleet(&api, &ours, &before, t0, args.timeout).await?);
+    }
+    agents.stop().await;
+    let per_1k = |kb: u64| (kb.saturating_sub(rss_empty) as f64) * 1000.0 / n as f64 / 1024.0;
+    Ok(json!({
+        "connect_s": connect_s,
+        "rollout_total_p50_s": median(&rollouts),
+        "rollout_p50_s": median(&device_times),
+        "rollout_p99_s": p99(&device_times),
+        "storm_s": median(&storms),
+        "storm_p99_s": p99(&storms),
+        "storms": storms,
+        "rss_kb": { "empty": rss_empty, "idle": rss_idle, "after_rollouts": rss_after },
+        "mb_per_1k_idle": per_1k(rss_idle),
+        "mb_per_1k_after_rollouts": per_1k(rss_after),
     }))
 }
 
@@ -409,6 +520,52 @@ async fn fanin(
     }))
 }
 
+fn print_peer_table(rows: &[Value]) {
+    println!();
+    println!(
+        "| devices | broker | connect | rollout p50 / p99 (per device) | rollout total | storm median / p99 | MB per 1k (idle / after) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for r in rows {
+        let m = &r["mosquitto"];
+        let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| {} | edgefleet gateway | {:.2} s | {:.2} s / {:.2} s | {:.2} s | {:.2} s / {:.2} s | {:.1} / {:.1} |",
+            r["devices"],
+            f(r, "connect_s"),
+            f(r, "rollout_p50_s"),
+            f(r, "rollout_p99_s"),
+            f(r, "rollout_total_p50_s"),
+            f(r, "storm_s"),
+            f(r, "storm_p99_s"),
+            f(r, "gateway_mb_per_1k_idle"),
+            f(r, "gateway_mb_per_1k_after_rollouts"),
+        );
+        if m.is_null() {
+            continue;
+        }
+        if let Some(e) = m["error"].as_str() {
+            println!(
+                "| {} | Mosquitto + controller | failed: {e} | | | | |",
+                r["devices"]
+            );
+            continue;
+        }
+        println!(
+            "| {} | Mosquitto + controller | {:.2} s | {:.2} s / {:.2} s | {:.2} s | {:.2} s / {:.2} s | {:.1} / {:.1} |",
+            r["devices"],
+            f(m, "connect_s"),
+            f(m, "rollout_p50_s"),
+            f(m, "rollout_p99_s"),
+            f(m, "rollout_total_p50_s"),
+            f(m, "storm_s"),
+            f(m, "storm_p99_s"),
+            f(m, "mb_per_1k_idle"),
+            f(m, "mb_per_1k_after_rollouts"),
+        );
+    }
+}
+
 fn print_table(rows: &[Value]) {
     println!(
         "| devices | connect | rollout p50 / p99 (per device) | rollout total (median) | storm median / p99 | gateway MB per 1k (idle / after) | integrator retained | fan-in msg/s (p50 / p99 ms) | audit |"
@@ -466,19 +623,42 @@ async fn main() -> std::process::ExitCode {
     }
     let mut rows = Vec::new();
     for &n in &args.devices {
-        match one_size(&args, n).await {
-            Ok(r) => rows.push(r),
+        let mut r = match one_size(&args, n).await {
+            Ok(r) => r,
             Err(e) => {
                 eprintln!("fleet: {n} devices: {e:#}");
                 return std::process::ExitCode::FAILURE;
             }
+        };
+        if !args.no_mosquitto {
+            r["mosquitto"] = match mosquitto_peer(&args, n).await {
+                Ok(m) => {
+                    let ratio = |k: &str| r[k].as_f64().zip(m[k].as_f64()).map(|(a, b)| a / b);
+                    r["vs_mosquitto"] = json!({
+                        "connect": ratio("connect_s"),
+                        "rollout_p99": ratio("rollout_p99_s"),
+                        "storm": ratio("storm_s"),
+                    });
+                    m
+                }
+                Err(e) => {
+                    eprintln!("fleet: {n} devices on Mosquitto: {e:#}");
+                    json!({ "error": format!("{e:#}") })
+                }
+            };
         }
+        rows.push(r);
     }
     print_table(&rows);
+    if !args.no_mosquitto {
+        print_peer_table(&rows);
+    }
     // Unmet targets are figures, not failures; a broken audit chain is a failure, and so, at
     // --quick's size (well under rumqttd's 100-message replay), is a missing status.
     let ok = rows.iter().all(|r| {
-        r["audit_verifies"] == true && (!args.quick || r["integrator_retained"] == r["devices"])
+        r["audit_verifies"] == true
+            && (!args.quick
+                || (r["integrator_retained"] == r["devices"] && r["mosquitto"]["error"].is_null()))
     });
     println!("{}", json!({ "machine": machine(), "results": rows }));
     if ok {
