@@ -1030,25 +1030,7 @@ impl Session {
         let (mut client_rd, mut client_wr) = tokio::io::split(stream);
         let mut buf = buf;
         let max = self.config.max_packet_bytes;
-        let connect = timeout(
-            self.config.connect_timeout,
-            read_frame(&mut client_rd, &mut buf, max),
-        )
-        .await;
-        let frame = match connect {
-            Err(_) => {
-                self.dropped_early(format!(
-                    "no CONNECT within {} ms",
-                    self.config.connect_timeout.as_millis()
-                ));
-                return None;
-            }
-            Ok(Err(e)) => {
-                self.dropped_early(e);
-                return None;
-            }
-            Ok(Ok(frame)) => frame,
-        };
+        let frame = self.read_connect(&mut client_rd, &mut buf).await?;
         let (connect, will) = match self.checked_connect(frame) {
             Ok((connect, will, _)) => (connect, will),
             Err((code, reason)) => {
@@ -1254,25 +1236,7 @@ impl Session {
     async fn run<S: ClientStream>(&self, stream: S, buf: BytesMut) -> Option<End> {
         let (mut client_rd, mut client_wr) = tokio::io::split(stream);
         let mut buf = buf;
-        let connect = timeout(
-            self.config.connect_timeout,
-            read_frame(&mut client_rd, &mut buf, self.config.max_packet_bytes),
-        )
-        .await;
-        let frame = match connect {
-            Err(_) => {
-                self.dropped_early(format!(
-                    "no CONNECT within {} ms",
-                    self.config.connect_timeout.as_millis()
-                ));
-                return None;
-            }
-            Ok(Err(e)) => {
-                self.dropped_early(e);
-                return None;
-            }
-            Ok(Ok(frame)) => frame,
-        };
+        let frame = self.read_connect(&mut client_rd, &mut buf).await?;
         let (upstream_connect, front_pings) = match self.check_connect(frame) {
             Ok(checked) => checked,
             Err((code, reason)) => {
@@ -1382,6 +1346,34 @@ impl Session {
             let _ = timeout(DISCONNECT_GRACE, &mut to_client).await;
         }
         Some(end)
+    }
+
+    /// The client's first packet within the connect timeout, or `None` once the reason it
+    /// did not come is reported.
+    async fn read_connect<R: AsyncRead + Unpin>(
+        &self,
+        client_rd: &mut R,
+        buf: &mut BytesMut,
+    ) -> Option<BytesMut> {
+        let connect = timeout(
+            self.config.connect_timeout,
+            read_frame(client_rd, buf, self.config.max_packet_bytes),
+        )
+        .await;
+        match connect {
+            Err(_) => {
+                self.dropped_early(format!(
+                    "no CONNECT within {} ms",
+                    self.config.connect_timeout.as_millis()
+                ));
+                None
+            }
+            Ok(Err(e)) => {
+                self.dropped_early(e);
+                None
+            }
+            Ok(Ok(frame)) => Some(frame),
+        }
     }
 
     fn dropped_early(&self, reason: String) {

@@ -142,6 +142,43 @@ async fn wait_fleet(
     }
 }
 
+/// `--repeats` rehearsed rollouts (canary 1, batch 25 %, soak 0): each one's total, and
+/// every device's time to done over all of them.
+async fn rollouts(
+    args: &Args,
+    api: &Api,
+    devices: &[edgefleet_sim::fleet::SimDevice],
+    label: &str,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let mut totals = Vec::new();
+    let mut device_times = Vec::new();
+    for i in 0..args.repeats {
+        eprintln!("{label} rollout {}/{}", i + 1, args.repeats);
+        let r = edgefleet_sim::rehearse(
+            api,
+            &Rehearsal {
+                deployment: "bench".into(),
+                strategy: "canary=1,batch=25%,soak=0s".into(),
+                timeout: args.timeout,
+            },
+            devices,
+        )
+        .await?;
+        if r["state"] != "succeeded" {
+            bail!("rollout {} ended {}", r["rollout"], r["state"]);
+        }
+        totals.push(r["total_s"].as_f64().unwrap_or(f64::NAN));
+        device_times.extend(
+            r["device_times_s"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64),
+        );
+    }
+    Ok((totals, device_times))
+}
+
 /// Distinct retained device statuses an integrator receives on `…/devices/+/status`.
 fn integrator_retained(gw: &Gateway, dir: &Path) -> anyhow::Result<usize> {
     let creds = dir.join("integrator");
@@ -220,32 +257,7 @@ async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Resu
     let connect_s = wait_fleet(&api, &ours, &HashMap::new(), t0, args.timeout).await?;
     let rss_idle = rss_kb(pid)?;
 
-    let mut rollouts = Vec::new();
-    let mut device_times = Vec::new();
-    for i in 0..args.repeats {
-        eprintln!("[{n}] rollout {}/{}", i + 1, args.repeats);
-        let r = edgefleet_sim::rehearse(
-            &api,
-            &Rehearsal {
-                deployment: "bench".into(),
-                strategy: "canary=1,batch=25%,soak=0s".into(),
-                timeout: args.timeout,
-            },
-            &devices,
-        )
-        .await?;
-        if r["state"] != "succeeded" {
-            bail!("rollout {} ended {}", r["rollout"], r["state"]);
-        }
-        rollouts.push(r["total_s"].as_f64().unwrap_or(f64::NAN));
-        device_times.extend(
-            r["device_times_s"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_f64),
-        );
-    }
+    let (rollouts, device_times) = rollouts(args, &api, &devices, &format!("[{n}]")).await?;
     let rss_after = rss_kb(pid)?;
     let integrator = integrator_retained(&gw, dir.path())?;
 
@@ -363,32 +375,8 @@ async fn measure_peer(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow:
     let agents = Agents::start(&devices, &sim_dir, &options)?;
     let connect_s = wait_fleet(&api, &ours, &HashMap::new(), t0, args.timeout).await?;
     let rss_idle = rss(pids(&mq, &ctl))?;
-    let mut rollouts = Vec::new();
-    let mut device_times = Vec::new();
-    for i in 0..args.repeats {
-        eprintln!("[{n}] Mosquitto: rollout {}/{}", i + 1, args.repeats);
-        let r = edgefleet_sim::rehearse(
-            &api,
-            &Rehearsal {
-                deployment: "bench".into(),
-                strategy: "canary=1,batch=25%,soak=0s".into(),
-                timeout: args.timeout,
-            },
-            &devices,
-        )
-        .await?;
-        if r["state"] != "succeeded" {
-            bail!("rollout {} ended {}", r["rollout"], r["state"]);
-        }
-        rollouts.push(r["total_s"].as_f64().unwrap_or(f64::NAN));
-        device_times.extend(
-            r["device_times_s"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_f64),
-        );
-    }
+    let (rollouts, device_times) =
+        rollouts(args, &api, &devices, &format!("[{n}] Mosquitto:")).await?;
     let rss_after = rss(pids(&mq, &ctl))?;
     let mut storms = Vec::new();
     for i in 0..args.storms {
