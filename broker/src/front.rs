@@ -1064,6 +1064,7 @@ impl Session {
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
         let mut next_pkid: u16 = 0;
         let mut qos2_in = HashSet::new();
+        let sync_topic = edgefleet_protocol::topics::TopicKind::DeviceSync.for_device(device);
         let mut last_heard = tokio::time::Instant::now();
         let end = loop {
             let read = async {
@@ -1143,8 +1144,7 @@ impl Session {
                             2 => ack_packet(PUBREC, pkid).to_vec(),
                             _ => Vec::new(),
                         };
-                        if topic
-                            == edgefleet_protocol::topics::TopicKind::DeviceSync.for_device(device)
+                        if topic == sync_topic
                             && let Some(d) = hub.desired_for(&slot, device)
                         {
                             next_pkid = next_pkid.checked_add(1).unwrap_or(1);
@@ -1181,13 +1181,7 @@ impl Session {
                     Some(out)
                 }
                 Packet::Unsubscribe(unsubscribe, _) => {
-                    let bad = unsubscribe
-                        .filters
-                        .iter()
-                        .find_map(|f| acl::check_unsubscribe(&self.identity, f).err());
-                    if let Some(denied) = bad {
-                        let reason = denied.to_string();
-                        self.shared.refused(&self.identity, self.peer, denied);
+                    if let Err(reason) = self.check_unsubscribe(&unsubscribe) {
                         break End::Dropped(reason);
                     }
                     for f in &unsubscribe.filters {
@@ -1565,14 +1559,7 @@ impl Session {
                     return End::Clean;
                 }
                 Packet::Unsubscribe(unsubscribe, _) => {
-                    // MQTT 3.1.1's UNSUBACK has no failure code: a malformed filter closes.
-                    let bad = unsubscribe
-                        .filters
-                        .iter()
-                        .find_map(|f| acl::check_unsubscribe(&self.identity, f).err());
-                    if let Some(denied) = bad {
-                        let reason = denied.to_string();
-                        self.shared.refused(&self.identity, self.peer, denied);
+                    if let Err(reason) = self.check_unsubscribe(&unsubscribe) {
                         return End::Dropped(reason);
                     }
                     raw
@@ -1616,6 +1603,26 @@ impl Session {
             if let Err(e) = write_flush(&mut *up_wr.lock().await, &forward).await {
                 return End::Dropped(format!("broker connection lost: {e}"));
             }
+        }
+    }
+
+    /// MQTT 3.1.1's UNSUBACK has no failure code: a malformed filter is refused (reported)
+    /// and the connection closes, for the reason returned.
+    fn check_unsubscribe(
+        &self,
+        unsubscribe: &rumqttd::protocol::Unsubscribe,
+    ) -> Result<(), String> {
+        let bad = unsubscribe
+            .filters
+            .iter()
+            .find_map(|f| acl::check_unsubscribe(&self.identity, f).err());
+        match bad {
+            Some(denied) => {
+                let reason = denied.to_string();
+                self.shared.refused(&self.identity, self.peer, denied);
+                Err(reason)
+            }
+            None => Ok(()),
         }
     }
 

@@ -66,15 +66,18 @@ pub(crate) struct Slot {
 impl Slot {
     /// Queues `topic` for the device if one of its subscriptions matches; a full queue
     /// ends the session.
-    fn offer(&self, topic: &Arc<str>, payload: &Bytes, retain: bool) {
-        let qos = self
-            .subscriptions
+    /// The highest QoS among the device's subscriptions matching `topic`, if any.
+    fn granted(&self, topic: &str) -> Option<u8> {
+        self.subscriptions
             .lock()
             .iter()
             .filter(|(f, _)| acl::covers(f, topic))
             .map(|(_, q)| *q)
-            .max();
-        let Some(qos) = qos else {
+            .max()
+    }
+
+    fn offer(&self, topic: &Arc<str>, payload: &Bytes, retain: bool) {
+        let Some(qos) = self.granted(topic) else {
             debug!(%topic, "not subscribed (yet): not delivered");
             return;
         };
@@ -297,13 +300,7 @@ impl Hub {
     /// is made good by the agent's own retry.
     pub(crate) fn desired_for(&self, slot: &Slot, device: &str) -> Option<Delivery> {
         let topic = TopicKind::DeviceDesired.for_device(device);
-        let qos = slot
-            .subscriptions
-            .lock()
-            .iter()
-            .filter(|(f, _)| acl::covers(f, &topic))
-            .map(|(_, q)| *q)
-            .max()?;
+        let qos = slot.granted(&topic)?;
         let retained = self.retained.lock();
         let (t, p) = retained.get_key_value(topic.as_str())?;
         Some(Delivery {
@@ -326,30 +323,32 @@ impl Hub {
         retain: bool,
         payload: Bytes,
     ) -> Result<(), String> {
-        let qos = if qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        };
         self.up
-            .publish_bytes(topic, qos, retain, payload)
+            .publish_bytes(topic, up_qos(qos), retain, payload)
             .await
             .map_err(|e| format!("the hub's upstream queue is closed: {e}"))
     }
 
     /// [`Hub::publish`] without waiting (from a drop): false if the queue is full.
     pub(crate) fn try_publish(&self, topic: &str, qos: u8, retain: bool, payload: Bytes) -> bool {
-        let qos = if qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        };
-        self.up.try_publish(topic, qos, retain, payload).is_ok()
+        self.up
+            .try_publish(topic, up_qos(qos), retain, payload)
+            .is_ok()
     }
 
     /// Device sessions attached now.
     pub fn sessions(&self) -> usize {
         self.sessions.lock().len()
+    }
+}
+
+/// The QoS a device's PUBLISH is carried at upstream: as sent, QoS 2 as 1 (the front
+/// completes the device's QoS 2 exchange itself).
+fn up_qos(qos: u8) -> QoS {
+    if qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
     }
 }
 

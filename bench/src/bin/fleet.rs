@@ -215,13 +215,16 @@ fn integrator_retained(gw: &Gateway, dir: &Path) -> anyhow::Result<usize> {
 /// One device count, in a temp dir that is kept (with the gateway's log) if it fails.
 async fn one_size(args: &Args, n: usize) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir().context("temp dir")?;
-    match measure(args, n, &dir).await {
-        Ok(v) => Ok(v),
-        Err(e) => {
-            let kept = dir.keep();
-            Err(e.context(format!("logs kept in {}", kept.display())))
-        }
-    }
+    let result = measure(args, n, &dir).await;
+    kept_on_failure(dir, result)
+}
+
+/// `result`, with the temp dir (logs, stores) kept and named in the error if it failed.
+fn kept_on_failure(dir: tempfile::TempDir, result: anyhow::Result<Value>) -> anyhow::Result<Value> {
+    result.map_err(|e| {
+        let kept = dir.keep();
+        e.context(format!("logs kept in {}", kept.display()))
+    })
 }
 
 async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Result<Value> {
@@ -320,13 +323,8 @@ async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Resu
 /// and the controller, both SIGKILLed. Memory is the two processes' RSS.
 async fn mosquitto_peer(args: &Args, n: usize) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir().context("temp dir")?;
-    match measure_peer(args, n, &dir).await {
-        Ok(v) => Ok(v),
-        Err(e) => {
-            let kept = dir.keep();
-            Err(e.context(format!("logs kept in {}", kept.display())))
-        }
-    }
+    let result = measure_peer(args, n, &dir).await;
+    kept_on_failure(dir, result)
 }
 
 async fn measure_peer(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Result<Value> {
