@@ -15,6 +15,7 @@ use edgefleet_protocol::codec::{DecodeError, check_device};
 use edgefleet_protocol::desired::DesiredState;
 use edgefleet_protocol::event::{DeviceEvent, EventKind, Severity};
 use edgefleet_protocol::ids::{validate_service_name, validate_stack_name};
+use edgefleet_protocol::policy::Violation;
 use edgefleet_protocol::signing::{SignatureError, VerifyingKey, verify};
 use edgefleet_protocol::spec::{OrderError, ServiceSpec, StackSpec, VolumeKind};
 use edgefleet_protocol::sync::SyncRequest;
@@ -72,6 +73,14 @@ pub enum Rejection {
     },
     #[error("stack '{stack}': {source}")]
     Order { stack: String, source: OrderError },
+    #[error(
+        "stack '{stack}' breaks the workload policy the document carries: {}",
+        violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; ")
+    )]
+    Policy {
+        stack: String,
+        violations: Vec<Violation>,
+    },
 }
 
 impl From<SignatureError> for Rejection {
@@ -89,7 +98,10 @@ impl Rejection {
     pub fn is_security(&self) -> bool {
         matches!(
             self,
-            Rejection::Signature(_) | Rejection::Replayed { .. } | Rejection::Conflicting { .. }
+            Rejection::Signature(_)
+                | Rejection::Replayed { .. }
+                | Rejection::Conflicting { .. }
+                | Rejection::Policy { .. }
         )
     }
 }
@@ -136,6 +148,23 @@ pub fn judge(
     }
     for (name, stack) in &doc.stacks {
         validate_stack(name, stack)?;
+    }
+    // Defence in depth: the controller checked every stack against the policy at apply; a
+    // stack this document adds or changes must still keep the policy the document carries.
+    // A stack already held runs on (a tightened policy lists it, never stops it).
+    if let Some(policy) = &doc.policy {
+        for (name, stack) in &doc.stacks {
+            if held.is_some_and(|h| h.stacks.get(name) == Some(stack)) {
+                continue;
+            }
+            let violations = policy.check(stack);
+            if !violations.is_empty() {
+                return Err(Rejection::Policy {
+                    stack: name.clone(),
+                    violations,
+                });
+            }
+        }
     }
     Ok(Verdict::Accept(doc))
 }
@@ -351,7 +380,7 @@ impl Intake {
                 true
             }
             Err(rejection) if rejection.is_security() => {
-                warn!(error = %rejection, "refused a desired document that the controller did not sign for this revision; nothing changes");
+                warn!(error = %rejection, "refused a desired document (unsigned, replayed, or against its own policy); nothing changes");
                 let mut ev = event(
                     EventKind::SecurityRejected,
                     Severity::Error,
@@ -418,6 +447,18 @@ mod tests {
     /// A document signed by the trusted controller key.
     fn doc(device: &str, revision: u64, stacks: serde_json::Value) -> Vec<u8> {
         controller().sign_bytes(&bare(device, revision, stacks))
+    }
+
+    /// A signed document for device `d` carrying a workload policy.
+    fn doc_with_policy(
+        revision: u64,
+        stacks: serde_json::Value,
+        policy: serde_json::Value,
+    ) -> Vec<u8> {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&bare("d", revision, stacks)).unwrap();
+        v["policy"] = policy;
+        controller().sign_bytes(&serde_json::to_vec(&v).unwrap())
     }
 
     fn held(revision: u64, stacks: serde_json::Value) -> DesiredState {
@@ -602,6 +643,49 @@ mod tests {
                 ),
                 None,
                 Err("healthcheck"),
+            ),
+            (
+                "a new stack against the policy it carries",
+                doc_with_policy(
+                    3,
+                    app(json!({"web": {"image": "app:1", "privileged": true}})),
+                    json!({}),
+                ),
+                h2(),
+                Err(
+                    "security: stack 'app' breaks the workload policy the document carries: service 'web', key 'privileged'",
+                ),
+            ),
+            (
+                "a new stack the policy it carries allows",
+                doc_with_policy(
+                    3,
+                    app(json!({"web": {"image": "app:1", "privileged": true}})),
+                    json!({"privileged": true}),
+                ),
+                h2(),
+                Ok("accept"),
+            ),
+            (
+                "a stack held already runs on under a tightened policy",
+                doc_with_policy(
+                    3,
+                    json!({
+                        "app": {"deployment": "app", "deployment_revision": 1, "volumes": ["data"], "services": {"web": {"image": "app:1"}}},
+                        "other": {"deployment": "other", "deployment_revision": 1, "services": {"x": {"image": "x:1"}}}
+                    }),
+                    json!({"registries": ["registry.plant.local"]}),
+                ),
+                h2(),
+                Err(
+                    "security: stack 'other' breaks the workload policy the document carries: service 'x', key 'image'",
+                ),
+            ),
+            (
+                "unknown policy field",
+                doc_with_policy(3, ok.clone(), json!({"privilegd": true})),
+                h2(),
+                Err("privilegd"),
             ),
             (
                 "unknown field type",

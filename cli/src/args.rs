@@ -68,6 +68,11 @@ pub enum Command {
     /// Maintenance windows per site: rollout waves wait for them.
     #[command(subcommand)]
     Window(WindowCommand),
+    /// Workload policies: what the apps of each site may do on its devices (privileged,
+    /// host network, host paths, devices, registries, limits, …). Admins set them; anyone
+    /// may read them and check a file against them.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Staged rollouts: start one, watch it, pause, resume or abort it.
     #[command(subcommand)]
     Rollout(RolloutCommand),
@@ -430,24 +435,16 @@ pub struct BrokerArgs {
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// Compose file to deploy ('-' reads standard input).
-    #[arg(short = 'f', long = "file")]
-    pub file: PathBuf,
+    #[command(flatten)]
+    pub input: ComposeInput,
     /// Deployment name (letters, digits, '-', '_', '.').
     #[arg(long)]
     pub name: String,
     /// Devices to run it on: 'site=lyon,line=3' (labels), 'id=press-07|press-08' (devices), or '*'.
     #[arg(long)]
     pub target: String,
-    /// A value for ${KEY} in the Compose file (repeatable); wins over --env-file.
-    #[arg(long = "var", value_name = "KEY=VALUE")]
-    pub vars: Vec<String>,
-    /// An env file (KEY=value lines, # comments) giving values for ${KEY} in the Compose file.
-    /// Read here and sent with the file: it need not exist on the devices.
-    #[arg(long = "env-file", value_name = "FILE")]
-    pub env_file: Option<PathBuf>,
-    /// Check the file, the target and every device's document size, and print what would
-    /// change (revision, devices, devices held by a staged apply) without recording or
+    /// Check the file, the target, the workload policies and every device's document size,
+    /// and print what would change (revision, devices, devices held by a staged apply) without recording or
     /// sending anything.
     #[arg(long)]
     pub dry_run: bool,
@@ -463,6 +460,96 @@ pub enum GetCommand {
     Deployments,
     /// One deployment: its revisions and current Compose file.
     Deployment { name: String },
+}
+
+/// Which policy a `policy` command means: one site's, or the fleet default.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct PolicyScope {
+    /// The site (its devices' `site` label).
+    pub site: Option<String>,
+    /// The fleet default: the policy of every site that has none of its own.
+    #[arg(long)]
+    pub fleet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// The policy a site's devices run under (its own, else the fleet default, else the
+    /// baseline), with who set it.
+    #[command(
+        after_help = "Examples:\n  edgefleet policy get lyon\n  edgefleet policy get --fleet"
+    )]
+    Get {
+        #[command(flatten)]
+        scope: PolicyScope,
+    },
+    /// Every policy set, and the baseline they start from.
+    List,
+    /// Set a site's policy (or the fleet default) from a YAML file, admin only. Prints the
+    /// deployments that break the new policy: they keep running, listed, until changed.
+    #[command(
+        after_help = "A policy file (every rule optional; left out = the baseline's answer, which is 'no'):\n\
+        \n  registries: [registry.plant.local, docker.io]   # images only from these (absent: any)\
+        \n  require_digest: false      # images must be name@sha256:...\
+        \n  privileged: false\
+        \n  host_network: false        # network_mode: host\
+        \n  devices: ['/dev/ttyUSB*']  # host devices that may be mapped\
+        \n  host_paths: [/srv/data]    # host paths bind mounts may use (./relative ones are always allowed)\
+        \n  capabilities: [NET_ADMIN]  # cap_add beyond the baseline set\
+        \n  unconfined: false          # security_opt seccomp/apparmor unconfined\
+        \n  sysctls: []                # beyond the safe set\
+        \n  volume_drivers: []         # beyond local\
+        \n  require_memory_limit: true\
+        \n  require_cpu_limit: false\
+        \n  max_log_size: 50m          # per container (max-size x max-file)\
+        \n\nExample:\n  edgefleet policy set lyon -f lyon-policy.yml"
+    )]
+    Set {
+        #[command(flatten)]
+        scope: PolicyScope,
+        /// The policy file (YAML or JSON).
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Remove a site's own policy (it falls back to the fleet default) or the fleet default
+    /// (back to the baseline), admin only.
+    Clear {
+        #[command(flatten)]
+        scope: PolicyScope,
+    },
+    /// Check a Compose file against the policies of the devices a target reaches, without
+    /// applying it: every refusal, with service, key and rule.
+    #[command(
+        after_help = "Example:\n  edgefleet policy check -f stack.yml --target site=lyon,line=3"
+    )]
+    Check {
+        #[command(flatten)]
+        input: ComposeInput,
+        /// Devices it would run on, as for apply: 'site=lyon,line=3', 'id=press-07', '*'.
+        #[arg(long)]
+        target: String,
+        /// Deployment name, as for apply (only its form is checked).
+        #[arg(long, default_value = "check")]
+        name: String,
+    },
+    /// Deployments that break the policy their devices run under now.
+    Violations,
+}
+
+/// A Compose file and the values for its `${VAR}`s, as `apply` and `policy check` read them.
+#[derive(Debug, Args)]
+pub struct ComposeInput {
+    /// Compose file ('-' reads standard input).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// A value for ${KEY} in the Compose file (repeatable); wins over --env-file.
+    #[arg(long = "var", value_name = "KEY=VALUE")]
+    pub vars: Vec<String>,
+    /// An env file (KEY=value lines, # comments) giving values for ${KEY} in the Compose file.
+    /// Read here and sent with the file: it need not exist on the devices.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,6 +13,46 @@ use crate::args::*;
 use crate::client::{ApiClient, audit_query, read_password, token_file};
 use crate::render::*;
 
+/// A Compose file and its variables (`--env-file`, then `--var`, which wins), read here and
+/// sent with the request.
+fn read_compose(
+    a: &ComposeInput,
+) -> anyhow::Result<(String, std::collections::BTreeMap<String, String>)> {
+    let compose = if a.file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .context("cannot read the Compose file from standard input")?
+    } else {
+        std::fs::read_to_string(&a.file)
+            .with_context(|| format!("cannot read the Compose file {}", a.file.display()))?
+    };
+    let mut variables = match &a.env_file {
+        None => Default::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the env file {}", path.display()))?;
+            edgefleet_domain::interpolate::parse_env_file(&text)
+                .map_err(|e| anyhow::anyhow!("env file {}: {e}", path.display()))?
+        }
+    };
+    for kv in &a.vars {
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!("--var {kv:?}: expected KEY=VALUE, e.g. --var TAG=1.4")
+        })?;
+        edgefleet_domain::interpolate::validate_name(k)
+            .map_err(|e| anyhow::anyhow!("--var {kv:?}: {e}"))?;
+        variables.insert(k.to_owned(), v.to_owned());
+    }
+    Ok((compose, variables))
+}
+
+/// The API path of the policy a `policy` command means.
+fn policy_path(scope: &PolicyScope) -> String {
+    match &scope.site {
+        Some(site) if !scope.fleet => format!("/api/v1/policies/sites/{site}"),
+        _ => "/api/v1/policies/fleet".to_owned(),
+    }
+}
+
 /// Runs a client command; returns what to print.
 pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
     if let Command::Audit(AuditCommand::Verify {
@@ -101,33 +141,44 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
     let api = ApiClient::new(&cli.server)?;
     let (value, human): (Value, fn(&Value) -> String) = match &cli.command {
         Command::Apply(a) => {
-            let compose = if a.file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin())
-                    .context("cannot read the Compose file from standard input")?
-            } else {
-                std::fs::read_to_string(&a.file)
-                    .with_context(|| format!("cannot read the Compose file {}", a.file.display()))?
-            };
-            let mut variables = match &a.env_file {
-                None => Default::default(),
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read the env file {}", path.display()))?;
-                    edgefleet_domain::interpolate::parse_env_file(&text)
-                        .map_err(|e| anyhow::anyhow!("env file {}: {e}", path.display()))?
-                }
-            };
-            for kv in &a.vars {
-                let (k, v) = kv.split_once('=').ok_or_else(|| {
-                    anyhow::anyhow!("--var {kv:?}: expected KEY=VALUE, e.g. --var TAG=1.4")
-                })?;
-                edgefleet_domain::interpolate::validate_name(k)
-                    .map_err(|e| anyhow::anyhow!("--var {kv:?}: {e}"))?;
-                variables.insert(k.to_owned(), v.to_owned());
-            }
+            let (compose, variables) = read_compose(&a.input)?;
             let body = json!({ "name": a.name, "target": a.target, "compose": compose, "variables": variables, "dry_run": a.dry_run });
             (api.post("/api/v1/deployments", &body).await?, render_apply)
         }
+        Command::Policy(PolicyCommand::Get { scope }) => {
+            (api.get(&policy_path(scope)).await?, render_policy)
+        }
+        Command::Policy(PolicyCommand::List) => {
+            (api.get("/api/v1/policies").await?, render_policies)
+        }
+        Command::Policy(PolicyCommand::Set { scope, file }) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the policy file {}", file.display()))?;
+            (
+                api.put(&policy_path(scope), &json!({ "policy": text }))
+                    .await?,
+                render_policy,
+            )
+        }
+        Command::Policy(PolicyCommand::Clear { scope }) => {
+            (api.delete(&policy_path(scope)).await?, render_policy)
+        }
+        Command::Policy(PolicyCommand::Check {
+            input,
+            target,
+            name,
+        }) => {
+            let (compose, variables) = read_compose(input)?;
+            let body = json!({ "name": name, "target": target, "compose": compose, "variables": variables });
+            (
+                api.post("/api/v1/policies/check", &body).await?,
+                render_policy_check,
+            )
+        }
+        Command::Policy(PolicyCommand::Violations) => (
+            api.get("/api/v1/policies/violations").await?,
+            render_violations,
+        ),
         Command::Get(GetCommand::Devices) => (api.get("/api/v1/devices").await?, render_devices),
         Command::Get(GetCommand::Device { id }) => (
             api.get(&format!("/api/v1/devices/{id}")).await?,

@@ -461,3 +461,219 @@ pub fn grant_filters(given: &[String]) -> Option<Vec<String>> {
         _ => Some(given.to_vec()),
     }
 }
+
+/// A workload policy's rules as lines a person reads: every rule, with the baseline's "no"
+/// spelled out, so what is allowed is never implied by a missing line.
+fn policy_rules(p: &Value) -> Vec<(String, String)> {
+    let flag = |k: &str| p.get(k).and_then(Value::as_bool).unwrap_or(false);
+    let yes_no = |k: &str| if flag(k) { "allowed" } else { "refused" }.to_owned();
+    let req = |k: &str| if flag(k) { "required" } else { "not required" }.to_owned();
+    let items = |k: &str, none: &str| {
+        let l: Vec<String> = p
+            .get(k)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if l.is_empty() {
+            none.to_owned()
+        } else {
+            l.join(", ")
+        }
+    };
+    let registries = match p.get("registries") {
+        None | Some(Value::Null) => "any".to_owned(),
+        Some(_) => items("registries", "none"),
+    };
+    let logs = match p.get("max_log_bytes").and_then(Value::as_u64) {
+        Some(b) => format!("at most {} MiB per container", b >> 20),
+        None => "no cap beyond the rotation (default 3 × 10 MiB)".to_owned(),
+    };
+    vec![
+        ("registries".into(), registries),
+        ("require_digest".into(), req("require_digest")),
+        ("privileged".into(), yes_no("privileged")),
+        ("host_network".into(), yes_no("host_network")),
+        ("devices".into(), items("devices", "none")),
+        (
+            "host_paths".into(),
+            items("host_paths", "none (the stack's own directory only)"),
+        ),
+        (
+            "capabilities".into(),
+            items("capabilities", "the baseline set only"),
+        ),
+        ("unconfined".into(), yes_no("unconfined")),
+        ("sysctls".into(), items("sysctls", "the safe set only")),
+        (
+            "volume_drivers".into(),
+            items("volume_drivers", "local only"),
+        ),
+        ("require_memory_limit".into(), req("require_memory_limit")),
+        ("require_cpu_limit".into(), req("require_cpu_limit")),
+        ("max_log_size".into(), logs),
+    ]
+}
+
+fn violation_rows(t: &mut Table, list: &[Value]) {
+    for v in list {
+        t.add_row(vec![
+            format!("{} r{}", s(v, "deployment"), n(v, "revision")),
+            s(v, "site").to_owned(),
+            s(v, "service").to_owned(),
+            s(v, "key").to_owned(),
+            s(v, "rule").to_owned(),
+            list_len(v, "devices").to_string(),
+            s(v, "detail").to_owned(),
+        ]);
+    }
+}
+
+fn list_len(v: &Value, key: &str) -> usize {
+    v.get(key).and_then(Value::as_array).map_or(0, Vec::len)
+}
+
+const VIOLATION_HEADER: &[&str] = &[
+    "DEPLOYMENT",
+    "SITE",
+    "SERVICE",
+    "KEY",
+    "RULE",
+    "DEVICES",
+    "WHAT",
+];
+
+/// `policy get|set|clear`: the policy in force and, after a change, who breaks it now.
+pub fn render_policy(v: &Value) -> String {
+    let scope = match v.get("site").and_then(Value::as_str) {
+        Some(site) => format!("site {site}"),
+        None => "fleet default".to_owned(),
+    };
+    let from = match s(v, "source") {
+        "baseline" => "the baseline (no policy set)".to_owned(),
+        "fleet" => "the fleet default".to_owned(),
+        other => other.replace("site:", "site "),
+    };
+    let by = match v.get("set_by").and_then(Value::as_str) {
+        Some(by) => format!(", set by {by} at {}", s(v, "set_at")),
+        None => String::new(),
+    };
+    let mut t = table(&["RULE", "ALLOWED"]);
+    for (rule, what) in policy_rules(v.get("policy").unwrap_or(&Value::Null)) {
+        t.add_row(vec![rule, what]);
+    }
+    let mut out = format!("{scope}: runs under {from}{by}\n{t}");
+    if let Some(list) = v.get("violations").and_then(Value::as_array) {
+        if list.is_empty() {
+            out.push_str("\nno deployment breaks it");
+        } else {
+            let mut t = table(VIOLATION_HEADER);
+            violation_rows(&mut t, list);
+            out.push_str(&format!(
+                "\n{} violation(s) — these keep running (a policy never stops a workload); change them:\n{t}",
+                list.len()
+            ));
+        }
+    }
+    out
+}
+
+/// `policy list`.
+pub fn render_policies(v: &Value) -> String {
+    let mut t = table(&["SCOPE", "SET BY", "SET AT", "DIFFERS FROM THE BASELINE IN"]);
+    let row = |t: &mut Table, scope: String, p: &Value| {
+        let differs: Vec<String> = p
+            .get("policy")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        t.add_row(vec![
+            scope,
+            s(p, "set_by").to_owned(),
+            s(p, "set_at").to_owned(),
+            if differs.is_empty() {
+                "nothing".into()
+            } else {
+                differs.join(", ")
+            },
+        ]);
+    };
+    if let Some(f) = v.get("fleet").filter(|f| !f.is_null()) {
+        row(&mut t, "fleet default".into(), f);
+    }
+    let sites = v
+        .get("sites")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for site in &sites {
+        row(&mut t, format!("site {}", s(site, "site")), site);
+    }
+    format!(
+        "{t}\n{} site polic(ies){}; sites without one run under {}",
+        sites.len(),
+        if v.get("fleet").is_some_and(|f| !f.is_null()) {
+            " and a fleet default"
+        } else {
+            ""
+        },
+        if v.get("fleet").is_some_and(|f| !f.is_null()) {
+            "the fleet default"
+        } else {
+            "the baseline (no privileged, no host network, devices or host paths, baseline capabilities)"
+        }
+    )
+}
+
+/// `policy check`.
+pub fn render_policy_check(v: &Value) -> String {
+    let devices = list_len(v, "devices");
+    let refusals = v
+        .get("refusals")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if refusals.is_empty() {
+        return format!(
+            "allowed: target '{}' ({devices} device(s)) — every policy it reaches allows the file",
+            s(v, "target")
+        );
+    }
+    let mut t = table(&["POLICY", "SERVICE", "KEY", "RULE", "WHAT"]);
+    for r in &refusals {
+        t.add_row(vec![
+            s(r, "policy").to_owned(),
+            s(r, "service").to_owned(),
+            s(r, "key").to_owned(),
+            s(r, "rule").to_owned(),
+            s(r, "detail").to_owned(),
+        ]);
+    }
+    format!(
+        "refused: target '{}' ({devices} device(s)); apply would refuse it for {} reason(s):\n{t}",
+        s(v, "target"),
+        refusals.len()
+    )
+}
+
+/// `policy violations`.
+pub fn render_violations(v: &Value) -> String {
+    let list = v
+        .get("violations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if list.is_empty() {
+        return "no deployment breaks the policy it runs under".into();
+    }
+    let mut t = table(VIOLATION_HEADER);
+    violation_rows(&mut t, &list);
+    format!(
+        "{t}\n{} violation(s); they keep running until the deployment changes",
+        list.len()
+    )
+}

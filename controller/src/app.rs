@@ -39,6 +39,7 @@ use crate::services::intake::{Intake, Message};
 use crate::services::keys;
 use crate::services::link::Link;
 use crate::services::outbox::{Outbox, Outgoing, SiteSummaries};
+use crate::services::policies::Policies;
 use crate::services::rollouts::Rollouts;
 use crate::services::users::Users;
 use crate::services::windows::Windows;
@@ -135,6 +136,7 @@ pub struct App {
     pub sites: Arc<SiteSummaries>,
     pub audit: Arc<AuditLog>,
     pub windows: Arc<Windows>,
+    pub policies: Arc<Policies>,
     pub deployments: Arc<Deployments>,
     pub commands: Arc<Commands>,
     pub rollouts: Arc<Rollouts>,
@@ -163,8 +165,16 @@ impl App {
         let sites = Arc::new(SiteSummaries::new(fleet.clone(), outbox.clone()));
         let audit = Arc::new(AuditLog::new(store.clone(), signer.clone()));
         let windows = Arc::new(Windows::load(store.clone()).await?);
-        let deployments =
-            Arc::new(Deployments::load(store.clone(), fleet.clone(), outbox.clone()).await?);
+        let policies = Arc::new(Policies::load(store.clone()).await?);
+        let deployments = Arc::new(
+            Deployments::load(
+                store.clone(),
+                fleet.clone(),
+                outbox.clone(),
+                policies.clone(),
+            )
+            .await?,
+        );
         let commands = Arc::new(Commands::new(fleet.clone(), outbox.clone()));
         let rollouts = Arc::new(
             Rollouts::load(
@@ -202,6 +212,7 @@ impl App {
             sites,
             audit,
             windows,
+            policies,
             deployments,
             commands,
             rollouts,
@@ -233,6 +244,7 @@ impl App {
             deployments: self.deployments.clone(),
             rollouts: self.rollouts.clone(),
             windows: self.windows.clone(),
+            policies: self.policies.clone(),
             users: self.users.clone(),
             audit: self.audit.clone(),
             commands: self.commands.clone(),

@@ -11,15 +11,22 @@ struct Server {
     base: String,
     http: reqwest::Client,
     token: String,
+    fleet: std::sync::Arc<edgefleet_controller::services::fleet::Fleet>,
+    store: Store,
     _dir: tempfile::TempDir,
 }
 
 /// An admin and a token of theirs, written straight into the store.
 async fn admin_token(store: &Store) -> String {
+    user_token(store, "admin", Role::Admin, &[]).await
+}
+
+/// A user of `role` in `sites` and a token of theirs, written straight into the store.
+async fn user_token(store: &Store, name: &str, role: Role, sites: &[&str]) -> String {
     let user = User {
-        username: "admin".into(),
-        role: Role::Admin,
-        sites: vec![],
+        username: name.into(),
+        role,
+        sites: sites.iter().map(|s| s.to_string()).collect(),
         created_at: "t".into(),
         disabled: false,
         password_hash: String::new(),
@@ -28,7 +35,7 @@ async fn admin_token(store: &Store) -> String {
     let token = edgefleet_controller::services::users::new_token();
     let digest = edgefleet_controller::services::users::token_digest(&token);
     store
-        .insert_token(&digest, "admin", "test", "t", i64::MAX, 0)
+        .insert_token(&digest, name, "test", "t", i64::MAX, 0)
         .await
         .unwrap();
     token
@@ -46,6 +53,8 @@ async fn server() -> Server {
         base,
         http: reqwest::Client::new(),
         token,
+        fleet: ctrl.fleet.clone(),
+        store: ctrl.store.clone(),
         _dir: dir,
     }
 }
@@ -288,4 +297,226 @@ async fn revisions_history_and_delete() {
     assert_eq!(status, 404);
     let (status, body) = s.call(reqwest::Method::GET, "/api/v1/nothing", None).await;
     assert_eq!(status, 404, "{body}");
+}
+
+/// Site workload policies: the baseline refuses at apply naming service, key and rule; an
+/// admin opens a site; the desired document carries its device's policy; tightening lists
+/// the violators (audited) and stops nothing; operators may check but not set.
+#[tokio::test]
+async fn workload_policies_refuse_at_apply_and_list_violators_after_a_change() {
+    use edgefleet_domain::device::DeviceView;
+    let s = server().await;
+    for (id, site) in [("press-01", "lyon"), ("press-02", "paris")] {
+        let mut d = DeviceView::new(id);
+        d.labels.insert("site".into(), site.into());
+        s.fleet.devices.insert(id.into(), d);
+    }
+    let svc = |extra: &str| format!("services:\n  flows:\n    image: nodered/node-red:3\n{extra}");
+    let refused: &[(&str, String, &[&str])] = &[
+        (
+            "site=lyon",
+            svc("    privileged: true\n"),
+            &[
+                "the baseline policy",
+                "service 'flows', key 'privileged'",
+                "policy rule 'privileged'",
+            ],
+        ),
+        (
+            "site=lyon",
+            svc("    volumes: [\"/:/host\"]\n"),
+            &["key 'volumes'", "host path '/'", "rule 'host_paths'"],
+        ),
+        (
+            "site=lyon",
+            svc("    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n"),
+            &["rule 'host_paths'"],
+        ),
+        (
+            "site=lyon",
+            svc("    network_mode: host\n"),
+            &["rule 'host_network'"],
+        ),
+        (
+            "site=lyon",
+            svc("    devices: [\"/dev/null:/dev/foo\"]\n"),
+            &["host device '/dev/null'", "rule 'devices'"],
+        ),
+        (
+            "site=lyon",
+            svc("    cap_add: [SYS_ADMIN]\n"),
+            &["capability SYS_ADMIN", "rule 'capabilities'"],
+        ),
+    ];
+    for (target, file, needles) in refused {
+        let (status, body) = s.apply("flows", target, file).await;
+        assert_eq!(status, 400, "{file}: {body}");
+        let msg = body["error"].as_str().unwrap_or_default();
+        for n in *needles {
+            assert!(msg.contains(n), "wanted {n:?} in {msg:?}");
+        }
+    }
+    let (_, list) = s
+        .call(reqwest::Method::GET, "/api/v1/deployments", None)
+        .await;
+    assert_eq!(
+        list["deployments"],
+        json!([]),
+        "a refused apply records nothing"
+    );
+
+    // Lyon: privileged, host network and /dev/null allowed; images from two registries only,
+    // with a memory limit.
+    let lyon = "privileged: true\nhost_network: true\ndevices: ['/dev/null']\nregistries: [registry.plant.local, docker.io]\nrequire_memory_limit: true\nmax_log_size: 50m\n";
+    let put = |p: &str| json!({ "policy": p }).to_string();
+    let (status, body) = s
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/policies/sites/lyon",
+            Some(&put(lyon)),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["source"], "site:lyon");
+    assert_eq!(body["policy"]["max_log_bytes"], 50 << 20);
+    assert_eq!(body["violations"], json!([]));
+    let open = svc(
+        "    privileged: true\n    network_mode: host\n    devices: [\"/dev/null:/dev/foo\"]\n    mem_limit: 256m\n",
+    );
+    let (status, body) = s.apply("flows", "site=lyon", &open).await;
+    assert_eq!(status, 201, "{body}");
+    let doc = s.fleet.get("press-01").unwrap().desired.unwrap();
+    assert!(doc.stacks.contains_key("flows"));
+    let carried = doc
+        .policy
+        .expect("the document carries its device's policy");
+    assert!(carried.privileged && carried.host_network);
+    for (file, needle) in [
+        (
+            svc("    image: ghcr.io/x/miner:1\n    mem_limit: 64m\n")
+                .replace("    image: nodered/node-red:3\n", ""),
+            "rule 'registries'",
+        ),
+        (svc(""), "rule 'require_memory_limit'"),
+    ] {
+        let (status, body) = s.apply("other", "site=lyon", &file).await;
+        assert_eq!(status, 400, "{file}: {body}");
+        assert!(
+            body["error"].as_str().unwrap_or_default().contains(needle),
+            "{needle}: {body}"
+        );
+    }
+    // Paris still runs under the baseline: the same file is refused there.
+    let (status, body) = s.apply("flows-paris", "site=paris", &open).await;
+    assert_eq!(status, 400, "{body}");
+    // ... and `policy check` lists every refusal without recording anything.
+    let check =
+        json!({ "name": "flows-paris", "target": "site=paris", "compose": open }).to_string();
+    let (status, body) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/policies/check",
+            Some(&check),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["allowed"], false);
+    assert_eq!(body["devices"], json!(["press-02"]));
+    let rules: Vec<&str> = body["refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["privileged", "host_network", "devices"], "{body}");
+
+    // Tightening Lyon back to the baseline lists the running deployment; it keeps running.
+    let (status, body) = s
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/policies/sites/lyon",
+            Some(&put("{}")),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let violations = body["violations"].as_array().unwrap();
+    let rules: Vec<&str> = violations
+        .iter()
+        .map(|v| v["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["devices", "host_network", "privileged"], "{body}");
+    assert!(
+        violations
+            .iter()
+            .all(|v| v["deployment"] == "flows" && v["devices"] == json!(["press-01"])),
+        "{body}"
+    );
+    assert!(
+        s.fleet
+            .get("press-01")
+            .unwrap()
+            .desired
+            .unwrap()
+            .stacks
+            .contains_key("flows"),
+        "nothing is stopped"
+    );
+    let (_, listed) = s
+        .call(reqwest::Method::GET, "/api/v1/policies/violations", None)
+        .await;
+    assert_eq!(
+        listed["violations"].as_array().unwrap().len(),
+        3,
+        "{listed}"
+    );
+    let audit = s
+        .store
+        .audit_page(edgefleet_store::audit::PageQuery {
+            since: None,
+            site: None,
+            text: None,
+            before: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    let mut set: Vec<_> = audit.iter().filter(|r| r.action == "policy.set").collect();
+    set.sort_by_key(|r| r.seq);
+    assert_eq!(set.len(), 2, "both changes are audited");
+    let last: Value = serde_json::from_str(&set[1].detail).unwrap();
+    assert_eq!(last["violations"], 3, "{last}");
+    assert_eq!(set[1].site, "lyon");
+
+    // Operators of Lyon may check and read, not set; nonsense is refused naming the field.
+    let op = user_token(&s.store, "ana", Role::Operator, &["lyon"]).await;
+    let resp = s
+        .http
+        .put(format!("{}/api/v1/policies/sites/lyon", s.base))
+        .bearer_auth(&op)
+        .header("content-type", "application/json")
+        .body(put("privileged: true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let (status, body) = s
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/policies/sites/lyon",
+            Some(&put("privilegd: true")),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("privilegd"),
+        "{body}"
+    );
+    let (status, body) = s
+        .call(reqwest::Method::DELETE, "/api/v1/policies/sites/lyon", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["source"], "baseline");
 }

@@ -31,6 +31,7 @@ pub mod device;
 pub mod duration;
 pub mod interpolate;
 pub mod labels;
+pub mod policy;
 pub mod rollout;
 pub mod selector;
 pub mod sites;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::WorkloadPolicy;
 use crate::spec::StackSpec;
 
 /// Full desired state of one device (`edgefleet/v1/devices/{device}/desired`, retained).
@@ -17,6 +18,11 @@ pub struct DesiredState {
     pub issued_at: String,
     /// Stacks by deployment name. An empty map means "run nothing managed".
     pub stacks: BTreeMap<String, StackSpec>,
+    /// The workload policy of the device's site when this document was issued: the agent
+    /// refuses a document whose new or changed stacks break it. Absent in documents from
+    /// controllers before policies (nothing is checked then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<WorkloadPolicy>,
 }
 
 impl DesiredState {
@@ -27,6 +33,13 @@ impl DesiredState {
             revision,
             issued_at: crate::now_rfc3339(),
             stacks,
+            policy: None,
         }
+    }
+
+    /// The same document carrying `policy`.
+    pub fn with_policy(mut self, policy: Option<WorkloadPolicy>) -> Self {
+        self.policy = policy;
+        self
     }
 }

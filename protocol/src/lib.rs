@@ -31,6 +31,7 @@ pub mod desired;
 pub mod enrollment;
 pub mod event;
 pub mod ids;
+pub mod policy;
 pub mod presence;
 pub mod signing;
 pub mod site;

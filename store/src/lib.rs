@@ -34,6 +34,7 @@ pub mod identity;
 pub mod meta;
 pub mod migrations;
 pub mod mqtt_users;
+pub mod policies;
 pub mod rollouts;
 pub mod users;
 

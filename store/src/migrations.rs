@@ -149,4 +149,14 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     WHEN OLD.seq >= (SELECT COALESCE(MAX(seq), 0) FROM audit WHERE action = 'audit.checkpoint')
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: only records behind a signed checkpoint may be pruned'); END;
 "#,
+    // 9: workload policies per site (`site` NULL-free: the fleet default is the row with
+    // scope 'fleet', a site's is 'site:<name>'), as the policy's JSON.
+    r#"
+CREATE TABLE workload_policies (
+    scope TEXT PRIMARY KEY,
+    policy_json TEXT NOT NULL,
+    set_at TEXT NOT NULL,
+    set_by TEXT NOT NULL
+);
+"#,
 ];

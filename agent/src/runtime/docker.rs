@@ -31,11 +31,10 @@ use super::{ContainerInfo, ContainerRuntime, EngineEvents, RuntimeError};
 use crate::container::{ContainerSpec, LABEL_DEVICE, LABEL_STACK, NetworkAttach};
 use edgefleet_protocol::spec::VolumeKind;
 
-/// Size cap of the default log rotation (`json-file`, 3 files of 10 MB): a chatty container
-/// cannot fill a device's flash. A service's own `logging` replaces it.
-pub const DEFAULT_LOG_MAX_SIZE: &str = "10m";
-/// Number of rotated log files kept by default.
-pub const DEFAULT_LOG_MAX_FILE: &str = "3";
+/// The default log rotation (`json-file`, 3 files of 10 MiB; the figure workload policies
+/// count with): a chatty container cannot fill a device's flash. A service's own `logging`
+/// replaces it.
+pub use edgefleet_protocol::policy::{DEFAULT_LOG_MAX_FILE, DEFAULT_LOG_MAX_SIZE};
 
 /// The Docker engine behind the local socket (`DOCKER_HOST` is honoured).
 pub struct DockerRuntime {

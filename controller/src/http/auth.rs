@@ -84,6 +84,9 @@ pub fn access(method: &Method, path: &str) -> Access {
         Some("users" | "integrators" | "mqtt-users") => Access::Roles(ADMINS),
         // Enrolling and revoking devices changes who may reach the bus: admins only.
         Some("devices") if !read => Access::Roles(ADMINS),
+        // Workload policies say what every site's workloads may do: admins set them;
+        // operators may check a file against them.
+        Some("policies") if !read && seg.get(1) != Some(&"check") => Access::Roles(ADMINS),
         Some("audit") => Access::Roles(AUDITORS),
         _ if read => Access::Any,
         _ => Access::Roles(WRITERS),
@@ -99,6 +102,11 @@ pub fn action_of(method: &Method, path: &str) -> (String, String) {
         ("DELETE", ["deployments", name]) => ("deployment.delete".into(), name),
         ("PUT", ["windows", site]) => ("window.set".into(), site),
         ("DELETE", ["windows", site]) => ("window.clear".into(), site),
+        ("PUT", ["policies", "sites", site]) => ("policy.set".into(), site),
+        ("DELETE", ["policies", "sites", site]) => ("policy.clear".into(), site),
+        ("PUT", ["policies", "fleet"]) => ("policy.set".into(), "fleet"),
+        ("DELETE", ["policies", "fleet"]) => ("policy.clear".into(), "fleet"),
+        ("POST", ["policies", "check"]) => ("policy.check".into(), ""),
         ("POST", ["rollouts"]) => ("rollout.start".into(), ""),
         ("POST", ["rollouts", id, act]) => (format!("rollout.{act}"), id),
         ("POST", ["users"]) => ("user.create".into(), ""),
@@ -371,6 +379,22 @@ mod tests {
                 Access::Roles(WRITERS),
             ),
             (Method::PUT, "/api/v1/windows/lyon", Access::Roles(WRITERS)),
+            (
+                Method::PUT,
+                "/api/v1/policies/sites/lyon",
+                Access::Roles(ADMINS),
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/policies/fleet",
+                Access::Roles(ADMINS),
+            ),
+            (
+                Method::POST,
+                "/api/v1/policies/check",
+                Access::Roles(WRITERS),
+            ),
+            (Method::GET, "/api/v1/policies/violations", Access::Any),
             (
                 Method::POST,
                 "/api/v1/rollouts/3/pause",

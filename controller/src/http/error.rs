@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::services::commands::CommandError;
 use crate::services::deployments::{ApplyError, PinError};
 use crate::services::identity::EnrollError;
+use crate::services::policies::PolicyError;
 use crate::services::rollouts::RolloutError;
 use crate::services::users::UserError;
 use crate::services::windows::WindowError;
@@ -122,6 +123,15 @@ impl From<ApplyError> for ApiError {
             ApplyError::Store(s) => s.into(),
             e @ ApplyError::RolloutActive { .. } => ApiError::Conflict(e.to_string()),
             other => ApiError::BadRequest(other.to_string()),
+        }
+    }
+}
+
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> Self {
+        match e {
+            PolicyError::Store(s) => s.into(),
+            PolicyError::Invalid(m) => ApiError::BadRequest(m),
         }
     }
 }

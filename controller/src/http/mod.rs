@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::auth::BASE;
 use self::error::ApiError;
-use self::routes::{audit, deployments, devices, health, identity, rollouts, sessions, users};
+use self::routes::{
+    audit, deployments, devices, health, identity, policies, rollouts, sessions, users,
+};
 use self::state::ApiState;
 
 /// The API: every route, behind the authentication and audit middleware.
@@ -77,6 +79,21 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/windows/{site}",
             put(deployments::set_window).delete(deployments::clear_window),
         )
+        .route("/api/v1/policies", get(policies::list))
+        .route(
+            "/api/v1/policies/fleet",
+            get(policies::fleet)
+                .put(policies::set_fleet)
+                .delete(policies::clear_fleet),
+        )
+        .route(
+            "/api/v1/policies/sites/{site}",
+            get(policies::site)
+                .put(policies::set_site)
+                .delete(policies::clear_site),
+        )
+        .route("/api/v1/policies/violations", get(policies::violations))
+        .route("/api/v1/policies/check", post(policies::check))
         .route(
             "/api/v1/rollouts",
             get(rollouts::list).post(rollouts::start),

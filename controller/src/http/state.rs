@@ -14,6 +14,7 @@ use crate::services::deployments::Deployments;
 use crate::services::fleet::Fleet;
 use crate::services::identity::Identity;
 use crate::services::link::Link;
+use crate::services::policies::Policies;
 use crate::services::rollouts::Rollouts;
 use crate::services::users::Users;
 use crate::services::windows::Windows;
@@ -27,6 +28,7 @@ pub struct ApiState {
     pub deployments: Arc<Deployments>,
     pub rollouts: Arc<Rollouts>,
     pub windows: Arc<Windows>,
+    pub policies: Arc<Policies>,
     pub users: Arc<Users>,
     pub audit: Arc<AuditLog>,
     pub commands: Arc<Commands>,
@@ -51,6 +53,7 @@ from_ref!(
     deployments: Arc<Deployments>,
     rollouts: Arc<Rollouts>,
     windows: Arc<Windows>,
+    policies: Arc<Policies>,
     users: Arc<Users>,
     audit: Arc<AuditLog>,
     commands: Arc<Commands>,

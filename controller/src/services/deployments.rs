@@ -16,9 +16,11 @@ use edgefleet_domain::book::{ActiveDeployment, Book, next_document};
 use edgefleet_domain::compose::{self, ComposeError};
 use edgefleet_domain::deployment::RevisionSpec;
 use edgefleet_domain::device::DeviceView;
+use edgefleet_domain::policy::PolicySource;
 use edgefleet_domain::selector::{Selector, SelectorError};
 use edgefleet_protocol::desired::DesiredState;
 use edgefleet_protocol::ids::validate_stack_name;
+use edgefleet_protocol::policy::Violation;
 use edgefleet_protocol::spec::StackSpec;
 use edgefleet_store::deployments::NewRevision;
 use edgefleet_store::{Store, StoreError};
@@ -28,6 +30,7 @@ use thiserror::Error;
 
 use super::fleet::Fleet;
 use super::outbox::Outbox;
+use super::policies::Policies;
 
 #[derive(Debug, Error)]
 pub enum ApplyError {
@@ -49,8 +52,33 @@ pub enum ApplyError {
         bytes: usize,
         limit: usize,
     },
+    #[error(
+        "the deployment breaks {policy}: {}; change the file, or ask an admin to change the policy (see 'edgefleet policy get')",
+        violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; ")
+    )]
+    Policy {
+        policy: PolicySource,
+        violations: Vec<Violation>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A deployment that breaks the policy its devices run under now (listed after a policy
+/// change; never stopped for it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyViolation {
+    pub deployment: String,
+    pub revision: u64,
+    /// The site of the devices (or the site the deployment's target names).
+    pub site: Option<String>,
+    /// The policy broken: `site:<name>`, `fleet` or `baseline`.
+    pub policy: PolicySource,
+    #[serde(flatten)]
+    pub violation: Violation,
+    /// Devices that run this revision under that policy (none yet: the deployment targets
+    /// the policy's site).
+    pub devices: Vec<String>,
 }
 
 #[derive(Debug, Error)]
@@ -98,6 +126,7 @@ pub struct Deployments {
     store: Store,
     fleet: Arc<Fleet>,
     outbox: Arc<Outbox>,
+    policies: Arc<Policies>,
     book: RwLock<Book>,
     /// Serializes apply/delete/pin: the store and the book must change together.
     change: tokio::sync::Mutex<()>,
@@ -137,6 +166,7 @@ impl Deployments {
         store: Store,
         fleet: Arc<Fleet>,
         outbox: Arc<Outbox>,
+        policies: Arc<Policies>,
     ) -> Result<Self, StoreError> {
         let mut book = Book::default();
         for dep in store.deployments().await? {
@@ -171,6 +201,7 @@ impl Deployments {
             store,
             fleet,
             outbox,
+            policies,
             book: RwLock::new(book),
             change: tokio::sync::Mutex::new(()),
             refresh: tokio::sync::Mutex::new(()),
@@ -237,7 +268,8 @@ impl Deployments {
                 continue;
             }
             let stacks = book.stacks_for(d.key(), &d.labels);
-            let doc = DesiredState::new(d.key(), u64::MAX, stacks);
+            let doc = DesiredState::new(d.key(), u64::MAX, stacks)
+                .with_policy(Some(self.policy_of(&d.labels).1));
             let bytes = edgefleet_protocol::signing::signed_len(
                 edgefleet_protocol::codec::encode(&doc).len(),
             );
@@ -246,6 +278,136 @@ impl Deployments {
             }
         }
         None
+    }
+
+    /// The policy a device with these labels runs under.
+    fn policy_of(
+        &self,
+        labels: &BTreeMap<String, String>,
+    ) -> (PolicySource, edgefleet_protocol::policy::WorkloadPolicy) {
+        self.policies
+            .effective(labels.get("site").map(String::as_str))
+    }
+
+    /// What `stack` would break, per policy, if it ran on every device `selector` targets
+    /// (and on the site the selector names, devices or not). Empty: allowed everywhere.
+    pub fn check_policies(
+        &self,
+        selector: &Selector,
+        stack: &StackSpec,
+    ) -> Vec<(PolicySource, Vec<Violation>)> {
+        let mut sites: std::collections::BTreeSet<Option<String>> = self
+            .fleet
+            .devices
+            .iter()
+            .filter(|d| selector.matches(d.key(), &d.labels))
+            .map(|d| d.labels.get("site").cloned())
+            .collect();
+        match selector.labels.get("site") {
+            Some(site) => {
+                sites.insert(Some(site.clone()));
+            }
+            None if sites.is_empty() => {
+                sites.insert(None);
+            }
+            None => {}
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
+        for site in sites {
+            let (source, policy) = self.policies.effective(site.as_deref());
+            if !seen.insert(source.clone()) {
+                continue;
+            }
+            let violations = policy.check(stack);
+            if !violations.is_empty() {
+                out.push((source, violations));
+            }
+        }
+        out
+    }
+
+    /// `edgefleet policy check`: what a file would break where `target` points, without
+    /// recording anything. Returns the devices targeted and the refusals per policy.
+    pub fn check_file(
+        &self,
+        req: &ApplyRequest,
+    ) -> Result<(Vec<String>, Vec<(PolicySource, Vec<Violation>)>), ApplyError> {
+        validate_stack_name(&req.name).map_err(|e| ApplyError::Name(e.to_string()))?;
+        let selector = Selector::parse(&req.target)?;
+        let parsed = compose::parse_with(&req.compose, &req.variables)?;
+        let stack = RevisionSpec::of(&parsed).into_stack(&req.name, u64::MAX);
+        Ok((
+            self.fleet.targets(&selector),
+            self.check_policies(&selector, &stack),
+        ))
+    }
+
+    /// Every deployment that breaks the policy its devices run under now (or, with no
+    /// device yet, the policy of the site its target names), one entry per deployment
+    /// revision, site, service, key and rule. Sorted that way.
+    pub fn violations(&self) -> Vec<PolicyViolation> {
+        type Key = (String, u64, Option<String>, String, String, String);
+        let mut found: BTreeMap<Key, (PolicySource, Violation, Vec<String>)> = BTreeMap::new();
+        let mut cache: BTreeMap<(PolicySource, String, u64), Vec<Violation>> = BTreeMap::new();
+        let mut note = |site: Option<&str>, stack: &StackSpec, device: Option<&str>| {
+            let (source, policy) = self.policies.effective(site);
+            let vs = cache
+                .entry((
+                    source.clone(),
+                    stack.deployment.clone(),
+                    stack.deployment_revision,
+                ))
+                .or_insert_with(|| policy.check(stack));
+            for v in vs.iter() {
+                let key = (
+                    stack.deployment.clone(),
+                    stack.deployment_revision,
+                    site.map(str::to_owned),
+                    v.service.clone(),
+                    v.key.clone(),
+                    v.rule.clone(),
+                );
+                let entry = found
+                    .entry(key)
+                    .or_insert_with(|| (source.clone(), v.clone(), Vec::new()));
+                if let Some(d) = device {
+                    entry.2.push(d.to_owned());
+                }
+            }
+        };
+        for d in self.fleet.devices.iter() {
+            let Some(doc) = &d.desired else { continue };
+            for stack in doc.stacks.values() {
+                note(
+                    d.labels.get("site").map(String::as_str),
+                    stack,
+                    Some(d.key()),
+                );
+            }
+        }
+        let book = self.book.read();
+        for dep in book.deployments.values() {
+            let site = dep.selector.labels.get("site").map(String::as_str);
+            note(site, &dep.stack, None);
+        }
+        found
+            .into_iter()
+            .map(
+                |((deployment, revision, site, ..), (policy, violation, mut devices))| {
+                    devices.sort();
+                    devices.dedup();
+                    PolicyViolation {
+                        deployment,
+                        revision,
+                        site,
+                        policy,
+                        violation,
+                        devices,
+                    }
+                },
+            )
+            .collect()
     }
 
     /// Records a new revision of a deployment (or nothing, if unchanged) and recomputes the
@@ -276,6 +438,11 @@ impl Deployments {
             });
         }
         let stack = spec.clone().into_stack(&req.name, u64::MAX);
+        if let Some((policy, violations)) =
+            self.check_policies(&selector, &stack).into_iter().next()
+        {
+            return Err(ApplyError::Policy { policy, violations });
+        }
         if let Some((device, bytes)) = self.oversized(&req.name, &selector, &stack) {
             return Err(ApplyError::TooLarge {
                 device,
@@ -517,7 +684,9 @@ impl Deployments {
                 };
                 let stacks = book.stacks_for(id, &view.labels);
                 if let Some(doc) = next_document(id, view.desired.as_ref(), stacks) {
-                    view.desired = Some(doc);
+                    // The document carries the policy its device runs under now; the agent
+                    // checks the stacks it changes against it.
+                    view.desired = Some(doc.with_policy(Some(self.policy_of(&view.labels).1)));
                     changed.push(view);
                 }
             }
@@ -563,7 +732,9 @@ impl Deployments {
             stored = cur.revision,
             "device holds a newer desired revision than the store (lost writes or restored backup): reissuing above it"
         );
-        view.desired = Some(DesiredState::new(id, reported + 1, cur.stacks.clone()));
+        view.desired = Some(
+            DesiredState::new(id, reported + 1, cur.stacks.clone()).with_policy(cur.policy.clone()),
+        );
         self.commit_documents(vec![view]).await
     }
 

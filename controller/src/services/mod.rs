@@ -8,7 +8,9 @@
 //! - [`outbox`]: the publish queue and the site summaries (→ fleet).
 //! - [`audit`]: the audit log (→ store).
 //! - [`windows`]: maintenance windows (→ store).
-//! - [`deployments`]: apply, delete, pins, desired documents (→ fleet, outbox, store).
+//! - [`policies`]: workload policies per site and the fleet default (→ store).
+//! - [`deployments`]: apply, delete, pins, desired documents, policy checks (→ fleet,
+//!   outbox, policies, store).
 //! - [`inventory`]: a device's labels, set by admins only (→ deployments, fleet, store).
 //! - [`commands`]: signed commands to one agent and their replies (→ fleet, outbox).
 //! - [`rollouts`]: running rollouts (→ deployments, fleet, windows, audit, outbox, store).
@@ -30,6 +32,7 @@ pub mod inventory;
 pub mod keys;
 pub mod link;
 pub mod outbox;
+pub mod policies;
 pub mod rollouts;
 pub mod users;
 pub mod windows;

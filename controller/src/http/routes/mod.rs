@@ -6,6 +6,7 @@ pub mod deployments;
 pub mod devices;
 pub mod health;
 pub mod identity;
+pub mod policies;
 pub mod rollouts;
 pub mod sessions;
 pub mod users;
