@@ -110,7 +110,7 @@ impl Rejection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Newer than what is held: apply it.
-    Accept(DesiredState),
+    Accept(Box<DesiredState>),
     /// The document already held (a retained copy delivered again on reconnect).
     Replay,
 }
@@ -166,7 +166,7 @@ pub fn judge(
             }
         }
     }
-    Ok(Verdict::Accept(doc))
+    Ok(Verdict::Accept(Box::new(doc)))
 }
 
 fn validate_stack(name: &str, stack: &StackSpec) -> Result<(), Rejection> {
@@ -372,7 +372,7 @@ impl Intake {
                     )
                     .with_revision(revision),
                 );
-                self.held.send_replace(Some(Arc::new(doc)));
+                self.held.send_replace(Some(Arc::new(*doc)));
                 true
             }
             Ok(Verdict::Replay) => {

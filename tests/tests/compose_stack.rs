@@ -151,7 +151,11 @@ async fn three_services_reach_each_other_by_name() {
 }
 
 /// The devices' events of `kind` (newest last), from the device detail.
-async fn events_of(api: &edgefleet_tests::api::Api, id: &str, kind: &str) -> Vec<serde_json::Value> {
+async fn events_of(
+    api: &edgefleet_tests::api::Api,
+    id: &str,
+    kind: &str,
+) -> Vec<serde_json::Value> {
     api.device(id)
         .await
         .map(|d| d["events"].as_array().cloned().unwrap_or_default())
@@ -185,71 +189,137 @@ async fn site_policies_decide_what_runs_and_the_agent_checks_them_again() {
     let refused = api.try_apply(dir, "probe", &format!("id={id}"), &file);
     assert!(!refused.success, "the baseline must refuse: {refused:?}");
     // With --json the CLI prints the error as {"error": …} on standard output.
-    let why = refused.json()["error"].as_str().unwrap_or_default().to_owned();
-    for needle in ["the baseline policy", "rule 'host_network'", "rule 'devices'", "service 'probe'"] {
+    let why = refused.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for needle in [
+        "the baseline policy",
+        "rule 'host_network'",
+        "rule 'devices'",
+        "service 'probe'",
+    ] {
         assert!(why.contains(needle), "wanted {needle:?}: {why}");
     }
 
     let policy = dir.join("lyon.yml");
     std::fs::write(&policy, "host_network: true\ndevices: ['/dev/null']\n").expect("write");
-    let set = api.cli(&["--json", "policy", "set", "lyon", "-f", &policy.display().to_string()]);
+    let set = api.cli(&[
+        "--json",
+        "policy",
+        "set",
+        "lyon",
+        "-f",
+        &policy.display().to_string(),
+    ]);
     assert!(set.success, "{set:?}");
     assert_eq!(set.json()["source"], "site:lyon");
     let shown = api.cli(&["policy", "get", "lyon"]);
-    assert!(shown.success && shown.stdout.contains("host_network") && shown.stdout.contains("allowed"), "{shown:?}");
+    assert!(
+        shown.success && shown.stdout.contains("host_network") && shown.stdout.contains("allowed"),
+        "{shown:?}"
+    );
 
     api.apply(dir, "probe", &format!("id={id}"), &file);
     let c = wait::until("the probe runs", T, || async {
         container_of(&id, "probe").ok_or_else(|| "not running".to_owned())
     })
     .await;
-    assert_eq!(docker::docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &c]).trim(), "host");
+    assert_eq!(
+        docker::docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", &c]).trim(),
+        "host"
+    );
     let dev = docker::docker(&["exec", &c, "ls", "-l", "/dev/foo"]);
-    assert!(dev.starts_with('c'), "/dev/foo is a character device in the container: {dev}");
+    assert!(
+        dev.starts_with('c'),
+        "/dev/foo is a character device in the container: {dev}"
+    );
 
     // Paris has no policy of its own: the baseline refuses the same file there.
     let paris = api.try_apply(dir, "probe-paris", "site=paris", &file);
-    assert!(!paris.success && paris.stdout.contains("rule 'host_network'"), "{paris:?}");
+    assert!(
+        !paris.success && paris.stdout.contains("rule 'host_network'"),
+        "{paris:?}"
+    );
     let check = dir.join("probe.yml");
-    let dry = api.cli(&["--json", "policy", "check", "-f", &check.display().to_string(), "--target", "site=paris"]);
+    let dry = api.cli(&[
+        "--json",
+        "policy",
+        "check",
+        "-f",
+        &check.display().to_string(),
+        "--target",
+        "site=paris",
+    ]);
     assert!(dry.success, "{dry:?}");
     assert_eq!(dry.json()["allowed"], false);
 
     // A document signed with the controller's own key whose new stack is privileged, while
     // the policy it carries (Lyon's) does not allow that: the agent refuses it.
     let topic = edgefleet_protocol::topics::TopicKind::DeviceDesired.for_device(&id);
-    let current: serde_json::Value =
-        serde_json::from_slice(&edgefleet_tests::mqtt::retained_raw(gw.mqtt_port, &topic, 5)).expect("envelope");
+    let current: serde_json::Value = serde_json::from_slice(&edgefleet_tests::mqtt::retained_raw(
+        gw.mqtt_port,
+        &topic,
+        5,
+    ))
+    .expect("envelope");
     let mut doc = current["document"].clone();
-    assert_eq!(doc["policy"]["host_network"], true, "the document carries Lyon's policy: {doc}");
+    assert_eq!(
+        doc["policy"]["host_network"], true,
+        "the document carries Lyon's policy: {doc}"
+    );
     doc["revision"] = (doc["revision"].as_u64().expect("revision") + 1).into();
     doc["stacks"]["rogue"] = serde_json::json!({
         "deployment": "rogue", "deployment_revision": 1,
         "services": { "root": { "image": APP_V1, "privileged": true } }
     });
-    let key = std::fs::read_to_string(gw.data_dir.join("signing/desired-signing.key")).expect("key");
+    let key =
+        std::fs::read_to_string(gw.data_dir.join("signing/desired-signing.key")).expect("key");
     let secret: [u8; 32] = base64::engine::general_purpose::STANDARD
         .decode(key.trim())
         .expect("base64")
         .try_into()
         .expect("32 bytes");
     let signer = edgefleet_protocol::signing::DocumentSigner::from_secret(&secret);
-    edgefleet_tests::mqtt::publish(gw.mqtt_port, &topic, &signer.sign_bytes(&serde_json::to_vec(&doc).expect("json")), false);
+    edgefleet_tests::mqtt::publish(
+        gw.mqtt_port,
+        &topic,
+        &signer.sign_bytes(&serde_json::to_vec(&doc).expect("json")),
+        false,
+    );
     let ev = wait::until("the agent refuses the rogue stack", T, || async {
         let ev = events_of(&api, &id, "security_rejected").await;
         ev.into_iter()
-            .find(|e| e["message"].as_str().unwrap_or_default().contains("breaks the workload policy"))
+            .find(|e| {
+                e["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("breaks the workload policy")
+            })
             .ok_or_else(|| "no security_rejected event yet".to_owned())
     })
     .await;
     let msg = ev["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("stack 'rogue'") && msg.contains("rule 'privileged'"), "{msg}");
-    assert!(container_of(&id, "root").is_none(), "the rogue stack must not run");
+    assert!(
+        msg.contains("stack 'rogue'") && msg.contains("rule 'privileged'"),
+        "{msg}"
+    );
+    assert!(
+        container_of(&id, "root").is_none(),
+        "the rogue stack must not run"
+    );
 
     // Back to the baseline: the probe is listed as a violator and keeps running.
     let strict = dir.join("strict.yml");
     std::fs::write(&strict, "{}\n").expect("write");
-    let set = api.cli(&["--json", "policy", "set", "lyon", "-f", &strict.display().to_string()]);
+    let set = api.cli(&[
+        "--json",
+        "policy",
+        "set",
+        "lyon",
+        "-f",
+        &strict.display().to_string(),
+    ]);
     assert!(set.success, "{set:?}");
     let rules: Vec<String> = set.json()["violations"]
         .as_array()
@@ -260,6 +330,13 @@ async fn site_policies_decide_what_runs_and_the_agent_checks_them_again() {
         .collect();
     assert_eq!(rules, ["devices", "host_network"], "{:?}", set.stdout);
     let listed = api.cli(&["policy", "violations"]);
-    assert!(listed.success && listed.stdout.contains("probe"), "{listed:?}");
-    assert_eq!(container_of(&id, "probe").as_deref(), Some(c.as_str()), "a policy change stops nothing");
+    assert!(
+        listed.success && listed.stdout.contains("probe"),
+        "{listed:?}"
+    );
+    assert_eq!(
+        container_of(&id, "probe").as_deref(),
+        Some(c.as_str()),
+        "a policy change stops nothing"
+    );
 }

@@ -64,6 +64,9 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
+/// What one policy refuses of a stack.
+pub type Refusals = (PolicySource, Vec<Violation>);
+
 /// A deployment that breaks the policy its devices run under now (listed after a policy
 /// change; never stopped for it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -291,11 +294,7 @@ impl Deployments {
 
     /// What `stack` would break, per policy, if it ran on every device `selector` targets
     /// (and on the site the selector names, devices or not). Empty: allowed everywhere.
-    pub fn check_policies(
-        &self,
-        selector: &Selector,
-        stack: &StackSpec,
-    ) -> Vec<(PolicySource, Vec<Violation>)> {
+    pub fn check_policies(&self, selector: &Selector, stack: &StackSpec) -> Vec<Refusals> {
         let mut sites: std::collections::BTreeSet<Option<String>> = self
             .fleet
             .devices
@@ -332,7 +331,7 @@ impl Deployments {
     pub fn check_file(
         &self,
         req: &ApplyRequest,
-    ) -> Result<(Vec<String>, Vec<(PolicySource, Vec<Violation>)>), ApplyError> {
+    ) -> Result<(Vec<String>, Vec<Refusals>), ApplyError> {
         validate_stack_name(&req.name).map_err(|e| ApplyError::Name(e.to_string()))?;
         let selector = Selector::parse(&req.target)?;
         let parsed = compose::parse_with(&req.compose, &req.variables)?;

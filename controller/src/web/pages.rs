@@ -346,6 +346,7 @@ pub async fn deployments(State(state): Ctx, headers: HeaderMap) -> Response {
         b += "<tr><td colspan=\"5\">No deployment yet.</td></tr>";
     }
     b += "</tbody></table></section>";
+    b += &violations_panel(&state, &caller);
     if allowed(&caller, Method::POST, "/api/v1/deployments") {
         b += &apply_form(
             "",
@@ -359,6 +360,40 @@ pub async fn deployments(State(state): Ctx, headers: HeaderMap) -> Response {
         StatusCode::OK,
         frame("Deployments", Some(&caller), "deployments", &b),
     )
+}
+
+/// Deployments that break the workload policy their devices run under now (after a policy
+/// was tightened): they keep running, and this panel says so until they change. Empty when
+/// none is in the caller's sites.
+fn violations_panel(state: &ApiState, caller: &Caller) -> String {
+    let list: Vec<_> = state
+        .deployments
+        .violations()
+        .into_iter()
+        .filter(|v| caller.sees(v.site.as_deref()))
+        .collect();
+    if list.is_empty() {
+        return String::new();
+    }
+    let mut b = format!(
+        "<section class=\"panel err\" id=\"violations\"><h2>{} policy violation(s): still running, not allowed by today's policy</h2><table><thead><tr><th>deployment</th><th>site</th><th>service</th><th>rule</th><th>what</th><th>devices</th></tr></thead><tbody>",
+        list.len()
+    );
+    for v in &list {
+        b += &format!(
+            "<tr><td><a href=\"/deployments/{}\">{}</a> r{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&seg(&v.deployment)),
+            esc(&v.deployment),
+            v.revision,
+            esc(v.site.as_deref().unwrap_or("-")),
+            esc(&v.violation.service),
+            esc(&v.violation.rule),
+            esc(&v.violation.detail),
+            v.devices.len()
+        );
+    }
+    b += "</tbody></table></section>";
+    b
 }
 
 fn store_error(caller: &Caller, e: &str) -> Response {
