@@ -12,10 +12,10 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, DeviceMapping, EndpointSettings, HealthConfig,
-    HostConfig, HostConfigLogConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
-    PortBinding, ResourcesUlimits, RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum,
-    VolumeCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, DeviceMapping, EndpointIpamConfig,
+    EndpointSettings, HealthConfig, HostConfig, HostConfigLogConfig, Ipam, IpamConfig,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig, PortBinding, ResourcesUlimits,
+    RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
@@ -146,6 +146,29 @@ impl DockerRuntime {
                         (LABEL_DEVICE.to_owned(), device),
                         (LABEL_STACK.to_owned(), stack),
                     ])),
+                    ipam: (!net.spec.ipam.is_empty()).then(|| Ipam {
+                        driver: Some("default".into()),
+                        config: Some(
+                            net.spec
+                                .ipam
+                                .iter()
+                                .map(|p| IpamConfig {
+                                    subnet: p.subnet.clone(),
+                                    ip_range: p.ip_range.clone(),
+                                    gateway: p.gateway.clone(),
+                                    auxiliary_addresses: (!p.aux_addresses.is_empty()).then(
+                                        || {
+                                            p.aux_addresses
+                                                .iter()
+                                                .map(|(k, v)| (k.clone(), v.clone()))
+                                                .collect()
+                                        },
+                                    ),
+                                })
+                                .collect(),
+                        ),
+                        options: None,
+                    }),
                     ..Default::default()
                 };
                 docker
@@ -308,13 +331,7 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         .clone()
         .or_else(|| spec.networks.first().map(|n| n.name.clone()));
     let networking_config = spec.networks.first().map(|n| NetworkingConfig {
-        endpoints_config: Some(HashMap::from([(
-            n.name.clone(),
-            EndpointSettings {
-                aliases: Some(n.aliases.clone()),
-                ..Default::default()
-            },
-        )])),
+        endpoints_config: Some(HashMap::from([(n.name.clone(), endpoint(n))])),
     });
     let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     ContainerCreateBody {
@@ -381,11 +398,26 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             memory: x.memory_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
             nano_cpus: x.nano_cpus.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
             devices: (!devices.is_empty()).then_some(devices),
+            device_cgroup_rules: some_vec(&x.device_cgroup_rules),
             restart_policy: Some(DockerRestartPolicy {
                 name: Some(restart),
                 maximum_retry_count: None,
             }),
             ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// How a container joins one network: its DNS names and fixed addresses.
+fn endpoint(net: &NetworkAttach) -> EndpointSettings {
+    let fixed = net.ipv4_address.is_some() || net.ipv6_address.is_some();
+    EndpointSettings {
+        aliases: Some(net.aliases.clone()),
+        ipam_config: fixed.then(|| EndpointIpamConfig {
+            ipv4_address: net.ipv4_address.clone(),
+            ipv6_address: net.ipv6_address.clone(),
+            link_local_ips: None,
         }),
         ..Default::default()
     }
@@ -605,10 +637,7 @@ impl ContainerRuntime for DockerRuntime {
                 for net in spec.networks.iter().skip(1) {
                     let request = NetworkConnectRequest {
                         container: created.id.clone(),
-                        endpoint_config: Some(EndpointSettings {
-                            aliases: Some(net.aliases.clone()),
-                            ..Default::default()
-                        }),
+                        endpoint_config: Some(endpoint(net)),
                     };
                     if let Err(e) = docker.connect_network(&net.name, request).await {
                         let _ = docker.remove_container(&created.id, None).await;
@@ -733,11 +762,6 @@ impl ContainerRuntime for DockerRuntime {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use edgefleet_protocol::spec::{HealthCheck, PortMapping, PortProtocol, VolumeKind};
-
-    use crate::container::Mount;
-
     #[test]
     fn create_body_maps_compose_fields() {
         let spec = ContainerSpec {
