@@ -715,3 +715,21 @@ async fn ipam_subnet_fixed_address_and_device_cgroup_rules_reach_the_engine() {
     );
 }
 
+/// The engine's platform, as the status reports it: `linux/<arch>` in OCI form.
+#[tokio::test]
+async fn the_engine_reports_its_platform() {
+    let rt = DockerRuntime::connect().unwrap();
+    let platform = rt
+        .platform()
+        .await
+        .unwrap()
+        .expect("Docker says its architecture");
+    let arch = String::from_utf8(Command::new("uname").arg("-m").output().unwrap().stdout).unwrap();
+    let want = match arch.trim() {
+        "x86_64" => "linux/amd64",
+        "aarch64" => "linux/arm64",
+        "armv7l" => "linux/arm/v7",
+        other => panic!("no expectation for {other}"),
+    };
+    assert_eq!(platform, want);
+}

@@ -142,8 +142,17 @@ pub fn render_apply(v: &Value) -> String {
             held.join(", ")
         )
     };
+    let unknown = list(v, "architecture_unknown");
+    let unknown = if unknown.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; architecture unknown (never reported, 'platform' not checked): {}",
+            unknown.join(", ")
+        )
+    };
     format!(
-        "deployment {}: {what}; target '{}' matches {} device(s){}{}{held}",
+        "deployment {}: {what}; target '{}' matches {} device(s){}{}{held}{unknown}",
         s(v, "name"),
         s(v, "target"),
         devices.len(),

@@ -409,6 +409,30 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     }
 }
 
+/// Docker's `OSType` and `Architecture` (`linux`, `x86_64` / `aarch64` / `armv7l`, as
+/// `uname -m` says) in OCI form: `linux/amd64`, `linux/arm64`, `linux/arm/v7`.
+pub fn engine_platform(os_type: &str, architecture: &str) -> Option<String> {
+    let os = os_type.trim().to_ascii_lowercase();
+    let (arch, variant) = match architecture.trim().to_ascii_lowercase().as_str() {
+        "" => return None,
+        "x86_64" | "amd64" => ("amd64".to_owned(), None),
+        "aarch64" | "arm64" => ("arm64".to_owned(), None),
+        "i386" | "i686" => ("386".to_owned(), None),
+        "armv5l" | "armv5tel" | "armv5tejl" => ("arm".to_owned(), Some("v5")),
+        "armv6l" => ("arm".to_owned(), Some("v6")),
+        "armv7l" | "armhf" => ("arm".to_owned(), Some("v7")),
+        "armv8l" => ("arm".to_owned(), Some("v8")),
+        other => (other.to_owned(), None),
+    };
+    if os.is_empty() {
+        return None;
+    }
+    Some(match variant {
+        Some(v) => format!("{os}/{arch}/{v}"),
+        None => format!("{os}/{arch}"),
+    })
+}
+
 /// How a container joins one network: its DNS names and fixed addresses.
 fn endpoint(net: &NetworkAttach) -> EndpointSettings {
     let fixed = net.ipv4_address.is_some() || net.ipv6_address.is_some();
@@ -476,6 +500,18 @@ fn device_filter(device: &str) -> HashMap<&'static str, Vec<String>> {
 }
 
 impl ContainerRuntime for DockerRuntime {
+    async fn platform(&self) -> Result<Option<String>, RuntimeError> {
+        let docker = self.client().await?;
+        let info = docker
+            .info()
+            .await
+            .map_err(|e| unreachable_or(e, "read engine info", "docker"))?;
+        Ok(engine_platform(
+            info.os_type.as_deref().unwrap_or("linux"),
+            info.architecture.as_deref().unwrap_or_default(),
+        ))
+    }
+
     async fn list_containers(&self, device: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let docker = self.client().await?;
         let options = ListContainersOptionsBuilder::default()
@@ -762,6 +798,31 @@ impl ContainerRuntime for DockerRuntime {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn engines_report_their_platform_in_oci_form() {
+        let cases = [
+            ("linux", "x86_64", "linux/amd64"),
+            ("linux", "aarch64", "linux/arm64"),
+            ("linux", "armv7l", "linux/arm/v7"),
+            ("linux", "armv6l", "linux/arm/v6"),
+            ("linux", "i686", "linux/386"),
+            ("linux", "riscv64", "linux/riscv64"),
+        ];
+        for (os, arch, want) in cases {
+            assert_eq!(
+                super::engine_platform(os, arch).as_deref(),
+                Some(want),
+                "{arch}"
+            );
+        }
+        assert_eq!(super::engine_platform("linux", ""), None);
+    }
+
+    use super::*;
+    use edgefleet_protocol::spec::{HealthCheck, PortMapping, PortProtocol, VolumeKind};
+
+    use crate::container::Mount;
+
     #[test]
     fn create_body_maps_compose_fields() {
         let spec = ContainerSpec {
