@@ -62,6 +62,9 @@ pub struct NetworkAttach {
     pub aliases: Vec<String>,
     /// How to create it if it is missing (never, when `external`).
     pub spec: NetworkSpec,
+    /// The container's fixed addresses on it (Compose `ipv4_address`, `ipv6_address`).
+    pub ipv4_address: Option<String>,
+    pub ipv6_address: Option<String>,
 }
 
 /// Test helper: drops the `-<hash>` suffix of Docker names in a description
@@ -262,6 +265,8 @@ fn service_networks(
                 name,
                 aliases,
                 spec,
+                ipv4_address: how.ipv4_address.clone(),
+                ipv6_address: how.ipv6_address.clone(),
             }
         })
         .collect()

@@ -94,6 +94,8 @@ pub struct Reconciler<R> {
     drift_reported: BTreeSet<String>,
     last_failure: Option<String>,
     last_status: Option<DeviceStatus>,
+    /// The engine's platform, asked until it answers once (it does not change under us).
+    platform: Option<String>,
 }
 
 impl<R: ContainerRuntime> Reconciler<R> {
@@ -120,6 +122,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
             drift_reported: BTreeSet::new(),
             last_failure: None,
             last_status: None,
+            platform: None,
         }
     }
 
@@ -154,6 +157,9 @@ impl<R: ContainerRuntime> Reconciler<R> {
     /// One pass: observe, plan, execute, report.
     #[instrument(name = "reconcile", skip_all, fields(device = %self.device, revision = tracing::field::Empty))]
     pub async fn pass(&mut self) -> PassReport {
+        if self.platform.is_none() {
+            self.platform = self.runtime.platform().await.ok().flatten();
+        }
         let held = self.desired.borrow_and_update().clone();
         let Some(desired) = held else {
             debug!("no desired state held: nothing to do");
@@ -580,6 +586,7 @@ impl<R: ContainerRuntime> Reconciler<R> {
             failed,
             last_error: last_error.as_deref(),
             service_errors,
+            platform: self.platform.as_deref(),
         });
         if self
             .last_status

@@ -35,6 +35,8 @@ pub struct StatusInput<'a> {
     pub service_errors: &'a ServiceErrors,
     /// The engine changed during the pass and more work is due: not converged yet.
     pub pending: bool,
+    /// The engine's platform (`linux/arm64`), once it said.
+    pub platform: Option<&'a str>,
 }
 
 /// The container reported for a service: the one with the desired config, else whichever
@@ -107,6 +109,7 @@ pub fn build(input: StatusInput<'_>) -> DeviceStatus {
         last_error: input.last_error.map(str::to_owned),
         agent_version: AGENT_VERSION.to_owned(),
         updated_at: edgefleet_protocol::now_rfc3339(),
+        platform: input.platform.map(str::to_owned),
     }
 }
 
@@ -120,6 +123,7 @@ pub fn same_content(a: &DeviceStatus, b: &DeviceStatus) -> bool {
         && a.stacks == b.stacks
         && a.last_error == b.last_error
         && a.agent_version == b.agent_version
+        && a.platform == b.platform
 }
 
 #[cfg(test)]
@@ -138,6 +142,7 @@ mod tests {
             last_error: None,
             service_errors: &errors,
             pending: false,
+            platform: None,
         };
         let a = build(input);
         assert_eq!(a.state, ConvergenceState::Idle);
@@ -173,6 +178,7 @@ mod tests {
             last_error: Some("boom"),
             service_errors: &errors,
             pending: false,
+            platform: None,
         };
         let s = build(input);
         assert_eq!(s.state, ConvergenceState::Failed);

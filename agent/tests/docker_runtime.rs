@@ -129,6 +129,10 @@ impl Drop for Fixture {
             for v in String::from_utf8_lossy(&vols.stdout).split_whitespace() {
                 docker(&["volume", "rm", "-f", v]);
             }
+            let nets = docker(&["network", "ls", "-q", "--filter", &filter]);
+            for n in String::from_utf8_lossy(&nets.stdout).split_whitespace() {
+                docker(&["network", "rm", n]);
+            }
         }
         docker(&["rmi", "-f", &self.image]);
     }
@@ -622,6 +626,8 @@ async fn network_name_collision_is_refused_and_changes_nothing() {
         name: name.clone(),
         aliases: vec!["web".into()],
         spec: Default::default(),
+        ipv4_address: None,
+        ipv6_address: None,
     }];
     let err = rt.create(&spec).await.unwrap_err().to_string();
     assert!(
@@ -635,4 +641,95 @@ async fn network_name_collision_is_refused_and_changes_nothing() {
         "the foreign network is untouched"
     );
     docker(&["network", "rm", &name]);
+}
+
+/// A stack network with a fixed subnet (Compose `ipam.config`) is created with it, a service
+/// gets its fixed `ipv4_address` and its `device_cgroup_rules`; a second stack network of the
+/// same subnet on the same device is the engine's refusal, reported with the network's name.
+#[tokio::test]
+async fn ipam_subnet_fixed_address_and_device_cgroup_rules_reach_the_engine() {
+    let fx = Fixture::new("ipam");
+    let rt = DockerRuntime::connect().unwrap();
+    // A subnet of this run only, so parallel runs on one engine do not meet.
+    let third = std::process::id() % 200 + 20;
+    let subnet = format!("10.213.{third}.0/24");
+    let address = format!("10.213.{third}.7");
+    let net = |stack: &str| edgefleet_agent::container::NetworkAttach {
+        name: edgefleet_agent::container::network_name(&fx.device, stack, "dns-net"),
+        aliases: vec!["web".into()],
+        spec: edgefleet_protocol::spec::NetworkSpec {
+            ipam: vec![edgefleet_protocol::spec::IpamPool {
+                subnet: Some(subnet.clone()),
+                gateway: Some(format!("10.213.{third}.1")),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        ipv4_address: Some(address.clone()),
+        ipv6_address: None,
+    };
+    let mut spec = fx.spec(&fx.device, "web");
+    spec.networks = vec![net("app")];
+    spec.extra.device_cgroup_rules = vec!["c 188:* rw".into()];
+    let id = rt.create(&spec).await.unwrap();
+    rt.start(&id).await.unwrap();
+
+    let inspect = |format: &str, target: &str| {
+        let out = docker(&["inspect", "-f", format, target]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let net_name = &spec.networks[0].name;
+    assert_eq!(
+        inspect(
+            "{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}}",
+            net_name
+        ),
+        format!("{subnet} 10.213.{third}.1")
+    );
+    assert_eq!(
+        inspect(
+            &format!("{{{{(index .NetworkSettings.Networks \"{net_name}\").IPAddress}}}}"),
+            &id
+        ),
+        address
+    );
+    assert_eq!(
+        inspect("{{json .HostConfig.DeviceCgroupRules}}", &id),
+        r#"["c 188:* rw"]"#
+    );
+
+    // The same subnet for another stack on this device: Docker refuses the overlap.
+    let mut other = fx.spec(&fx.device, "web2");
+    other.name = format!("ef-{}-app2-web", fx.device);
+    other.labels.insert(LABEL_STACK.into(), "app2".into());
+    other.networks = vec![net("app2")];
+    other.networks[0].ipv4_address = None;
+    let err = rt.create(&other).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, RuntimeError::Engine { .. })
+            && text.contains(&other.networks[0].name)
+            && text.contains("overlap"),
+        "{text}"
+    );
+}
+
+/// The engine's platform, as the status reports it: `linux/<arch>` in OCI form.
+#[tokio::test]
+async fn the_engine_reports_its_platform() {
+    let rt = DockerRuntime::connect().unwrap();
+    let platform = rt
+        .platform()
+        .await
+        .unwrap()
+        .expect("Docker says its architecture");
+    let arch = String::from_utf8(Command::new("uname").arg("-m").output().unwrap().stdout).unwrap();
+    let want = match arch.trim() {
+        "x86_64" => "linux/amd64",
+        "aarch64" => "linux/arm64",
+        "armv7l" => "linux/arm/v7",
+        other => panic!("no expectation for {other}"),
+    };
+    assert_eq!(platform, want);
 }

@@ -142,8 +142,17 @@ pub fn render_apply(v: &Value) -> String {
             held.join(", ")
         )
     };
+    let unknown = list(v, "architecture_unknown");
+    let unknown = if unknown.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; architecture unknown (never reported, 'platform' not checked): {}",
+            unknown.join(", ")
+        )
+    };
     format!(
-        "deployment {}: {what}; target '{}' matches {} device(s){}{}{held}",
+        "deployment {}: {what}; target '{}' matches {} device(s){}{}{held}{unknown}",
         s(v, "name"),
         s(v, "target"),
         devices.len(),
@@ -201,7 +210,7 @@ pub fn render_devices(v: &Value) -> String {
 
 pub fn render_device(v: &Value) -> String {
     let mut out = format!(
-        "device {}  {}  revision {}/{} ({})  labels: {}\nagent {}  last seen {}\n",
+        "device {}  {}  revision {}/{} ({})  labels: {}\nagent {}  platform {}  last seen {}\n",
         s(v, "id"),
         connection(v),
         n(v, "observed_revision"),
@@ -209,6 +218,9 @@ pub fn render_device(v: &Value) -> String {
         s(v, "state"),
         labels(v),
         s(v, "agent_version"),
+        v.get("platform")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown"),
         s(v, "last_seen"),
     );
     if let Some(err) = v.get("last_error").and_then(Value::as_str) {

@@ -111,6 +111,7 @@ async fn agents_report(c: &App) {
             last_error: None,
             agent_version: "t".into(),
             updated_at: "t".into(),
+            platform: None,
         };
         c.intake
             .on_message(&TopicKind::DeviceStatus.for_device(&id), &encode(&status))

@@ -30,9 +30,9 @@ use compose_spec::service::{
 use compose_spec::{ListOrMap, Resource, ShortOrLong};
 use edgefleet_protocol::ids::{validate_service_name, validate_stack_name};
 use edgefleet_protocol::spec::{
-    DependsCondition, HealthCheck, Logging, NetworkSpec, PortMapping, PortProtocol, RestartPolicy,
-    ServiceExtra, ServiceNetwork, ServiceSpec, StackSpec, Ulimit, UpdateOrder, VolumeKind,
-    VolumeMount, VolumeOptions,
+    DependsCondition, HealthCheck, IpamPool, Logging, NetworkSpec, PortMapping, PortProtocol,
+    RestartPolicy, ServiceExtra, ServiceNetwork, ServiceSpec, StackSpec, Ulimit, UpdateOrder,
+    VolumeKind, VolumeMount, VolumeOptions,
 };
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -65,6 +65,7 @@ pub const SUPPORTED_SERVICE_KEYS: &[&str] = &[
     "network_mode",
     "networks",
     "devices",
+    "device_cgroup_rules",
     "privileged",
     "cap_add",
     "cap_drop",
@@ -283,6 +284,7 @@ pub fn parse_with(yaml: &str, vars: &Variables) -> Result<ComposeStack, ComposeE
                 });
             }
         }
+        check_fixed_addresses(name, &svc, &networks)?;
         services.insert(name.clone(), svc);
     }
     for (name, svc) in &services {
@@ -484,14 +486,10 @@ fn top_networks(v: Option<&Value>) -> Result<BTreeMap<String, NetworkSpec>, Comp
                 ..NetworkSpec::default()
             },
             Some(Resource::Compose(net)) => {
-                // `ipam: { driver: default }` (as IOTstack writes it) says nothing.
-                if net.ipam.as_ref().is_some_and(|i| {
-                    !i.config.is_empty()
-                        || !i.options.is_empty()
-                        || i.driver.as_deref().is_some_and(|d| d != "default")
-                }) {
-                    return Err(bad("'ipam' is not supported: let Docker choose the subnet, or declare the network 'external: true' and create it on the device".into()));
-                }
+                let ipam = match &net.ipam {
+                    None => Vec::new(),
+                    Some(i) => ipam_pools(i).map_err(bad)?,
+                };
                 if net.name.is_some() {
                     return Err(bad("'name' is only supported with 'external: true' (edgefleet names the networks it creates per stack)".into()));
                 }
@@ -513,12 +511,109 @@ fn top_networks(v: Option<&Value>) -> Result<BTreeMap<String, NetworkSpec>, Comp
                     internal: net.internal,
                     external: false,
                     name: None,
+                    ipam,
                 }
             }
         };
         out.insert(name.clone(), spec);
     }
     Ok(out)
+}
+
+/// A network's `ipam`: Docker's default driver with fixed pools (`ipam: { driver: default }`,
+/// as IOTstack writes it, says nothing).
+fn ipam_pools(ipam: &compose_spec::network::Ipam) -> Result<Vec<IpamPool>, String> {
+    if let Some(d) = ipam.driver.as_deref()
+        && d != "default"
+    {
+        return Err(format!(
+            "ipam driver '{d}' is not supported (only Docker's default IPAM driver, with 'config')"
+        ));
+    }
+    if !ipam.options.is_empty() {
+        return Err("ipam 'options' (options of a custom IPAM driver) are not supported".into());
+    }
+    Ok(ipam
+        .config
+        .iter()
+        .filter(|c| !c.is_empty())
+        .map(|c| IpamPool {
+            subnet: c.subnet.map(|n| n.to_string()),
+            ip_range: c.ip_range.map(|n| n.to_string()),
+            gateway: c.gateway.map(|g| g.to_string()),
+            aux_addresses: c
+                .aux_addresses
+                .iter()
+                .map(|(host, ip)| (host.to_string(), ip.to_string()))
+                .collect(),
+        })
+        .collect())
+}
+
+/// Whether `addr` lies in `subnet` (`a.b.c.d/len` or an IPv6 one).
+fn in_subnet(addr: std::net::IpAddr, subnet: &str) -> bool {
+    use std::net::IpAddr;
+    let Some((net, len)) = subnet.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(len)) = (net.parse::<IpAddr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    let (a, n, bits) = match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => (
+            u128::from(u32::from(a)) << 96,
+            u128::from(u32::from(n)) << 96,
+            32,
+        ),
+        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a), u128::from(n), 128),
+        _ => return false,
+    };
+    if len > bits {
+        return false;
+    }
+    let mask = if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len)
+    };
+    a & mask == n & mask
+}
+
+/// A service's fixed addresses (`networks.NAME.ipv4_address`) must lie in a subnet the
+/// network's `ipam` declares: Docker gives fixed addresses only on such networks.
+fn check_fixed_addresses(
+    service: &str,
+    svc: &ServiceSpec,
+    networks: &BTreeMap<String, NetworkSpec>,
+) -> Result<(), ComposeError> {
+    for (net, how) in &svc.extra.networks {
+        for addr in [&how.ipv4_address, &how.ipv6_address].into_iter().flatten() {
+            let problem = |p: String| ComposeError::Invalid {
+                service: service.to_owned(),
+                key: "networks".into(),
+                problem: format!("network '{net}': {p}"),
+            };
+            let ip: std::net::IpAddr = addr
+                .parse()
+                .map_err(|_| problem(format!("'{addr}' is not an IP address")))?;
+            let spec = networks.get(net);
+            if spec.is_some_and(|s| s.external) {
+                continue; // Its subnets are the device's business.
+            }
+            let inside = spec.is_some_and(|s| {
+                s.ipam
+                    .iter()
+                    .filter_map(|p| p.subnet.as_deref())
+                    .any(|sub| in_subnet(ip, sub))
+            });
+            if !inside {
+                return Err(problem(format!(
+                    "fixed address {addr} is in no subnet of the network's 'ipam.config' (Docker gives fixed addresses only on a network with a configured subnet: declare one that holds it)"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Ctx<'a> {
@@ -974,17 +1069,18 @@ fn map_service(
                     for (n, opts) in m {
                         let mut sn = ServiceNetwork::default();
                         if let Some(o) = opts {
-                            if o.ipv4_address.is_some()
-                                || o.ipv6_address.is_some()
-                                || !o.link_local_ips.is_empty()
+                            if !o.link_local_ips.is_empty()
                                 || o.mac_address.is_some()
                                 || !o.driver_opts.is_empty()
+                                || o.priority.is_some()
                             {
                                 return Err(ctx("networks").err(format!(
-                                    "network '{n}': only 'aliases' is supported (fixed addresses would collide across devices)"
+                                    "network '{n}': only 'aliases', 'ipv4_address' and 'ipv6_address' are supported"
                                 )));
                             }
                             sn.aliases = o.aliases.iter().map(|a| a.to_string()).collect();
+                            sn.ipv4_address = o.ipv4_address.map(|a| a.to_string());
+                            sn.ipv6_address = o.ipv6_address.map(|a| a.to_string());
                         }
                         out.insert(n.to_string(), sn);
                     }
@@ -1044,6 +1140,15 @@ fn map_service(
             "cannot be combined with deploy.update_config.order: start-first (two containers cannot hold one name)",
         ));
     }
+    if update_order == UpdateOrder::StartFirst
+        && networks
+            .values()
+            .any(|n| n.ipv4_address.is_some() || n.ipv6_address.is_some())
+    {
+        return Err(ctx("networks").err(
+            "a fixed ipv4_address/ipv6_address cannot be combined with deploy.update_config.order: start-first (two containers cannot hold one address)",
+        ));
+    }
 
     let extra = ServiceExtra {
         container_name,
@@ -1054,6 +1159,11 @@ fn map_service(
         network_mode,
         networks,
         devices: svc.devices.iter().map(|d| d.to_string()).collect(),
+        device_cgroup_rules: svc
+            .device_cgroup_rules
+            .iter()
+            .map(|r| r.to_string())
+            .collect(),
         privileged: svc.privileged,
         cap_add: svc.cap_add.into_iter().collect(),
         cap_drop: svc.cap_drop.into_iter().collect(),

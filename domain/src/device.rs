@@ -109,6 +109,11 @@ impl DeviceView {
             })
     }
 
+    /// The engine platform the device last reported in its status (`linux/arm/v7`), if any.
+    pub fn platform(&self) -> Option<&str> {
+        self.status.as_ref().and_then(|s| s.platform.as_deref())
+    }
+
     pub fn summary(&self) -> DeviceSummary {
         let mut running = 0;
         let mut total = 0;
@@ -132,6 +137,7 @@ impl DeviceView {
             last_seen: self.last_seen.clone(),
             session: self.presence.as_ref().map(|p| p.session),
             agent_version: self.presence.as_ref().map(|p| p.agent_version.clone()),
+            platform: self.platform().map(str::to_owned),
             desired_revision: self.desired_revision(),
             observed_revision: self.status.as_ref().map_or(0, |s| s.observed_revision),
             state: self.status.as_ref().map(|s| s.state),
@@ -161,6 +167,8 @@ pub struct DeviceSummary {
     pub last_seen: Option<String>,
     pub session: Option<u64>,
     pub agent_version: Option<String>,
+    /// The engine platform the device last reported (`linux/arm64`), if it did.
+    pub platform: Option<String>,
     pub desired_revision: u64,
     pub observed_revision: u64,
     pub state: Option<ConvergenceState>,

@@ -7,6 +7,8 @@
 //! ## Layout
 //! - [`compose`]: Compose files → normalized service specs (the supported subset), refusals
 //!   naming service and key; [`duration`]: Compose durations (`1m30s`).
+//! - [`platform`]: `os/arch[/variant]`, and whether a device's engine runs a service's
+//!   `platform`.
 //! - [`selector`]: deployment targets (`site=lyon,line=3`, `id=a|b`, `*`); [`labels`]: the
 //!   labels an operator gives a device.
 //! - [`deployment`]: a revision's stored spec; [`book`]: which stacks each device should run,
@@ -31,6 +33,7 @@ pub mod device;
 pub mod duration;
 pub mod interpolate;
 pub mod labels;
+pub mod platform;
 pub mod policy;
 pub mod rollout;
 pub mod selector;

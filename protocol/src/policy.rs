@@ -231,6 +231,19 @@ impl WorkloadPolicy {
                 ));
             }
         }
+        // A cgroup rule opens device numbers (`c 188:* rmw`), not paths: only a policy that
+        // allows any device allows it.
+        if !x.device_cgroup_rules.is_empty() && !self.devices.iter().any(|d| d == "*") {
+            out.push(v(
+                name,
+                "device_cgroup_rules",
+                "devices",
+                format!(
+                    "device cgroup rules ({}) open host devices by number; only a policy with devices: ['*'] allows them",
+                    x.device_cgroup_rules.join(", ")
+                ),
+            ));
+        }
         for m in &svc.volumes {
             if m.kind == VolumeKind::Bind {
                 self.check_host_path(name, "volumes", &m.source, out);
@@ -499,6 +512,7 @@ mod tests {
         s.extra.privileged = true;
         s.extra.network_mode = Some("host".into());
         s.extra.devices = vec!["/dev/ttyUSB0:/dev/ttyUSB0".into()];
+        s.extra.device_cgroup_rules = vec!["c 188:* rmw".into()];
         s.extra.cap_add = vec!["cap_sys_admin".into(), "NET_BIND_SERVICE".into()];
         s.extra.security_opt = vec!["seccomp:unconfined".into(), "no-new-privileges:true".into()];
         s.extra.sysctls = BTreeMap::from([
@@ -535,6 +549,7 @@ mod tests {
                 "privileged:privileged",
                 "network_mode:host_network",
                 "devices:devices",
+                "device_cgroup_rules:devices",
                 "volumes:host_paths",
                 "cap_add:capabilities",
                 "security_opt:unconfined",
@@ -544,7 +559,7 @@ mod tests {
         let open = WorkloadPolicy {
             privileged: true,
             host_network: true,
-            devices: vec!["/dev/ttyUSB*".into()],
+            devices: vec!["/dev/ttyUSB*".into(), "*".into()],
             host_paths: vec!["/".into()],
             capabilities: vec!["SYS_ADMIN".into()],
             unconfined: true,

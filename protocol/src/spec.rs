@@ -63,6 +63,27 @@ pub struct NetworkSpec {
     /// The Docker name of an external network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Fixed address pools (Compose `ipam.config`), for Docker's default IPAM driver. The
+    /// network exists once per device and stack, so a fixed subnet never meets another
+    /// device's; one that overlaps a network already on the device is the engine's refusal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipam: Vec<IpamPool>,
+}
+
+/// One address pool of a network (Compose `ipam.config[]`); addresses in Docker's text form.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamPool {
+    /// `172.20.0.0/24`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// Part of the subnet containers get addresses from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Addresses the driver must not hand out, by host name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, String>,
 }
 
 /// How a service joins one network of its stack.
@@ -71,6 +92,12 @@ pub struct ServiceNetwork {
     /// Extra DNS names on that network (the service name always resolves).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// Fixed address on that network (it needs an `ipam` subnet). Such a service is replaced
+    /// stop-first: two containers cannot hold one address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
 }
 
 /// Compose's `depends_on` conditions beyond "started".
@@ -156,6 +183,10 @@ pub struct ServiceExtra {
     /// Docker form `HOST:CONTAINER[:rwm]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
+    /// Device cgroup rules (`c 188:* rw`): devices of these numbers the container may use,
+    /// including ones plugged in after it started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_cgroup_rules: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub privileged: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -21,6 +21,11 @@ pub struct DeviceStatus {
     pub last_error: Option<String>,
     pub agent_version: String,
     pub updated_at: String,
+    /// The device's engine platform in OCI form (`linux/amd64`, `linux/arm64`,
+    /// `linux/arm/v7`), from its `info`; absent until the engine answered once (and from
+    /// agents older than the field). `apply` refuses a service whose `platform` it cannot run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 /// Where the agent is with respect to its desired revision.

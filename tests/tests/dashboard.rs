@@ -326,6 +326,7 @@ fn status(id: &str, revision: u64, last_error: Option<&str>) -> Vec<u8> {
         last_error: last_error.map(str::to_owned),
         agent_version: "fake".into(),
         updated_at: edgefleet_protocol::now_rfc3339(),
+        platform: None,
     })
 }
 

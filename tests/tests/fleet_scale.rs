@@ -66,6 +66,7 @@ fn status(id: &str, revision: u64) -> Vec<u8> {
         last_error: None,
         agent_version: "fake".to_owned(),
         updated_at: edgefleet_protocol::now_rfc3339(),
+        platform: None,
     })
 }
 

@@ -12,10 +12,10 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, DeviceMapping, EndpointSettings, HealthConfig,
-    HostConfig, HostConfigLogConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
-    PortBinding, ResourcesUlimits, RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum,
-    VolumeCreateRequest,
+    ContainerCreateBody, ContainerInspectResponse, DeviceMapping, EndpointIpamConfig,
+    EndpointSettings, HealthConfig, HostConfig, HostConfigLogConfig, Ipam, IpamConfig,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig, PortBinding, ResourcesUlimits,
+    RestartPolicy as DockerRestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
@@ -145,6 +145,29 @@ impl DockerRuntime {
                         (LABEL_DEVICE.to_owned(), device),
                         (LABEL_STACK.to_owned(), stack),
                     ])),
+                    ipam: (!net.spec.ipam.is_empty()).then(|| Ipam {
+                        driver: Some("default".into()),
+                        config: Some(
+                            net.spec
+                                .ipam
+                                .iter()
+                                .map(|p| IpamConfig {
+                                    subnet: p.subnet.clone(),
+                                    ip_range: p.ip_range.clone(),
+                                    gateway: p.gateway.clone(),
+                                    auxiliary_addresses: (!p.aux_addresses.is_empty()).then(
+                                        || {
+                                            p.aux_addresses
+                                                .iter()
+                                                .map(|(k, v)| (k.clone(), v.clone()))
+                                                .collect()
+                                        },
+                                    ),
+                                })
+                                .collect(),
+                        ),
+                        options: None,
+                    }),
                     ..Default::default()
                 };
                 docker
@@ -307,13 +330,7 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         .clone()
         .or_else(|| spec.networks.first().map(|n| n.name.clone()));
     let networking_config = spec.networks.first().map(|n| NetworkingConfig {
-        endpoints_config: Some(HashMap::from([(
-            n.name.clone(),
-            EndpointSettings {
-                aliases: Some(n.aliases.clone()),
-                ..Default::default()
-            },
-        )])),
+        endpoints_config: Some(HashMap::from([(n.name.clone(), endpoint(n))])),
     });
     let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     ContainerCreateBody {
@@ -380,11 +397,50 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
             memory: x.memory_bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
             nano_cpus: x.nano_cpus.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
             devices: (!devices.is_empty()).then_some(devices),
+            device_cgroup_rules: some_vec(&x.device_cgroup_rules),
             restart_policy: Some(DockerRestartPolicy {
                 name: Some(restart),
                 maximum_retry_count: None,
             }),
             ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Docker's `OSType` and `Architecture` (`linux`, `x86_64` / `aarch64` / `armv7l`, as
+/// `uname -m` says) in OCI form: `linux/amd64`, `linux/arm64`, `linux/arm/v7`.
+pub fn engine_platform(os_type: &str, architecture: &str) -> Option<String> {
+    let os = os_type.trim().to_ascii_lowercase();
+    let (arch, variant) = match architecture.trim().to_ascii_lowercase().as_str() {
+        "" => return None,
+        "x86_64" | "amd64" => ("amd64".to_owned(), None),
+        "aarch64" | "arm64" => ("arm64".to_owned(), None),
+        "i386" | "i686" => ("386".to_owned(), None),
+        "armv5l" | "armv5tel" | "armv5tejl" => ("arm".to_owned(), Some("v5")),
+        "armv6l" => ("arm".to_owned(), Some("v6")),
+        "armv7l" | "armhf" => ("arm".to_owned(), Some("v7")),
+        "armv8l" => ("arm".to_owned(), Some("v8")),
+        other => (other.to_owned(), None),
+    };
+    if os.is_empty() {
+        return None;
+    }
+    Some(match variant {
+        Some(v) => format!("{os}/{arch}/{v}"),
+        None => format!("{os}/{arch}"),
+    })
+}
+
+/// How a container joins one network: its DNS names and fixed addresses.
+fn endpoint(net: &NetworkAttach) -> EndpointSettings {
+    let fixed = net.ipv4_address.is_some() || net.ipv6_address.is_some();
+    EndpointSettings {
+        aliases: Some(net.aliases.clone()),
+        ipam_config: fixed.then(|| EndpointIpamConfig {
+            ipv4_address: net.ipv4_address.clone(),
+            ipv6_address: net.ipv6_address.clone(),
+            link_local_ips: None,
         }),
         ..Default::default()
     }
@@ -443,6 +499,18 @@ fn device_filter(device: &str) -> HashMap<&'static str, Vec<String>> {
 }
 
 impl ContainerRuntime for DockerRuntime {
+    async fn platform(&self) -> Result<Option<String>, RuntimeError> {
+        let docker = self.client().await?;
+        let info = docker
+            .info()
+            .await
+            .map_err(|e| unreachable_or(e, "read engine info", "docker"))?;
+        Ok(engine_platform(
+            info.os_type.as_deref().unwrap_or("linux"),
+            info.architecture.as_deref().unwrap_or_default(),
+        ))
+    }
+
     async fn list_containers(&self, device: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
         let docker = self.client().await?;
         let options = ListContainersOptionsBuilder::default()
@@ -604,10 +672,7 @@ impl ContainerRuntime for DockerRuntime {
                 for net in spec.networks.iter().skip(1) {
                     let request = NetworkConnectRequest {
                         container: created.id.clone(),
-                        endpoint_config: Some(EndpointSettings {
-                            aliases: Some(net.aliases.clone()),
-                            ..Default::default()
-                        }),
+                        endpoint_config: Some(endpoint(net)),
                     };
                     if let Err(e) = docker.connect_network(&net.name, request).await {
                         let _ = docker.remove_container(&created.id, None).await;
@@ -732,6 +797,26 @@ impl ContainerRuntime for DockerRuntime {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn engines_report_their_platform_in_oci_form() {
+        let cases = [
+            ("linux", "x86_64", "linux/amd64"),
+            ("linux", "aarch64", "linux/arm64"),
+            ("linux", "armv7l", "linux/arm/v7"),
+            ("linux", "armv6l", "linux/arm/v6"),
+            ("linux", "i686", "linux/386"),
+            ("linux", "riscv64", "linux/riscv64"),
+        ];
+        for (os, arch, want) in cases {
+            assert_eq!(
+                super::engine_platform(os, arch).as_deref(),
+                Some(want),
+                "{arch}"
+            );
+        }
+        assert_eq!(super::engine_platform("linux", ""), None);
+    }
+
     use super::*;
     use edgefleet_protocol::spec::{HealthCheck, PortMapping, PortProtocol, VolumeKind};
 

@@ -116,6 +116,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Removes network `name` (it must have no container attached any more).
     fn remove_network(&self, name: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
+    /// The engine's platform in OCI form (`linux/amd64`, `linux/arm64`, `linux/arm/v7`), or
+    /// `None` when it does not say.
+    fn platform(&self) -> impl Future<Output = Result<Option<String>, RuntimeError>> + Send {
+        async { Ok(None) }
+    }
+
     /// Whether `image` is present locally.
     fn image_present(&self, image: &str)
     -> impl Future<Output = Result<bool, RuntimeError>> + Send;

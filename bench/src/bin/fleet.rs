@@ -459,6 +459,7 @@ async fn fanin(
                 last_error: Some(marker.clone()),
                 agent_version: "bench".into(),
                 updated_at: edgefleet_protocol::now_rfc3339(),
+                platform: None,
             };
             let payload = edgefleet_protocol::codec::encode(&status);
             client

@@ -60,6 +60,15 @@ pub enum ApplyError {
         policy: PolicySource,
         violations: Vec<Violation>,
     },
+    #[error(
+        "service '{service}': key 'platform' ({wanted}) cannot run on device '{device}', whose engine is {engine}: target devices of that architecture, or drop 'platform' so each engine pulls its own (multi-architecture images)"
+    )]
+    Platform {
+        service: String,
+        wanted: String,
+        device: String,
+        engine: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -123,6 +132,9 @@ pub struct ApplyOutcome {
     /// Nothing was recorded or sent: `revision`, `changed`, `devices` and `held` say what
     /// the apply would do.
     pub dry_run: bool,
+    /// Targeted devices whose engine architecture is unknown (never reported) while a service
+    /// sets `platform`: not refused, the engine decides at pull.
+    pub architecture_unknown: Vec<String>,
 }
 
 pub struct Deployments {
@@ -449,6 +461,7 @@ impl Deployments {
                 limit: edgefleet_protocol::MAX_PAYLOAD_BYTES,
             });
         }
+        let architecture_unknown = self.check_platforms(&selector, &stack)?;
         if req.dry_run {
             let changed = !self.store.is_latest(&req.name, &target, &spec).await?;
             let latest = self
@@ -473,6 +486,7 @@ impl Deployments {
                 devices: self.fleet.targets(&selector),
                 held,
                 dry_run: true,
+                architecture_unknown,
             });
         }
         let (revision, changed) = self
@@ -514,7 +528,41 @@ impl Deployments {
             devices: self.fleet.targets(&selector),
             held,
             dry_run: false,
+            architecture_unknown,
         })
+    }
+
+    /// Refuses a service whose `platform` a targeted device's engine cannot run; returns the
+    /// targeted devices that never reported their architecture (when a service sets one).
+    fn check_platforms(
+        &self,
+        selector: &Selector,
+        stack: &StackSpec,
+    ) -> Result<Vec<String>, ApplyError> {
+        use edgefleet_domain::platform::{self, Platform};
+        if !platform::any_platform(&stack.services) {
+            return Ok(Vec::new());
+        }
+        let mut unknown = Vec::new();
+        for d in self.fleet.devices.iter() {
+            if !selector.matches(d.key(), &d.labels) {
+                continue;
+            }
+            let Some(engine) = d.platform().and_then(Platform::parse) else {
+                unknown.push(d.key().clone());
+                continue;
+            };
+            if let Some((service, wanted)) = platform::first_mismatch(&stack.services, &engine) {
+                return Err(ApplyError::Platform {
+                    service: service.to_owned(),
+                    wanted: wanted.to_owned(),
+                    device: d.key().clone(),
+                    engine: engine.to_string(),
+                });
+            }
+        }
+        unknown.sort();
+        Ok(unknown)
     }
 
     /// The devices a staged apply of `name` would hold, with the revision and stack each

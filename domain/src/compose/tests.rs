@@ -369,8 +369,36 @@ fn refusals_name_the_service_and_key() {
             "two containers cannot hold one name",
         ),
         (
-            "networks:\n  n: { ipam: { config: [{ subnet: 10.0.0.0/24 }] } }\nservices:\n  web:\n    image: a\n",
-            "'ipam' is not supported",
+            "networks:\n  n: { ipam: { driver: dhcp } }\nservices:\n  web:\n    image: a\n",
+            "top-level network 'n': ipam driver 'dhcp' is not supported",
+        ),
+        (
+            "networks:\n  n: { ipam: { config: [{ subnet: 10.0.0.0/24 }], options: { a: b } } }\nservices:\n  web:\n    image: a\n",
+            "ipam 'options'",
+        ),
+        (
+            "networks:\n  n: { ipam: { config: [{ subnet: 10.0.0.300/24 }] } }\nservices:\n  web:\n    image: a\n",
+            "top-level network 'n'",
+        ),
+        (
+            "networks:\n  n: {}\nservices:\n  web:\n    image: a\n    networks: { n: { ipv4_address: 10.0.0.5 } }\n",
+            "service 'web': 'networks' network 'n': fixed address 10.0.0.5 is in no subnet",
+        ),
+        (
+            "networks:\n  n: { ipam: { config: [{ subnet: 10.0.0.0/24 }] } }\nservices:\n  web:\n    image: a\n    networks: { n: { ipv4_address: 10.0.1.5 } }\n",
+            "fixed address 10.0.1.5 is in no subnet",
+        ),
+        (
+            "networks:\n  n: { ipam: { config: [{ subnet: 10.0.0.0/24 }] } }\nservices:\n  web:\n    image: a\n    networks: { n: { ipv4_address: 10.0.0.5 } }\n    deploy: { update_config: { order: start-first } }\n",
+            "two containers cannot hold one address",
+        ),
+        (
+            "networks:\n  n: {}\nservices:\n  web:\n    image: a\n    networks: { n: { mac_address: \"02:42:ac:11:00:02\" } }\n",
+            "only 'aliases', 'ipv4_address' and 'ipv6_address' are supported",
+        ),
+        (
+            "services:\n  web:\n    image: a\n    device_cgroup_rules: [\"x 188:* rw\"]\n",
+            "service 'web': 'device_cgroup_rules' is not valid",
         ),
         (
             "volumes:\n  d: { driver: nfs-plugin }\nservices:\n  web:\n    image: a\n",
@@ -421,4 +449,83 @@ fn hostile_files_are_clear_errors() {
     assert!(parse("services: {a: {image: a}}\n---\nservices: {}\n").is_err());
     assert!(parse("\u{0}\u{1}\u{2}").is_err());
     assert!(parse("").is_err());
+}
+
+/// A stack network with a fixed subnet (as pihole/cloudflared DoH stacks pin their resolver's
+/// address) and a service allowed a class of devices by number (as ESPHome is for USB serial
+/// adapters, which come and go while it runs).
+#[test]
+fn fixed_subnets_fixed_addresses_and_device_cgroup_rules() {
+    let yaml = r#"
+services:
+  resolver:
+    image: resolver:1
+    networks:
+      dns:
+        ipv4_address: 172.28.5.2
+        ipv6_address: "fd00:28::2"
+        aliases: [upstream]
+  flasher:
+    image: flasher:1
+    network_mode: host
+    device_cgroup_rules:
+      - 'c 188:* rw'
+      - 'a 7:1 r'
+  web:
+    image: web:1
+    networks: [dns, default]
+networks:
+  dns:
+    ipam:
+      driver: default
+      config:
+        - subnet: 172.28.5.0/24
+          ip_range: 172.28.5.128/25
+          gateway: 172.28.5.1
+          aux_addresses: { router: 172.28.5.3 }
+        - subnet: "fd00:28::/64"
+"#;
+    let stack = parse(yaml).unwrap();
+    let dns = &stack.networks["dns"];
+    assert_eq!(
+        dns.ipam,
+        vec![
+            IpamPool {
+                subnet: Some("172.28.5.0/24".into()),
+                ip_range: Some("172.28.5.128/25".into()),
+                gateway: Some("172.28.5.1".into()),
+                aux_addresses: [("router".to_owned(), "172.28.5.3".to_owned())].into(),
+            },
+            IpamPool {
+                subnet: Some("fd00:28::/64".into()),
+                ..IpamPool::default()
+            },
+        ]
+    );
+    let resolver = &stack.services["resolver"].extra.networks["dns"];
+    assert_eq!(resolver.ipv4_address.as_deref(), Some("172.28.5.2"));
+    assert_eq!(resolver.ipv6_address.as_deref(), Some("fd00:28::2"));
+    assert_eq!(resolver.aliases, vec!["upstream"]);
+    assert_eq!(
+        stack.services["flasher"].extra.device_cgroup_rules,
+        vec!["c 188:* rw", "a 7:1 r"]
+    );
+    // `ipam: { driver: default }` alone (IOTstack's base file) is no pool at all.
+    let plain = parse("networks:\n  lan: { ipam: { driver: default } }\nservices:\n  web:\n    image: a\n    networks: [lan]\n").unwrap();
+    assert!(plain.networks["lan"].ipam.is_empty());
+    // An external network's subnets are the device's: a fixed address there is Docker's check.
+    parse("networks:\n  lan: { external: true }\nservices:\n  web:\n    image: a\n    networks: { lan: { ipv4_address: 192.168.1.9 } }\n").unwrap();
+}
+
+#[test]
+fn subnet_membership() {
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert!(in_subnet(ip("10.1.2.3"), "10.1.0.0/16"));
+    assert!(!in_subnet(ip("10.2.2.3"), "10.1.0.0/16"));
+    assert!(in_subnet(ip("10.2.2.3"), "0.0.0.0/0"));
+    assert!(in_subnet(ip("fd00::5"), "fd00::/64"));
+    assert!(!in_subnet(ip("fd01::5"), "fd00::/64"));
+    assert!(!in_subnet(ip("10.1.2.3"), "fd00::/64"));
+    assert!(!in_subnet(ip("10.1.2.3"), "10.1.0.0/33"));
+    assert!(!in_subnet(ip("10.1.2.3"), "10.1.0.0"));
 }

@@ -192,6 +192,7 @@ mod tests {
             last_error: None,
             agent_version: "t".into(),
             updated_at: "t".into(),
+            platform: None,
         }
     }
 
