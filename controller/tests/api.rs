@@ -520,3 +520,48 @@ async fn workload_policies_refuse_at_apply_and_list_violators_after_a_change() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["source"], "baseline");
 }
+
+/// A staged revision applied while the site's policy allowed it cannot be rolled out once the
+/// policy forbids it: the start is refused naming the rule, before any agent is sent it.
+#[tokio::test]
+async fn a_rollout_start_rechecks_the_policy() {
+    use edgefleet_domain::device::DeviceView;
+    let s = server().await;
+    let mut d = DeviceView::new("press-01");
+    d.labels.insert("site".into(), "lyon".into());
+    s.fleet.devices.insert("press-01".into(), d);
+    let put = |p: &str| json!({ "policy": p }).to_string();
+    let (status, _) = s
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/policies/sites/lyon",
+            Some(&put("privileged: true")),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let staged = "x-edgefleet-rollout: { canary: 1 }\nservices:\n  app:\n    image: app:1\n";
+    assert_eq!(s.apply("app", "site=lyon", staged).await.0, 201);
+    let v2 = staged.replace("image: app:1", "image: app:2\n    privileged: true");
+    let (status, body) = s.apply("app", "site=lyon", &v2).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["held"], json!(["press-01"]), "{body}");
+    let (status, _) = s
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/policies/sites/lyon",
+            Some(&put("{}")),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let start = json!({ "deployment": "app" }).to_string();
+    let (status, body) = s
+        .call(reqwest::Method::POST, "/api/v1/rollouts", Some(&start))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let msg = body["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("revision 2 of 'app' is no longer allowed")
+            && msg.contains("rule 'privileged'"),
+        "{msg}"
+    );
+}

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use edgefleet_domain::audit::{Entry, Outcome};
+use edgefleet_domain::deployment::RevisionSpec;
 use edgefleet_domain::device::Connection;
 use edgefleet_domain::rollout::engine::{Command, DeviceSnapshot, Rollout, RolloutState};
 use edgefleet_domain::rollout::strategy::{Amount, OnFailure, Strategy, StrategyError};
@@ -25,7 +26,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 use super::audit::AuditLog;
-use super::deployments::{Deployments, PinError};
+use super::deployments::{ApplyError, Deployments, PinError};
 use super::fleet::Fleet;
 use super::outbox::Outbox;
 use super::windows::Windows;
@@ -60,6 +61,14 @@ pub enum RolloutError {
         id: u64,
         state: String,
         action: &'static str,
+    },
+    #[error(
+        "revision {revision} of '{deployment}' is no longer allowed where it would go: {reason}"
+    )]
+    Policy {
+        deployment: String,
+        revision: u64,
+        reason: String,
     },
     #[error(transparent)]
     Strategy(#[from] StrategyError),
@@ -282,6 +291,23 @@ impl Rollouts {
         // Devices to move: targeted ones not already on the target revision.
         let selector = Selector::parse(&dep.target)
             .map_err(|_| RolloutError::NoDeployment(req.deployment.clone()))?;
+        // The revision was checked against the policies at apply; one may have been
+        // tightened since. Refuse here rather than have every agent of the first wave refuse.
+        if let Ok(spec) = RevisionSpec::from_json(&rev.spec_json) {
+            let stack = spec.into_stack(&req.deployment, to);
+            if let Some((policy, violations)) = self
+                .deployments
+                .check_policies(&selector, &stack)
+                .into_iter()
+                .next()
+            {
+                return Err(RolloutError::Policy {
+                    deployment: req.deployment.clone(),
+                    revision: to,
+                    reason: ApplyError::Policy { policy, violations }.to_string(),
+                });
+            }
+        }
         let mut from_counts: BTreeMap<u64, usize> = BTreeMap::new();
         let mut candidates = Vec::new();
         for id in self.fleet.targets(&selector) {
