@@ -71,6 +71,8 @@ pub async fn site(
     auth: Auth,
     ApiPath(site): ApiPath<String>,
 ) -> ApiResult {
+    edgefleet_protocol::ids::validate_label("site", &site)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     auth.check_site(&format!("the policy of site '{site}'"), Some(&site))?;
     Ok(Json(shown(&policies, Some(&site))))
 }
