@@ -151,13 +151,101 @@ pub fn render_apply(v: &Value) -> String {
             unknown.join(", ")
         )
     };
-    format!(
+    let head = format!(
         "deployment {}: {what}; target '{}' matches {} device(s){}{}{held}{unknown}",
         s(v, "name"),
         s(v, "target"),
         devices.len(),
         if devices.is_empty() { "" } else { ": " },
         devices.join(", ")
+    );
+    match v.get("would_run") {
+        Some(stack) if !stack.is_null() => format!("{head}\n{}", render_would_run(v, stack)),
+        _ => head,
+    }
+}
+
+/// A dry run's resolved stack: per service what each targeted device would run, then the
+/// stack's networks and volumes and the policies that allow it.
+fn render_would_run(v: &Value, stack: &Value) -> String {
+    let mut t = table(&[
+        "SERVICE",
+        "IMAGE",
+        "ENVIRONMENT (resolved)",
+        "PORTS",
+        "MOUNTS",
+    ]);
+    if let Some(services) = stack.get("services").and_then(Value::as_object) {
+        for (name, svc) in services {
+            let env: Vec<String> = svc
+                .get("environment")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, x)| format!("{k}={}", x.as_str().unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let ports: Vec<String> = svc
+                .get("ports")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|p| match p.get("host_port").and_then(Value::as_u64) {
+                            Some(h) => {
+                                format!("{h}:{}/{}", n(p, "container_port"), s(p, "protocol"))
+                            }
+                            None => format!("{}/{}", n(p, "container_port"), s(p, "protocol")),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mounts: Vec<String> = svc
+                .get("volumes")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .map(|m| match s(m, "kind") {
+                            "stack" => format!("./{}:{}", s(m, "source"), s(m, "target")),
+                            _ => format!("{}:{}", s(m, "source"), s(m, "target")),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            t.add_row(vec![
+                name.clone(),
+                s(svc, "image").to_owned(),
+                env.join("\n"),
+                ports.join(", "),
+                mounts.join("\n"),
+            ]);
+        }
+    }
+    let keys = |k: &str| {
+        let l: Vec<String> = stack
+            .get(k)
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .or_else(|| {
+                stack.get(k).and_then(Value::as_array).map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        if l.is_empty() {
+            "none".to_owned()
+        } else {
+            l.join(", ")
+        }
+    };
+    format!(
+        "each device would run:\n{t}\nnetworks: {}; volumes: {}; allowed by: {}",
+        keys("networks"),
+        keys("volumes"),
+        list(v, "policies").join(", ")
     )
 }
 
@@ -568,6 +656,11 @@ pub fn render_policy(v: &Value) -> String {
     let from = match s(v, "source") {
         "baseline" => "the baseline (no policy set)".to_owned(),
         "fleet" => "the fleet default".to_owned(),
+        other
+            if Some(other.trim_start_matches("site:")) == v.get("site").and_then(Value::as_str) =>
+        {
+            "its own policy".to_owned()
+        }
         other => other.replace("site:", "site "),
     };
     let by = match v.get("set_by").and_then(Value::as_str) {

@@ -383,6 +383,23 @@ async fn workload_policies_refuse_at_apply_and_list_violators_after_a_change() {
     let open = svc(
         "    privileged: true\n    network_mode: host\n    devices: [\"/dev/null:/dev/foo\"]\n    mem_limit: 256m\n",
     );
+    // A dry run shows what each device would run, resolved, and the policies that allow it.
+    let dry = json!({ "name": "flows", "target": "site=lyon", "compose": open, "dry_run": true })
+        .to_string();
+    let (status, body) = s
+        .call(reqwest::Method::POST, "/api/v1/deployments", Some(&dry))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["policies"], json!(["site:lyon"]), "{body}");
+    assert_eq!(
+        body["would_run"]["services"]["flows"]["privileged"], true,
+        "{body}"
+    );
+    assert_eq!(
+        body["would_run"]["services"]["flows"]["memory_bytes"],
+        256 << 20,
+        "{body}"
+    );
     let (status, body) = s.apply("flows", "site=lyon", &open).await;
     assert_eq!(status, 201, "{body}");
     let doc = s.fleet.get("press-01").unwrap().desired.unwrap();

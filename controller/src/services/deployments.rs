@@ -135,6 +135,13 @@ pub struct ApplyOutcome {
     /// Targeted devices whose engine architecture is unknown (never reported) while a service
     /// sets `platform`: not refused, the engine decides at pull.
     pub architecture_unknown: Vec<String>,
+    /// Dry run only: what every targeted device would run, resolved (variables
+    /// interpolated, networks and volumes as the agent creates them), and the policy each
+    /// targeted site runs under (all allow it, or the dry run would have been refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_run: Option<StackSpec>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PolicySource>,
 }
 
 pub struct Deployments {
@@ -304,9 +311,19 @@ impl Deployments {
             .effective(labels.get("site").map(String::as_str))
     }
 
-    /// What `stack` would break, per policy, if it ran on every device `selector` targets
-    /// (and on the site the selector names, devices or not). Empty: allowed everywhere.
-    pub fn check_policies(&self, selector: &Selector, stack: &StackSpec) -> Vec<Refusals> {
+    /// The policies of the devices `selector` targets and of the site it names.
+    fn policies_reached(&self, selector: &Selector) -> Vec<PolicySource> {
+        let set: std::collections::BTreeSet<PolicySource> = self
+            .sites_reached(selector)
+            .into_iter()
+            .map(|site| self.policies.effective(site.as_deref()).0)
+            .collect();
+        set.into_iter().collect()
+    }
+
+    /// The sites of the devices `selector` targets and the site it names (`None`: devices
+    /// without a site, or a target naming none and reaching no device).
+    fn sites_reached(&self, selector: &Selector) -> std::collections::BTreeSet<Option<String>> {
         let mut sites: std::collections::BTreeSet<Option<String>> = self
             .fleet
             .devices
@@ -323,6 +340,13 @@ impl Deployments {
             }
             None => {}
         }
+        sites
+    }
+
+    /// What `stack` would break, per policy, if it ran on every device `selector` targets
+    /// (and on the site the selector names, devices or not). Empty: allowed everywhere.
+    pub fn check_policies(&self, selector: &Selector, stack: &StackSpec) -> Vec<Refusals> {
+        let sites = self.sites_reached(selector);
         let mut seen = std::collections::BTreeSet::new();
         let mut out = Vec::new();
         for site in sites {
@@ -487,6 +511,11 @@ impl Deployments {
                 held,
                 dry_run: true,
                 architecture_unknown,
+                policies: self.policies_reached(&selector),
+                would_run: Some(
+                    spec.clone()
+                        .into_stack(&req.name, if changed { latest + 1 } else { latest }),
+                ),
             });
         }
         let (revision, changed) = self
@@ -529,6 +558,8 @@ impl Deployments {
             held,
             dry_run: false,
             architecture_unknown,
+            would_run: None,
+            policies: Vec::new(),
         })
     }
 
