@@ -750,13 +750,11 @@ pub fn render_policy_check(v: &Value) -> String {
     }
     let mut t = table(&["POLICY", "SERVICE", "KEY", "RULE", "WHAT"]);
     for r in &refusals {
-        t.add_row(vec![
-            s(r, "policy").to_owned(),
-            s(r, "service").to_owned(),
-            s(r, "key").to_owned(),
-            s(r, "rule").to_owned(),
-            s(r, "detail").to_owned(),
-        ]);
+        t.add_row(
+            ["policy", "service", "key", "rule", "detail"]
+                .map(|k| s(r, k).to_owned())
+                .to_vec(),
+        );
     }
     format!(
         "refused: target '{}' ({devices} device(s)); apply would refuse it for {} reason(s):\n{t}",

@@ -218,6 +218,18 @@ impl Api {
 
     /// Waits until the device's `connection` is `want` (`online`, `offline`); returns the
     /// device document.
+    /// The device's recent events of `kind` (`security_rejected`, …), oldest first, from
+    /// its detail (empty if the device is unknown).
+    pub async fn events_of(&self, id: &str, kind: &str) -> Vec<Value> {
+        self.device(id)
+            .await
+            .map(|d| d["events"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    }
+
     pub async fn wait_connection(
         &self,
         id: &str,

@@ -150,21 +150,6 @@ async fn three_services_reach_each_other_by_name() {
     assert!(exposed.contains("5432/tcp"), "{exposed}");
 }
 
-/// The devices' events of `kind` (newest last), from the device detail.
-async fn events_of(
-    api: &edgefleet_tests::api::Api,
-    id: &str,
-    kind: &str,
-) -> Vec<serde_json::Value> {
-    api.device(id)
-        .await
-        .map(|d| d["events"].as_array().cloned().unwrap_or_default())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e["kind"] == kind)
-        .collect()
-}
-
 /// Site workload policies on a real agent and engine: `network_mode: host` and a host device
 /// are refused at apply under the baseline, run where the site's policy allows them (read
 /// from `docker inspect` and from inside the container), and are refused for another site;
@@ -288,7 +273,7 @@ async fn site_policies_decide_what_runs_and_the_agent_checks_them_again() {
         false,
     );
     let ev = wait::until("the agent refuses the rogue stack", T, || async {
-        let ev = events_of(&api, &id, "security_rejected").await;
+        let ev = api.events_of(&id, "security_rejected").await;
         ev.into_iter()
             .find(|e| {
                 e["message"]

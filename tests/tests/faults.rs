@@ -40,16 +40,6 @@ async fn wait_converged_running(api: &Api, id: &str, image: &str) -> (Value, Str
     .await
 }
 
-async fn events_of(api: &Api, id: &str, kind: &str) -> Vec<Value> {
-    api.device(id)
-        .await
-        .map(|d| d["events"].as_array().cloned().unwrap_or_default())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e["kind"] == kind)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_agent_goes_offline_within_keepalive_and_comes_back_converged() {
     images::ensure();
@@ -164,8 +154,8 @@ async fn malformed_desired_payloads_and_unsupported_compose_keys_change_nothing(
     }
     // Not JSON: a malformed document. JSON without a controller signature: a security matter.
     wait::until("a rejection event per bad payload", T, || async {
-        let malformed = events_of(&api, &id, "desired_rejected").await.len();
-        let refused = events_of(&api, &id, "security_rejected").await.len();
+        let malformed = api.events_of(&id, "desired_rejected").await.len();
+        let refused = api.events_of(&id, "security_rejected").await.len();
         let n = malformed + refused;
         if malformed >= 1 && n >= garbage.len() {
             Ok(())
@@ -241,7 +231,7 @@ async fn drift_by_hand_is_reported_and_restored() {
 
     docker::stop(&container);
     wait::until("drift reported", T, || async {
-        let n = events_of(&api, &id, "drift_detected").await.len();
+        let n = api.events_of(&id, "drift_detected").await.len();
         if n >= 1 {
             Ok(())
         } else {
@@ -257,7 +247,7 @@ async fn drift_by_hand_is_reported_and_restored() {
 
     docker::remove(&container);
     wait::until("second drift reported", T, || async {
-        let n = events_of(&api, &id, "drift_detected").await.len();
+        let n = api.events_of(&id, "drift_detected").await.len();
         if n >= 2 {
             Ok(())
         } else {
@@ -425,7 +415,7 @@ async fn unsigned_forged_and_replayed_desired_documents_are_refused() {
         eprintln!("published: {what}");
     }
     let refused = wait::until("a security_rejected event per attack", T, || async {
-        let ev = events_of(&api, &id, "security_rejected").await;
+        let ev = api.events_of(&id, "security_rejected").await;
         if ev.len() >= attacks.len() {
             Ok(ev)
         } else {
