@@ -187,18 +187,25 @@ async fn site_policies_decide_what_runs_and_the_agent_checks_them_again() {
         assert!(why.contains(needle), "wanted {needle:?}: {why}");
     }
 
-    let policy = dir.join("lyon.yml");
-    std::fs::write(&policy, "host_network: true\ndevices: ['/dev/null']\n").expect("write");
-    let set = api.cli(&[
-        "--json",
-        "policy",
-        "set",
-        "lyon",
-        "-f",
-        &policy.display().to_string(),
-    ]);
-    assert!(set.success, "{set:?}");
-    assert_eq!(set.json()["source"], "site:lyon");
+    // `edgefleet policy set lyon -f FILE` with `text` as the file; its JSON answer.
+    let set_lyon = |text: &str| {
+        let file = dir.join("lyon.yml");
+        std::fs::write(&file, text).expect("write");
+        let set = api.cli(&[
+            "--json",
+            "policy",
+            "set",
+            "lyon",
+            "-f",
+            &file.display().to_string(),
+        ]);
+        assert!(set.success, "{set:?}");
+        set.json()
+    };
+    assert_eq!(
+        set_lyon("host_network: true\ndevices: ['/dev/null']\n")["source"],
+        "site:lyon"
+    );
     let shown = api.cli(&["policy", "get", "lyon"]);
     assert!(
         shown.success && shown.stdout.contains("host_network") && shown.stdout.contains("allowed"),
@@ -295,25 +302,15 @@ async fn site_policies_decide_what_runs_and_the_agent_checks_them_again() {
     );
 
     // Back to the baseline: the probe is listed as a violator and keeps running.
-    let strict = dir.join("strict.yml");
-    std::fs::write(&strict, "{}\n").expect("write");
-    let set = api.cli(&[
-        "--json",
-        "policy",
-        "set",
-        "lyon",
-        "-f",
-        &strict.display().to_string(),
-    ]);
-    assert!(set.success, "{set:?}");
-    let rules: Vec<String> = set.json()["violations"]
+    let set = set_lyon("{}\n");
+    let rules: Vec<String> = set["violations"]
         .as_array()
         .expect("violations")
         .iter()
         .filter(|v| v["deployment"] == "probe")
         .map(|v| v["rule"].as_str().unwrap_or_default().to_owned())
         .collect();
-    assert_eq!(rules, ["devices", "host_network"], "{:?}", set.stdout);
+    assert_eq!(rules, ["devices", "host_network"], "{set}");
     let listed = api.cli(&["policy", "violations"]);
     assert!(
         listed.success && listed.stdout.contains("probe"),
