@@ -106,6 +106,10 @@ const SUBACK_FAILURE: u8 = 0x80;
 /// After forwarding a client's DISCONNECT, how long the front waits for rumqttd to close the
 /// upstream connection before closing it itself.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(5);
+/// A client connection's read buffer to start with. A device's packets are small (a status is
+/// well under 1 KiB) and the buffer grows for a larger one (`read_frame`); 4 KiB per device
+/// was 10 % of a connected device's cost in the gateway (BENCHMARKS.md "Fleet").
+const READ_BUFFER: usize = 512;
 
 /// How the front treats clients, and where it relays them. The TLS listener itself is bound
 /// by the caller and handed to [`start_front`] (see [`bind`]).
@@ -772,7 +776,11 @@ async fn serve(
     (pending, _session): (PendingSlot, tokio::sync::OwnedSemaphorePermit),
 ) {
     let _ = tcp.set_nodelay(true);
-    let handshake = timeout(config.handshake_timeout, acceptor.accept(tcp)).await;
+    // Boxed, here and below: a connection's task is allocated once at the size of its largest
+    // state, and it lives as long as the device is connected. Inline, the handshake's and the
+    // relayed path's states made every device's task 8.4 KiB (heaptrack, BENCHMARKS.md
+    // "Fleet"); boxed, each costs only while it runs.
+    let handshake = timeout(config.handshake_timeout, Box::pin(acceptor.accept(tcp))).await;
     drop(pending);
     let tls = match handshake {
         Err(_) => {
@@ -828,7 +836,13 @@ async fn serve(
         config,
         shared: shared.clone(),
     };
-    relay(session, registration, tls, BytesMut::with_capacity(4096)).await;
+    relay(
+        session,
+        registration,
+        Box::new(tls),
+        BytesMut::with_capacity(READ_BUFFER),
+    )
+    .await;
 }
 
 /// The hub carrying device sessions, when this is a device and the front has one.
@@ -849,7 +863,7 @@ async fn serve_plain(
 ) {
     let _ = tcp.set_nodelay(true);
     let mut tcp = tcp;
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::with_capacity(READ_BUFFER);
     let connect = timeout(
         config.connect_timeout,
         read_frame(&mut tcp, &mut buf, config.max_packet_bytes),
@@ -960,11 +974,11 @@ async fn relay<S: ClientStream>(
     let shared = session.shared.clone();
     let end = match hub_for(&session) {
         Some((hub, device)) => tokio::select! {
-            end = session.run_on_hub(&hub, &device, stream, buf) => end,
+            end = Box::pin(session.run_on_hub(&hub, &device, stream, buf)) => end,
             () = cancel.cancelled() => Some(End::Dropped("certificate or user revoked".to_owned())),
         },
         None => tokio::select! {
-            end = session.run(stream, buf) => end,
+            end = Box::pin(session.run(stream, buf)) => end,
             () = cancel.cancelled() => Some(End::Dropped("certificate or user revoked".to_owned())),
         },
     };
@@ -1041,7 +1055,7 @@ impl Session {
                 return None;
             }
         };
-        let (slot, mut deliveries, old) = hub.attach(device);
+        let (slot, old) = hub.attach(device);
         let mut guard = HubGuard {
             hub: hub.clone(),
             device: device.to_owned(),
@@ -1087,15 +1101,17 @@ impl Session {
                 () = slot.cancel.cancelled() => {
                     break End::Dropped("a new connection of this device took over, or it read nothing".to_owned());
                 }
-                d = deliveries.recv() => {
-                    let Some(d) = d else { continue };
-                    next_pkid = next_pkid.checked_add(1).unwrap_or(1);
-                    let mut out = crate::hub::encode_publish(&d, next_pkid);
-                    // Whatever else is queued goes in the same write.
-                    while let Ok(d) = deliveries.try_recv() {
-                        next_pkid = next_pkid.checked_add(1).unwrap_or(1);
-                        out.extend_from_slice(&crate::hub::encode_publish(&d, next_pkid));
+                queued = slot.deliveries.next() => {
+                    if queued.is_empty() {
+                        continue;
                     }
+                    // Everything queued goes in one write.
+                    let mut out = Vec::new();
+                    for d in &queued {
+                        next_pkid = next_pkid.checked_add(1).unwrap_or(1);
+                        out.extend_from_slice(&crate::hub::encode_publish(d, next_pkid));
+                    }
+                    drop(queued);
                     if let Err(e) = write_flush(&mut client_wr, &out).await {
                         break End::Dropped(format!("client connection lost: {e}"));
                     }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use edgefleet_controller::services::users::ARGON2_CONCURRENT;
 use edgefleet_sim::fleet::Shape;
 use edgefleet_sim::{AgentOptions, Agents, Api, Broker, Rehearsal, enroll_all, ids, percentile};
 use edgefleet_tests::bins::bins;
@@ -52,6 +53,9 @@ struct Args {
     /// Small and fast: checks the pipeline, not the numbers (CI).
     #[arg(long)]
     quick: bool,
+    /// Keep every run's temp dir (the gateway's log, the stores), not only a failed one's.
+    #[arg(long)]
+    keep: bool,
 
     /// Status fan-in: statuses offered per second (round-robin over the devices).
     #[arg(long, default_value_t = 20_000)]
@@ -212,15 +216,68 @@ fn integrator_retained(gw: &Gateway, dir: &Path) -> anyhow::Result<usize> {
     Ok(topics.len())
 }
 
+/// FLEET_GATEWAY_ENV: extra `K=V` pairs (whitespace-separated) for the gateway's
+/// environment only, e.g. a heap profiler's preload
+/// (`LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so DUMP_HEAPTRACK_OUTPUT=/tmp/gw.$$`,
+/// BENCHMARKS.md) or allocator settings (`MALLOC_ARENA_MAX=2`).
+fn gateway_env() -> anyhow::Result<Vec<(String, String)>> {
+    let Ok(text) = std::env::var("FLEET_GATEWAY_ENV") else {
+        return Ok(Vec::new());
+    };
+    text.split_whitespace()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .with_context(|| format!("FLEET_GATEWAY_ENV takes K=V pairs (got '{pair}')"))
+        })
+        .collect()
+}
+
+/// Logs in as the admin on every one of the gateway's password threads at once. Each keeps
+/// its argon2 memory (19 MiB) for good once it has checked a password (`users.rs`, at most
+/// four): a fixed cost of the gateway, which the benchmark's own logins after "empty" (its
+/// token, the integrator's) used to count as the devices' (heaptrack: the fourth thread's
+/// 19 MiB, 10 KiB per device at 2,000, arrived with `integrator add`).
+fn warm_password_threads(gw: &Gateway, dir: &Path) -> anyhow::Result<()> {
+    let logins: Vec<std::process::Child> = (0..ARGON2_CONCURRENT)
+        .map(|i| {
+            Command::new(&bins().edgefleet)
+                .arg("--server")
+                .arg(gw.api().url())
+                .args(["login", "--user", "admin", "--password-file"])
+                .arg(gw.data_dir.join("initial-admin-password"))
+                .env("EDGEFLEET_CONFIG_DIR", dir.join(format!("warm-login-{i}")))
+                .env_remove("EDGEFLEET_TOKEN")
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .context("cannot run edgefleet login")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for mut login in logins {
+        if !login.wait()?.success() {
+            bail!("edgefleet login (warming the password threads) failed");
+        }
+    }
+    Ok(())
+}
+
 /// One device count, in a temp dir that is kept (with the gateway's log) if it fails.
 async fn one_size(args: &Args, n: usize) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let result = measure(args, n, &dir).await;
-    kept_on_failure(dir, result)
+    kept_on_failure(args, dir, result)
 }
 
 /// `result`, with the temp dir (logs, stores) kept and named in the error if it failed.
-fn kept_on_failure(dir: tempfile::TempDir, result: anyhow::Result<Value>) -> anyhow::Result<Value> {
+fn kept_on_failure(
+    args: &Args,
+    dir: tempfile::TempDir,
+    result: anyhow::Result<Value>,
+) -> anyhow::Result<Value> {
+    if args.keep && result.is_ok() {
+        eprintln!("logs kept in {}", dir.keep().display());
+        return result;
+    }
     result.map_err(|e| {
         let kept = dir.keep();
         e.context(format!("logs kept in {}", kept.display()))
@@ -232,8 +289,12 @@ async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Resu
     // FLEET_GATEWAY_LOG: the gateway's RUST_LOG (e.g. `warn,edgefleet_broker::hub=debug`);
     // its log is kept in the run's temp dir.
     let log = std::env::var("FLEET_GATEWAY_LOG").unwrap_or_else(|_| "warn".to_owned());
-    let mut gw = Gateway::start_with(dir.path(), &[("RUST_LOG", &log)], &[]);
+    let mut envs = vec![("RUST_LOG".to_owned(), log)];
+    envs.extend(gateway_env()?);
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut gw = Gateway::start_with(dir.path(), &envs, &[]);
     let pid = gw.proc.pid().context("gateway pid")?;
+    warm_password_threads(&gw, dir.path())?;
     let rss_empty = rss_kb(pid)?;
     let token = gw
         .api()
@@ -324,7 +385,7 @@ async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Resu
 async fn mosquitto_peer(args: &Args, n: usize) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let result = measure_peer(args, n, &dir).await;
-    kept_on_failure(dir, result)
+    kept_on_failure(args, dir, result)
 }
 
 async fn measure_peer(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Result<Value> {

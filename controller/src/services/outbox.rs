@@ -72,11 +72,12 @@ impl Outbox {
         }
     }
 
-    /// Called by the publisher when it takes a device off the queue: the document to send.
+    /// Called by the publisher when it takes a device off the queue: the document to send
+    /// (only the document is copied, not the device's whole view with its events).
     pub fn take_desired(&self, id: &str) -> Option<DesiredState> {
         self.queued.remove(id);
         self.fleet.mark_published(id);
-        self.fleet.get(id)?.desired
+        self.fleet.devices.get(id)?.desired.clone()
     }
 
     /// Queues a retained document as it is. A newer document for a topic still queued
