@@ -75,6 +75,20 @@ impl Server {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// A device of `site` in the fleet view, as if it had been enrolled and reported.
+    fn add_device(&self, id: &str, site: &str) {
+        let mut d = edgefleet_domain::device::DeviceView::new(id);
+        d.labels.insert("site".into(), site.into());
+        self.fleet.devices.insert(id.into(), d);
+    }
+
+    /// `PUT /api/v1/policies/sites/{site}` with `text` as the policy file.
+    async fn set_policy(&self, site: &str, text: &str) -> (u16, Value) {
+        let body = json!({ "policy": text }).to_string();
+        let path = format!("/api/v1/policies/sites/{site}");
+        self.call(reqwest::Method::PUT, &path, Some(&body)).await
+    }
+
     async fn apply(&self, name: &str, target: &str, compose: &str) -> (u16, Value) {
         let body = json!({ "name": name, "target": target, "compose": compose }).to_string();
         self.call(reqwest::Method::POST, "/api/v1/deployments", Some(&body))
@@ -304,12 +318,9 @@ async fn revisions_history_and_delete() {
 /// the violators (audited) and stops nothing; operators may check but not set.
 #[tokio::test]
 async fn workload_policies_refuse_at_apply_and_list_violators_after_a_change() {
-    use edgefleet_domain::device::DeviceView;
     let s = server().await;
     for (id, site) in [("press-01", "lyon"), ("press-02", "paris")] {
-        let mut d = DeviceView::new(id);
-        d.labels.insert("site".into(), site.into());
-        s.fleet.devices.insert(id.into(), d);
+        s.add_device(id, site);
     }
     let svc = |extra: &str| format!("services:\n  flows:\n    image: nodered/node-red:3\n{extra}");
     let refused: &[(&str, String, &[&str])] = &[
@@ -369,13 +380,7 @@ async fn workload_policies_refuse_at_apply_and_list_violators_after_a_change() {
     // with a memory limit.
     let lyon = "privileged: true\nhost_network: true\ndevices: ['/dev/null']\nregistries: [registry.plant.local, docker.io]\nrequire_memory_limit: true\nmax_log_size: 50m\n";
     let put = |p: &str| json!({ "policy": p }).to_string();
-    let (status, body) = s
-        .call(
-            reqwest::Method::PUT,
-            "/api/v1/policies/sites/lyon",
-            Some(&put(lyon)),
-        )
-        .await;
+    let (status, body) = s.set_policy("lyon", lyon).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["source"], "site:lyon");
     assert_eq!(body["policy"]["max_log_bytes"], 50 << 20);
@@ -448,13 +453,7 @@ async fn workload_policies_refuse_at_apply_and_list_violators_after_a_change() {
     assert_eq!(rules, ["privileged", "host_network", "devices"], "{body}");
 
     // Tightening Lyon back to the baseline lists the running deployment; it keeps running.
-    let (status, body) = s
-        .call(
-            reqwest::Method::PUT,
-            "/api/v1/policies/sites/lyon",
-            Some(&put("{}")),
-        )
-        .await;
+    let (status, body) = s.set_policy("lyon", "{}").await;
     assert_eq!(status, 200, "{body}");
     let violations = body["violations"].as_array().unwrap();
     let rules: Vec<&str> = violations
@@ -516,13 +515,7 @@ async fn workload_policies_refuse_at_apply_and_list_violators_after_a_change() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 403);
-    let (status, body) = s
-        .call(
-            reqwest::Method::PUT,
-            "/api/v1/policies/sites/lyon",
-            Some(&put("privilegd: true")),
-        )
-        .await;
+    let (status, body) = s.set_policy("lyon", "privilegd: true").await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"]
@@ -542,19 +535,9 @@ async fn workload_policies_refuse_at_apply_and_list_violators_after_a_change() {
 /// policy forbids it: the start is refused naming the rule, before any agent is sent it.
 #[tokio::test]
 async fn a_rollout_start_rechecks_the_policy() {
-    use edgefleet_domain::device::DeviceView;
     let s = server().await;
-    let mut d = DeviceView::new("press-01");
-    d.labels.insert("site".into(), "lyon".into());
-    s.fleet.devices.insert("press-01".into(), d);
-    let put = |p: &str| json!({ "policy": p }).to_string();
-    let (status, _) = s
-        .call(
-            reqwest::Method::PUT,
-            "/api/v1/policies/sites/lyon",
-            Some(&put("privileged: true")),
-        )
-        .await;
+    s.add_device("press-01", "lyon");
+    let (status, _) = s.set_policy("lyon", "privileged: true").await;
     assert_eq!(status, 200);
     let staged = "x-edgefleet-rollout: { canary: 1 }\nservices:\n  app:\n    image: app:1\n";
     assert_eq!(s.apply("app", "site=lyon", staged).await.0, 201);
@@ -562,13 +545,7 @@ async fn a_rollout_start_rechecks_the_policy() {
     let (status, body) = s.apply("app", "site=lyon", &v2).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["held"], json!(["press-01"]), "{body}");
-    let (status, _) = s
-        .call(
-            reqwest::Method::PUT,
-            "/api/v1/policies/sites/lyon",
-            Some(&put("{}")),
-        )
-        .await;
+    let (status, _) = s.set_policy("lyon", "{}").await;
     assert_eq!(status, 200);
     let start = json!({ "deployment": "app" }).to_string();
     let (status, body) = s
