@@ -568,7 +568,7 @@ fn policy_rules(p: &Value) -> Vec<(String, String)> {
     let flag = |k: &str| p.get(k).and_then(Value::as_bool).unwrap_or(false);
     let yes_no = |k: &str| if flag(k) { "allowed" } else { "refused" }.to_owned();
     let req = |k: &str| if flag(k) { "required" } else { "not required" }.to_owned();
-    let items = |k: &str, none: &str| {
+    let names = |k: &str, none: &str| {
         let l: Vec<String> = p
             .get(k)
             .and_then(Value::as_array)
@@ -587,7 +587,7 @@ fn policy_rules(p: &Value) -> Vec<(String, String)> {
     };
     let registries = match p.get("registries") {
         None | Some(Value::Null) => "any".to_owned(),
-        Some(_) => items("registries", "none"),
+        Some(_) => names("registries", "none"),
     };
     let logs = match p.get("max_log_bytes").and_then(Value::as_u64) {
         Some(b) => format!("at most {} MiB per container", b >> 20),
@@ -598,20 +598,20 @@ fn policy_rules(p: &Value) -> Vec<(String, String)> {
         ("require_digest".into(), req("require_digest")),
         ("privileged".into(), yes_no("privileged")),
         ("host_network".into(), yes_no("host_network")),
-        ("devices".into(), items("devices", "none")),
+        ("devices".into(), names("devices", "none")),
         (
             "host_paths".into(),
-            items("host_paths", "none (the stack's own directory only)"),
+            names("host_paths", "none (the stack's own directory only)"),
         ),
         (
             "capabilities".into(),
-            items("capabilities", "the baseline set only"),
+            names("capabilities", "the baseline set only"),
         ),
         ("unconfined".into(), yes_no("unconfined")),
-        ("sysctls".into(), items("sysctls", "the safe set only")),
+        ("sysctls".into(), names("sysctls", "the safe set only")),
         (
             "volume_drivers".into(),
-            items("volume_drivers", "local only"),
+            names("volume_drivers", "local only"),
         ),
         ("require_memory_limit".into(), req("require_memory_limit")),
         ("require_cpu_limit".into(), req("require_cpu_limit")),
@@ -635,6 +635,14 @@ fn violation_rows(t: &mut Table, list: &[Value]) {
 
 fn list_len(v: &Value, key: &str) -> usize {
     v.get(key).and_then(Value::as_array).map_or(0, Vec::len)
+}
+
+/// The array under `key` (empty if absent or not an array).
+fn items(v: &Value, key: &str) -> Vec<Value> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
 }
 
 const VIOLATION_HEADER: &[&str] = &[
@@ -710,11 +718,7 @@ pub fn render_policies(v: &Value) -> String {
     if let Some(f) = v.get("fleet").filter(|f| !f.is_null()) {
         row(&mut t, "fleet default".into(), f);
     }
-    let sites = v
-        .get("sites")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let sites = items(v, "sites");
     for site in &sites {
         row(&mut t, format!("site {}", s(site, "site")), site);
     }
@@ -737,11 +741,7 @@ pub fn render_policies(v: &Value) -> String {
 /// `policy check`.
 pub fn render_policy_check(v: &Value) -> String {
     let devices = list_len(v, "devices");
-    let refusals = v
-        .get("refusals")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let refusals = items(v, "refusals");
     if refusals.is_empty() {
         return format!(
             "allowed: target '{}' ({devices} device(s)) — every policy it reaches allows the file",
@@ -765,11 +765,7 @@ pub fn render_policy_check(v: &Value) -> String {
 
 /// `policy violations`.
 pub fn render_violations(v: &Value) -> String {
-    let list = v
-        .get("violations")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let list = items(v, "violations");
     if list.is_empty() {
         return "no deployment breaks the policy it runs under".into();
     }

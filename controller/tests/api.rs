@@ -75,6 +75,14 @@ impl Server {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// `GET /api/v1/deployments`: the list.
+    async fn deployments(&self) -> Value {
+        let (_, list) = self
+            .call(reqwest::Method::GET, "/api/v1/deployments", None)
+            .await;
+        list["deployments"].clone()
+    }
+
     /// A device of `site` in the fleet view, as if it had been enrolled and reported.
     fn add_device(&self, id: &str, site: &str) {
         let mut d = edgefleet_domain::device::DeviceView::new(id);
@@ -142,11 +150,8 @@ async fn refusals_are_clear_and_record_nothing() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    let (_, list) = s
-        .call(reqwest::Method::GET, "/api/v1/deployments", None)
-        .await;
     assert_eq!(
-        list["deployments"],
+        s.deployments().await,
         json!([]),
         "refused requests must record nothing"
     );
@@ -367,11 +372,8 @@ async fn workload_policies_refuse_at_apply_and_list_violators_after_a_change() {
             assert!(msg.contains(n), "wanted {n:?} in {msg:?}");
         }
     }
-    let (_, list) = s
-        .call(reqwest::Method::GET, "/api/v1/deployments", None)
-        .await;
     assert_eq!(
-        list["deployments"],
+        s.deployments().await,
         json!([]),
         "a refused apply records nothing"
     );

@@ -2,11 +2,12 @@
 //! changed only here) so documents and applies never read the store for them; the store
 //! is written first, so a failed write changes nothing.
 
+use std::collections::BTreeMap;
+
 use edgefleet_domain::policy::{PolicySet, PolicySource, validate};
 use edgefleet_protocol::policy::WorkloadPolicy;
 use edgefleet_store::{Store, StoreError};
 use parking_lot::RwLock;
-use serde::Serialize;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -17,38 +18,37 @@ pub enum PolicyError {
     Store(#[from] StoreError),
 }
 
-/// A stored policy with who set it and when.
-#[derive(Debug, Clone, Serialize)]
-pub struct SetPolicy {
+/// The policy a device of a site runs under, where it comes from, and who set it when
+/// (`None` for the baseline).
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub source: PolicySource,
     pub policy: WorkloadPolicy,
-    pub set_at: String,
-    pub set_by: String,
+    /// (set_at, set_by)
+    pub set: Option<(String, String)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    set: PolicySet,
+    /// Who set each policy and when, by scope (`None`: the fleet default).
+    meta: BTreeMap<Option<String>, (String, String)>,
 }
 
 pub struct Policies {
     store: Store,
-    set: RwLock<PolicySet>,
-    /// Who set each one (`None`: the fleet default).
-    meta: RwLock<std::collections::BTreeMap<Option<String>, (String, String)>>,
+    /// One lock for the policies and who set them, so a reader sees both of one change.
+    inner: RwLock<Inner>,
 }
 
 impl Policies {
     /// Loads the stored policies. One that no longer reads is logged and its scope falls
     /// back to the next policy up, never to "anything goes": the baseline is the floor.
     pub async fn load(store: Store) -> Result<Self, StoreError> {
-        let mut set = PolicySet::default();
-        let mut meta = std::collections::BTreeMap::new();
+        let mut inner = Inner::default();
         for row in store.policies().await? {
             match serde_json::from_str::<WorkloadPolicy>(&row.policy_json) {
-                Ok(p) => {
-                    meta.insert(row.site.clone(), (row.set_at, row.set_by));
-                    match row.site {
-                        Some(site) => {
-                            set.sites.insert(site, p);
-                        }
-                        None => set.fleet = Some(p),
-                    }
-                }
+                Ok(p) => inner.put(row.site.as_deref(), Some((p, row.set_at, row.set_by))),
                 Err(e) => {
                     tracing::error!(site = ?row.site, "stored workload policy unreadable, ignored: {e}")
                 }
@@ -56,24 +56,34 @@ impl Policies {
         }
         Ok(Policies {
             store,
-            set: RwLock::new(set),
-            meta: RwLock::new(meta),
+            inner: RwLock::new(inner),
         })
     }
 
     /// The policy a device of `site` runs under, and where it comes from.
     pub fn effective(&self, site: Option<&str>) -> (PolicySource, WorkloadPolicy) {
-        self.set.read().effective(site)
+        self.inner.read().set.effective(site)
+    }
+
+    /// [`Policies::effective`] with who set it.
+    pub fn shown(&self, site: Option<&str>) -> Effective {
+        let inner = self.inner.read();
+        let (source, policy) = inner.set.effective(site);
+        let set = match &source {
+            PolicySource::Site(s) => inner.meta.get(&Some(s.clone())).cloned(),
+            PolicySource::Fleet => inner.meta.get(&None).cloned(),
+            PolicySource::Baseline => None,
+        };
+        Effective {
+            source,
+            policy,
+            set,
+        }
     }
 
     /// Every policy set.
     pub fn all(&self) -> PolicySet {
-        self.set.read().clone()
-    }
-
-    /// Who set the policy of `site` (`None`: the fleet default) and when.
-    pub fn set_by(&self, site: Option<&str>) -> Option<(String, String)> {
-        self.meta.read().get(&site.map(str::to_owned)).cloned()
+        self.inner.read().set.clone()
     }
 
     /// Sets (`Some`) or clears the policy of a site (`None`: the fleet default).
@@ -95,27 +105,36 @@ impl Policies {
             .map(|p| serde_json::to_string(p).unwrap_or_default());
         let now = edgefleet_protocol::now_rfc3339();
         self.store.set_policy(site, json, by, &now).await?;
-        let mut set = self.set.write();
-        let mut meta = self.meta.write();
+        self.inner
+            .write()
+            .put(site, policy.map(|p| (p, now, by.to_owned())));
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Sets (`Some((policy, set_at, set_by))`) or clears one scope.
+    fn put(&mut self, site: Option<&str>, value: Option<(WorkloadPolicy, String, String)>) {
         let key = site.map(str::to_owned);
-        match (site, policy) {
-            (Some(site), Some(p)) => {
-                set.sites.insert(site.to_owned(), p);
-                meta.insert(key, (now, by.to_owned()));
+        match value {
+            Some((p, at, by)) => {
+                match site {
+                    Some(s) => {
+                        self.set.sites.insert(s.to_owned(), p);
+                    }
+                    None => self.set.fleet = Some(p),
+                }
+                self.meta.insert(key, (at, by));
             }
-            (Some(site), None) => {
-                set.sites.remove(site);
-                meta.remove(&key);
-            }
-            (None, Some(p)) => {
-                set.fleet = Some(p);
-                meta.insert(key, (now, by.to_owned()));
-            }
-            (None, None) => {
-                set.fleet = None;
-                meta.remove(&key);
+            None => {
+                match site {
+                    Some(s) => {
+                        self.set.sites.remove(s);
+                    }
+                    None => self.set.fleet = None,
+                }
+                self.meta.remove(&key);
             }
         }
-        Ok(())
     }
 }

@@ -27,18 +27,13 @@ pub struct PolicyBody {
 }
 
 fn shown(policies: &Policies, site: Option<&str>) -> Value {
-    let (source, policy) = policies.effective(site);
-    let set = match &source {
-        PolicySource::Site(s) => policies.set_by(Some(s)),
-        PolicySource::Fleet => policies.set_by(None),
-        PolicySource::Baseline => None,
-    };
+    let e = policies.shown(site);
     json!({
         "site": site,
-        "source": source,
-        "policy": policy,
-        "set_by": set.as_ref().map(|s| &s.1),
-        "set_at": set.as_ref().map(|s| &s.0),
+        "source": e.source,
+        "policy": e.policy,
+        "set_by": e.set.as_ref().map(|s| &s.1),
+        "set_at": e.set.as_ref().map(|s| &s.0),
     })
 }
 
