@@ -141,6 +141,55 @@ pub struct ContainerSpec {
     pub network_mode: Option<String>,
     /// The other Compose keys, as the service spec has them.
     pub extra: ServiceExtra,
+    /// Configs and secrets, mounted read-only from files the agent writes under the stack
+    /// directory before it creates the container.
+    pub files: Vec<StackFile>,
+}
+
+/// Whether a [`StackFile`] holds a config (in clear in the document) or a secret (sealed
+/// for this device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Config,
+    Secret,
+}
+
+/// One config or secret file of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackFile {
+    pub kind: FileKind,
+    /// The stack's config or secret.
+    pub source: String,
+    /// Path under the agent's stack root: `<stack>/.edgefleet/<service>/<configs|secrets>/<n>-<source>`.
+    pub path: String,
+    /// Absolute path in the container.
+    pub target: String,
+    /// File mode (Compose's default 0444).
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// The config and secret files of service `service` of stack `stack_name`.
+pub fn stack_files(stack_name: &str, service: &str, svc: &ServiceSpec) -> Vec<StackFile> {
+    let each = |kind: FileKind, dir: &str, mounts: &[edgefleet_protocol::spec::FileMount]| {
+        mounts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| StackFile {
+                kind,
+                source: m.source.clone(),
+                path: format!("{stack_name}/.edgefleet/{service}/{dir}/{i}-{}", m.source),
+                target: m.target.clone(),
+                mode: m.mode.unwrap_or(0o444),
+                uid: m.uid,
+                gid: m.gid,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut files = each(FileKind::Config, "configs", &svc.extra.configs);
+    files.extend(each(FileKind::Secret, "secrets", &svc.extra.secrets));
+    files
 }
 
 impl ContainerSpec {
@@ -207,6 +256,7 @@ impl ContainerSpec {
                 }
             }),
             extra: svc.extra.clone(),
+            files: stack_files(stack_name, service, svc),
         }
     }
 }
@@ -314,6 +364,8 @@ mod tests {
             volume_options: Default::default(),
             networks: Default::default(),
             services: [("db".to_string(), svc.clone())].into(),
+            configs: Default::default(),
+            secrets: Default::default(),
         };
         let spec = ContainerSpec::for_service("press-07", "hist", &stack, "db", &svc);
         assert_eq!(

@@ -42,6 +42,31 @@ pub struct Enrolled {
 }
 
 /// Reads `device.json` if the device is enrolled.
+/// The private key of the device's certificate as the key secrets are sealed for
+/// ([`edgefleet_protocol::sealed`]), if the device is enrolled. Blocking.
+pub fn load_opening_key(
+    data_dir: &Path,
+) -> anyhow::Result<Option<edgefleet_protocol::sealed::OpeningKey>> {
+    use p256::pkcs8::DecodePrivateKey as _;
+    let path = identity_dir(data_dir).join("key.pem");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let pem = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let key = p256::SecretKey::from_pkcs8_pem(&pem).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a P-256 private key ({e}): enroll the device again",
+            path.display()
+        )
+    })?;
+    let scalar = edgefleet_protocol::sealed::Plain::new(key.to_bytes().to_vec());
+    Ok(Some(
+        edgefleet_protocol::sealed::OpeningKey::from_scalar(scalar.bytes())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+    ))
+}
+
 pub fn load_enrolled(data_dir: &Path) -> anyhow::Result<Option<Enrolled>> {
     let path = identity_dir(data_dir).join("device.json");
     match std::fs::read(&path) {

@@ -139,6 +139,10 @@ pub async fn run_with_runtime<R: ContainerRuntime>(
             )
             .in_current_span(),
         );
+        let dir = config.data_dir.clone();
+        let opening = tokio::task::spawn_blocking(move || identity::load_opening_key(&dir))
+            .await
+            .context("the task reading the device key failed")??;
         let reconciler = Reconciler::new(
             config.device_id.clone(),
             runtime.clone(),
@@ -146,7 +150,8 @@ pub async fn run_with_runtime<R: ContainerRuntime>(
             outbox.clone(),
             store.clone(),
             loaded.last_applied_revision,
-        );
+        )
+        .with_opening_key(opening.map(Arc::new));
         tasks.spawn(reconciler.run(wake.clone(), tasks_done.clone()).in_current_span());
         tasks.spawn(
             watch_engine(runtime, config.device_id.clone(), wake, tasks_done.clone())

@@ -18,16 +18,18 @@ use std::time::Duration;
 
 use edgefleet_protocol::desired::DesiredState;
 use edgefleet_protocol::event::{DeviceEvent, EventKind, Severity};
+use edgefleet_protocol::sealed::{OpeningKey, Plain, Sealed, registry_info, secret_info};
 use edgefleet_protocol::status::{ContainerState, DeviceStatus, Health};
 use futures_util::StreamExt;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, instrument, warn};
 
+use crate::container::{ContainerSpec, FileKind};
 use crate::desired::HeldDesired;
 use crate::outbox::Outbox;
 use crate::plan::{Action, Finding, Observed, Op, Readiness, plan, state_name};
-use crate::runtime::{ContainerRuntime, RuntimeError};
+use crate::runtime::{ContainerRuntime, RegistryAuth, RuntimeError};
 use crate::state_file::StateStore;
 use crate::status::{self, ServiceErrors, StatusInput, reported_container};
 use edgefleet_protocol::backoff::Backoff;
@@ -96,6 +98,9 @@ pub struct Reconciler<R> {
     last_status: Option<DeviceStatus>,
     /// The engine's platform, asked until it answers once (it does not change under us).
     platform: Option<String>,
+    /// The device's key, which opens the secrets and registry credentials of its desired
+    /// documents (none: not enrolled, such documents fail).
+    opening: Option<Arc<OpeningKey>>,
 }
 
 impl<R: ContainerRuntime> Reconciler<R> {
@@ -123,7 +128,99 @@ impl<R: ContainerRuntime> Reconciler<R> {
             last_failure: None,
             last_status: None,
             platform: None,
+            opening: None,
         }
+    }
+
+    /// Gives the reconciler the device's key (see [`Reconciler::opening`]).
+    pub fn with_opening_key(mut self, key: Option<Arc<OpeningKey>>) -> Self {
+        self.opening = key;
+        self
+    }
+
+    /// Opens a value sealed for this device.
+    fn open(&self, info: &str, sealed: Option<&Sealed>, what: &str) -> Result<Plain, RuntimeError> {
+        let fail = |message: String| RuntimeError::Engine {
+            op: "open a sealed value",
+            target: what.to_owned(),
+            message,
+        };
+        let sealed = sealed.ok_or_else(|| {
+            fail("the desired document carries it unsealed: the gateway has no key for this device; enroll it again".into())
+        })?;
+        let key = self.opening.as_ref().ok_or_else(|| {
+            fail("this agent has no device key (identity/key.pem): enroll it".into())
+        })?;
+        key.open(info, sealed).map_err(|e| {
+            fail(format!(
+                "{e}; enrolling the device again makes the gateway seal it anew"
+            ))
+        })
+    }
+
+    /// Writes the config and secret files a container mounts, before it is created.
+    async fn write_files(
+        &self,
+        desired: &DesiredState,
+        spec: &ContainerSpec,
+    ) -> Result<(), RuntimeError> {
+        let Some(stack_name) = spec.labels.get(crate::container::LABEL_STACK) else {
+            return Ok(());
+        };
+        let stack = desired.stacks.get(stack_name);
+        for file in &spec.files {
+            let what =
+                format!("{:?} '{}' of stack '{stack_name}'", file.kind, file.source).to_lowercase();
+            let content = match file.kind {
+                FileKind::Config => Plain::new(
+                    stack
+                        .and_then(|s| s.configs.get(&file.source))
+                        .map(|c| c.content.clone().into_bytes())
+                        .ok_or_else(|| RuntimeError::Engine {
+                            op: "write a config",
+                            target: what.clone(),
+                            message: "the desired document does not carry it".into(),
+                        })?,
+                ),
+                FileKind::Secret => {
+                    let sealed = stack
+                        .and_then(|s| s.secrets.get(&file.source))
+                        .and_then(|s| s.sealed.as_ref());
+                    self.open(
+                        &secret_info(&self.device, stack_name, &file.source),
+                        sealed,
+                        &what,
+                    )?
+                }
+            };
+            self.runtime.write_file(file, content.bytes()).await?;
+        }
+        Ok(())
+    }
+
+    /// The login for the registry `image` comes from, if the document carries one.
+    fn registry_auth(
+        &self,
+        desired: &DesiredState,
+        image: &str,
+    ) -> Result<Option<RegistryAuth>, RuntimeError> {
+        let host = edgefleet_protocol::spec::registry_host(image);
+        let Some(entry) = desired.registries.get(host) else {
+            return Ok(None);
+        };
+        let what = format!("the credential of registry '{host}'");
+        let plain = self.open(
+            &registry_info(&self.device, host),
+            entry.sealed.as_ref(),
+            &what,
+        )?;
+        serde_json::from_slice(plain.bytes())
+            .map(Some)
+            .map_err(|_| RuntimeError::Engine {
+                op: "open a sealed value",
+                target: what,
+                message: "it does not hold a username and password".into(),
+            })
     }
 
     /// Runs passes until `shutdown`: after a wake-up (`wake`, a new desired document), every
@@ -291,10 +388,12 @@ impl<R: ContainerRuntime> Reconciler<R> {
                         msg,
                     );
                 }
-                rt.pull(image).await?;
+                let auth = self.registry_auth(desired, image)?;
+                rt.pull_with(image, auth.as_ref()).await?;
                 (EventKind::Pulled, format!("pulled image '{image}'"))
             }
             Op::Create(spec) => {
+                self.write_files(desired, spec).await?;
                 let id = rt.create(spec).await?;
                 let short: String = id.chars().take(12).collect();
                 (

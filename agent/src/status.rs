@@ -166,6 +166,8 @@ mod tests {
             volume_options: Default::default(),
             networks: Default::default(),
             services: [("web".to_string(), svc)].into(),
+            configs: Default::default(),
+            secrets: Default::default(),
         };
         let d = DesiredState::new("d", 7, [("app".to_string(), stack)].into());
         let observed = Observed::default();

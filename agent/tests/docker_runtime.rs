@@ -113,6 +113,7 @@ impl Fixture {
             networks: vec![],
             network_mode: None,
             extra: Default::default(),
+            files: Vec::new(),
         }
     }
 }

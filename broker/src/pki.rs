@@ -86,6 +86,9 @@ pub struct IssuedCert {
     /// Lowercase hex, unique; what [`crate::front::FrontHandle::revoke`] takes.
     pub serial: String,
     pub not_after: SystemTime,
+    /// The certificate's public key (P-256, uncompressed SEC1): what the gateway seals a
+    /// device's secrets for.
+    pub public_key: Vec<u8>,
 }
 
 impl fmt::Debug for IssuedCert {
@@ -249,6 +252,7 @@ impl Pki {
             key_pem: key.serialize_pem(),
             serial,
             not_after,
+            public_key: key.public_key_raw().to_vec(),
         })
     }
 

@@ -73,6 +73,11 @@ pub enum Command {
     /// may read them and check a file against them.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Private registries: the credentials devices pull their images with (admins set
+    /// them). A device gets a registry's credential, sealed for its enrolled key, when its
+    /// stacks' images come from that registry and its site is in the credential's scope.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
     /// Staged rollouts: start one, watch it, pause, resume or abort it.
     #[command(subcommand)]
     Rollout(RolloutCommand),
@@ -471,6 +476,37 @@ pub struct PolicyScope {
     /// The fleet default: the policy of every site that has none of its own.
     #[arg(long)]
     pub fleet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// The registries with a credential: host, sites, username, who set it (never the
+    /// password).
+    List,
+    /// Set the credential for a registry host, e.g. `printf %s "$PW" | edgefleet registry
+    /// set registry.plant.local:5000 --username plant --password-stdin --site lyon`.
+    /// The host is written as images name it. Devices of the sites get it with their next
+    /// desired document; the gateway keeps it sealed, and neither logs nor shows the password.
+    Set {
+        /// Registry host[:port], as in the images' names.
+        host: String,
+        #[arg(long)]
+        username: String,
+        /// Read the password from standard input (one line).
+        #[arg(long, conflicts_with = "password_file")]
+        password_stdin: bool,
+        /// Read the password from a file.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// A site whose devices get it (repeatable).
+        #[arg(long = "site", required_unless_present = "all_sites")]
+        sites: Vec<String>,
+        /// Every site's devices get it.
+        #[arg(long, conflicts_with = "sites")]
+        all_sites: bool,
+    },
+    /// Remove a registry's credential (devices keep the images they pulled).
+    Remove { host: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,10 +14,10 @@ use crate::client::{ApiClient, audit_query, read_password, token_file};
 use crate::render::*;
 
 /// A Compose file and its variables (`--env-file`, then `--var`, which wins), read here and
-/// sent with the request.
-fn read_compose(
-    a: &ComposeInput,
-) -> anyhow::Result<(String, std::collections::BTreeMap<String, String>)> {
+/// sent with the request, with the files its configs and secrets name (read relative to the
+/// Compose file) and the variables they read from the environment (`--var` and `--env-file`
+/// first, then this process's environment, as `docker compose` does).
+fn read_compose(a: &ComposeInput) -> anyhow::Result<Value> {
     let compose = if a.file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())
             .context("cannot read the Compose file from standard input")?
@@ -42,7 +42,33 @@ fn read_compose(
             .map_err(|e| anyhow::anyhow!("--var {kv:?}: {e}"))?;
         variables.insert(k.to_owned(), v.to_owned());
     }
-    Ok((compose, variables))
+    for var in edgefleet_domain::compose::environment_sources(&compose) {
+        if !variables.contains_key(&var)
+            && let Ok(value) = std::env::var(&var)
+        {
+            variables.insert(var, value);
+        }
+    }
+    let base = match a.file.parent() {
+        Some(p) if a.file.as_os_str() != "-" && !p.as_os_str().is_empty() => p.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let mut files = std::collections::BTreeMap::new();
+    for path in edgefleet_domain::compose::file_sources(&compose) {
+        let full = if std::path::Path::new(&path).is_absolute() {
+            std::path::PathBuf::from(&path)
+        } else {
+            base.join(&path)
+        };
+        let text = std::fs::read_to_string(&full).with_context(|| {
+            format!(
+                "cannot read {} (named by a config or secret of the Compose file; paths are relative to the Compose file)",
+                full.display()
+            )
+        })?;
+        files.insert(path, text);
+    }
+    Ok(json!({ "compose": compose, "variables": variables, "files": files }))
 }
 
 /// The API path of the policy a `policy` command means.
@@ -141,8 +167,10 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
     let api = ApiClient::new(&cli.server)?;
     let (value, human): (Value, fn(&Value) -> String) = match &cli.command {
         Command::Apply(a) => {
-            let (compose, variables) = read_compose(&a.input)?;
-            let body = json!({ "name": a.name, "target": a.target, "compose": compose, "variables": variables, "dry_run": a.dry_run });
+            let mut body = read_compose(&a.input)?;
+            body["name"] = json!(a.name);
+            body["target"] = json!(a.target);
+            body["dry_run"] = json!(a.dry_run);
             (api.post("/api/v1/deployments", &body).await?, render_apply)
         }
         Command::Policy(PolicyCommand::Get { scope }) => {
@@ -168,13 +196,39 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
             target,
             name,
         }) => {
-            let (compose, variables) = read_compose(input)?;
-            let body = json!({ "name": name, "target": target, "compose": compose, "variables": variables });
+            let mut body = read_compose(input)?;
+            body["name"] = json!(name);
+            body["target"] = json!(target);
             (
                 api.post("/api/v1/policies/check", &body).await?,
                 render_policy_check,
             )
         }
+        Command::Registry(RegistryCommand::List) => {
+            (api.get("/api/v1/registries").await?, render_registries)
+        }
+        Command::Registry(RegistryCommand::Set {
+            host,
+            username,
+            password_stdin,
+            password_file,
+            sites,
+            all_sites,
+        }) => {
+            let password = read_password(password_file.as_ref(), *password_stdin)?.ok_or_else(
+                || anyhow!("give the password with --password-stdin or --password-file (never on the command line)"),
+            )?;
+            let body = json!({ "username": username, "password": password, "sites": sites, "all_sites": all_sites });
+            (
+                api.put(&format!("/api/v1/registries/{host}"), &body)
+                    .await?,
+                render_registry_set,
+            )
+        }
+        Command::Registry(RegistryCommand::Remove { host }) => (
+            api.delete(&format!("/api/v1/registries/{host}")).await?,
+            |v: &Value| format!("registry {}: credential removed", s(v, "host")),
+        ),
         Command::Policy(PolicyCommand::Violations) => (
             api.get("/api/v1/policies/violations").await?,
             render_violations,

@@ -696,6 +696,51 @@ pub fn render_policy(v: &Value) -> String {
 }
 
 /// `policy list`.
+pub fn render_registries(v: &Value) -> String {
+    let list = items(v, "registries");
+    if list.is_empty() {
+        return "no registry credentials (set one with 'edgefleet registry set HOST --username U --password-stdin --site SITE')".into();
+    }
+    let mut t = table(&["REGISTRY", "SITES", "USERNAME", "SET BY", "SET AT"]);
+    for r in &list {
+        let sites = items(r, "sites");
+        t.add_row(vec![
+            s(r, "host").to_owned(),
+            if sites.is_empty() {
+                "every site".into()
+            } else {
+                sites
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            s(r, "username").to_owned(),
+            s(r, "set_by").to_owned(),
+            s(r, "set_at").to_owned(),
+        ]);
+    }
+    t.to_string()
+}
+
+pub fn render_registry_set(v: &Value) -> String {
+    let sites = items(v, "sites");
+    let scope = if sites.is_empty() {
+        "every site".to_owned()
+    } else {
+        sites
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "registry {}: credential of '{}' set for {scope}; devices get it with their next desired document",
+        s(v, "host"),
+        s(v, "username")
+    )
+}
+
 pub fn render_policies(v: &Value) -> String {
     let mut t = table(&["SCOPE", "SET BY", "SET AT", "DIFFERS FROM THE BASELINE IN"]);
     let row = |t: &mut Table, scope: String, p: &Value| {

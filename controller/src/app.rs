@@ -42,6 +42,7 @@ use crate::services::outbox::{Outbox, Outgoing, SiteSummaries};
 use crate::services::policies::Policies;
 use crate::services::rollouts::Rollouts;
 use crate::services::users::Users;
+use crate::services::vault::{Vault, VaultKeys};
 use crate::services::windows::Windows;
 
 /// File in the data dir naming the addresses the running process listens on.
@@ -137,6 +138,7 @@ pub struct App {
     pub audit: Arc<AuditLog>,
     pub windows: Arc<Windows>,
     pub policies: Arc<Policies>,
+    pub vault: Arc<Vault>,
     pub deployments: Arc<Deployments>,
     pub commands: Arc<Commands>,
     pub rollouts: Arc<Rollouts>,
@@ -166,12 +168,17 @@ impl App {
         let audit = Arc::new(AuditLog::new(store.clone(), signer.clone()));
         let windows = Arc::new(Windows::load(store.clone()).await?);
         let policies = Arc::new(Policies::load(store.clone()).await?);
+        let dir = data_dir.to_owned();
+        let vault_keys =
+            tokio::task::spawn_blocking(move || VaultKeys::load_or_create(&dir)).await??;
+        let vault = Arc::new(Vault::load(store.clone(), vault_keys).await?);
         let deployments = Arc::new(
             Deployments::load(
                 store.clone(),
                 fleet.clone(),
                 outbox.clone(),
                 policies.clone(),
+                vault.clone(),
             )
             .await?,
         );
@@ -201,6 +208,8 @@ impl App {
             fleet.clone(),
             audit.clone(),
             outbox.clone(),
+            vault.clone(),
+            deployments.clone(),
             None,
         ));
         Ok(App {
@@ -213,6 +222,7 @@ impl App {
             audit,
             windows,
             policies,
+            vault,
             deployments,
             commands,
             rollouts,
@@ -231,6 +241,8 @@ impl App {
             self.fleet.clone(),
             self.audit.clone(),
             self.outbox.clone(),
+            self.vault.clone(),
+            self.deployments.clone(),
             Some(security),
         ));
         self
@@ -245,6 +257,7 @@ impl App {
             rollouts: self.rollouts.clone(),
             windows: self.windows.clone(),
             policies: self.policies.clone(),
+            vault: self.vault.clone(),
             users: self.users.clone(),
             audit: self.audit.clone(),
             commands: self.commands.clone(),

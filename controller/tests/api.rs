@@ -12,6 +12,7 @@ struct Server {
     http: reqwest::Client,
     token: String,
     fleet: std::sync::Arc<edgefleet_controller::services::fleet::Fleet>,
+    vault: std::sync::Arc<edgefleet_controller::services::vault::Vault>,
     store: Store,
     _dir: tempfile::TempDir,
 }
@@ -54,6 +55,7 @@ async fn server() -> Server {
         http: reqwest::Client::new(),
         token,
         fleet: ctrl.fleet.clone(),
+        vault: ctrl.vault.clone(),
         store: ctrl.store.clone(),
         _dir: dir,
     }
@@ -559,5 +561,166 @@ async fn a_rollout_start_rechecks_the_policy() {
         msg.contains("revision 2 of 'app' is no longer allowed")
             && msg.contains("rule 'privileged'"),
         "{msg}"
+    );
+}
+
+/// Secrets and registry credentials through the API: sealed for each device's enrolled key
+/// in its document (only the device opens them), refused for a device the gateway has no key
+/// for, never shown by the API; registry credentials reach only their sites' devices, and
+/// only admins set them.
+#[tokio::test]
+async fn secrets_and_registry_credentials_are_sealed_for_each_device() {
+    use edgefleet_protocol::sealed::{OpeningKey, registry_info, secret_info};
+    let s = server().await;
+    s.add_device("d1", "lyon");
+    s.add_device("d2", "lyon");
+    let key = OpeningKey::generate();
+    s.vault
+        .note_device_key_hex("d1", &hex::encode(key.sealing_key().to_sec1()));
+    let file = "services:\n  app:\n    image: registry.plant.local/app:1\n    secrets: [db]\nsecrets:\n  db:\n    file: ./db.txt\n";
+    let post = |target: &str| {
+        json!({ "name": "vault", "target": target, "compose": file, "files": { "./db.txt": "hunter2" } })
+            .to_string()
+    };
+    let (status, body) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/deployments",
+            Some(&post("id=d2")),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("device 'd2' has no enrolled key"),
+        "{body}"
+    );
+    let (status, body) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/deployments",
+            Some(&post("id=d1")),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(!body.to_string().contains("hunter2"), "{body}");
+    let doc = s.fleet.get("d1").unwrap().desired.unwrap();
+    let sealed = doc.stacks["vault"].secrets["db"]
+        .sealed
+        .clone()
+        .expect("sealed");
+    assert_eq!(
+        key.open(&secret_info("d1", "vault", "db"), &sealed)
+            .unwrap()
+            .bytes(),
+        b"hunter2"
+    );
+    assert!(!serde_json::to_string(&doc).unwrap().contains("hunter2"));
+    let digest = &doc.stacks["vault"].services["app"].extra.secrets[0].digest;
+    assert!(!digest.is_empty());
+    let (_, detail) = s
+        .call(reqwest::Method::GET, "/api/v1/devices/d1", None)
+        .await;
+    let (_, deployment) = s
+        .call(reqwest::Method::GET, "/api/v1/deployments/vault", None)
+        .await;
+    for shown in [&detail, &deployment] {
+        assert!(!shown.to_string().contains("hunter2"), "{shown}");
+    }
+    // The same file and content again: nothing new; another content: a new revision.
+    let (status, _) = s
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/deployments",
+            Some(&post("id=d1")),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let revision = s.fleet.get("d1").unwrap().desired_revision();
+
+    // Registry credentials: admins only; paris' does not reach a lyon device, lyon's does.
+    let operator = user_token(&s.store, "op", Role::Operator, &[]).await;
+    let put = |sites: Value| {
+        json!({ "username": "plant", "password": "s3cret-pw", "sites": sites }).to_string()
+    };
+    let resp = s
+        .http
+        .put(format!("{}/api/v1/registries/registry.plant.local", s.base))
+        .bearer_auth(&operator)
+        .header("content-type", "application/json")
+        .body(put(json!(["lyon"])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let path = "/api/v1/registries/registry.plant.local";
+    let (status, body) = s
+        .call(reqwest::Method::PUT, path, Some(&put(json!(["paris"]))))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        s.fleet
+            .get("d1")
+            .unwrap()
+            .desired
+            .unwrap()
+            .registries
+            .is_empty()
+    );
+    assert_eq!(s.fleet.get("d1").unwrap().desired_revision(), revision);
+    let (status, body) = s
+        .call(reqwest::Method::PUT, path, Some(&put(json!(["lyon"]))))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let doc = s.fleet.get("d1").unwrap().desired.unwrap();
+    assert_eq!(
+        doc.revision,
+        revision + 1,
+        "the credential comes with a new document"
+    );
+    let login = key
+        .open(
+            &registry_info("d1", "registry.plant.local"),
+            doc.registries["registry.plant.local"]
+                .sealed
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
+    assert!(String::from_utf8_lossy(login.bytes()).contains("s3cret-pw"));
+    let (_, list) = s
+        .call(reqwest::Method::GET, "/api/v1/registries", None)
+        .await;
+    assert_eq!(list["registries"][0]["sites"], json!(["lyon"]));
+    assert!(!list.to_string().contains("s3cret-pw"), "{list}");
+    for bad in [
+        json!({ "username": "u", "password": "p" }),
+        json!({ "username": "u", "password": "p", "sites": ["lyon"], "all_sites": true }),
+    ] {
+        let (status, body) = s
+            .call(reqwest::Method::PUT, path, Some(&bad.to_string()))
+            .await;
+        assert_eq!(status, 400, "{body}");
+    }
+    let (status, _) = s
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/registries/HTTPS:%2F%2Fx",
+            Some(&put(json!(["lyon"]))),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = s.call(reqwest::Method::DELETE, path, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        s.fleet
+            .get("d1")
+            .unwrap()
+            .desired
+            .unwrap()
+            .registries
+            .is_empty()
     );
 }

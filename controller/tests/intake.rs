@@ -138,6 +138,7 @@ async fn a_device_ahead_of_the_store_gets_a_revision_above_its_own() {
         .await;
     let req = ApplyRequest {
         variables: Default::default(),
+        files: Default::default(),
         dry_run: false,
         name: "web".into(),
         target: "*".into(),
@@ -240,6 +241,7 @@ async fn pins_hold_devices_on_a_revision_and_survive_a_restart() {
     async fn apply(c: &App, image: &str) {
         let req = ApplyRequest {
             variables: Default::default(),
+            files: Default::default(),
             dry_run: false,
             name: "web".into(),
             target: "*".into(),

@@ -55,6 +55,7 @@ fn req(target: &str, platform: &str, dry_run: bool) -> ApplyRequest {
             "services:\n  panel:\n    image: panel:1\n  gateway:\n    image: gw:1\n    platform: {platform}\n"
         ),
         variables: Default::default(),
+        files: Default::default(),
         dry_run,
     }
 }

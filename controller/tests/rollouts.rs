@@ -48,6 +48,7 @@ fn compose(image: &str) -> String {
 async fn apply(c: &App, image: &str) -> serde_json::Value {
     let req = ApplyRequest {
         variables: Default::default(),
+        files: Default::default(),
         dry_run: false,
         name: "web".into(),
         target: "site=lyon".into(),
@@ -550,6 +551,7 @@ async fn apply_and_delete_wait_for_an_active_rollout() {
         target: "site=lyon".into(),
         compose: compose(image),
         variables: Default::default(),
+        files: Default::default(),
         dry_run: false,
     };
     match c.deployments.apply(&req("app:3"), "test").await {
@@ -595,6 +597,7 @@ async fn an_apply_whose_document_would_not_fit_on_the_bus_is_refused() {
             "x".repeat(400 * 1024)
         ),
         variables: Default::default(),
+        files: Default::default(),
         dry_run: false,
     };
     c.deployments.apply(&big("blob-a"), "test").await.unwrap();
@@ -657,6 +660,7 @@ async fn a_dry_run_says_what_an_apply_would_do_and_changes_nothing() {
         target: "site=lyon".into(),
         compose: compose(image),
         variables: Default::default(),
+        files: Default::default(),
         dry_run,
     };
     let before = running_revisions(&c);

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use edgefleet_protocol::desired::DesiredState;
-use edgefleet_protocol::spec::StackSpec;
+use edgefleet_protocol::spec::{StackSecret, StackSpec};
 
 use crate::selector::Selector;
 
@@ -66,17 +66,22 @@ impl Book {
     }
 }
 
-/// The next desired document for a device, or `None` when `current` already says the same.
+/// The next desired document for a device, or `None` when `current` already says the same
+/// (stacks and registry credentials).
 pub fn next_document(
     device: &str,
     current: Option<&DesiredState>,
     stacks: BTreeMap<String, StackSpec>,
+    registries: BTreeMap<String, StackSecret>,
 ) -> Option<DesiredState> {
-    match current {
-        Some(cur) if cur.stacks == stacks => None,
-        Some(cur) => Some(DesiredState::new(device, cur.revision + 1, stacks)),
-        None => Some(DesiredState::new(device, 1, stacks)),
-    }
+    let revision = match current {
+        Some(cur) if cur.stacks == stacks && cur.registries == registries => return None,
+        Some(cur) => cur.revision + 1,
+        None => 1,
+    };
+    let mut doc = DesiredState::new(device, revision, stacks);
+    doc.registries = registries;
+    Some(doc)
 }
 
 #[cfg(test)]
@@ -91,6 +96,8 @@ mod tests {
             volume_options: Default::default(),
             networks: Default::default(),
             services: BTreeMap::new(),
+            configs: Default::default(),
+            secrets: Default::default(),
         }
     }
 
@@ -152,13 +159,18 @@ mod tests {
     #[test]
     fn revisions_only_move_on_change() {
         let s: BTreeMap<_, _> = [("a".to_string(), stack("a", 1))].into();
-        let first = next_document("d1", None, s.clone()).unwrap();
+        let first = next_document("d1", None, s.clone(), BTreeMap::new()).unwrap();
         assert_eq!(first.revision, 1);
-        assert!(next_document("d1", Some(&first), s).is_none());
+        assert!(next_document("d1", Some(&first), s, BTreeMap::new()).is_none());
         let s2: BTreeMap<_, _> = [("a".to_string(), stack("a", 2))].into();
-        assert_eq!(next_document("d1", Some(&first), s2).unwrap().revision, 2);
         assert_eq!(
-            next_document("d1", Some(&first), BTreeMap::new())
+            next_document("d1", Some(&first), s2, BTreeMap::new())
+                .unwrap()
+                .revision,
+            2
+        );
+        assert_eq!(
+            next_document("d1", Some(&first), BTreeMap::new(), BTreeMap::new())
                 .unwrap()
                 .revision,
             2

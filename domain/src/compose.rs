@@ -29,10 +29,11 @@ use compose_spec::service::{
 };
 use compose_spec::{ListOrMap, Resource, ShortOrLong};
 use edgefleet_protocol::ids::{validate_service_name, validate_stack_name};
+use edgefleet_protocol::sealed::Plain;
 use edgefleet_protocol::spec::{
-    DependsCondition, HealthCheck, IpamPool, Logging, NetworkSpec, PortMapping, PortProtocol,
-    RestartPolicy, ServiceExtra, ServiceNetwork, ServiceSpec, StackSpec, Ulimit, UpdateOrder,
-    VolumeKind, VolumeMount, VolumeOptions,
+    DependsCondition, FileMount, HealthCheck, IpamPool, Logging, NetworkSpec, PortMapping,
+    PortProtocol, RestartPolicy, ServiceExtra, ServiceNetwork, ServiceSpec, StackConfig,
+    StackSecret, StackSpec, Ulimit, UpdateOrder, VolumeKind, VolumeMount, VolumeOptions,
 };
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -86,6 +87,8 @@ pub const SUPPORTED_SERVICE_KEYS: &[&str] = &[
     "tty",
     "stdin_open",
     "platform",
+    "configs",
+    "secrets",
 ];
 
 /// Why some well-known keys are refused (the message says what to do instead).
@@ -97,7 +100,6 @@ fn refusal_advice(key: &str) -> Option<&'static str> {
         "env_file" => {
             "the file is not on the device: pass it at apply with 'edgefleet apply --env-file FILE' and reference its variables as ${VAR} in 'environment'"
         }
-        "configs" | "secrets" => "configs and secrets are not delivered to devices yet",
         "extends" | "include" => "merge the files before applying (e.g. 'docker compose config')",
         "profiles" => "apply only the services you want on the devices",
         "links" | "external_links" => {
@@ -113,7 +115,9 @@ fn refusal_advice(key: &str) -> Option<&'static str> {
 }
 
 /// Top-level keys taken. `version` and `name` are informational in Compose and ignored.
-const TOP_LEVEL_KEYS: [&str; 5] = ["services", "volumes", "networks", "version", "name"];
+const TOP_LEVEL_KEYS: [&str; 7] = [
+    "services", "volumes", "networks", "configs", "secrets", "version", "name",
+];
 
 /// Top-level extension key holding the deployment's rollout strategy. Its presence makes
 /// `apply` staged: devices already running the deployment stay on their revision until a
@@ -134,7 +138,7 @@ pub enum ComposeError {
     #[error("the Compose file must be a mapping with a 'services' key")]
     NotAMapping,
     #[error(
-        "top-level key '{0}' is not supported (supported: services, volumes, networks, x-*; version and name are ignored)"
+        "top-level key '{0}' is not supported (supported: services, volumes, networks, configs, secrets, x-*; version and name are ignored)"
     )]
     TopLevelKey(String),
     #[error("{ROLLOUT_KEY}: {0}")]
@@ -172,6 +176,8 @@ pub enum ComposeError {
     UndeclaredNetwork { service: String, network: String },
     #[error("{0}")]
     Order(String),
+    #[error("{0}")]
+    Source(String),
 }
 
 /// A parsed Compose file.
@@ -183,11 +189,29 @@ pub struct ComposeStack {
     pub networks: BTreeMap<String, NetworkSpec>,
     /// The validated `x-edgefleet-rollout` strategy, if the file has one.
     pub rollout: Option<crate::rollout::strategy::Strategy>,
+    /// Top-level `configs`, with their content (from `content`, an apply variable or a file
+    /// sent with the apply).
+    pub configs: BTreeMap<String, StackConfig>,
+    /// Top-level `secrets`: where each one's content comes from. The content itself never
+    /// enters the parsed stack ([`secret_contents`] reads it at apply); the services' secret
+    /// mounts carry the keyed digest [`ComposeStack::set_secret_digests`] gives them.
+    pub secret_sources: BTreeMap<String, SecretSource>,
+}
+
+/// Where a Compose secret's content comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file next to the Compose file, sent with the apply (`edgefleet apply` reads it).
+    File(String),
+    /// An apply variable (`--var`, `--env-file`, or the CLI's own environment).
+    Environment(String),
 }
 
 impl ComposeStack {
-    /// The stack as it goes into a device's desired document.
+    /// The stack as it goes into a device's desired document (secrets unsealed: the
+    /// controller seals them per device).
     pub fn into_stack_spec(self, deployment: &str, revision: u64) -> StackSpec {
+        let secrets = self.secret_digests();
         StackSpec {
             deployment: deployment.to_owned(),
             deployment_revision: revision,
@@ -195,8 +219,131 @@ impl ComposeStack {
             volume_options: self.volume_options,
             networks: self.networks,
             services: self.services,
+            configs: self.configs,
+            secrets,
         }
     }
+
+    /// The stack's secrets with the digest their mounts carry (empty until
+    /// [`ComposeStack::set_secret_digests`]).
+    pub fn secret_digests(&self) -> BTreeMap<String, StackSecret> {
+        self.secret_sources
+            .keys()
+            .map(|name| {
+                let digest = self
+                    .services
+                    .values()
+                    .flat_map(|s| &s.extra.secrets)
+                    .find(|m| &m.source == name)
+                    .map(|m| m.digest.clone())
+                    .unwrap_or_default();
+                (
+                    name.clone(),
+                    StackSecret {
+                        digest,
+                        sealed: None,
+                    },
+                )
+            })
+            .filter(|(_, s)| !s.digest.is_empty())
+            .collect()
+    }
+
+    /// Gives every secret mount the digest of its secret's content (a keyed digest the
+    /// controller computes: a changed secret changes the service's config hash).
+    pub fn set_secret_digests(&mut self, digests: &BTreeMap<String, String>) {
+        for svc in self.services.values_mut() {
+            for m in &mut svc.extra.secrets {
+                if let Some(d) = digests.get(&m.source) {
+                    m.digest = d.clone();
+                }
+            }
+        }
+    }
+}
+
+/// The content of each secret a service of `stack` mounts, from the apply's `files` and
+/// variables (secrets no service mounts are not read).
+pub fn secret_contents(
+    stack: &ComposeStack,
+    vars: &Variables,
+    files: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Plain>, ComposeError> {
+    let used: std::collections::BTreeSet<&str> = stack
+        .services
+        .values()
+        .flat_map(|s| &s.extra.secrets)
+        .map(|m| m.source.as_str())
+        .collect();
+    let mut out = BTreeMap::new();
+    for (name, source) in &stack.secret_sources {
+        if !used.contains(name.as_str()) {
+            continue;
+        }
+        let content = match source {
+            SecretSource::File(path) => file_content(files, path, "secret", name)?,
+            SecretSource::Environment(var) => vars.get(var).cloned().ok_or_else(|| {
+                ComposeError::Source(format!(
+                    "secret '{name}': variable '{var}' is not set: give it with --var {var}=… or --env-file, or export it where you run edgefleet apply"
+                ))
+            })?,
+        };
+        if content.len() > edgefleet_protocol::sealed::MAX_PLAINTEXT {
+            return Err(ComposeError::Source(format!(
+                "secret '{name}' is {} bytes; at most {} are taken",
+                content.len(),
+                edgefleet_protocol::sealed::MAX_PLAINTEXT
+            )));
+        }
+        out.insert(name.clone(), Plain::new(content.into_bytes()));
+    }
+    Ok(out)
+}
+
+/// The files a Compose document's top-level configs and secrets read (`file:`), as written:
+/// what `edgefleet apply` reads next to the Compose file and sends with it. A document that
+/// does not parse as YAML lists none (apply then says what is wrong).
+pub fn file_sources(yaml: &str) -> Vec<String> {
+    sources(yaml, "file")
+}
+
+/// The environment variables a Compose document's top-level configs and secrets read
+/// (`environment:`): `edgefleet apply` takes them from `--var`, `--env-file` or its own
+/// environment, as `docker compose` takes them from its environment.
+pub fn environment_sources(yaml: &str) -> Vec<String> {
+    sources(yaml, "environment")
+}
+
+fn sources(yaml: &str, field: &str) -> Vec<String> {
+    let Ok(Value::Object(top)) = load_yaml(yaml) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for key in ["configs", "secrets"] {
+        if let Some(Value::Object(m)) = top.get(key) {
+            for body in m.values() {
+                if let Some(Value::String(f)) = body.get(field) {
+                    out.push(f.clone());
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn file_content(
+    files: &BTreeMap<String, String>,
+    path: &str,
+    kind: &str,
+    name: &str,
+) -> Result<String, ComposeError> {
+    files.get(path).cloned().ok_or_else(|| {
+        ComposeError::Source(format!(
+            "{kind} '{name}': file '{path}' was not sent with the apply (edgefleet apply reads it relative to the Compose file; with the API, put its content in 'files' under that path)"
+        ))
+    })
 }
 
 /// Parses and validates a Compose document without variables (any `${VAR}` without a
@@ -232,8 +379,19 @@ pub fn load_yaml(yaml: &str) -> Result<Value, ComposeError> {
     })
 }
 
-/// Parses and validates a Compose document, interpolating `vars`.
+/// Parses and validates a Compose document, interpolating `vars` (configs from files are
+/// refused: they need [`parse_inputs`]).
 pub fn parse_with(yaml: &str, vars: &Variables) -> Result<ComposeStack, ComposeError> {
+    parse_inputs(yaml, vars, &BTreeMap::new())
+}
+
+/// Parses and validates a Compose document, interpolating `vars`; `files` holds the content
+/// of the files its configs and secrets name (by the path as written).
+pub fn parse_inputs(
+    yaml: &str,
+    vars: &Variables,
+    files: &BTreeMap<String, String>,
+) -> Result<ComposeStack, ComposeError> {
     let doc = load_yaml(yaml)?;
     let Value::Object(mut top) = doc else {
         return Err(ComposeError::NotAMapping);
@@ -242,7 +400,7 @@ pub fn parse_with(yaml: &str, vars: &Variables) -> Result<ComposeStack, ComposeE
     top.retain(|k, _| !k.starts_with("x-"));
     if let Some(key) = top.keys().find(|k| !TOP_LEVEL_KEYS.contains(&k.as_str())) {
         return Err(match key.as_str() {
-            "configs" | "secrets" | "include" => ComposeError::Refused {
+            "include" => ComposeError::Refused {
                 service: "(top level)".into(),
                 key: key.clone(),
                 advice: refusal_advice(key).unwrap_or_default().to_owned(),
@@ -259,6 +417,8 @@ pub fn parse_with(yaml: &str, vars: &Variables) -> Result<ComposeStack, ComposeE
 
     let (volumes, volume_options) = top_volumes(top.get("volumes"))?;
     let mut networks = top_networks(top.get("networks"))?;
+    let configs = top_configs(top.get("configs"), vars, files)?;
+    let secret_sources = top_secrets(top.get("secrets"))?;
 
     let services_map = match top.get("services") {
         Some(Value::Object(m)) if !m.is_empty() => m,
@@ -285,6 +445,30 @@ pub fn parse_with(yaml: &str, vars: &Variables) -> Result<ComposeStack, ComposeE
             }
         }
         check_fixed_addresses(name, &svc, &networks)?;
+        for m in &svc.extra.configs {
+            if !configs.contains_key(&m.source) {
+                return Err(ComposeError::Invalid {
+                    service: name.clone(),
+                    key: "configs".into(),
+                    problem: format!(
+                        "config '{}' is not declared under the top-level 'configs' key",
+                        m.source
+                    ),
+                });
+            }
+        }
+        for m in &svc.extra.secrets {
+            if !secret_sources.contains_key(&m.source) {
+                return Err(ComposeError::Invalid {
+                    service: name.clone(),
+                    key: "secrets".into(),
+                    problem: format!(
+                        "secret '{}' is not declared under the top-level 'secrets' key",
+                        m.source
+                    ),
+                });
+            }
+        }
         services.insert(name.clone(), svc);
     }
     for (name, svc) in &services {
@@ -320,12 +504,22 @@ pub fn parse_with(yaml: &str, vars: &Variables) -> Result<ComposeStack, ComposeE
             Some(s)
         }
     };
+    let mut services = services;
+    for svc in services.values_mut() {
+        for m in &mut svc.extra.configs {
+            if let Some(c) = configs.get(&m.source) {
+                m.digest = content_digest(c.content.as_bytes());
+            }
+        }
+    }
     let stack = ComposeStack {
         services,
         volumes,
         volume_options,
         networks,
         rollout,
+        configs,
+        secret_sources,
     };
     stack
         .clone()
@@ -380,6 +574,191 @@ fn interpolate_tree(
         _ => {}
     }
     Ok(())
+}
+
+/// Digest of a config's content (it is in clear in the document anyway).
+fn content_digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(&sha2::Sha256::digest(bytes)[..8])
+}
+
+/// Top-level `configs`: `content`, `environment` (an apply variable) or `file` (sent with
+/// the apply); `external` is refused (there is no swarm to hold it).
+fn top_configs(
+    v: Option<&Value>,
+    vars: &Variables,
+    files: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, StackConfig>, ComposeError> {
+    let mut out = BTreeMap::new();
+    let m = match v {
+        None | Some(Value::Null) => return Ok(out),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(ComposeError::Source(
+                "top-level 'configs' must be a mapping".into(),
+            ));
+        }
+    };
+    for (name, body) in m {
+        validate_stack_name(name)
+            .map_err(|e| ComposeError::Source(format!("top-level config: {e}")))?;
+        let bad = |p: String| ComposeError::Source(format!("config '{name}': {p}"));
+        let parsed: Resource<compose_spec::Config> =
+            serde_json::from_value(body.clone()).map_err(|e| bad(e.to_string()))?;
+        let content = match parsed {
+            Resource::External { .. } => {
+                return Err(bad("'external' configs live in a swarm; edgefleet delivers the content itself: give it as 'content', 'file' or 'environment'".into()));
+            }
+            Resource::Compose(c) => match c.source {
+                compose_spec::config::Source::Content(text) => text,
+                compose_spec::config::Source::Environment(var) => {
+                    vars.get(&var).cloned().ok_or_else(|| {
+                        bad(format!(
+                            "variable '{var}' is not set: give it with --var {var}=… or --env-file"
+                        ))
+                    })?
+                }
+                compose_spec::config::Source::File(path) => {
+                    file_content(files, &path.display().to_string(), "config", name)?
+                }
+            },
+        };
+        if content.len() > edgefleet_protocol::sealed::MAX_PLAINTEXT {
+            return Err(bad(format!(
+                "{} bytes; at most {} are taken (large files belong in images or volumes)",
+                content.len(),
+                edgefleet_protocol::sealed::MAX_PLAINTEXT
+            )));
+        }
+        out.insert(name.clone(), StackConfig { content });
+    }
+    Ok(out)
+}
+
+/// Top-level `secrets`: `file` or `environment`; `external` and drivers are refused.
+fn top_secrets(v: Option<&Value>) -> Result<BTreeMap<String, SecretSource>, ComposeError> {
+    let mut out = BTreeMap::new();
+    let m = match v {
+        None | Some(Value::Null) => return Ok(out),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(ComposeError::Source(
+                "top-level 'secrets' must be a mapping".into(),
+            ));
+        }
+    };
+    for (name, body) in m {
+        validate_stack_name(name)
+            .map_err(|e| ComposeError::Source(format!("top-level secret: {e}")))?;
+        let bad = |p: String| ComposeError::Source(format!("secret '{name}': {p}"));
+        let parsed: Resource<compose_spec::Secret> =
+            serde_json::from_value(body.clone()).map_err(|e| bad(e.to_string()))?;
+        let source = match parsed {
+            Resource::External { .. } => {
+                return Err(bad("'external' secrets live in a swarm; edgefleet delivers the content itself, sealed for each device: give it as 'file' or 'environment'".into()));
+            }
+            Resource::Compose(s) => {
+                if s.driver.is_some() || !s.driver_opts.is_empty() {
+                    return Err(bad("secret drivers are not supported: give the content as 'file' or 'environment'".into()));
+                }
+                match s.source {
+                    compose_spec::secret::Source::File(p) => {
+                        SecretSource::File(p.display().to_string())
+                    }
+                    compose_spec::secret::Source::Environment(var) => {
+                        SecretSource::Environment(var)
+                    }
+                }
+            }
+        };
+        out.insert(name.clone(), source);
+    }
+    Ok(out)
+}
+
+/// A service's `configs:` or `secrets:` (short or long form) as file mounts: a config lands
+/// at `/<source>` unless `target` says otherwise, a secret under `/run/secrets/`.
+fn file_mounts(
+    ctx: &Ctx,
+    items: Vec<ShortOrLong<compose_spec::Identifier, compose_spec::service::ConfigOrSecret>>,
+    secret: bool,
+) -> Result<Vec<FileMount>, ComposeError> {
+    let mut out: Vec<FileMount> = Vec::new();
+    for item in items {
+        let long = item.into_long();
+        let source = long.source.to_string();
+        let target = match &long.target {
+            None if secret => format!("/run/secrets/{source}"),
+            None => format!("/{source}"),
+            Some(t) => {
+                let t = t.display().to_string();
+                if t.starts_with('/') {
+                    t
+                } else if secret {
+                    format!("/run/secrets/{t}")
+                } else {
+                    format!("/{t}")
+                }
+            }
+        };
+        if target.split('/').any(|p| p == "..") {
+            return Err(ctx.err(format!("target '{target}' must not contain '..'")));
+        }
+        if out.iter().any(|m| m.target == target) {
+            return Err(ctx.err(format!("two entries mount onto '{target}'")));
+        }
+        let mode = long
+            .mode
+            .map(octal_mode)
+            .transpose()
+            .map_err(|p| ctx.err(p))?;
+        out.push(FileMount {
+            source,
+            target,
+            uid: long.uid,
+            gid: long.gid,
+            mode,
+            digest: String::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// A `mode` as Compose users write it: `0440` means octal (the YAML reader hands it over
+/// as the number 440, or a string), `0o440` and `288` are numbers already.
+fn file_mode(v: &Value) -> Result<Value, String> {
+    let octal = |digits: &str| {
+        u32::from_str_radix(digits.trim_start_matches("0o"), 8)
+            .map_err(|_| format!("mode {digits:?} is not an octal file mode (e.g. 0440)"))
+    };
+    let mode = match v {
+        Value::String(s) => octal(s)?,
+        Value::Number(n) => match n.as_u64() {
+            Some(i) => u32::try_from(i).map_err(|_| format!("mode {i} is not a file mode"))?,
+            None => {
+                // `0440` read as a decimal 440.0: the digits were meant in octal.
+                let f = n.as_f64().unwrap_or(-1.0);
+                if f.fract() != 0.0 || !(0.0..=7777.0).contains(&f) {
+                    return Err(format!("mode {f} is not a file mode (e.g. 0440)"));
+                }
+                octal(&format!("{}", f as u32))?
+            }
+        },
+        _ => return Err("mode must be a number such as 0440".into()),
+    };
+    Ok(Value::from(mode))
+}
+
+/// A file mode: at most 0o7777 (YAML's `0o440`, and `0440`, which the YAML reader takes as
+/// octal as Compose does).
+fn octal_mode(m: u32) -> Result<u32, String> {
+    if m <= 0o7777 {
+        Ok(m)
+    } else {
+        Err(format!(
+            "mode {m} is not a file mode (write it in octal, e.g. 0o440)"
+        ))
+    }
 }
 
 fn string_map(m: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
@@ -726,6 +1105,15 @@ fn parse_service(
         .unwrap_or_default();
     let mut map = map.clone();
     map.remove("extra_hosts");
+    for key in ["configs", "secrets"] {
+        if let Some(Value::Array(items)) = map.get_mut(key) {
+            for item in items {
+                if let Some(mode) = item.get_mut("mode") {
+                    *mode = file_mode(mode).map_err(|p| ctx(key).err(p))?;
+                }
+            }
+        }
+    }
     let body = &Value::Object(map.clone());
     // Each key on its own first, so that a type error names its key.
     for (key, value) in &map {
@@ -1188,6 +1576,8 @@ fn map_service(
         stdin_open: svc.stdin_open,
         platform: svc.platform.as_ref().map(text),
         depends_conditions,
+        configs: file_mounts(&ctx("configs"), svc.configs, false)?,
+        secrets: file_mounts(&ctx("secrets"), svc.secrets, true)?,
     };
 
     Ok(ServiceSpec {

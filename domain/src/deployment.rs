@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use edgefleet_protocol::spec::{NetworkSpec, ServiceSpec, StackSpec, VolumeOptions};
+use edgefleet_protocol::spec::{
+    NetworkSpec, ServiceSpec, StackConfig, StackSecret, StackSpec, VolumeOptions,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::compose::ComposeStack;
@@ -21,6 +23,13 @@ pub struct RevisionSpec {
     pub services: BTreeMap<String, ServiceSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Strategy>,
+    /// Configs, in clear (configuration, not secrets).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, StackConfig>,
+    /// Secrets by their keyed digest only; the content is kept sealed apart
+    /// (`revision_secrets`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, StackSecret>,
 }
 
 impl RevisionSpec {
@@ -31,6 +40,8 @@ impl RevisionSpec {
             networks: stack.networks.clone(),
             services: stack.services.clone(),
             rollout: stack.rollout.clone(),
+            configs: stack.configs.clone(),
+            secrets: stack.secret_digests(),
         }
     }
 
@@ -52,6 +63,8 @@ impl RevisionSpec {
             volume_options: self.volume_options,
             networks: self.networks,
             services: self.services,
+            configs: self.configs,
+            secrets: self.secrets,
         }
     }
 }

@@ -177,6 +177,37 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `text` refers to variable `name` (`$NAME`, `${NAME}`, `${NAME:-…}`, …); `$$` is a
+/// literal dollar, not a reference.
+pub fn references(text: &str, name: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'$' {
+            i += 1;
+            continue;
+        }
+        if bytes.get(i + 1) == Some(&b'$') {
+            i += 2;
+            continue;
+        }
+        let start = if bytes.get(i + 1) == Some(&b'{') {
+            i + 2
+        } else {
+            i + 1
+        };
+        let end = bytes[start..]
+            .iter()
+            .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+            .map_or(bytes.len(), |p| start + p);
+        if &text[start..end] == name {
+            return true;
+        }
+        i = start.max(i + 1);
+    }
+    false
+}
+
 /// Prefix of the built-in variables edgefleet sets per device; apply variables may not use it.
 pub const BUILTIN_PREFIX: &str = "EDGEFLEET_";
 
@@ -212,6 +243,16 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn references_find_every_form() {
+        for t in ["$TOKEN", "a ${TOKEN} b", "${TOKEN:-x}", "${X:-${TOKEN}}"] {
+            assert!(references(t, "TOKEN"), "{t}");
+        }
+        for t in ["$$TOKEN", "$TOKEN2", "${TOKENS}", "TOKEN", "$ TOKEN"] {
+            assert!(!references(t, "TOKEN"), "{t}");
+        }
     }
 
     #[test]

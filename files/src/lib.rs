@@ -25,6 +25,8 @@ pub enum Mode {
     Private,
     /// `0644`: certificates, public keys, state that holds no secret.
     Public,
+    /// Other bits (a config or secret file with the mode its Compose file asks for).
+    Custom(u32),
 }
 
 impl Mode {
@@ -33,6 +35,7 @@ impl Mode {
         match self {
             Mode::Private => 0o600,
             Mode::Public => 0o644,
+            Mode::Custom(bits) => bits & 0o7777,
         }
     }
 }

@@ -23,6 +23,11 @@ pub struct DesiredState {
     /// controllers before policies (nothing is checked then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<WorkloadPolicy>,
+    /// Credentials for the private registries the document's images come from, by registry
+    /// host (`registry.plant.local:5000`): a JSON `{"username", "password"}` sealed for this
+    /// device ([`crate::sealed::registry_info`]), used by the agent to pull.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registries: BTreeMap<String, crate::spec::StackSecret>,
 }
 
 impl DesiredState {
@@ -34,6 +39,7 @@ impl DesiredState {
             issued_at: crate::now_rfc3339(),
             stacks,
             policy: None,
+            registries: BTreeMap::new(),
         }
     }
 

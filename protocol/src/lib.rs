@@ -17,6 +17,7 @@
 //! - [`enrollment`]: the one-time enrollment token and the HTTPS exchange's payloads.
 //! - [`command`]: signed on-demand requests to one agent (log tail) and its replies.
 //! - [`signing`]: the signed envelope around desired documents (ed25519).
+//! - [`sealed`]: secrets and registry credentials sealed for a device's enrolled key (HPKE).
 //! - [`audit_head`]: the audit log's signed head, published for anyone to save.
 //!
 //! No I/O happens in this crate.
@@ -33,6 +34,7 @@ pub mod event;
 pub mod ids;
 pub mod policy;
 pub mod presence;
+pub mod sealed;
 pub mod signing;
 pub mod site;
 pub mod spec;

@@ -496,6 +496,8 @@ mod tests {
                 .into_iter()
                 .map(|(n, s)| (n.to_owned(), s))
                 .collect(),
+            configs: Default::default(),
+            secrets: Default::default(),
         }
     }
 

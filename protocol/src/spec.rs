@@ -27,6 +27,67 @@ pub struct StackSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub networks: BTreeMap<String, NetworkSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
+    /// Compose `configs` the services mount, by name, in clear (configuration, not secrets).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, StackConfig>,
+    /// Compose `secrets` the services mount, by name: each sealed for this device's enrolled
+    /// key ([`crate::sealed`]); never in clear in a document.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, StackSecret>,
+}
+
+/// A Compose config's content (UTF-8 text), as the services of a stack mount it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackConfig {
+    pub content: String,
+}
+
+/// A Compose secret of a stack: a keyed digest of its content (what tells a change, without
+/// saying anything of the content), and the content sealed for the device the document is for.
+/// The controller's book has `sealed: None`; it seals per device when it issues a document.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackSecret {
+    pub digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<crate::sealed::Sealed>,
+}
+
+impl std::fmt::Debug for StackSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StackSecret({}, {:?})", self.digest, self.sealed)
+    }
+}
+
+/// A config or secret a service mounts as a file (Compose `configs:` / `secrets:` of a
+/// service, short or long form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMount {
+    /// The stack's config or secret.
+    pub source: String,
+    /// Absolute path in the container (Compose's defaults: `/<source>` for a config,
+    /// `/run/secrets/<source>` for a secret).
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// File mode (Compose's default 0444).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Digest of the content (keyed for a secret): a changed content changes the service's
+    /// config hash, so the container is recreated with the new file.
+    pub digest: String,
+}
+
+/// The registry host an image is pulled from, as Docker reads a reference: the first part
+/// when it has a `.` or `:` or is `localhost`, else Docker Hub (`docker.io`).
+pub fn registry_host(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => "docker.io",
+    }
 }
 
 /// A top-level named volume's options.
@@ -235,6 +296,12 @@ pub struct ServiceExtra {
     /// Dependencies that must be healthy or completed (not just started) first.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub depends_conditions: BTreeMap<String, DependsCondition>,
+    /// The stack's configs this service mounts as files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileMount>,
+    /// The stack's secrets this service mounts as files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileMount>,
 }
 
 impl ServiceSpec {
@@ -468,6 +535,8 @@ mod tests {
                 .iter()
                 .map(|(n, d)| (n.to_string(), svc("img", d)))
                 .collect(),
+            configs: Default::default(),
+            secrets: Default::default(),
         }
     }
 

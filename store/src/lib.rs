@@ -37,6 +37,7 @@ pub mod mqtt_users;
 pub mod policies;
 pub mod rollouts;
 pub mod users;
+pub mod vault;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

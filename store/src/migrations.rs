@@ -159,4 +159,27 @@ CREATE TABLE workload_policies (
     set_by TEXT NOT NULL
 );
 "#,
+    // 10: secrets and registry credentials, each sealed for the gateway's own key
+    // (`sealed_json`, never clear text), and the public key of each issued device
+    // certificate (hex SEC1), which the gateway seals for.
+    r#"
+CREATE TABLE revision_secrets (
+    deployment TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    sealed_json TEXT NOT NULL,
+    PRIMARY KEY (deployment, revision, name)
+);
+CREATE TABLE registry_credentials (
+    host TEXT PRIMARY KEY,
+    sites_json TEXT NOT NULL,
+    username TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    sealed_json TEXT NOT NULL,
+    set_at TEXT NOT NULL,
+    set_by TEXT NOT NULL
+);
+ALTER TABLE certificates ADD COLUMN public_key TEXT;
+"#,
 ];

@@ -367,6 +367,11 @@ impl Gateway {
     /// An agent enrolled the way a device is (token → certificate) and connected to the TLS
     /// front with its own certificate.
     pub fn agent(&self, dir: &Path, id: &str, labels: &str) -> Agent {
+        self.agent_env(dir, id, labels, &[])
+    }
+
+    /// [`Gateway::agent`] with extra environment variables for the agent (e.g. `RUST_LOG`).
+    pub fn agent_env(&self, dir: &Path, id: &str, labels: &str, envs: &[(&str, &str)]) -> Agent {
         let token = self.enrollment_token(id, labels);
         let out = self.enroll(dir, id, &token);
         assert!(
@@ -374,7 +379,7 @@ impl Gateway {
             "enrollment of {id} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Agent::enrolled(dir, id)
+        Agent::enrolled_env(dir, id, &[], envs)
     }
 
     pub fn broker_url(&self) -> String {
@@ -504,6 +509,11 @@ impl Agent {
 
     /// [`Agent::enrolled`] with extra flags (e.g. `--labels site=paris`: what it reports).
     pub fn enrolled_with(dir: &Path, id: &str, extra: &[&str]) -> Agent {
+        Agent::enrolled_env(dir, id, extra, &[])
+    }
+
+    /// [`Agent::enrolled_with`] with extra environment variables (e.g. `RUST_LOG`).
+    pub fn enrolled_env(dir: &Path, id: &str, extra: &[&str], envs: &[(&str, &str)]) -> Agent {
         let mut args = vec![
             "--data-dir".into(),
             Agent::data_dir(dir, id).display().to_string(),
@@ -511,7 +521,7 @@ impl Agent {
             "4".into(),
         ];
         args.extend(extra.iter().map(|a| (*a).to_owned()));
-        let proc = Proc::spawn(&format!("agent-{id}"), dir, &bins().agent, &args);
+        let proc = Proc::spawn_env(&format!("agent-{id}"), dir, &bins().agent, &args, envs);
         Agent {
             id: id.to_owned(),
             proc,

@@ -44,6 +44,24 @@ impl Registry {
         r
     }
 
+    /// From now on the registry wants a login (`user`/`password`, htpasswd with bcrypt, as
+    /// the distribution registry takes it): rewrites its configuration and restarts it on
+    /// the same port and storage, so images pushed before stay there.
+    pub fn require_login(&mut self, dir: &Path, user: &str, password: &str) {
+        let htpasswd = dir.join("registry.htpasswd");
+        let hash = bcrypt::hash(password, 5).expect("bcrypt");
+        std::fs::write(&htpasswd, format!("{user}:{hash}\n")).expect("write htpasswd");
+        let conf = dir.join("registry.yml");
+        let mut text = std::fs::read_to_string(&conf).expect("registry.yml");
+        text.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: edgefleet-tests\n    path: {}\n",
+            htpasswd.display()
+        ));
+        std::fs::write(&conf, text).expect("write registry.yml");
+        self.proc.restart();
+        self.wait_up();
+    }
+
     /// Waits until it accepts connections on its port.
     pub fn wait_up(&self) {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));

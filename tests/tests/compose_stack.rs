@@ -322,3 +322,280 @@ async fn site_policies_decide_what_runs_and_the_agent_checks_them_again() {
         "a policy change stops nothing"
     );
 }
+
+/// Every file under `root` (skipping `skip`), as bytes: where a value must not appear.
+fn files_under(root: &std::path::Path, skip: Option<&std::path::Path>) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        if Some(d.as_path()) == skip {
+            continue;
+        }
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.push((p.display().to_string(), bytes));
+            }
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Acceptance: a Compose secret reaches the container as a file, and is in clear nowhere
+/// else — not in the gateway's store or data dir, not in the retained desired document as
+/// the broker holds it, not in the agent's state file, not in either log at `trace`. A
+/// config arrives too; a changed secret recreates the container with the new file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_reaches_the_container_and_nothing_else_holds_it() {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let id = unique_id("sec");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let trace = [("RUST_LOG", "trace")];
+    let gw = Gateway::start_env(dir, &trace);
+    let api = gw.api();
+    let _agent = gw.agent_env(dir, &id, "site=lyon", &trace);
+    api.wait_connection(&id, "online", T).await;
+
+    let secret = format!("pw-{}-Zq9", id.replace('-', ""));
+    std::fs::create_dir_all(dir.join("secrets")).expect("mkdir");
+    std::fs::write(dir.join("secrets/db.txt"), &secret).expect("write secret");
+    let file = format!(
+        r#"
+services:
+  app:
+    image: {APP_V1}
+    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+    secrets:
+      - db_password
+    configs:
+      - source: banner
+        target: /etc/banner
+secrets:
+  db_password:
+    file: ./secrets/db.txt
+configs:
+  banner:
+    content: "line ${{LINE:-7}}"
+"#
+    );
+    let applied = api.apply(dir, "vault", &format!("id={id}"), &file);
+    assert_eq!(applied["revision"], 1, "{applied}");
+    let c = wait::until("the app runs", T, || async {
+        container_of(&id, "app").ok_or_else(|| "not running".to_owned())
+    })
+    .await;
+    assert_eq!(
+        docker::docker(&["exec", &c, "cat", "/run/secrets/db_password"]),
+        secret,
+        "the secret is a file in the container"
+    );
+    assert_eq!(
+        docker::docker(&["exec", &c, "cat", "/etc/banner"]),
+        "line 7"
+    );
+
+    // Nowhere else in clear.
+    let topic = edgefleet_protocol::topics::TopicKind::DeviceDesired.for_device(&id);
+    let retained = edgefleet_tests::mqtt::retained_raw(gw.mqtt_port, &topic, 5);
+    assert!(
+        contains(&retained, "\"sealed\""),
+        "the document carries it sealed"
+    );
+    assert!(!contains(&retained, &secret), "retained desired document");
+    let agent_dir = Agent::data_dir(dir, &id);
+    let stacks = agent_dir.join("stacks");
+    let mut places = files_under(&gw.data_dir, None);
+    places.extend(files_under(&agent_dir, Some(&stacks)));
+    assert!(
+        places.iter().any(|(p, _)| p.ends_with("edgefleet.db")),
+        "the store was searched: {:?}",
+        places.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    assert!(places.iter().any(|(p, _)| p.ends_with("state.bin")));
+    for (path, bytes) in &places {
+        assert!(
+            !contains(bytes, &secret),
+            "the secret is in clear in {path}"
+        );
+    }
+    let logs = [gw.proc.full_log(), _agent.proc.full_log()];
+    assert!(
+        logs[1].contains("TRACE") || logs[1].contains("trace"),
+        "agent logs at trace"
+    );
+    for log in &logs {
+        assert!(!log.contains(&secret), "the secret is in a log");
+    }
+    // The agent's copy (what Docker mounts) sits in its private stack directory.
+    use std::os::unix::fs::PermissionsExt;
+    let private = stacks.join("vault/.edgefleet");
+    assert_eq!(
+        std::fs::metadata(&private)
+            .expect("stack files")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+
+    // A new secret: a new revision, the container recreated with the new file.
+    let secret2 = format!("{secret}-2");
+    std::fs::write(dir.join("secrets/db.txt"), &secret2).expect("write secret");
+    assert_eq!(
+        api.apply(dir, "vault", &format!("id={id}"), &file)["revision"],
+        2
+    );
+    wait::until("the new secret is mounted", T, || async {
+        let c2 = container_of(&id, "app").ok_or("not running")?;
+        let got = docker::docker(&["exec", &c2, "cat", "/run/secrets/db_password"]);
+        if c2 != c && got == secret2 {
+            Ok(())
+        } else {
+            Err(format!("{c2}: {got:?}"))
+        }
+    })
+    .await;
+
+    // A secret from a variable the file also interpolates would be kept in clear: refused.
+    let leaky = format!(
+        "services:\n  app:\n    image: {APP_V1}\n    environment: [\"T=${{TOKEN}}\"]\n    secrets: [tok]\nsecrets:\n  tok:\n    environment: TOKEN\n"
+    );
+    let file = dir.join("leaky.yml");
+    std::fs::write(&file, &leaky).expect("write");
+    let out = api.cli(&[
+        "--json",
+        "apply",
+        "-f",
+        &file.display().to_string(),
+        "--name",
+        "leaky",
+        "--target",
+        &format!("id={id}"),
+        "--var",
+        "TOKEN=abc",
+    ]);
+    assert!(
+        !out.success && out.stdout.contains("would then be kept and sent in clear"),
+        "{out:?}"
+    );
+}
+
+/// Private registries: an image behind a registry login is pulled once an admin sets the
+/// credential for the device's site — and only then; the password is in clear neither in
+/// the store, the retained document, the agent's state file nor the logs, and `registry
+/// list` never shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_registry_credential_reaches_only_its_sites_devices() {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let id = unique_id("reg");
+    let _cleanup = Cleanup(vec![id.clone()]);
+    let mut registry = edgefleet_tests::registry::Registry::start(dir);
+    let image = registry.push(APP_V1, &format!("{id}/app:v1"));
+    let password = format!("rp-{}-K7", id.replace('-', ""));
+    registry.require_login(dir, "plant", &password);
+
+    let trace = [("RUST_LOG", "trace")];
+    let gw = Gateway::start_env(dir, &trace);
+    let api = gw.api();
+    let _agent = gw.agent_env(dir, &id, "site=lyon", &trace);
+    api.wait_connection(&id, "online", T).await;
+
+    let file = format!(
+        "services:\n  app:\n    image: {image}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 3600 & wait\"]\n"
+    );
+    api.apply(dir, "private", &format!("id={id}"), &file);
+    // Without a credential the registry refuses the pull.
+    wait::until("the pull is refused", T, || async {
+        let failed = api.events_of(&id, "failed").await;
+        let pulls: Vec<_> = failed
+            .iter()
+            .filter_map(|e| e["message"].as_str())
+            .filter(|m| m.contains(&image))
+            .collect();
+        if pulls.is_empty() {
+            Err("no failed pull yet".to_owned())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    assert!(container_of(&id, "app").is_none());
+
+    // Scoped to another site: still nothing for this device.
+    let host = image.split('/').next().expect("host").to_owned();
+    let set = |site: &str| {
+        let pw = dir.join("pw");
+        std::fs::write(&pw, &password).expect("write");
+        let out = api.cli(&[
+            "--json",
+            "registry",
+            "set",
+            &host,
+            "--username",
+            "plant",
+            "--password-file",
+            &pw.display().to_string(),
+            "--site",
+            site,
+        ]);
+        assert!(out.success, "{out:?}");
+        assert!(!out.stdout.contains(&password), "{out:?}");
+    };
+    set("paris");
+    let doc = api.device(&id).await.expect("device");
+    assert!(
+        doc.pointer("/desired/registries")
+            .is_none_or(|r| r.as_object().is_none_or(|m| m.is_empty())),
+        "paris' credential must not reach a lyon device: {doc}"
+    );
+    set("lyon");
+    let c = wait::until("the app runs from the private registry", T, || async {
+        container_of(&id, "app").ok_or_else(|| "not running".to_owned())
+    })
+    .await;
+    assert_eq!(
+        docker::docker(&["inspect", "-f", "{{.Config.Image}}", &c]).trim(),
+        image
+    );
+    let listed = api.cli(&["registry", "list"]);
+    assert!(
+        listed.success && listed.stdout.contains(&host) && listed.stdout.contains("lyon"),
+        "{listed:?}"
+    );
+    assert!(!listed.stdout.contains(&password));
+
+    let topic = edgefleet_protocol::topics::TopicKind::DeviceDesired.for_device(&id);
+    let retained = edgefleet_tests::mqtt::retained_raw(gw.mqtt_port, &topic, 5);
+    assert!(
+        contains(&retained, "\"registries\""),
+        "the document carries the credential"
+    );
+    let agent_dir = Agent::data_dir(dir, &id);
+    let mut places = files_under(&gw.data_dir, None);
+    places.extend(files_under(&agent_dir, None));
+    places.push(("retained desired document".into(), retained));
+    places.push(("gateway log".into(), gw.proc.full_log().into_bytes()));
+    places.push(("agent log".into(), _agent.proc.full_log().into_bytes()));
+    for (path, bytes) in &places {
+        assert!(
+            !contains(bytes, &password),
+            "the registry password is in clear in {path}"
+        );
+    }
+    let audit = api.cli(&["--json", "audit", "list"]);
+    assert!(
+        audit.success && audit.stdout.contains("registry.set"),
+        "{audit:?}"
+    );
+    assert!(!audit.stdout.contains(&password));
+}

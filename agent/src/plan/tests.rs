@@ -74,6 +74,8 @@ fn stack(services: Vec<(&str, ServiceSpec)>) -> StackSpec {
             .into_iter()
             .map(|(n, s)| (n.to_string(), s))
             .collect(),
+        configs: Default::default(),
+        secrets: Default::default(),
     }
 }
 

@@ -35,6 +35,8 @@ fn desired(revision: u64, services: Vec<(&str, ServiceSpec)>) -> DesiredState {
             .into_iter()
             .map(|(n, s)| (n.to_string(), s))
             .collect(),
+        configs: Default::default(),
+        secrets: Default::default(),
     };
     DesiredState::new(DEV, revision, [("app".to_string(), stack)].into())
 }
@@ -312,6 +314,7 @@ async fn restores_drift_and_reports_it() {
         networks: vec![],
         network_mode: None,
         extra: Default::default(),
+        files: Vec::new(),
     };
     h.rt.insert(&spec, ContainerState::Running);
     r.pass().await;

@@ -89,6 +89,19 @@ impl DockerRuntime {
             m.source = path.display().to_string();
             m.kind = VolumeKind::Bind;
         }
+        if !spec.files.is_empty() {
+            let root = self
+                .stack_root
+                .as_ref()
+                .ok_or_else(|| RuntimeError::Engine {
+                    op: "create container",
+                    target: spec.name.clone(),
+                    message: "this agent has no stack directory for configs and secrets".into(),
+                })?;
+            for f in &mut spec.files {
+                f.path = root.join(&f.path).display().to_string();
+            }
+        }
         Ok(spec)
     }
 
@@ -247,6 +260,47 @@ fn pull_reference(image: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// Writes one config or secret under the stack root: the directories private to the
+/// agent (0700), the file atomically with its mode, then its owner when the mount sets one.
+fn write_stack_file(
+    root: &std::path::Path,
+    file: &crate::container::StackFile,
+    content: &[u8],
+) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = root.join(&file.path);
+    let fail = |op: &'static str, e: std::io::Error| RuntimeError::Engine {
+        op,
+        target: path.display().to_string(),
+        message: format!("{e}: check the agent's data dir is writable"),
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail("create the stack's file directory", e))?;
+        // Only the agent walks into .edgefleet/ (secrets sit there); Docker's daemon runs
+        // as root and mounts the file itself.
+        let private = root
+            .join(file.path.split('/').next().unwrap_or_default())
+            .join(".edgefleet");
+        let _ = std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700));
+    }
+    let mode = if file.mode & 0o200 != 0 {
+        file.mode & !0o222
+    } else {
+        file.mode
+    };
+    edgefleet_files::write_atomic(&path, content, edgefleet_files::Mode::Custom(mode))
+        .map_err(|e| fail("write a config or secret", e))?;
+    if file.uid.is_some() || file.gid.is_some() {
+        std::os::unix::fs::chown(&path, file.uid, file.gid).map_err(|e| {
+            fail(
+                "set the owner of a config or secret (uid/gid need the agent to run as root)",
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
 fn nanos(ms: Option<u64>) -> Option<i64> {
     ms.map(|ms| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX))
 }
@@ -275,7 +329,12 @@ pub fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
         RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
     };
-    let binds: Vec<String> = spec.mounts.iter().map(|m| m.bind_string()).collect();
+    let mut binds: Vec<String> = spec.mounts.iter().map(|m| m.bind_string()).collect();
+    binds.extend(
+        spec.files
+            .iter()
+            .map(|f| format!("{}:{}:ro", f.path, f.target)),
+    );
     let x = &spec.extra;
     for e in &x.expose {
         if !exposed.contains(e) {
@@ -599,6 +658,37 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        self.pull_with(image, None).await
+    }
+
+    async fn write_file(
+        &self,
+        file: &crate::container::StackFile,
+        content: &[u8],
+    ) -> Result<(), RuntimeError> {
+        let root = self
+            .stack_root
+            .clone()
+            .ok_or_else(|| RuntimeError::Engine {
+                op: "write a config or secret",
+                target: file.path.clone(),
+                message: "this agent has no stack directory for configs and secrets".into(),
+            })?;
+        let (file, content) = (file.clone(), content.to_vec());
+        tokio::task::spawn_blocking(move || write_stack_file(&root, &file, &content))
+            .await
+            .map_err(|e| RuntimeError::Engine {
+                op: "write a config or secret",
+                target: String::new(),
+                message: e.to_string(),
+            })?
+    }
+
+    async fn pull_with(
+        &self,
+        image: &str,
+        auth: Option<&super::RegistryAuth>,
+    ) -> Result<(), RuntimeError> {
         let docker = self.client().await?;
         let (from_image, tag) = pull_reference(image);
         let mut options = CreateImageOptionsBuilder::default().from_image(from_image);
@@ -616,8 +706,14 @@ impl ContainerRuntime for DockerRuntime {
                 reason,
             }
         };
+        let credentials = auth.map(|a| bollard::auth::DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            serveraddress: Some(edgefleet_protocol::spec::registry_host(image).to_owned()),
+            ..Default::default()
+        });
         docker
-            .create_image(Some(options.build()), None, None)
+            .create_image(Some(options.build()), None, credentials)
             .try_for_each(|_| async { Ok(()) })
             .await
             .map_err(pull_err)
@@ -868,6 +964,7 @@ mod tests {
             networks: vec![],
             network_mode: None,
             extra: Default::default(),
+            files: Vec::new(),
         };
         let body = create_body(&spec);
         assert_eq!(

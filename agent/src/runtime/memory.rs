@@ -51,6 +51,10 @@ struct Engine {
     calls: Vec<String>,
     auto_healthy: bool,
     unreachable: bool,
+    /// Config and secret files written, by path: (content, mode).
+    files: BTreeMap<String, (Vec<u8>, u32)>,
+    /// Registry logins pulls used: (image, username).
+    logins: Vec<(String, String)>,
 }
 
 impl Engine {
@@ -160,6 +164,16 @@ impl MemoryRuntime {
     }
 
     /// Mutating calls made so far (`pull x`, `create name`, `start name`, …).
+    /// The config and secret files written, by path under the stack root: (content, mode).
+    pub fn files(&self) -> BTreeMap<String, (Vec<u8>, u32)> {
+        self.engine.lock().files.clone()
+    }
+
+    /// The registry logins pulls used: (image, username).
+    pub fn logins(&self) -> Vec<(String, String)> {
+        self.engine.lock().logins.clone()
+    }
+
     pub fn calls(&self) -> Vec<String> {
         self.engine.lock().calls.clone()
     }
@@ -321,6 +335,32 @@ impl ContainerRuntime for MemoryRuntime {
         let mut e = self.engine.lock();
         e.check(MemOp::List)?;
         Ok(e.images.contains(image))
+    }
+
+    async fn pull_with(
+        &self,
+        image: &str,
+        auth: Option<&super::RegistryAuth>,
+    ) -> Result<(), RuntimeError> {
+        if let Some(a) = auth {
+            self.engine
+                .lock()
+                .logins
+                .push((image.to_owned(), a.username.clone()));
+        }
+        self.pull(image).await
+    }
+
+    async fn write_file(
+        &self,
+        file: &crate::container::StackFile,
+        content: &[u8],
+    ) -> Result<(), RuntimeError> {
+        self.engine
+            .lock()
+            .files
+            .insert(file.path.clone(), (content.to_vec(), file.mode));
+        Ok(())
     }
 
     async fn pull(&self, image: &str) -> Result<(), RuntimeError> {

@@ -89,6 +89,19 @@ impl ContainerInfo {
     }
 }
 
+/// A registry login (opened from the desired document): redacted in `Debug`.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RegistryAuth({}, <redacted>)", self.username)
+    }
+}
+
 /// A wake-up from the engine: something happened to one of this device's containers.
 pub type EngineEvents = BoxStream<'static, Result<(), RuntimeError>>;
 
@@ -128,6 +141,29 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// Pulls `image`; fails with [`RuntimeError::Pull`].
     fn pull(&self, image: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Pulls `image` logging in to its registry with `auth` (a private registry's
+    /// credential from the desired document). Runtimes without registries ignore `auth`.
+    fn pull_with(
+        &self,
+        image: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = auth;
+        self.pull(image)
+    }
+
+    /// Writes a config or secret file at `path` under the stack root (atomically, with
+    /// `mode`, owned by `uid`/`gid` when given), for a container to mount. Runtimes without
+    /// a file system keep nothing.
+    fn write_file(
+        &self,
+        file: &crate::container::StackFile,
+        content: &[u8],
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = (file, content);
+        async { Ok(()) }
+    }
 
     /// Creates volume `name` labelled with `device`, with `options`' driver and driver
     /// options (no-op if it exists).

@@ -87,6 +87,8 @@ pub fn access(method: &Method, path: &str) -> Access {
         // Workload policies say what every site's workloads may do: admins set them;
         // operators may check a file against them.
         Some("policies") if !read && seg.get(1) != Some(&"check") => Access::Roles(ADMINS),
+        // Registry credentials open images to devices: admins set them.
+        Some("registries") if !read => Access::Roles(ADMINS),
         Some("audit") => Access::Roles(AUDITORS),
         _ if read => Access::Any,
         _ => Access::Roles(WRITERS),
@@ -107,6 +109,8 @@ pub fn action_of(method: &Method, path: &str) -> (String, String) {
         ("PUT", ["policies", "fleet"]) => ("policy.set".into(), "fleet"),
         ("DELETE", ["policies", "fleet"]) => ("policy.clear".into(), "fleet"),
         ("POST", ["policies", "check"]) => ("policy.check".into(), ""),
+        ("PUT", ["registries", host]) => ("registry.set".into(), host),
+        ("DELETE", ["registries", host]) => ("registry.remove".into(), host),
         ("POST", ["rollouts"]) => ("rollout.start".into(), ""),
         ("POST", ["rollouts", id, act]) => (format!("rollout.{act}"), id),
         ("POST", ["users"]) => ("user.create".into(), ""),

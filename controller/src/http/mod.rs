@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::auth::BASE;
 use self::error::ApiError;
 use self::routes::{
-    audit, deployments, devices, health, identity, policies, rollouts, sessions, users,
+    audit, deployments, devices, health, identity, policies, registries, rollouts, sessions, users,
 };
 use self::state::ApiState;
 
@@ -93,6 +93,11 @@ pub fn router(state: ApiState) -> Router {
                 .delete(policies::clear_site),
         )
         .route("/api/v1/policies/violations", get(policies::violations))
+        .route("/api/v1/registries", get(registries::list))
+        .route(
+            "/api/v1/registries/{host}",
+            put(registries::set).delete(registries::remove),
+        )
         .route("/api/v1/policies/check", post(policies::check))
         .route(
             "/api/v1/rollouts",

@@ -31,6 +31,7 @@ use thiserror::Error;
 use super::fleet::Fleet;
 use super::outbox::Outbox;
 use super::policies::Policies;
+use super::vault::{Vault, VaultError};
 
 #[derive(Debug, Error)]
 pub enum ApplyError {
@@ -69,6 +70,16 @@ pub enum ApplyError {
         device: String,
         engine: String,
     },
+    #[error(
+        "device '{device}' has no enrolled key to seal the deployment's secrets for (it was enrolled before edgefleet kept device keys): enroll it again ('edgefleet device enroll {device}'), or target devices enrolled since"
+    )]
+    NoDeviceKey { device: String },
+    #[error(
+        "secret '{secret}' comes from variable '{variable}', which the file also interpolates: its value would then be kept and sent in clear; use the variable for the secret only"
+    )]
+    SecretInterpolated { secret: String, variable: String },
+    #[error(transparent)]
+    Vault(#[from] VaultError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -111,6 +122,10 @@ pub struct ApplyRequest {
     /// Values for `${VAR}` in the file (`apply --var`, `--env-file`).
     #[serde(default)]
     pub variables: std::collections::BTreeMap<String, String>,
+    /// The files the file's configs and secrets name (`file:`), by the path as written:
+    /// `edgefleet apply` reads them next to the Compose file.
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
     /// Check everything and say what would happen, but record and send nothing
     /// (`apply --dry-run`).
     #[serde(default)]
@@ -149,6 +164,7 @@ pub struct Deployments {
     fleet: Arc<Fleet>,
     outbox: Arc<Outbox>,
     policies: Arc<Policies>,
+    vault: Arc<Vault>,
     book: RwLock<Book>,
     /// Serializes apply/delete/pin: the store and the book must change together.
     change: tokio::sync::Mutex<()>,
@@ -189,6 +205,7 @@ impl Deployments {
         fleet: Arc<Fleet>,
         outbox: Arc<Outbox>,
         policies: Arc<Policies>,
+        vault: Arc<Vault>,
     ) -> Result<Self, StoreError> {
         let mut book = Book::default();
         for dep in store.deployments().await? {
@@ -224,6 +241,7 @@ impl Deployments {
             fleet,
             outbox,
             policies,
+            vault,
             book: RwLock::new(book),
             change: tokio::sync::Mutex::new(()),
             refresh: tokio::sync::Mutex::new(()),
@@ -370,7 +388,7 @@ impl Deployments {
     ) -> Result<(Vec<String>, Vec<Refusals>), ApplyError> {
         validate_stack_name(&req.name).map_err(|e| ApplyError::Name(e.to_string()))?;
         let selector = Selector::parse(&req.target)?;
-        let parsed = compose::parse_with(&req.compose, &req.variables)?;
+        let parsed = compose::parse_inputs(&req.compose, &req.variables, &req.files)?;
         let stack = RevisionSpec::of(&parsed).into_stack(&req.name, u64::MAX);
         Ok((
             self.fleet.targets(&selector),
@@ -460,7 +478,8 @@ impl Deployments {
             ))
             .into());
         }
-        let parsed = compose::parse_with(&req.compose, &req.variables)?;
+        let mut parsed = compose::parse_inputs(&req.compose, &req.variables, &req.files)?;
+        let secrets = self.secrets_of(req, &mut parsed, &selector)?;
         let target = selector.to_string();
         let spec = RevisionSpec::of(&parsed);
         let _change = self.change.lock().await;
@@ -529,6 +548,12 @@ impl Deployments {
                 now: edgefleet_protocol::now_rfc3339(),
             })
             .await?;
+        if changed {
+            let (contents, digests) = secrets;
+            self.vault
+                .keep_revision_secrets(&req.name, revision, &contents, &digests)
+                .await?;
+        }
         let mut held = Vec::new();
         if changed {
             tracing::info!(deployment = %req.name, revision, %target, by, "deployment revision recorded");
@@ -561,6 +586,57 @@ impl Deployments {
             would_run: None,
             policies: Vec::new(),
         })
+    }
+
+    /// Reads the content of the secrets the file's services mount, gives their mounts the
+    /// vault's keyed digests, and checks the secrets can reach every targeted device.
+    #[allow(clippy::type_complexity)]
+    fn secrets_of(
+        &self,
+        req: &ApplyRequest,
+        parsed: &mut compose::ComposeStack,
+        selector: &Selector,
+    ) -> Result<
+        (
+            BTreeMap<String, edgefleet_protocol::sealed::Plain>,
+            BTreeMap<String, String>,
+        ),
+        ApplyError,
+    > {
+        for (secret, source) in &parsed.secret_sources {
+            if let compose::SecretSource::Environment(variable) = source
+                && edgefleet_domain::interpolate::references(&req.compose, variable)
+            {
+                return Err(ApplyError::SecretInterpolated {
+                    secret: secret.clone(),
+                    variable: variable.clone(),
+                });
+            }
+        }
+        let contents = compose::secret_contents(parsed, &req.variables, &req.files)?;
+        let total: usize = contents.values().map(|c| c.bytes().len()).sum();
+        if total > edgefleet_protocol::sealed::MAX_PLAINTEXT {
+            return Err(ComposeError::Source(format!(
+                "the secrets are {total} bytes together; at most {} per deployment reach a device (large files belong in images or volumes)",
+                edgefleet_protocol::sealed::MAX_PLAINTEXT
+            ))
+            .into());
+        }
+        if !contents.is_empty()
+            && let Some(device) = self
+                .fleet
+                .targets(selector)
+                .into_iter()
+                .find(|d| !self.vault.has_device_key(d))
+        {
+            return Err(ApplyError::NoDeviceKey { device });
+        }
+        let digests: BTreeMap<String, String> = contents
+            .iter()
+            .map(|(name, c)| (name.clone(), self.vault.digest(name, c)))
+            .collect();
+        parsed.set_secret_digests(&digests);
+        Ok((contents, digests))
     }
 
     /// Refuses a service whose `platform` a targeted device's engine cannot run; returns the
@@ -760,8 +836,16 @@ impl Deployments {
                 let Some(mut view) = self.fleet.get(id) else {
                     continue;
                 };
-                let stacks = book.stacks_for(id, &view.labels);
-                if let Some(doc) = next_document(id, view.desired.as_ref(), stacks) {
+                let mut stacks = book.stacks_for(id, &view.labels);
+                let current = view.desired.as_ref();
+                self.vault.seal_stacks(id, &mut stacks, current);
+                let registries = self.vault.registries_for(
+                    id,
+                    view.labels.get("site").map(String::as_str),
+                    &stacks,
+                    current,
+                );
+                if let Some(doc) = next_document(id, current, stacks, registries) {
                     // The document carries the policy its device runs under now; the agent
                     // checks the stacks it changes against it.
                     view.desired = Some(doc.with_policy(Some(self.policy_of(&view.labels).1)));
@@ -810,9 +894,10 @@ impl Deployments {
             stored = cur.revision,
             "device holds a newer desired revision than the store (lost writes or restored backup): reissuing above it"
         );
-        view.desired = Some(
-            DesiredState::new(id, reported + 1, cur.stacks.clone()).with_policy(cur.policy.clone()),
-        );
+        let mut doc =
+            DesiredState::new(id, reported + 1, cur.stacks.clone()).with_policy(cur.policy.clone());
+        doc.registries = cur.registries.clone();
+        view.desired = Some(doc);
         self.commit_documents(vec![view]).await
     }
 

@@ -120,6 +120,8 @@ pub struct Identity {
     fleet: Arc<Fleet>,
     audit: Arc<AuditLog>,
     outbox: Arc<super::outbox::Outbox>,
+    vault: Arc<super::vault::Vault>,
+    deployments: Arc<super::deployments::Deployments>,
     security: Option<Arc<Security>>,
 }
 
@@ -136,6 +138,8 @@ impl Identity {
         fleet: Arc<Fleet>,
         audit: Arc<AuditLog>,
         outbox: Arc<super::outbox::Outbox>,
+        vault: Arc<super::vault::Vault>,
+        deployments: Arc<super::deployments::Deployments>,
         security: Option<Arc<Security>>,
     ) -> Self {
         Identity {
@@ -143,6 +147,8 @@ impl Identity {
             fleet,
             audit,
             outbox,
+            vault,
+            deployments,
             security,
         }
     }
@@ -292,6 +298,18 @@ impl Identity {
         self.store
             .record_certificate(&identity.to_string(), &cert.serial, unix(cert.not_after))
             .await?;
+        let public_key = hex::encode(&cert.public_key);
+        self.store
+            .set_certificate_key(&cert.serial, &public_key)
+            .await?;
+        if let Who::Device(device) = identity {
+            // Secrets and registry credentials are sealed for this key from now on; a
+            // device enrolled again gets its documents sealed anew.
+            self.vault.note_device_key_hex(device, &public_key);
+            self.deployments
+                .refresh(std::slice::from_ref(device))
+                .await?;
+        }
         security.front.admit_serial(&cert.serial);
         Ok(cert)
     }

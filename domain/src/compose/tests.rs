@@ -341,8 +341,8 @@ fn refusals_name_the_service_and_key() {
         ("services:\n  web: [\n", "not valid YAML"),
         ("services:\n  \"a/b\":\n    image: a\n", "service name"),
         (
-            "configs: {}\nservices:\n  web:\n    image: a\n",
-            "key 'configs' is not supported",
+            "include: [other.yml]\nservices:\n  web:\n    image: a\n",
+            "key 'include' is not supported",
         ),
         (
             "services:\n  web:\n    image: a\n    deploy: { replicas: 2 }\n",
@@ -528,4 +528,125 @@ fn subnet_membership() {
     assert!(!in_subnet(ip("10.1.2.3"), "fd00::/64"));
     assert!(!in_subnet(ip("10.1.2.3"), "10.1.0.0/33"));
     assert!(!in_subnet(ip("10.1.2.3"), "10.1.0.0"));
+}
+
+#[test]
+fn configs_and_secrets_mount_as_files() {
+    let yaml = r#"
+services:
+  db:
+    image: postgres:16
+    configs:
+      - pg_conf
+      - source: banner
+        target: /etc/motd
+        mode: 0440
+    secrets:
+      - db_password
+      - source: api_token
+        target: token
+        uid: "999"
+        mode: 0o400
+configs:
+  pg_conf:
+    content: "max_connections = ${MAXC:-50}"
+  banner:
+    file: ./banner.txt
+secrets:
+  db_password:
+    file: ./secrets/db.txt
+  api_token:
+    environment: API_TOKEN
+  unused:
+    file: ./never-read.txt
+"#;
+    let files: BTreeMap<String, String> = [
+        ("./banner.txt".to_string(), "welcome".to_string()),
+        ("./secrets/db.txt".to_string(), "hunter2".to_string()),
+    ]
+    .into();
+    let vars: Variables = [("API_TOKEN".to_string(), "tok-123".to_string())].into();
+    let mut stack = parse_inputs(yaml, &vars, &files).unwrap();
+    assert_eq!(stack.configs["pg_conf"].content, "max_connections = 50");
+    assert_eq!(stack.configs["banner"].content, "welcome");
+    let db = &stack.services["db"];
+    let targets: Vec<_> = db.extra.configs.iter().map(|m| m.target.as_str()).collect();
+    assert_eq!(targets, ["/pg_conf", "/etc/motd"]);
+    assert_eq!(
+        db.extra.configs[1].mode,
+        Some(0o440),
+        "0440 is octal, as Compose means it"
+    );
+    assert!(!db.extra.configs[0].digest.is_empty());
+    let secrets: Vec<_> = db.extra.secrets.iter().map(|m| m.target.as_str()).collect();
+    assert_eq!(secrets, ["/run/secrets/db_password", "/run/secrets/token"]);
+    assert_eq!(db.extra.secrets[1].uid, Some(999));
+    assert_eq!(db.extra.secrets[1].mode, Some(0o400));
+    // The content never enters the parsed stack.
+    assert!(!format!("{stack:?}").contains("hunter2"));
+    let contents = secret_contents(&stack, &vars, &files).unwrap();
+    assert_eq!(contents["db_password"].bytes(), b"hunter2");
+    assert_eq!(contents["api_token"].bytes(), b"tok-123");
+    assert!(
+        !contents.contains_key("unused"),
+        "a secret no service mounts is not read"
+    );
+    assert!(!format!("{contents:?}").contains("hunter2"));
+    stack.set_secret_digests(&[("db_password".to_string(), "d1".to_string())].into());
+    let spec = stack.into_stack_spec("app", 1);
+    assert_eq!(spec.secrets["db_password"].digest, "d1");
+    assert!(spec.secrets["db_password"].sealed.is_none());
+    assert_eq!(
+        file_sources(yaml),
+        ["./banner.txt", "./never-read.txt", "./secrets/db.txt"]
+    );
+}
+
+#[test]
+fn configs_and_secrets_refusals_name_what_is_wrong() {
+    let base = "services:\n  a:\n    image: x\n";
+    let cases = [
+        (
+            format!("{base}    secrets: [nope]\n"),
+            "secret 'nope' is not declared",
+        ),
+        (
+            format!("{base}    configs: [nope]\n"),
+            "config 'nope' is not declared",
+        ),
+        (
+            format!("{base}    secrets: [s]\nsecrets:\n  s:\n    external: true\n"),
+            "'external' secrets live in a swarm",
+        ),
+        (
+            format!("{base}    configs: [c]\nconfigs:\n  c:\n    file: ./c.txt\n"),
+            "file './c.txt' was not sent with the apply",
+        ),
+        (
+            format!("{base}    configs: [c]\nconfigs:\n  c:\n    environment: NOPE\n"),
+            "variable 'NOPE' is not set",
+        ),
+        (
+            format!(
+                "{base}    secrets: [s, {{source: s, target: /run/secrets/s}}]\nsecrets:\n  s:\n    file: ./s\n"
+            ),
+            "two entries mount onto '/run/secrets/s'",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let err = parse_with(&yaml, &Variables::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{yaml}\n→ {err}\nwanted: {want}");
+    }
+    // A secret's file missing is said at apply, when its content is read.
+    let yaml = format!("{base}    secrets: [s]\nsecrets:\n  s:\n    file: ./s.txt\n");
+    let stack = parse_with(&yaml, &Variables::new()).unwrap();
+    let err = secret_contents(&stack, &Variables::new(), &BTreeMap::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("secret 's': file './s.txt' was not sent"),
+        "{err}"
+    );
 }

@@ -7,6 +7,7 @@ pub mod devices;
 pub mod health;
 pub mod identity;
 pub mod policies;
+pub mod registries;
 pub mod rollouts;
 pub mod sessions;
 pub mod users;
