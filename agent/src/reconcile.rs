@@ -622,6 +622,11 @@ impl<R: ContainerRuntime> Reconciler<R> {
         }
         let msg = format!("desired revision {} applied", desired.revision);
         self.event(desired, None, EventKind::Converged, Severity::Info, msg);
+        // Stacks no longer desired have no container left: their config and secret files go.
+        let keep: BTreeSet<String> = desired.stacks.keys().cloned().collect();
+        if let Err(e) = self.runtime.prune_files(&keep).await {
+            warn!(error = %e, "could not remove the files of stacks no longer desired");
+        }
     }
 
     /// Healthy/Unhealthy events on health transitions of desired services.

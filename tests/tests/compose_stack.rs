@@ -486,6 +486,18 @@ configs:
         !out.success && out.stdout.contains("would then be kept and sent in clear"),
         "{out:?}"
     );
+
+    // The deployment deleted: its container goes, and with it the agent's copy of the secret.
+    let deleted = api.cli(&["delete", "deployment", "vault"]);
+    assert!(deleted.success, "{deleted:?}");
+    wait::until("the stack's secret files are removed", T, || async {
+        if private.exists() {
+            Err(format!("{} still there", private.display()))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
 }
 
 /// Private registries: an image behind a registry login is pulled once an admin sets the

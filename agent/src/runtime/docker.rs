@@ -684,6 +684,37 @@ impl ContainerRuntime for DockerRuntime {
             })?
     }
 
+    async fn prune_files(&self, keep: &BTreeSet<String>) -> Result<(), RuntimeError> {
+        let Some(root) = self.stack_root.clone() else {
+            return Ok(());
+        };
+        let keep = keep.clone();
+        tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&root) else {
+                return Ok(());
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let files = e.path().join(".edgefleet");
+                if !keep.contains(&name) && files.is_dir() {
+                    std::fs::remove_dir_all(&files).map_err(|err| RuntimeError::Engine {
+                        op: "remove a stack's config and secret files",
+                        target: files.display().to_string(),
+                        message: err.to_string(),
+                    })?;
+                    tracing::info!(stack = %name, "removed the config and secret files of a stack no longer desired");
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| RuntimeError::Engine {
+            op: "remove a stack's config and secret files",
+            target: String::new(),
+            message: e.to_string(),
+        })?
+    }
+
     async fn pull_with(
         &self,
         image: &str,

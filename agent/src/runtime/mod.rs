@@ -153,6 +153,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         self.pull(image)
     }
 
+    /// Removes the config and secret files of every stack not in `keep` (their containers
+    /// are gone). Runtimes without a file system keep nothing.
+    fn prune_files(
+        &self,
+        keep: &BTreeSet<String>,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = keep;
+        async { Ok(()) }
+    }
+
     /// Writes a config or secret file at `path` under the stack root (atomically, with
     /// `mode`, owned by `uid`/`gid` when given), for a container to mount. Runtimes without
     /// a file system keep nothing.
