@@ -504,7 +504,6 @@ pub fn parse_inputs(
             Some(s)
         }
     };
-    let mut services = services;
     for svc in services.values_mut() {
         for m in &mut svc.extra.configs {
             if let Some(c) = configs.get(&m.source) {
