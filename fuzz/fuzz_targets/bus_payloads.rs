@@ -1,5 +1,6 @@
 //! Every document the controller or an agent takes from the bus, through `codec::decode`
-//! (size, JSON, schema): presence, status, events, sync requests, commands and replies.
+//! (size, JSON, schema): presence, status, events, sync requests, commands and replies; and a
+//! sealed value an agent opens with its key (any bytes: malformed, altered, for another key).
 #![no_main]
 
 use edgefleet_protocol::codec::decode;
@@ -10,7 +11,14 @@ use edgefleet_protocol::presence::{ControllerPresence, DevicePresence};
 use edgefleet_protocol::site::SiteSummary;
 use edgefleet_protocol::status::DeviceStatus;
 use edgefleet_protocol::sync::SyncRequest;
+use edgefleet_protocol::sealed::{OpeningKey, Sealed};
 use libfuzzer_sys::fuzz_target;
+
+/// A fixed device key (the scalar 1…1), so a sealed value in the corpus can open.
+fn key() -> &'static OpeningKey {
+    static KEY: std::sync::OnceLock<OpeningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| OpeningKey::from_scalar(&[1; 32]).expect("a valid scalar"))
+}
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode::<DevicePresence>(data);
@@ -22,4 +30,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<Reply>(data);
     let _ = decode::<DesiredState>(data);
     let _ = decode::<SiteSummary>(data);
+    if let Ok(mut sealed) = serde_json::from_slice::<Sealed>(data) {
+        sealed.key = key().sealing_key().id().to_owned();
+        let _ = key().open("edgefleet/v1 secret d/s/n", &sealed);
+    }
 });

@@ -15,8 +15,15 @@ fuzz_target!(|data: &[u8]| {
     let (env, yaml) = text.split_once('\0').unwrap_or(("", text));
     let vars = interpolate::parse_env_file(env).unwrap_or_else(|_| Variables::new());
     let _ = compose::uses_device_builtins(yaml);
+    // The files its configs and secrets name, "sent" with the apply as the CLI sends them.
+    let files: std::collections::BTreeMap<String, String> = compose::file_sources(yaml)
+        .into_iter()
+        .map(|p| (p, "content".to_owned()))
+        .collect();
+    let _ = compose::environment_sources(yaml);
     for vars in [Variables::new(), vars] {
-        if let Ok(stack) = compose::parse_with(yaml, &vars) {
+        if let Ok(stack) = compose::parse_inputs(yaml, &vars, &files) {
+            let _ = compose::secret_contents(&stack, &vars, &files);
             let spec = stack.into_stack_spec("fuzz", 1);
             let _ = serde_json::to_vec(&spec);
         }
