@@ -7,7 +7,9 @@
 //! Variables are those an operator would give with `apply --var`; with `--permissive-vars`,
 //! any unset variable resolves to the empty string (as `docker compose` does, with a warning);
 //! with `--give-required`, each `${VAR:?message}` gets a placeholder value, as an operator
-//! would give with `--var`.
+//! would give with `--var`. The files a file's configs and secrets name (`file:`) are given
+//! placeholder content, as `edgefleet apply` would read them next to the file; their
+//! `environment:` variables get a placeholder too, as an operator would export them.
 
 use edgefleet_domain::compose;
 use edgefleet_domain::interpolate::Variables;
@@ -39,8 +41,17 @@ fn main() {
             }
         };
         let mut vars = vars.clone();
+        for v in compose::environment_sources(&text) {
+            vars.entry(v).or_insert_with(|| "set-by-operator".to_owned());
+        }
+        let sources: std::collections::BTreeMap<String, String> = compose::file_sources(&text)
+            .into_iter()
+            .map(|p| (p, "placeholder".to_owned()))
+            .collect();
         let result = loop {
-            match compose::parse_with(&text, &vars) {
+            match compose::parse_inputs(&text, &vars, &sources).and_then(|stack| {
+                compose::secret_contents(&stack, &vars, &sources).map(|_| stack)
+            }) {
                 Err(compose::ComposeError::Interpolate {
                     source: edgefleet_domain::interpolate::InterpolateError::Unset(name),
                     ..
