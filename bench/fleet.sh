@@ -13,9 +13,9 @@ cd "$(dirname "$0")/.."
 profile=(--release); dir=release
 for a in "$@"; do [ "$a" = "--quick" ] && { profile=(); dir=debug; }; done
 lock=(); [ -n "${FLEET_BUILD_LOCK:-}" ] && lock=(flock "$FLEET_BUILD_LOCK")
-# The benchmark, then the binaries it starts exactly as its harness builds them
-# (tests/src/bins.rs), so the harness's own build finds nothing to do.
-"${lock[@]}" sh -c 'cargo build "$@" -q -p edgefleet-bench --bin fleet &&
-  cargo build "$@" -q --bins -p edgefleet-cli -p edgefleet-agent -p edgefleet-sim' build "${profile[@]}"
+# Every binary of the workspace (the benchmark and what it starts), exactly as the test
+# harness (tests/src/bins.rs), scripts/test and scripts/api-conformance build them: one
+# feature set, so none of them rebuilds what another built.
+"${lock[@]}" cargo build "${profile[@]}" -q --workspace --bins
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec "${CARGO_TARGET_DIR:-target}/$dir/fleet" "$@"

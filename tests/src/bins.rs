@@ -31,16 +31,11 @@ pub fn bins() -> &'static Bins {
         let dir = target_dir();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--bins",
-            "-p",
-            "edgefleet-cli",
-            "-p",
-            "edgefleet-agent",
-            "-p",
-            "edgefleet-sim",
-        ]);
+        // The whole workspace's binaries, as scripts/test, scripts/api-conformance and
+        // bench/fleet.sh build them: the same feature set, so after one of them this finds
+        // nothing to do (building a subset of packages unifies features differently and
+        // rebuilt TLS, the agent and the CLI in every suite run).
+        cmd.args(["build", "--workspace", "--bins"]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
