@@ -42,6 +42,7 @@ use crate::services::outbox::{Outbox, Outgoing, SiteSummaries};
 use crate::services::policies::Policies;
 use crate::services::rollouts::Rollouts;
 use crate::services::users::Users;
+use crate::services::variables::Variables;
 use crate::services::windows::Windows;
 
 /// File in the data dir naming the addresses the running process listens on.
@@ -137,6 +138,7 @@ pub struct App {
     pub audit: Arc<AuditLog>,
     pub windows: Arc<Windows>,
     pub policies: Arc<Policies>,
+    pub variables: Arc<Variables>,
     pub deployments: Arc<Deployments>,
     pub commands: Arc<Commands>,
     pub rollouts: Arc<Rollouts>,
@@ -166,12 +168,14 @@ impl App {
         let audit = Arc::new(AuditLog::new(store.clone(), signer.clone()));
         let windows = Arc::new(Windows::load(store.clone()).await?);
         let policies = Arc::new(Policies::load(store.clone()).await?);
+        let variables = Arc::new(Variables::load(store.clone()).await?);
         let deployments = Arc::new(
             Deployments::load(
                 store.clone(),
                 fleet.clone(),
                 outbox.clone(),
                 policies.clone(),
+                variables.clone(),
             )
             .await?,
         );
@@ -213,6 +217,7 @@ impl App {
             audit,
             windows,
             policies,
+            variables,
             deployments,
             commands,
             rollouts,
@@ -245,6 +250,7 @@ impl App {
             rollouts: self.rollouts.clone(),
             windows: self.windows.clone(),
             policies: self.policies.clone(),
+            variables: self.variables.clone(),
             users: self.users.clone(),
             audit: self.audit.clone(),
             commands: self.commands.clone(),

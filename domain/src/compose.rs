@@ -205,12 +205,6 @@ pub fn parse(yaml: &str) -> Result<ComposeStack, ComposeError> {
     parse_with(yaml, &Variables::new())
 }
 
-/// Whether the document refers to a per-device built-in (`${EDGEFLEET_…}`), so that it must be
-/// resolved once per device rather than once per revision.
-pub fn uses_device_builtins(yaml: &str) -> bool {
-    yaml.contains("EDGEFLEET_")
-}
-
 /// Reads YAML text into a JSON-shaped tree under a strict budget.
 pub fn load_yaml(yaml: &str) -> Result<Value, ComposeError> {
     if yaml.len() > MAX_COMPOSE_BYTES {
@@ -232,8 +226,9 @@ pub fn load_yaml(yaml: &str) -> Result<Value, ComposeError> {
     })
 }
 
-/// Parses and validates a Compose document, interpolating `vars`.
-pub fn parse_with(yaml: &str, vars: &Variables) -> Result<ComposeStack, ComposeError> {
+/// The document's top level before interpolation: `x-*` keys dropped at every level, the
+/// top-level keys checked, and the `x-edgefleet-rollout` value taken out.
+fn prepare(yaml: &str) -> Result<(Value, Option<Value>), ComposeError> {
     let doc = load_yaml(yaml)?;
     let Value::Object(mut top) = doc else {
         return Err(ComposeError::NotAMapping);
@@ -252,6 +247,117 @@ pub fn parse_with(yaml: &str, vars: &Variables) -> Result<ComposeStack, ComposeE
     }
     let mut top = Value::Object(top);
     strip_extensions(&mut top);
+    Ok((top, rollout_value))
+}
+
+/// The validated `x-edgefleet-rollout` strategy (it is never interpolated).
+fn rollout_strategy(
+    value: Option<Value>,
+) -> Result<Option<crate::rollout::strategy::Strategy>, ComposeError> {
+    let Some(v) = value else { return Ok(None) };
+    let s: crate::rollout::strategy::Strategy =
+        serde_json::from_value(v).map_err(|e| ComposeError::Rollout(e.to_string()))?;
+    s.validate()
+        .map_err(|e| ComposeError::Rollout(e.to_string()))?;
+    Ok(Some(s))
+}
+
+/// What a document needs before it can be resolved, read without any variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// Every variable the document refers to: in its strings (every branch of
+    /// `${A:-${B}}`) and as a bare `environment`/`labels` key, which takes the variable of
+    /// that name. Parsing with exactly these (those that are set) gives the same stack as
+    /// parsing with every variable.
+    pub references: std::collections::BTreeSet<String>,
+    /// The references without which the document cannot be parsed (`${A}`, `${A:?…}`, not
+    /// inside a default), each with the first path using it.
+    pub required: BTreeMap<String, String>,
+    /// The `x-edgefleet-rollout` strategy, validated.
+    pub rollout: Option<crate::rollout::strategy::Strategy>,
+}
+
+/// Reads a document's variable references and rollout strategy, checking its YAML, its
+/// top-level keys and its interpolation syntax (everything that needs no variable).
+pub fn scan(yaml: &str) -> Result<Scan, ComposeError> {
+    let (top, rollout_value) = prepare(yaml)?;
+    let mut references = std::collections::BTreeSet::new();
+    let mut required = BTreeMap::new();
+    scan_tree(&top, &mut references, &mut required, &mut String::new())?;
+    if let Some(Value::Object(services)) = top.get("services") {
+        for body in services.values() {
+            for key in ["environment", "labels"] {
+                match body.get(key) {
+                    Some(Value::Array(items)) => references.extend(
+                        items
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .filter(|s| !s.contains('='))
+                            .map(|s| s.trim().to_owned()),
+                    ),
+                    Some(Value::Object(m)) => references.extend(
+                        m.iter()
+                            .filter(|(_, v)| v.is_null())
+                            .map(|(k, _)| k.clone()),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(Scan {
+        references,
+        required,
+        rollout: rollout_strategy(rollout_value)?,
+    })
+}
+
+/// [`interpolate::references`] of every string in the tree, errors at their path.
+fn scan_tree(
+    v: &Value,
+    out: &mut std::collections::BTreeSet<String>,
+    required: &mut BTreeMap<String, String>,
+    path: &mut String,
+) -> Result<(), ComposeError> {
+    match v {
+        Value::String(s) if s.contains('$') => {
+            let here = path.trim_start_matches('.').to_owned();
+            let mut needs = std::collections::BTreeSet::new();
+            interpolate::references(s, out, &mut needs).map_err(|source| {
+                ComposeError::Interpolate {
+                    path: here.clone(),
+                    source,
+                }
+            })?;
+            for name in needs {
+                required.entry(name).or_insert_with(|| here.clone());
+            }
+        }
+        Value::Object(m) => {
+            for (k, child) in m {
+                let len = path.len();
+                path.push('.');
+                path.push_str(k);
+                scan_tree(child, out, required, path)?;
+                path.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                scan_tree(child, out, required, path)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Parses and validates a Compose document, interpolating `vars`.
+pub fn parse_with(yaml: &str, vars: &Variables) -> Result<ComposeStack, ComposeError> {
+    let (mut top, rollout_value) = prepare(yaml)?;
     interpolate_tree(&mut top, vars, &mut String::new())?;
     let Value::Object(top) = top else {
         return Err(ComposeError::NotAMapping);
@@ -310,16 +416,7 @@ pub fn parse_with(yaml: &str, vars: &Variables) -> Result<ComposeStack, ComposeE
     if uses_default {
         networks.entry(DEFAULT_NETWORK.to_owned()).or_default();
     }
-    let rollout = match rollout_value {
-        None => None,
-        Some(v) => {
-            let s: crate::rollout::strategy::Strategy =
-                serde_json::from_value(v).map_err(|e| ComposeError::Rollout(e.to_string()))?;
-            s.validate()
-                .map_err(|e| ComposeError::Rollout(e.to_string()))?;
-            Some(s)
-        }
-    };
+    let rollout = rollout_strategy(rollout_value)?;
     let stack = ComposeStack {
         services,
         volumes,

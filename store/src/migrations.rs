@@ -159,4 +159,16 @@ CREATE TABLE workload_policies (
     set_by TEXT NOT NULL
 );
 "#,
+    // 10: variables kept per site and per device (`scope` 'site:<name>' or 'device:<id>'),
+    // resolved into the Compose files that refer to them.
+    r#"
+CREATE TABLE variables (
+    scope TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    set_at TEXT NOT NULL,
+    set_by TEXT NOT NULL,
+    PRIMARY KEY (scope, name)
+);
+"#,
 ];

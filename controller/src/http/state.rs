@@ -17,6 +17,7 @@ use crate::services::link::Link;
 use crate::services::policies::Policies;
 use crate::services::rollouts::Rollouts;
 use crate::services::users::Users;
+use crate::services::variables::Variables;
 use crate::services::windows::Windows;
 
 /// The services behind the HTTP API and the dashboard.
@@ -29,6 +30,7 @@ pub struct ApiState {
     pub rollouts: Arc<Rollouts>,
     pub windows: Arc<Windows>,
     pub policies: Arc<Policies>,
+    pub variables: Arc<Variables>,
     pub users: Arc<Users>,
     pub audit: Arc<AuditLog>,
     pub commands: Arc<Commands>,
@@ -54,6 +56,7 @@ from_ref!(
     rollouts: Arc<Rollouts>,
     windows: Arc<Windows>,
     policies: Arc<Policies>,
+    variables: Arc<Variables>,
     users: Arc<Users>,
     audit: Arc<AuditLog>,
     commands: Arc<Commands>,

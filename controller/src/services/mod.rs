@@ -9,8 +9,9 @@
 //! - [`audit`]: the audit log (→ store).
 //! - [`windows`]: maintenance windows (→ store).
 //! - [`policies`]: workload policies per site and the fleet default (→ store).
-//! - [`deployments`]: apply, delete, pins, desired documents, policy checks (→ fleet,
-//!   outbox, policies, store).
+//! - [`variables`]: variables kept per site and per device (→ store).
+//! - [`deployments`]: apply, delete, pins, desired documents (each device's resolved for
+//!   it), policy checks (→ fleet, outbox, policies, variables, store).
 //! - [`inventory`]: a device's labels, set by admins only (→ deployments, fleet, store).
 //! - [`commands`]: signed commands to one agent and their replies (→ fleet, outbox).
 //! - [`rollouts`]: running rollouts (→ deployments, fleet, windows, audit, outbox, store).
@@ -35,4 +36,5 @@ pub mod outbox;
 pub mod policies;
 pub mod rollouts;
 pub mod users;
+pub mod variables;
 pub mod windows;
