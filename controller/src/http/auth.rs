@@ -107,6 +107,8 @@ pub fn action_of(method: &Method, path: &str) -> (String, String) {
         ("PUT", ["policies", "fleet"]) => ("policy.set".into(), "fleet"),
         ("DELETE", ["policies", "fleet"]) => ("policy.clear".into(), "fleet"),
         ("POST", ["policies", "check"]) => ("policy.check".into(), ""),
+        ("PUT", ["variables", _, name]) => ("variables.set".into(), name),
+        ("DELETE", ["variables", _, name]) => ("variables.unset".into(), name),
         ("POST", ["rollouts"]) => ("rollout.start".into(), ""),
         ("POST", ["rollouts", id, act]) => (format!("rollout.{act}"), id),
         ("POST", ["users"]) => ("user.create".into(), ""),
@@ -396,6 +398,17 @@ mod tests {
             ),
             (Method::GET, "/api/v1/policies/violations", Access::Any),
             (
+                Method::PUT,
+                "/api/v1/variables/sites/lyon",
+                Access::Roles(WRITERS),
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/variables/devices/press-07",
+                Access::Roles(WRITERS),
+            ),
+            (Method::GET, "/api/v1/variables", Access::Any),
+            (
                 Method::POST,
                 "/api/v1/rollouts/3/pause",
                 Access::Roles(WRITERS),
@@ -414,6 +427,10 @@ mod tests {
         assert_eq!(
             action_of(&Method::DELETE, "/api/v1/deployments/web"),
             ("deployment.delete".into(), "web".into())
+        );
+        assert_eq!(
+            action_of(&Method::PUT, "/api/v1/variables/sites/lyon"),
+            ("variables.set".into(), "lyon".into())
         );
     }
 

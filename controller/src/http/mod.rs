@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::auth::BASE;
 use self::error::ApiError;
 use self::routes::{
-    audit, deployments, devices, health, identity, policies, rollouts, sessions, users,
+    audit, deployments, devices, health, identity, policies, rollouts, sessions, users, variables,
 };
 use self::state::ApiState;
 
@@ -94,6 +94,19 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/policies/violations", get(policies::violations))
         .route("/api/v1/policies/check", post(policies::check))
+        .route("/api/v1/variables", get(variables::list))
+        .route(
+            "/api/v1/variables/sites/{site}",
+            get(variables::site)
+                .put(variables::set_site)
+                .delete(variables::unset_site),
+        )
+        .route(
+            "/api/v1/variables/devices/{id}",
+            get(variables::device)
+                .put(variables::set_device)
+                .delete(variables::unset_device),
+        )
         .route(
             "/api/v1/rollouts",
             get(rollouts::list).post(rollouts::start),

@@ -10,3 +10,4 @@ pub mod policies;
 pub mod rollouts;
 pub mod sessions;
 pub mod users;
+pub mod variables;
