@@ -285,19 +285,33 @@ pub fn scan(yaml: &str) -> Result<Scan, ComposeError> {
     let mut required = BTreeMap::new();
     scan_tree(&top, &mut references, &mut required, &mut String::new())?;
     if let Some(Value::Object(services)) = top.get("services") {
-        for body in services.values() {
+        for (service, body) in services {
             for key in ["environment", "labels"] {
                 match body.get(key) {
-                    Some(Value::Array(items)) => references.extend(
-                        items
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .filter(|s| !s.contains('='))
-                            .map(|s| s.trim().to_owned()),
-                    ),
+                    Some(Value::Array(items)) => {
+                        for item in items.iter().filter_map(Value::as_str) {
+                            if item.contains('=') {
+                                continue;
+                            }
+                            // A bare NAME takes the variable NAME: a name made by a variable
+                            // would take one nobody can tell before resolving.
+                            if item.contains('$') {
+                                return Err(ComposeError::Invalid {
+                                    service: service.clone(),
+                                    key: key.to_owned(),
+                                    problem: format!(
+                                        "has the entry {item:?} without '=', whose name is made by a variable: write NAME=${{VALUE}} (a bare NAME takes the variable NAME)"
+                                    ),
+                                });
+                            }
+                            if interpolate::validate_name(item.trim()).is_ok() {
+                                references.insert(item.trim().to_owned());
+                            }
+                        }
+                    }
                     Some(Value::Object(m)) => references.extend(
                         m.iter()
-                            .filter(|(_, v)| v.is_null())
+                            .filter(|(k, v)| v.is_null() && interpolate::validate_name(k).is_ok())
                             .map(|(k, _)| k.clone()),
                     ),
                     _ => {}

@@ -14,7 +14,19 @@ fuzz_target!(|data: &[u8]| {
     // An optional env file first, separated from the Compose file by a NUL byte.
     let (env, yaml) = text.split_once('\0').unwrap_or(("", text));
     let vars = interpolate::parse_env_file(env).unwrap_or_else(|_| Variables::new());
-    let _ = compose::uses_device_builtins(yaml);
+    // What a file refers to (read without variables) must cover what parsing looks up:
+    // parsing with only those names gives the same stack.
+    if let Ok(scan) = compose::scan(yaml) {
+        let only: Variables = vars
+            .iter()
+            .filter(|(k, _)| scan.references.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(
+            compose::parse_with(yaml, &vars).ok(),
+            compose::parse_with(yaml, &only).ok()
+        );
+    }
     for vars in [Variables::new(), vars] {
         if let Ok(stack) = compose::parse_with(yaml, &vars) {
             let spec = stack.into_stack_spec("fuzz", 1);

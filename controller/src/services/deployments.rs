@@ -502,6 +502,9 @@ impl Deployments {
             ))
             .into());
         }
+        for k in req.variables.keys() {
+            edgefleet_domain::interpolate::validate_name(k).map_err(ComposeError::Name)?;
+        }
         let (spec, stack) = revision_of(req)?;
         let target = selector.to_string();
         let _change = self.change.lock().await;

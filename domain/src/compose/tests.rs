@@ -289,6 +289,10 @@ services:
     ));
     assert!(matches!(scan("- a\n"), Err(ComposeError::NotAMapping)));
     assert!(matches!(
+        scan("services:\n  a:\n    image: a\n    environment: [\"${X}\"]\n"),
+        Err(ComposeError::Invalid { .. })
+    ));
+    assert!(matches!(
         scan("services: {}\nsecrets: {}\n"),
         Err(ComposeError::Refused { .. })
     ));
