@@ -739,8 +739,9 @@ impl Deployments {
         let mut pins = Vec::new();
         let mut stacks: BTreeMap<(String, u64), RevisionStack> = BTreeMap::new();
         for (device, rev, stack) in self.would_hold(name) {
-            let key = (name.to_owned(), rev);
-            if !stacks.contains_key(&key) {
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                stacks.entry((name.to_owned(), rev))
+            {
                 // The revision as the book holds it (a templated one is each device's own),
                 // else as stored, else as this device runs it.
                 let known = {
@@ -749,7 +750,7 @@ impl Deployments {
                         .get(name)
                         .filter(|d| d.revision == rev)
                         .map(|d| d.stack.clone())
-                        .or_else(|| book.pinned_stacks.get(&key).cloned())
+                        .or_else(|| book.pinned_stacks.get(slot.key()).cloned())
                 };
                 let held = match known {
                     Some(s) => s,
@@ -757,7 +758,7 @@ impl Deployments {
                         .await?
                         .unwrap_or(RevisionStack::Shared(stack)),
                 };
-                stacks.insert(key, held);
+                slot.insert(held);
             }
             pins.push((device, Some(rev)));
         }

@@ -18,6 +18,9 @@ use edgefleet_store::StoreError;
 
 use super::{ApplyError, ApplyRequest, Deployments, PolicySource, Refusals};
 
+/// What cannot be resolved for one device: deployment → why.
+pub(super) type Unresolved = BTreeMap<String, String>;
+
 /// A revision's stacks on the devices it targets: one for all, or one each.
 pub(super) enum Resolved {
     Shared(StackSpec),
@@ -166,10 +169,7 @@ impl Deployments {
     /// Records on each device which deployments cannot be resolved for it now (an alarm),
     /// with an error event and a log line when one starts failing or fails otherwise.
     /// `notes`: (device, before, after), deployment → why.
-    pub(super) async fn note_unresolved(
-        &self,
-        notes: Vec<(String, BTreeMap<String, String>, BTreeMap<String, String>)>,
-    ) {
+    pub(super) async fn note_unresolved(&self, notes: Vec<(String, Unresolved, Unresolved)>) {
         let mut stored = Vec::new();
         for (id, before, after) in notes {
             for (dep, why) in &after {
@@ -211,7 +211,7 @@ impl Deployments {
     pub async fn variables_changed(
         &self,
         scope: &Scope,
-    ) -> Result<(Vec<String>, BTreeMap<String, BTreeMap<String, String>>), StoreError> {
+    ) -> Result<(Vec<String>, BTreeMap<String, Unresolved>), StoreError> {
         let mut ids: Vec<String> = match scope {
             Scope::Site(site) => self
                 .fleet
