@@ -456,7 +456,7 @@ pub fn render_device(v: &Value) -> String {
                         .map_or("–".to_owned(), short),
                     match s(x, "source") {
                         "builtin" => "built-in".to_owned(),
-                        "unset" => "not set: the file's default".to_owned(),
+                        "unset" => "not set (the file's default, if it has one)".to_owned(),
                         other => other.to_owned(),
                     },
                 ]);

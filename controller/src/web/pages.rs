@@ -319,7 +319,7 @@ fn variables_panel(
                 Source::Device => "this device",
                 Source::Site => "its site",
                 Source::Apply => "apply",
-                Source::Unset => "not set: the file's default",
+                Source::Unset => "not set (the file's default, if it has one)",
             };
             b += &format!(
                 "<tr class=\"src-{}\"><td>{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{from}</td></tr>",
