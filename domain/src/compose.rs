@@ -326,7 +326,7 @@ pub fn scan(yaml: &str) -> Result<Scan, ComposeError> {
     })
 }
 
-/// [`interpolate::references`] of every string in the tree, errors at their path.
+/// [`interpolate::collect_references`] of every string in the tree, errors at their path.
 fn scan_tree(
     v: &Value,
     out: &mut std::collections::BTreeSet<String>,
@@ -337,7 +337,7 @@ fn scan_tree(
         Value::String(s) if s.contains('$') => {
             let here = path.trim_start_matches('.').to_owned();
             let mut needs = std::collections::BTreeSet::new();
-            interpolate::references(s, out, &mut needs).map_err(|source| {
+            interpolate::collect_references(s, out, &mut needs).map_err(|source| {
                 ComposeError::Interpolate {
                     path: here.clone(),
                     source,

@@ -80,7 +80,7 @@ fn interpolate_at(text: &str, vars: &Variables, depth: usize) -> Result<String, 
 /// a resolution given exactly those names gives the same result as one given every variable;
 /// and in `required` those without which it fails (`$A`, `${A}`, `${A:?…}`, not inside
 /// another's default). Refuses what [`interpolate`] refuses as syntax.
-pub fn references(
+pub fn collect_references(
     text: &str,
     out: &mut std::collections::BTreeSet<String>,
     required: &mut std::collections::BTreeSet<String>,
@@ -312,7 +312,7 @@ mod tests {
             assert_eq!(interpolate(input, &v).as_deref(), Ok(want), "{input}");
             // Resolving with only the names it refers to gives the same result.
             let mut refs = std::collections::BTreeSet::new();
-            references(input, &mut refs, &mut Default::default()).unwrap();
+            collect_references(input, &mut refs, &mut Default::default()).unwrap();
             let only: Variables = v
                 .iter()
                 .filter(|(k, _)| refs.contains(*k))
@@ -326,7 +326,7 @@ mod tests {
     fn references_name_every_branch_and_refuse_bad_syntax() {
         let mut refs = std::collections::BTreeSet::new();
         let mut required = std::collections::BTreeSet::new();
-        references(
+        collect_references(
             "$A ${B:-${C:-x}} ${D?${E}} ${F:+$G} $$H $${I} 5$ ${J-} ${K:?no}",
             &mut refs,
             &mut required,
@@ -339,7 +339,7 @@ mod tests {
         for bad in ["${A", "${}", "${1A}", "${A!x}", "${A:}"] {
             assert!(
                 matches!(
-                    references(bad, &mut refs, &mut required),
+                    collect_references(bad, &mut refs, &mut required),
                     Err(InterpolateError::Syntax(_))
                 ),
                 "{bad}"
@@ -347,7 +347,7 @@ mod tests {
             assert!(interpolate(bad, &vars()).is_err(), "{bad}");
         }
         let deep = format!("{}x{}", "${B:-".repeat(40), "}".repeat(40));
-        assert!(references(&deep, &mut refs, &mut required).is_err());
+        assert!(collect_references(&deep, &mut refs, &mut required).is_err());
     }
 
     #[test]
