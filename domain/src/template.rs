@@ -38,8 +38,9 @@ pub struct Template {
 impl Template {
     /// The template of `compose`, if it refers to a variable `apply` does not give (it must
     /// then be resolved per device), with its rollout strategy; `None`: one parse serves
-    /// every device. Refuses what can be refused without variables (YAML, top-level keys,
-    /// interpolation syntax, the strategy).
+    /// every device. It keeps the apply variables the file refers to (another value of one
+    /// it does not use is no new revision, as for an untemplated file). Refuses what can be
+    /// refused without variables (YAML, top-level keys, interpolation syntax, the strategy).
     pub fn of(
         compose: &str,
         apply: &Variables,
@@ -51,7 +52,11 @@ impl Template {
         Ok(Some((
             Template {
                 compose: compose.to_owned(),
-                variables: apply.clone(),
+                variables: apply
+                    .iter()
+                    .filter(|(k, _)| scan.references.contains(*k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             },
             scan.rollout,
         )))
@@ -338,9 +343,15 @@ mod tests {
     fn only_files_with_per_device_references_are_templates() {
         let plain = "services:\n  app:\n    image: \"app:${TAG}\"\n";
         assert_eq!(Template::of(plain, &vars(&[("TAG", "1")])), Ok(None));
-        let (t, rollout) = Template::of(FILE, &vars(&[("TAG", "1")])).unwrap().unwrap();
+        let (t, rollout) = Template::of(FILE, &vars(&[("TAG", "1"), ("UNUSED", "x")]))
+            .unwrap()
+            .unwrap();
         assert_eq!(t.compose, FILE);
-        assert_eq!(t.variables, vars(&[("TAG", "1")]));
+        assert_eq!(
+            t.variables,
+            vars(&[("TAG", "1")]),
+            "only those it refers to"
+        );
         assert_eq!(rollout, None);
         // A variable left to its default is a template too: a site may set it later.
         assert!(
