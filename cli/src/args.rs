@@ -78,6 +78,11 @@ pub enum Command {
     /// stacks' images come from that registry and its site is in the credential's scope.
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// Variables the controller keeps per site and per device: the values `${VAR}` takes in
+    /// a Compose file on each device. Precedence: built-ins (EDGEFLEET_DEVICE, EDGEFLEET_SITE
+    /// and one per label) > the device's > its site's > `apply --var`/`--env-file`.
+    #[command(subcommand)]
+    Vars(VarsCommand),
     /// Staged rollouts: start one, watch it, pause, resume or abort it.
     #[command(subcommand)]
     Rollout(RolloutCommand),
@@ -571,6 +576,62 @@ pub enum PolicyCommand {
     },
     /// Deployments that break the policy their devices run under now.
     Violations,
+}
+
+/// Which variables a `vars` command changes: one site's or one device's.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct VarsScope {
+    /// A site: the variables of every device whose `site` label is this.
+    #[arg(long)]
+    pub site: Option<String>,
+    /// One device: its variables win over its site's.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VarsCommand {
+    /// Set variables of a site or a device (others are kept). Every device they reach gets
+    /// its deployments resolved again at once; a file that refers to them (`${LINE_IP}`) is
+    /// resolved per device. Admins, and operators within their sites.
+    #[command(after_help = "Examples:
+  edgefleet vars set --site lyon HISTORIAN=10.1.0.5 TZ=Europe/Paris
+  edgefleet vars set --device press-07 LINE_IP=10.1.3.7
+
+In the Compose file:  environment: { PLC: \"${LINE_IP}\", SITE: \"${EDGEFLEET_SITE}\" }")]
+    Set {
+        #[command(flatten)]
+        scope: VarsScope,
+        /// NAME=VALUE (names: letters, digits, _; not starting with EDGEFLEET_).
+        #[arg(required = true, value_name = "NAME=VALUE")]
+        vars: Vec<String>,
+    },
+    /// The variables of a site or a device, with who set them; without --site or --device,
+    /// every one you may see.
+    Get {
+        /// A site's.
+        #[arg(long, conflicts_with = "device")]
+        site: Option<String>,
+        /// A device's (only its own: `edgefleet get device ID` shows what it resolves).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Remove variables of a site or a device. A device that can no longer resolve a
+    /// deployment keeps what it runs of it, with an alarm.
+    #[command(after_help = "Examples:
+  edgefleet vars unset --device press-07 LINE_IP
+  edgefleet vars unset --site lyon --all")]
+    Unset {
+        #[command(flatten)]
+        scope: VarsScope,
+        /// Names to remove.
+        #[arg(value_name = "NAME", required_unless_present = "all")]
+        names: Vec<String>,
+        /// Remove every variable of the site or device.
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
+    },
 }
 
 /// A Compose file and the values for its `${VAR}`s, as `apply` and `policy check` read them.

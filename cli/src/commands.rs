@@ -79,6 +79,28 @@ fn policy_path(scope: &PolicyScope) -> String {
     }
 }
 
+/// The API path of the variables a `vars` command means.
+fn vars_path(site: Option<&str>, device: Option<&str>) -> String {
+    match (site, device) {
+        (Some(site), _) => format!("/api/v1/variables/sites/{site}"),
+        (None, Some(device)) => format!("/api/v1/variables/devices/{device}"),
+        (None, None) => "/api/v1/variables".to_owned(),
+    }
+}
+
+/// `NAME=VALUE` arguments, checked as variable names.
+fn name_values(args: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for kv in args {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{kv:?}: expected NAME=VALUE, e.g. LINE_IP=10.1.3.7"))?;
+        edgefleet_domain::interpolate::validate_name(k).map_err(|e| anyhow!("{kv:?}: {e}"))?;
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
 /// Runs a client command; returns what to print.
 pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
     if let Command::Audit(AuditCommand::Verify {
@@ -229,6 +251,31 @@ pub async fn run_client(cli: &Cli) -> anyhow::Result<String> {
             api.delete(&format!("/api/v1/registries/{host}")).await?,
             |v: &Value| format!("registry {}: credential removed", s(v, "host")),
         ),
+        Command::Vars(VarsCommand::Set { scope, vars }) => (
+            api.put(
+                &vars_path(scope.site.as_deref(), scope.device.as_deref()),
+                &json!({ "variables": name_values(vars)? }),
+            )
+            .await?,
+            render_vars,
+        ),
+        Command::Vars(VarsCommand::Get { site, device }) => (
+            api.get(&vars_path(site.as_deref(), device.as_deref()))
+                .await?,
+            render_vars,
+        ),
+        Command::Vars(VarsCommand::Unset { scope, names, all }) => {
+            for n in names {
+                edgefleet_domain::interpolate::validate_name(n).map_err(|e| anyhow!("{e}"))?;
+            }
+            let path = vars_path(scope.site.as_deref(), scope.device.as_deref());
+            let path = if *all {
+                path
+            } else {
+                format!("{path}?names={}", names.join(","))
+            };
+            (api.delete(&path).await?, render_vars)
+        }
         Command::Policy(PolicyCommand::Violations) => (
             api.get("/api/v1/policies/violations").await?,
             render_violations,

@@ -161,8 +161,102 @@ pub fn render_apply(v: &Value) -> String {
     );
     match v.get("would_run") {
         Some(stack) if !stack.is_null() => format!("{head}\n{}", render_would_run(v, stack)),
-        _ => head,
+        _ => match v.get("would_run_per_device").and_then(Value::as_object) {
+            Some(per) if !per.is_empty() => {
+                format!("{head}\n{}", render_would_run_per_device(v, per))
+            }
+            _ => head,
+        },
     }
+}
+
+/// Devices shown one by one in a dry run resolved per device (`--json` has them all).
+const DRY_RUN_DEVICES_SHOWN: usize = 20;
+
+/// A dry run of a file resolved per device: each device's values and stack.
+fn render_would_run_per_device(v: &Value, per: &serde_json::Map<String, Value>) -> String {
+    let mut out = String::from("resolved per device (built-ins > device > site > apply):");
+    for (device, stack) in per.iter().take(DRY_RUN_DEVICES_SHOWN) {
+        let vars = v
+            .pointer(&format!("/variables_per_device/{device}"))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|x| match s(x, "source") {
+                        "unset" => format!("{} unset (default)", s(x, "name")),
+                        "builtin" => {
+                            format!("{}={} (built-in)", s(x, "name"), short(s(x, "value")))
+                        }
+                        src => format!("{}={} ({src})", s(x, "name"), short(s(x, "value"))),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        out += &format!(
+            "\n\ndevice {device}: {vars}\n{}",
+            render_would_run(v, stack).replacen("each device would run:\n", "", 1)
+        );
+    }
+    if per.len() > DRY_RUN_DEVICES_SHOWN {
+        out += &format!(
+            "\n\n… and {} more device(s) (--json shows every one)",
+            per.len() - DRY_RUN_DEVICES_SHOWN
+        );
+    }
+    out
+}
+
+/// A value cut for a table cell.
+fn short(v: &str) -> String {
+    match v.char_indices().nth(60) {
+        Some((i, _)) => format!("{}…", &v[..i]),
+        None => v.to_owned(),
+    }
+}
+
+/// `vars get|set|unset`: the variables of a scope (or all), and after a change the devices
+/// it re-resolved and those that can no longer resolve a deployment.
+pub fn render_vars(v: &Value) -> String {
+    let rows = items(v, "variables");
+    let mut t = table(&["SCOPE", "NAME", "VALUE", "SET BY", "SET AT"]);
+    for r in &rows {
+        t.add_row(vec![
+            s(r, "scope").to_owned(),
+            s(r, "name").to_owned(),
+            short(s(r, "value")),
+            s(r, "set_by").to_owned(),
+            s(r, "set_at").to_owned(),
+        ]);
+    }
+    let scope = v.get("scope").and_then(Value::as_str);
+    let mut out = match (scope, rows.is_empty()) {
+        (Some(scope), true) => format!("{scope}: no variables"),
+        (None, true) => "no variables kept for any site or device you may see".to_owned(),
+        _ => t.to_string(),
+    };
+    if let Some(removed) = v.get("removed").and_then(Value::as_array) {
+        let names: Vec<&str> = removed.iter().filter_map(Value::as_str).collect();
+        out += &if names.is_empty() {
+            "\nnothing was set under those names".to_owned()
+        } else {
+            format!("\nremoved: {}", names.join(", "))
+        };
+    }
+    if v.get("devices").is_some() {
+        out += &format!("\n{} device(s) resolved again", list_len(v, "devices"));
+    }
+    if let Some(unresolved) = v.get("unresolved").and_then(Value::as_object) {
+        for (device, deps) in unresolved {
+            for (dep, why) in deps.as_object().into_iter().flatten() {
+                out += &format!(
+                    "\nwarning: {device} keeps what it runs of '{dep}', which it can no longer resolve: {}",
+                    why.as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    out
 }
 
 /// A dry run's resolved stack: per service what each targeted device would run, then the
@@ -346,6 +440,41 @@ pub fn render_device(v: &Value) -> String {
         }
     }
     out += &t.to_string();
+    let resolved = v
+        .get("variables")
+        .and_then(Value::as_object)
+        .filter(|m| !m.is_empty());
+    if let Some(resolved) = resolved {
+        let mut t = table(&["DEPLOYMENT", "VARIABLE", "VALUE", "FROM"]);
+        for (dep, vars) in resolved {
+            for x in vars.as_array().into_iter().flatten() {
+                t.add_row(vec![
+                    dep.clone(),
+                    s(x, "name").to_owned(),
+                    x.get("value")
+                        .and_then(Value::as_str)
+                        .map_or("–".to_owned(), short),
+                    match s(x, "source") {
+                        "builtin" => "built-in".to_owned(),
+                        "unset" => "not set (the file's default, if it has one)".to_owned(),
+                        other => other.to_owned(),
+                    },
+                ]);
+            }
+        }
+        out += &format!("\n\nvariables, as this device resolves them:\n{t}");
+    }
+    for (dep, why) in v
+        .get("unresolved")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        out += &format!(
+            "\nNOT RESOLVED: '{dep}' (the device keeps what it has of it): {}",
+            why.as_str().unwrap_or_default()
+        );
+    }
     let events = v
         .get("events")
         .and_then(Value::as_array)
@@ -820,4 +949,65 @@ pub fn render_violations(v: &Value) -> String {
         "{t}\n{} violation(s); they keep running until the deployment changes",
         list.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_dry_run_resolved_per_device_shows_each_device() {
+        let stack = |ip: &str| {
+            json!({ "deployment": "bridge", "deployment_revision": 1, "volumes": [],
+                    "services": { "bridge": { "image": "bridge:2", "environment": { "LINE_IP": ip } } } })
+        };
+        let v = json!({
+            "name": "bridge", "revision": 1, "changed": true, "target": "*", "dry_run": true,
+            "devices": ["press-07", "press-21"], "held": [], "architecture_unknown": [],
+            "policies": ["baseline"],
+            "would_run_per_device": { "press-07": stack("10.1.0.1"), "press-21": stack("10.2.0.1") },
+            "variables_per_device": {
+                "press-07": [
+                    { "name": "EDGEFLEET_SITE", "value": "lyon", "source": "builtin" },
+                    { "name": "LINE_IP", "value": "10.1.0.1", "source": "site" },
+                    { "name": "MODE", "value": null, "source": "unset" }
+                ]
+            }
+        });
+        let out = render_apply(&v);
+        assert!(out.contains("would record revision 1"), "{out}");
+        assert!(
+            out.contains("device press-07: EDGEFLEET_SITE=lyon (built-in), LINE_IP=10.1.0.1 (site), MODE unset (default)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("LINE_IP=10.2.0.1") && out.contains("device press-21"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn vars_show_the_scope_and_what_no_longer_resolves() {
+        let v = json!({
+            "scope": "site:lyon",
+            "variables": [{ "scope": "site:lyon", "name": "LINE_IP", "value": "10.1.0.1", "set_by": "ana", "set_at": "t" }],
+            "removed": ["TZ"],
+            "devices": ["press-07"],
+            "unresolved": { "press-08": { "bridge": "device 'press-08': variable 'TZ' is not set" } }
+        });
+        let out = render_vars(&v);
+        assert!(out.contains("LINE_IP") && out.contains("10.1.0.1"), "{out}");
+        assert!(out.contains("removed: TZ"), "{out}");
+        assert!(out.contains("1 device(s) resolved again"), "{out}");
+        assert!(
+            out.contains("warning: press-08 keeps what it runs of 'bridge'"),
+            "{out}"
+        );
+        assert_eq!(
+            render_vars(&json!({ "scope": "device:press-07", "variables": [] })),
+            "device:press-07: no variables"
+        );
+    }
 }

@@ -42,6 +42,7 @@ use crate::services::outbox::{Outbox, Outgoing, SiteSummaries};
 use crate::services::policies::Policies;
 use crate::services::rollouts::Rollouts;
 use crate::services::users::Users;
+use crate::services::variables::Variables;
 use crate::services::vault::{Vault, VaultKeys};
 use crate::services::windows::Windows;
 
@@ -139,6 +140,7 @@ pub struct App {
     pub windows: Arc<Windows>,
     pub policies: Arc<Policies>,
     pub vault: Arc<Vault>,
+    pub variables: Arc<Variables>,
     pub deployments: Arc<Deployments>,
     pub commands: Arc<Commands>,
     pub rollouts: Arc<Rollouts>,
@@ -172,6 +174,7 @@ impl App {
         let vault_keys =
             tokio::task::spawn_blocking(move || VaultKeys::load_or_create(&dir)).await??;
         let vault = Arc::new(Vault::load(store.clone(), vault_keys).await?);
+        let variables = Arc::new(Variables::load(store.clone()).await?);
         let deployments = Arc::new(
             Deployments::load(
                 store.clone(),
@@ -179,6 +182,7 @@ impl App {
                 outbox.clone(),
                 policies.clone(),
                 vault.clone(),
+                variables.clone(),
             )
             .await?,
         );
@@ -223,6 +227,7 @@ impl App {
             windows,
             policies,
             vault,
+            variables,
             deployments,
             commands,
             rollouts,
@@ -258,6 +263,7 @@ impl App {
             windows: self.windows.clone(),
             policies: self.policies.clone(),
             vault: self.vault.clone(),
+            variables: self.variables.clone(),
             users: self.users.clone(),
             audit: self.audit.clone(),
             commands: self.commands.clone(),

@@ -629,6 +629,37 @@ async fn secrets_and_registry_credentials_are_sealed_for_each_device() {
     for shown in [&detail, &deployment] {
         assert!(!shown.to_string().contains("hunter2"), "{shown}");
     }
+    // A file resolved per device keeps its configs' files and its secrets' digests, never
+    // the secrets' content: each device's stack still mounts both.
+    let templated = "services:\n  app:\n    image: \"app:${EDGEFLEET_SITE}\"\n    secrets: [db]\n    configs: [conf]\nsecrets:\n  db:\n    file: ./db.txt\nconfigs:\n  conf:\n    file: ./conf.ini\n";
+    let body = json!({ "name": "per-site", "target": "id=d1", "compose": templated,
+        "files": { "./db.txt": "hunter2", "./conf.ini": "[plant]" } })
+    .to_string();
+    let (status, out) = s
+        .call(reqwest::Method::POST, "/api/v1/deployments", Some(&body))
+        .await;
+    assert_eq!(status, 201, "{out}");
+    let doc = s.fleet.get("d1").unwrap().desired.unwrap();
+    let stack = &doc.stacks["per-site"];
+    assert_eq!(stack.services["app"].image, "app:lyon");
+    assert_eq!(stack.configs["conf"].content, "[plant]");
+    let sealed = stack.secrets["db"]
+        .sealed
+        .clone()
+        .expect("sealed per device");
+    assert_eq!(
+        key.open(&secret_info("d1", "per-site", "db"), &sealed)
+            .unwrap()
+            .bytes(),
+        b"hunter2"
+    );
+    let (_, revisions) = s
+        .call(reqwest::Method::GET, "/api/v1/deployments/per-site", None)
+        .await;
+    assert!(!revisions.to_string().contains("hunter2"), "{revisions}");
+    let stored = s.store.revisions("per-site").await.unwrap();
+    assert!(stored.iter().all(|r| !r.spec_json.contains("hunter2")));
+
     // The same file and content again: nothing new; another content: a new revision.
     let (status, _) = s
         .call(
@@ -723,4 +754,278 @@ async fn secrets_and_registry_credentials_are_sealed_for_each_device() {
             .registries
             .is_empty()
     );
+}
+
+/// A file using `${EDGEFLEET_SITE}`, `${EDGEFLEET_DEVICE}` and a site variable is resolved per
+/// device: refused at apply naming the first device that cannot be resolved, shown per device
+/// by a dry run, each device's document its own; a device variable re-resolves that device
+/// only; a variable unset later leaves the device on what it has, with an alarm and an event.
+#[tokio::test]
+async fn per_device_variables_resolve_each_device_and_follow_changes() {
+    use reqwest::Method;
+    let s = server().await;
+    s.add_device("press-07", "lyon");
+    s.add_device("press-21", "paris");
+    let file = "services:\n  bridge:\n    image: \"bridge:${TAG}\"\n    environment:\n      SITE: \"${EDGEFLEET_SITE}\"\n      DEVICE: \"${EDGEFLEET_DEVICE}\"\n      LINE_IP: \"${LINE_IP}\"\n";
+    let post = |dry: bool| {
+        json!({ "name": "bridge", "target": "*", "compose": file, "variables": { "TAG": "2" }, "dry_run": dry })
+            .to_string()
+    };
+    let put = |vars: Value| json!({ "variables": vars }).to_string();
+    let env = |id: &str| {
+        let doc = s.fleet.get(id).unwrap().desired.unwrap();
+        (
+            doc.revision,
+            doc.stacks["bridge"].services["bridge"].environment.clone(),
+        )
+    };
+
+    // LINE_IP is kept nowhere: refused naming the first device and the variable.
+    let (status, body) = s
+        .call(Method::POST, "/api/v1/deployments", Some(&post(false)))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let msg = body["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("device 'press-07': variable 'LINE_IP' is not set")
+            && msg.contains("edgefleet vars set --device press-07 LINE_IP=")
+            && msg.contains("--site lyon"),
+        "{msg}"
+    );
+    let (status, body) = s
+        .call(Method::POST, "/api/v1/policies/check", Some(&post(false)))
+        .await;
+    assert_eq!(status, 400, "policy check resolves per device too: {body}");
+    assert_eq!(s.deployments().await, json!([]), "nothing recorded");
+
+    for (site, ip) in [("lyon", "10.1.0.1"), ("paris", "10.2.0.1")] {
+        let (status, body) = s
+            .call(
+                Method::PUT,
+                &format!("/api/v1/variables/sites/{site}"),
+                Some(&put(json!({ "LINE_IP": ip }))),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["scope"], format!("site:{site}"));
+        assert_eq!(body["variables"][0]["value"], ip, "{body}");
+    }
+    let (status, body) = s
+        .call(
+            Method::PUT,
+            "/api/v1/variables/sites/lyon",
+            Some(&put(json!({ "EDGEFLEET_SITE": "x" }))),
+        )
+        .await;
+    assert_eq!(status, 400, "built-ins cannot be set: {body}");
+
+    // A dry run shows each device's stack and values; it records nothing.
+    let (status, body) = s
+        .call(Method::POST, "/api/v1/deployments", Some(&post(true)))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("would_run").is_none(), "{body}");
+    let per = &body["would_run_per_device"];
+    assert_eq!(
+        per["press-07"]["services"]["bridge"]["environment"]["SITE"],
+        "lyon"
+    );
+    assert_eq!(
+        per["press-21"]["services"]["bridge"]["environment"]["LINE_IP"],
+        "10.2.0.1"
+    );
+    assert_eq!(per["press-21"]["deployment_revision"], 1);
+    let vars07 = body["variables_per_device"]["press-07"].as_array().unwrap();
+    assert!(
+        vars07.contains(&json!({ "name": "EDGEFLEET_SITE", "value": "lyon", "source": "builtin" }))
+            && vars07
+                .contains(&json!({ "name": "LINE_IP", "value": "10.1.0.1", "source": "site" }))
+            && vars07.contains(&json!({ "name": "TAG", "value": "2", "source": "apply" })),
+        "{body}"
+    );
+    assert_eq!(
+        s.deployments().await,
+        json!([]),
+        "a dry run records nothing"
+    );
+
+    // Apply: the two documents differ by device and site.
+    let (status, body) = s
+        .call(Method::POST, "/api/v1/deployments", Some(&post(false)))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (rev07, env07) = env("press-07");
+    let (rev21, env21) = env("press-21");
+    assert_eq!(
+        (
+            env07["SITE"].as_str(),
+            env07["DEVICE"].as_str(),
+            env07["LINE_IP"].as_str()
+        ),
+        ("lyon", "press-07", "10.1.0.1")
+    );
+    assert_eq!(
+        (
+            env21["SITE"].as_str(),
+            env21["DEVICE"].as_str(),
+            env21["LINE_IP"].as_str()
+        ),
+        ("paris", "press-21", "10.2.0.1")
+    );
+    let (status, body) = s
+        .call(Method::POST, "/api/v1/deployments", Some(&post(false)))
+        .await;
+    assert_eq!(
+        (status, body["changed"].clone()),
+        (200, json!(false)),
+        "same source, same apply values: unchanged"
+    );
+
+    // A device variable wins over its site's and moves only that device.
+    let (status, body) = s
+        .call(
+            Method::PUT,
+            "/api/v1/variables/devices/press-07",
+            Some(&put(json!({ "LINE_IP": "10.1.0.7" }))),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["devices"], json!(["press-07"]));
+    assert_eq!(body["unresolved"], json!({}));
+    let (rev, env07) = env("press-07");
+    assert_eq!((rev, env07["LINE_IP"].as_str()), (rev07 + 1, "10.1.0.7"));
+    assert_eq!(env("press-21").0, rev21, "the other device is untouched");
+    let (_, detail) = s.call(Method::GET, "/api/v1/devices/press-07", None).await;
+    let shown = detail["variables"]["bridge"].as_array().unwrap();
+    assert!(
+        shown.contains(&json!({ "name": "LINE_IP", "value": "10.1.0.7", "source": "device" }))
+            && shown.contains(
+                &json!({ "name": "EDGEFLEET_DEVICE", "value": "press-07", "source": "builtin" })
+            ),
+        "{detail}"
+    );
+    assert_eq!(detail["unresolved"], json!({}));
+
+    // Unset the device's and the site's: press-07 can no longer be resolved; it keeps what
+    // it has (no new revision, never an empty value), with an alarm and an error event.
+    let (status, _) = s
+        .call(Method::DELETE, "/api/v1/variables/devices/press-07", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        env("press-07").1["LINE_IP"],
+        "10.1.0.1",
+        "back to the site's"
+    );
+    let before = env("press-07");
+    let (status, body) = s
+        .call(
+            Method::DELETE,
+            "/api/v1/variables/sites/lyon?names=LINE_IP",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["removed"], json!(["LINE_IP"]));
+    let why = body["unresolved"]["press-07"]["bridge"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("'LINE_IP' is not set"), "{body}");
+    assert_eq!(env("press-07"), before, "it keeps what it has");
+    let view = s.fleet.get("press-07").unwrap();
+    assert!(view.unresolved.contains_key("bridge"));
+    let event = view.events.back().expect("an event");
+    assert_eq!(
+        (
+            event.stack.as_deref(),
+            serde_json::to_value(event.severity).unwrap()
+        ),
+        (Some("bridge"), json!("error"))
+    );
+    assert!(
+        edgefleet_domain::sites::alarms(&view)
+            .iter()
+            .any(|a| a.kind == "variables" && a.message.contains("LINE_IP")),
+        "an alarm"
+    );
+    let (_, detail) = s.call(Method::GET, "/api/v1/devices/press-07", None).await;
+    assert!(detail["unresolved"]["bridge"].is_string(), "{detail}");
+
+    // A device joining Lyon now gets nothing of it (and the alarm); set again, both resolve.
+    s.add_device("press-08", "lyon");
+    let (status, _) = s
+        .call(
+            Method::PUT,
+            "/api/v1/devices/press-08/labels",
+            Some(&json!({ "set": { "line": "3" } }).to_string()),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let joined = s.fleet.get("press-08").unwrap();
+    assert!(
+        joined
+            .desired
+            .as_ref()
+            .is_none_or(|d| !d.stacks.contains_key("bridge"))
+            && joined.unresolved.contains_key("bridge")
+    );
+    let (status, body) = s
+        .call(
+            Method::PUT,
+            "/api/v1/variables/sites/lyon",
+            Some(&put(json!({ "LINE_IP": "10.1.0.1" }))),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["devices"], json!(["press-07", "press-08"]));
+    assert_eq!(body["unresolved"], json!({}));
+    assert_eq!(env("press-07"), before, "the same values: no new revision");
+    assert_eq!(env("press-08").1["DEVICE"], "press-08");
+    assert!(s.fleet.get("press-07").unwrap().unresolved.is_empty());
+
+    // Operators set variables within their sites only; every change is audited.
+    let op = user_token(&s.store, "ana", Role::Operator, &["paris"]).await;
+    for (path, want) in [
+        ("/api/v1/variables/sites/lyon", 403),
+        ("/api/v1/variables/devices/press-07", 404),
+        ("/api/v1/variables/sites/paris", 200),
+    ] {
+        let resp = s
+            .http
+            .put(format!("{}{path}", s.base))
+            .bearer_auth(&op)
+            .header("content-type", "application/json")
+            .body(put(json!({ "MODE": "eco" })))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{path}");
+    }
+    let (_, listed) = s.call(Method::GET, "/api/v1/variables", None).await;
+    assert_eq!(listed["variables"].as_array().unwrap().len(), 3, "{listed}");
+    let audit = s
+        .store
+        .audit_page(edgefleet_store::audit::PageQuery {
+            since: None,
+            site: None,
+            text: None,
+            before: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    let count = |action: &str, outcome: &str| {
+        audit
+            .iter()
+            .filter(|r| r.action == action && r.outcome == outcome)
+            .count()
+    };
+    assert_eq!(count("variables.set", "ok"), 5, "{audit:?}");
+    assert_eq!(count("variables.unset", "ok"), 2);
+    let lyon_set = audit
+        .iter()
+        .find(|r| r.action == "variables.set" && r.target == "site:lyon" && r.outcome == "ok")
+        .unwrap();
+    assert_eq!(lyon_set.site, "lyon");
+    assert!(lyon_set.detail.contains("10.1.0.1"), "{}", lyon_set.detail);
 }

@@ -42,16 +42,17 @@ fn main() {
         };
         let mut vars = vars.clone();
         for v in compose::environment_sources(&text) {
-            vars.entry(v).or_insert_with(|| "set-by-operator".to_owned());
+            vars.entry(v)
+                .or_insert_with(|| "set-by-operator".to_owned());
         }
         let sources: std::collections::BTreeMap<String, String> = compose::file_sources(&text)
             .into_iter()
             .map(|p| (p, "placeholder".to_owned()))
             .collect();
         let result = loop {
-            match compose::parse_inputs(&text, &vars, &sources).and_then(|stack| {
-                compose::secret_contents(&stack, &vars, &sources).map(|_| stack)
-            }) {
+            match compose::parse_inputs(&text, &vars, &sources)
+                .and_then(|stack| compose::secret_contents(&stack, &vars, &sources).map(|_| stack))
+            {
                 Err(compose::ComposeError::Interpolate {
                     source: edgefleet_domain::interpolate::InterpolateError::Unset(name),
                     ..

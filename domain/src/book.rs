@@ -2,16 +2,22 @@
 //! document.
 //!
 //! A device's stacks are those of every deployment whose selector matches it, each at the
-//! latest revision, unless a rollout pinned the device to another revision of it. Whenever the computed stacks differ from the
-//! device's current document, the device gets a new document with `revision + 1`; otherwise
-//! nothing changes, so recomputing is always safe.
+//! latest revision, unless a rollout pinned the device to another revision of it. A
+//! revision resolved per device ([`RevisionStack::PerDevice`]) is resolved with that
+//! device's variables; one that cannot be resolved for it keeps what the device's current
+//! document has of it ([`DeviceStacks::keeping`]). Whenever the computed stacks differ from
+//! the device's current document, the device gets a new document with `revision + 1`;
+//! otherwise nothing changes, so recomputing is always safe.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use edgefleet_protocol::desired::DesiredState;
 use edgefleet_protocol::spec::{StackSecret, StackSpec};
 
+use crate::deployment::RevisionStack;
 use crate::selector::Selector;
+use crate::template::{Resolutions, ResolveError, ResolvedVariable};
+use crate::variables::ScopedVariables;
 
 /// A deployment in force, with its latest revision's stack.
 #[derive(Debug, Clone)]
@@ -19,7 +25,7 @@ pub struct ActiveDeployment {
     pub name: String,
     pub selector: Selector,
     pub revision: u64,
-    pub stack: StackSpec,
+    pub stack: RevisionStack,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -28,27 +34,104 @@ pub struct Book {
     /// (device, deployment) → revision the device runs instead of the latest (rollouts).
     pub pins: BTreeMap<(String, String), u64>,
     /// Stacks of pinned, non-latest revisions: (deployment, revision) → stack.
-    pub pinned_stacks: BTreeMap<(String, u64), StackSpec>,
+    pub pinned_stacks: BTreeMap<(String, u64), RevisionStack>,
+}
+
+/// What a device should run: its stacks, and the deployments that target it but could not
+/// be resolved for it (deployment → why).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceStacks {
+    pub stacks: BTreeMap<String, StackSpec>,
+    pub unresolved: BTreeMap<String, ResolveError>,
+}
+
+impl DeviceStacks {
+    /// A deployment that could not be resolved keeps what `current` has of it, if anything:
+    /// a missing variable never sends a stack with an empty value, nor takes a running one
+    /// away.
+    pub fn keeping(mut self, current: Option<&DesiredState>) -> Self {
+        if let Some(cur) = current {
+            for name in self.unresolved.keys() {
+                if let Some(stack) = cur.stacks.get(name) {
+                    self.stacks.insert(name.clone(), stack.clone());
+                }
+            }
+        }
+        self
+    }
 }
 
 impl Book {
-    /// Stacks a device with these labels should run: each targeting deployment at its latest
-    /// revision. This is the seam for rollouts, which will pin devices to other revisions.
+    /// The revision `device` runs of `d`: the one it is pinned to, else the latest.
+    fn revision_for<'a>(&'a self, device: &str, d: &'a ActiveDeployment) -> &'a RevisionStack {
+        self.pins
+            .get(&(device.to_owned(), d.name.clone()))
+            .filter(|rev| **rev != d.revision)
+            .and_then(|rev| self.pinned_stacks.get(&(d.name.clone(), *rev)))
+            .unwrap_or(&d.stack)
+    }
+
+    /// Stacks a device with these labels should run: each targeting deployment at its
+    /// latest revision (or the one a rollout pinned it to), resolved with its variables.
     pub fn stacks_for(
         &self,
         device: &str,
         labels: &BTreeMap<String, String>,
-    ) -> BTreeMap<String, StackSpec> {
+        variables: &ScopedVariables,
+        memo: &mut Resolutions,
+    ) -> DeviceStacks {
+        let mut out = DeviceStacks::default();
+        for d in self
+            .deployments
+            .values()
+            .filter(|d| d.selector.matches(device, labels))
+        {
+            match self.revision_for(device, d) {
+                RevisionStack::Shared(stack) => {
+                    out.stacks.insert(d.name.clone(), stack.clone());
+                }
+                RevisionStack::PerDevice(t) => match t.resolve(device, labels, variables, memo) {
+                    Ok(stack) => {
+                        out.stacks.insert(d.name.clone(), stack);
+                    }
+                    Err(e) => {
+                        out.unresolved.insert(d.name.clone(), e);
+                    }
+                },
+            }
+        }
+        out
+    }
+
+    /// For each deployment resolved per device that targets `device`: the variables its
+    /// file refers to, with the device's values and where they come from.
+    pub fn variables_for(
+        &self,
+        device: &str,
+        labels: &BTreeMap<String, String>,
+        variables: &ScopedVariables,
+    ) -> BTreeMap<String, Vec<ResolvedVariable>> {
         self.deployments
             .values()
             .filter(|d| d.selector.matches(device, labels))
-            .map(|d| {
-                let pinned = self
-                    .pins
-                    .get(&(device.to_owned(), d.name.clone()))
-                    .filter(|rev| **rev != d.revision)
-                    .and_then(|rev| self.pinned_stacks.get(&(d.name.clone(), *rev)));
-                (d.name.clone(), pinned.unwrap_or(&d.stack).clone())
+            .filter_map(|d| match self.revision_for(device, d) {
+                RevisionStack::PerDevice(t) => {
+                    Some((d.name.clone(), t.variables_for(device, labels, variables)))
+                }
+                RevisionStack::Shared(_) => None,
+            })
+            .collect()
+    }
+
+    /// The templates in force (latest and pinned revisions), by digest.
+    pub fn templates(&self) -> HashSet<[u8; 32]> {
+        self.deployments
+            .values()
+            .map(|d| &d.stack)
+            .chain(self.pinned_stacks.values())
+            .filter_map(|s| match s {
+                RevisionStack::PerDevice(t) => Some(t.digest()),
+                RevisionStack::Shared(_) => None,
             })
             .collect()
     }
@@ -112,7 +195,7 @@ mod tests {
                             name: n.to_string(),
                             selector: Selector::parse(sel).unwrap(),
                             revision: *rev,
-                            stack: stack(n, *rev),
+                            stack: RevisionStack::Shared(stack(n, *rev)),
                         },
                     )
                 })
@@ -121,17 +204,32 @@ mod tests {
         }
     }
 
+    fn stacks(
+        b: &Book,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> BTreeMap<String, StackSpec> {
+        let out = b.stacks_for(
+            id,
+            labels,
+            &ScopedVariables::default(),
+            &mut Resolutions::default(),
+        );
+        assert!(out.unresolved.is_empty());
+        out.stacks
+    }
+
     #[test]
     fn devices_get_the_stacks_that_target_them() {
         let b = book(&[("a", "site=lyon", 1), ("b", "id=d2", 3), ("c", "*", 2)]);
         let lyon: BTreeMap<_, _> = [("site".to_string(), "lyon".to_string())].into();
         let none = BTreeMap::new();
         assert_eq!(
-            b.stacks_for("d1", &lyon).keys().collect::<Vec<_>>(),
+            stacks(&b, "d1", &lyon).keys().collect::<Vec<_>>(),
             vec!["a", "c"]
         );
         assert_eq!(
-            b.stacks_for("d2", &none).keys().collect::<Vec<_>>(),
+            stacks(&b, "d2", &none).keys().collect::<Vec<_>>(),
             vec!["b", "c"]
         );
     }
@@ -141,16 +239,17 @@ mod tests {
         let mut b = book(&[("a", "*", 3)]);
         let none = BTreeMap::new();
         b.pins.insert(("d1".into(), "a".into()), 2);
-        b.pinned_stacks.insert(("a".into(), 2), stack("a", 2));
-        assert_eq!(b.stacks_for("d1", &none)["a"].deployment_revision, 2);
+        b.pinned_stacks
+            .insert(("a".into(), 2), RevisionStack::Shared(stack("a", 2)));
+        assert_eq!(stacks(&b, "d1", &none)["a"].deployment_revision, 2);
         assert_eq!(
-            b.stacks_for("d2", &none)["a"].deployment_revision,
+            stacks(&b, "d2", &none)["a"].deployment_revision,
             3,
             "unpinned: latest"
         );
         b.pins.insert(("d1".into(), "a".into()), 3);
         assert_eq!(
-            b.stacks_for("d1", &none)["a"].deployment_revision,
+            stacks(&b, "d1", &none)["a"].deployment_revision,
             3,
             "pinned to latest"
         );
@@ -175,5 +274,67 @@ mod tests {
                 .revision,
             2
         );
+    }
+
+    fn templated(name: &str, rev: u64, file: &str) -> RevisionStack {
+        let (t, _) = crate::template::Template::of(file, &Default::default())
+            .unwrap()
+            .unwrap();
+        RevisionStack::PerDevice(std::sync::Arc::new(
+            crate::template::DeviceTemplate::new(name, rev, t).unwrap(),
+        ))
+    }
+
+    #[test]
+    fn templated_revisions_are_resolved_per_device_and_keep_the_current_stack_on_failure() {
+        use crate::variables::Scope;
+        let mut b = book(&[("plain", "*", 1)]);
+        b.deployments.insert(
+            "t".into(),
+            ActiveDeployment {
+                name: "t".into(),
+                selector: Selector::parse("*").unwrap(),
+                revision: 2,
+                stack: templated(
+                    "t",
+                    2,
+                    "services:\n  a:\n    image: a\n    environment: { S: \"${EDGEFLEET_SITE}\", IP: \"${IP}\" }\n",
+                ),
+            },
+        );
+        let lyon: BTreeMap<_, _> = [("site".to_string(), "lyon".to_string())].into();
+        let mut vars = ScopedVariables::default();
+        vars.set(
+            &Scope::Site("lyon".into()),
+            &[("IP".to_string(), "10.0.0.1".to_string())].into(),
+        );
+        let mut memo = Resolutions::default();
+        let got = b.stacks_for("d1", &lyon, &vars, &mut memo);
+        assert!(got.unresolved.is_empty());
+        assert_eq!(got.stacks["t"].services["a"].environment["S"], "lyon");
+        assert_eq!(got.stacks["t"].deployment_revision, 2);
+        assert_eq!(
+            b.variables_for("d1", &lyon, &vars)["t"]
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>(),
+            ["EDGEFLEET_SITE", "IP"]
+        );
+        assert!(!b.variables_for("d1", &lyon, &vars).contains_key("plain"));
+        assert_eq!(b.templates().len(), 1);
+
+        // The site's variable is removed: the device keeps what its document has of `t`.
+        let doc = DesiredState::new("d1", 4, got.stacks.clone());
+        let none = ScopedVariables::default();
+        let failed = b.stacks_for("d1", &lyon, &none, &mut memo);
+        assert_eq!(failed.unresolved["t"].device, "d1");
+        assert!(!failed.stacks.contains_key("t"));
+        assert!(failed.stacks.contains_key("plain"), "others are unaffected");
+        let kept = failed.keeping(Some(&doc));
+        assert_eq!(kept.stacks, got.stacks);
+        assert!(next_document("d1", Some(&doc), kept.stacks, BTreeMap::new()).is_none());
+        // A device without a document gets nothing of `t` (never an empty value).
+        let fresh = b.stacks_for("d2", &lyon, &none, &mut memo).keeping(None);
+        assert_eq!(fresh.stacks.keys().collect::<Vec<_>>(), ["plain"]);
     }
 }

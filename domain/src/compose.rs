@@ -269,15 +269,59 @@ pub fn secret_contents(
     vars: &Variables,
     files: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, Plain>, ComposeError> {
-    let used: std::collections::BTreeSet<&str> = stack
+    let used: std::collections::BTreeSet<String> = stack
         .services
         .values()
         .flat_map(|s| &s.extra.secrets)
-        .map(|m| m.source.as_str())
+        .map(|m| m.source.clone())
         .collect();
+    read_secrets(&stack.secret_sources, &used, vars, files)
+}
+
+/// [`secret_contents`] read from the document itself, without resolving the rest of it: a
+/// file resolved per device has the same secrets on every device. Also returns where each
+/// secret comes from.
+#[allow(clippy::type_complexity)]
+pub fn secrets_of(
+    yaml: &str,
+    vars: &Variables,
+    files: &BTreeMap<String, String>,
+) -> Result<(BTreeMap<String, SecretSource>, BTreeMap<String, Plain>), ComposeError> {
+    let (top, _) = prepare(yaml)?;
+    let sources = top_secrets(top.get("secrets"))?;
+    let mut used = std::collections::BTreeSet::new();
+    if let Some(Value::Object(services)) = top.get("services") {
+        for body in services.values() {
+            if let Some(Value::Array(items)) = body.get("secrets") {
+                for item in items {
+                    match item {
+                        Value::String(name) => {
+                            used.insert(name.clone());
+                        }
+                        Value::Object(m) => {
+                            if let Some(Value::String(name)) = m.get("source") {
+                                used.insert(name.clone());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let contents = read_secrets(&sources, &used, vars, files)?;
+    Ok((sources, contents))
+}
+
+fn read_secrets(
+    sources: &BTreeMap<String, SecretSource>,
+    used: &std::collections::BTreeSet<String>,
+    vars: &Variables,
+    files: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Plain>, ComposeError> {
     let mut out = BTreeMap::new();
-    for (name, source) in &stack.secret_sources {
-        if !used.contains(name.as_str()) {
+    for (name, source) in sources {
+        if !used.contains(name) {
             continue;
         }
         let content = match source {
@@ -300,27 +344,33 @@ pub fn secret_contents(
     Ok(out)
 }
 
+/// The files the document's top-level configs read (`file:`), as written: configuration, kept
+/// with a revision resolved per device (secrets' files never are).
+pub fn config_file_sources(yaml: &str) -> Vec<String> {
+    sources_of(yaml, &["configs"], "file")
+}
+
 /// The files a Compose document's top-level configs and secrets read (`file:`), as written:
 /// what `edgefleet apply` reads next to the Compose file and sends with it. A document that
 /// does not parse as YAML lists none (apply then says what is wrong).
 pub fn file_sources(yaml: &str) -> Vec<String> {
-    sources(yaml, "file")
+    sources_of(yaml, &["configs", "secrets"], "file")
 }
 
 /// The environment variables a Compose document's top-level configs and secrets read
 /// (`environment:`): `edgefleet apply` takes them from `--var`, `--env-file` or its own
 /// environment, as `docker compose` takes them from its environment.
 pub fn environment_sources(yaml: &str) -> Vec<String> {
-    sources(yaml, "environment")
+    sources_of(yaml, &["configs", "secrets"], "environment")
 }
 
-fn sources(yaml: &str, field: &str) -> Vec<String> {
+fn sources_of(yaml: &str, keys: &[&str], field: &str) -> Vec<String> {
     let Ok(Value::Object(top)) = load_yaml(yaml) else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for key in ["configs", "secrets"] {
-        if let Some(Value::Object(m)) = top.get(key) {
+    for key in keys {
+        if let Some(Value::Object(m)) = top.get(*key) {
             for body in m.values() {
                 if let Some(Value::String(f)) = body.get(field) {
                     out.push(f.clone());
@@ -352,12 +402,6 @@ pub fn parse(yaml: &str) -> Result<ComposeStack, ComposeError> {
     parse_with(yaml, &Variables::new())
 }
 
-/// Whether the document refers to a per-device built-in (`${EDGEFLEET_…}`), so that it must be
-/// resolved once per device rather than once per revision.
-pub fn uses_device_builtins(yaml: &str) -> bool {
-    yaml.contains("EDGEFLEET_")
-}
-
 /// Reads YAML text into a JSON-shaped tree under a strict budget.
 pub fn load_yaml(yaml: &str) -> Result<Value, ComposeError> {
     if yaml.len() > MAX_COMPOSE_BYTES {
@@ -385,13 +429,9 @@ pub fn parse_with(yaml: &str, vars: &Variables) -> Result<ComposeStack, ComposeE
     parse_inputs(yaml, vars, &BTreeMap::new())
 }
 
-/// Parses and validates a Compose document, interpolating `vars`; `files` holds the content
-/// of the files its configs and secrets name (by the path as written).
-pub fn parse_inputs(
-    yaml: &str,
-    vars: &Variables,
-    files: &BTreeMap<String, String>,
-) -> Result<ComposeStack, ComposeError> {
+/// The document's top level before interpolation: `x-*` keys dropped at every level, the
+/// top-level keys checked, and the `x-edgefleet-rollout` value taken out.
+fn prepare(yaml: &str) -> Result<(Value, Option<Value>), ComposeError> {
     let doc = load_yaml(yaml)?;
     let Value::Object(mut top) = doc else {
         return Err(ComposeError::NotAMapping);
@@ -410,6 +450,148 @@ pub fn parse_inputs(
     }
     let mut top = Value::Object(top);
     strip_extensions(&mut top);
+    Ok((top, rollout_value))
+}
+
+/// The validated `x-edgefleet-rollout` strategy (it is never interpolated).
+fn rollout_strategy(
+    value: Option<Value>,
+) -> Result<Option<crate::rollout::strategy::Strategy>, ComposeError> {
+    let Some(v) = value else { return Ok(None) };
+    let s: crate::rollout::strategy::Strategy =
+        serde_json::from_value(v).map_err(|e| ComposeError::Rollout(e.to_string()))?;
+    s.validate()
+        .map_err(|e| ComposeError::Rollout(e.to_string()))?;
+    Ok(Some(s))
+}
+
+/// What a document needs before it can be resolved, read without any variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// Every variable the document refers to: in its strings (every branch of
+    /// `${A:-${B}}`) and as a bare `environment`/`labels` key, which takes the variable of
+    /// that name. Parsing with exactly these (those that are set) gives the same stack as
+    /// parsing with every variable.
+    pub references: std::collections::BTreeSet<String>,
+    /// The references without which the document cannot be parsed (`${A}`, `${A:?…}`, not
+    /// inside a default), each with the first path using it.
+    pub required: BTreeMap<String, String>,
+    /// The `x-edgefleet-rollout` strategy, validated.
+    pub rollout: Option<crate::rollout::strategy::Strategy>,
+}
+
+/// Reads a document's variable references and rollout strategy, checking its YAML, its
+/// top-level keys and its interpolation syntax (everything that needs no variable).
+pub fn scan(yaml: &str) -> Result<Scan, ComposeError> {
+    let (top, rollout_value) = prepare(yaml)?;
+    let mut references = std::collections::BTreeSet::new();
+    let mut required = BTreeMap::new();
+    scan_tree(&top, &mut references, &mut required, &mut String::new())?;
+    if let Some(Value::Object(services)) = top.get("services") {
+        for (service, body) in services {
+            for key in ["environment", "labels"] {
+                match body.get(key) {
+                    Some(Value::Array(items)) => {
+                        for item in items.iter().filter_map(Value::as_str) {
+                            if item.contains('=') {
+                                continue;
+                            }
+                            // A bare NAME takes the variable NAME: a name made by a variable
+                            // would take one nobody can tell before resolving.
+                            if item.contains('$') {
+                                return Err(ComposeError::Invalid {
+                                    service: service.clone(),
+                                    key: key.to_owned(),
+                                    problem: format!(
+                                        "has the entry {item:?} without '=', whose name is made by a variable: write NAME=${{VALUE}} (a bare NAME takes the variable NAME)"
+                                    ),
+                                });
+                            }
+                            if interpolate::validate_name(item.trim()).is_ok() {
+                                references.insert(item.trim().to_owned());
+                            }
+                        }
+                    }
+                    Some(Value::Object(m)) => references.extend(
+                        m.iter()
+                            .filter(|(k, v)| v.is_null() && interpolate::validate_name(k).is_ok())
+                            .map(|(k, _)| k.clone()),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
+    // A config's `environment:` names the variable its content comes from: a reference
+    // (a site or device may keep it). A secret's never is: its content is read at apply only.
+    if let Some(Value::Object(configs)) = top.get("configs") {
+        for body in configs.values() {
+            if let Some(Value::String(var)) = body.get("environment") {
+                references.insert(var.clone());
+                required
+                    .entry(var.clone())
+                    .or_insert_with(|| "configs".to_owned());
+            }
+        }
+    }
+    Ok(Scan {
+        references,
+        required,
+        rollout: rollout_strategy(rollout_value)?,
+    })
+}
+
+/// [`interpolate::collect_references`] of every string in the tree, errors at their path.
+fn scan_tree(
+    v: &Value,
+    out: &mut std::collections::BTreeSet<String>,
+    required: &mut BTreeMap<String, String>,
+    path: &mut String,
+) -> Result<(), ComposeError> {
+    match v {
+        Value::String(s) if s.contains('$') => {
+            let here = path.trim_start_matches('.').to_owned();
+            let mut needs = std::collections::BTreeSet::new();
+            interpolate::collect_references(s, out, &mut needs).map_err(|source| {
+                ComposeError::Interpolate {
+                    path: here.clone(),
+                    source,
+                }
+            })?;
+            for name in needs {
+                required.entry(name).or_insert_with(|| here.clone());
+            }
+        }
+        Value::Object(m) => {
+            for (k, child) in m {
+                let len = path.len();
+                path.push('.');
+                path.push_str(k);
+                scan_tree(child, out, required, path)?;
+                path.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                scan_tree(child, out, required, path)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Parses and validates a Compose document, interpolating `vars`; `files` holds the content
+/// of the files its configs and secrets name (by the path as written).
+pub fn parse_inputs(
+    yaml: &str,
+    vars: &Variables,
+    files: &BTreeMap<String, String>,
+) -> Result<ComposeStack, ComposeError> {
+    let (mut top, rollout_value) = prepare(yaml)?;
     interpolate_tree(&mut top, vars, &mut String::new())?;
     let Value::Object(top) = top else {
         return Err(ComposeError::NotAMapping);
@@ -494,16 +676,7 @@ pub fn parse_inputs(
     if uses_default {
         networks.entry(DEFAULT_NETWORK.to_owned()).or_default();
     }
-    let rollout = match rollout_value {
-        None => None,
-        Some(v) => {
-            let s: crate::rollout::strategy::Strategy =
-                serde_json::from_value(v).map_err(|e| ComposeError::Rollout(e.to_string()))?;
-            s.validate()
-                .map_err(|e| ComposeError::Rollout(e.to_string()))?;
-            Some(s)
-        }
-    };
+    let rollout = rollout_strategy(rollout_value)?;
     for svc in services.values_mut() {
         for m in &mut svc.extra.configs {
             if let Some(c) = configs.get(&m.source) {

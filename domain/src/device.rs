@@ -19,6 +19,9 @@ use serde::Serialize;
 /// Events kept in memory per device.
 pub const RECENT_EVENTS: usize = 50;
 
+/// Events kept in the store per device.
+pub const STORED_EVENTS: u64 = 500;
+
 /// What the controller knows about a device's connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,6 +47,10 @@ pub struct DeviceView {
     /// A desired revision the agent refused (`desired_rejected` / `security_rejected` naming
     /// it): the watchdog does not republish it, the refusal is what the device shows.
     pub refused_revision: Option<u64>,
+    /// Deployments targeting the device that cannot be resolved for it (deployment → why,
+    /// naming the variable): it keeps what its document has of them. An alarm; recomputed
+    /// with every desired document, never stored.
+    pub unresolved: BTreeMap<String, String>,
 }
 
 impl DeviceView {
@@ -59,6 +66,7 @@ impl DeviceView {
             events: VecDeque::new(),
             desired_published_at: None,
             refused_revision: None,
+            unresolved: BTreeMap::new(),
         }
     }
 

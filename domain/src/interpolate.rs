@@ -14,7 +14,7 @@ use thiserror::Error;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum InterpolateError {
     #[error(
-        "variable '{0}' is not set: give it with --var {0}=VALUE or --env-file, or write ${{{0}:-default}}"
+        "variable '{0}' is not set: give it with --var {0}=VALUE or --env-file, keep it for the devices ('edgefleet vars set --site SITE {0}=…' or '--device ID'), or write ${{{0}:-default}}"
     )]
     Unset(String),
     #[error("variable '{name}' is required: {message}")]
@@ -25,7 +25,8 @@ pub enum InterpolateError {
     Syntax(String),
 }
 
-/// The variables of one resolution: apply variables plus the device's built-ins.
+/// The variables of one resolution (for a device: its built-ins, its own, its site's and
+/// the apply variables, see [`crate::variables`]).
 pub type Variables = BTreeMap<String, String>;
 
 /// Nesting bound for `${A:-${B:-…}}` (keeps a hostile file from recursing deeply).
@@ -75,6 +76,84 @@ fn interpolate_at(text: &str, vars: &Variables, depth: usize) -> Result<String, 
     Ok(out)
 }
 
+/// Every variable name `text` refers to, in any branch (`${A:-${B}}` names A and B), so that
+/// a resolution given exactly those names gives the same result as one given every variable;
+/// and in `required` those without which it fails (`$A`, `${A}`, `${A:?…}`, not inside
+/// another's default). Refuses what [`interpolate`] refuses as syntax.
+pub fn collect_references(
+    text: &str,
+    out: &mut std::collections::BTreeSet<String>,
+    required: &mut std::collections::BTreeSet<String>,
+) -> Result<(), InterpolateError> {
+    references_at(text, out, Some(required), 0)
+}
+
+fn references_at(
+    text: &str,
+    out: &mut std::collections::BTreeSet<String>,
+    mut required: Option<&mut std::collections::BTreeSet<String>>,
+    depth: usize,
+) -> Result<(), InterpolateError> {
+    if depth > MAX_NESTING {
+        return Err(InterpolateError::Syntax(text.chars().take(40).collect()));
+    }
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = closing_brace(body)
+                .ok_or_else(|| InterpolateError::Syntax(rest.chars().take(40).collect()))?;
+            let (name, colon, op) = braced_parts(&body[..end])?;
+            out.insert(name.to_owned());
+            let op_char = op.chars().next();
+            if matches!(op_char, None | Some('?'))
+                && let Some(r) = required.as_deref_mut()
+            {
+                r.insert(name.to_owned());
+            }
+            match op_char {
+                None if !colon => {}
+                Some('-' | '?' | '+') => references_at(&op[1..], out, None, depth + 1)?,
+                _ => return Err(InterpolateError::Syntax(format!("${{{}}}", &body[..end]))),
+            }
+            rest = &body[end + 1..];
+        } else {
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            if len == 0 || after.starts_with(|c: char| c.is_ascii_digit()) {
+                rest = after;
+                continue;
+            }
+            out.insert(after[..len].to_owned());
+            if let Some(r) = required.as_deref_mut() {
+                r.insert(after[..len].to_owned());
+            }
+            rest = &after[len..];
+        }
+    }
+    Ok(())
+}
+
+/// A `${…}` body split into its name, whether a `:` follows it, and the operator and
+/// argument after that (`A:-x` → `("A", true, "-x")`).
+fn braced_parts(body: &str) -> Result<(&str, bool, &str), InterpolateError> {
+    let name_len = body
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(body.len());
+    let name = &body[..name_len];
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(InterpolateError::Syntax(format!("${{{body}}}")));
+    }
+    let op = &body[name_len..];
+    Ok(match op.strip_prefix(':') {
+        Some(op) => (name, true, op),
+        None => (name, false, op),
+    })
+}
+
 /// Index of the `}` closing a `${`, counting nested `${…}`.
 fn closing_brace(body: &str) -> Option<usize> {
     let mut depth = 0usize;
@@ -96,19 +175,8 @@ fn closing_brace(body: &str) -> Option<usize> {
 }
 
 fn braced(body: &str, vars: &Variables, depth: usize) -> Result<String, InterpolateError> {
-    let name_len = body
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or(body.len());
-    let name = &body[..name_len];
-    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
-        return Err(InterpolateError::Syntax(format!("${{{body}}}")));
-    }
-    let op = &body[name_len..];
+    let (name, colon, op) = braced_parts(body)?;
     let value = vars.get(name);
-    let (colon, op) = match op.strip_prefix(':') {
-        Some(op) => (true, op),
-        None => (false, op),
-    };
     // With a colon, an empty value counts as unset.
     let set = match value {
         Some(v) => !(colon && v.is_empty()),
@@ -283,7 +351,44 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(interpolate(input, &v).as_deref(), Ok(want), "{input}");
+            // Resolving with only the names it refers to gives the same result.
+            let mut refs = std::collections::BTreeSet::new();
+            collect_references(input, &mut refs, &mut Default::default()).unwrap();
+            let only: Variables = v
+                .iter()
+                .filter(|(k, _)| refs.contains(*k))
+                .map(|(k, x)| (k.clone(), x.clone()))
+                .collect();
+            assert_eq!(interpolate(input, &only).as_deref(), Ok(want), "{input}");
         }
+    }
+
+    #[test]
+    fn references_name_every_branch_and_refuse_bad_syntax() {
+        let mut refs = std::collections::BTreeSet::new();
+        let mut required = std::collections::BTreeSet::new();
+        collect_references(
+            "$A ${B:-${C:-x}} ${D?${E}} ${F:+$G} $$H $${I} 5$ ${J-} ${K:?no}",
+            &mut refs,
+            &mut required,
+        )
+        .unwrap();
+        let names: Vec<&str> = refs.iter().map(String::as_str).collect();
+        assert_eq!(names, ["A", "B", "C", "D", "E", "F", "G", "J", "K"]);
+        let names: Vec<&str> = required.iter().map(String::as_str).collect();
+        assert_eq!(names, ["A", "D", "K"], "those without which it fails");
+        for bad in ["${A", "${}", "${1A}", "${A!x}", "${A:}"] {
+            assert!(
+                matches!(
+                    collect_references(bad, &mut refs, &mut required),
+                    Err(InterpolateError::Syntax(_))
+                ),
+                "{bad}"
+            );
+            assert!(interpolate(bad, &vars()).is_err(), "{bad}");
+        }
+        let deep = format!("{}x{}", "${B:-".repeat(40), "}".repeat(40));
+        assert!(collect_references(&deep, &mut refs, &mut required).is_err());
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! - [`selector`]: deployment targets (`site=lyon,line=3`, `id=a|b`, `*`); [`labels`]: the
 //!   labels an operator gives a device.
 //! - [`deployment`]: a revision's stored spec; [`book`]: which stacks each device should run,
-//!   and its next desired document.
+//!   and its next desired document; [`template`]: revisions resolved per device;
+//!   [`variables`]: site and device variables and their precedence; [`interpolate`]:
+//!   `${VAR}` and the built-ins.
 //! - [`device`]: a device as the controller sees it and the summary the API lists;
 //!   [`sites`]: per-site summaries and alarms for SCADA screens.
 //! - [`rollout`]: strategy, maintenance windows, wave planner, health gate, the rollout state
@@ -38,4 +40,6 @@ pub mod policy;
 pub mod rollout;
 pub mod selector;
 pub mod sites;
+pub mod template;
 pub mod user;
+pub mod variables;

@@ -14,8 +14,8 @@ fn label<'a>(d: &'a DeviceView, key: &str) -> &'a str {
     d.labels.get(key).map_or(UNASSIGNED_SITE, String::as_str)
 }
 
-/// Alarms of one device: offline, reported labels not the inventory's, failed apply,
-/// unhealthy services.
+/// Alarms of one device: offline, reported labels not the inventory's, a deployment that
+/// cannot be resolved for it (a variable set nowhere), failed apply, unhealthy services.
 pub fn alarms(d: &DeviceView) -> Vec<Alarm> {
     let mut out = Vec::new();
     let alarm = |severity, kind: &str, since: Option<String>, message: String| Alarm {
@@ -35,6 +35,14 @@ pub fn alarms(d: &DeviceView) -> Vec<Alarm> {
             "reports other labels than the inventory's ({diff}); the inventory's apply: fix the agent or run 'edgefleet device label'"
         );
         out.push(alarm(Severity::Warning, "labels", None, msg));
+    }
+    for (deployment, why) in &d.unresolved {
+        out.push(alarm(
+            Severity::Error,
+            "variables",
+            None,
+            format!("deployment '{deployment}' not resolved, the device keeps what it has: {why}"),
+        ));
     }
     let Some(status) = &d.status else { return out };
     if status.state == ConvergenceState::Failed {

@@ -14,13 +14,26 @@ fuzz_target!(|data: &[u8]| {
     // An optional env file first, separated from the Compose file by a NUL byte.
     let (env, yaml) = text.split_once('\0').unwrap_or(("", text));
     let vars = interpolate::parse_env_file(env).unwrap_or_else(|_| Variables::new());
-    let _ = compose::uses_device_builtins(yaml);
     // The files its configs and secrets name, "sent" with the apply as the CLI sends them.
     let files: std::collections::BTreeMap<String, String> = compose::file_sources(yaml)
         .into_iter()
         .map(|p| (p, "content".to_owned()))
         .collect();
     let _ = compose::environment_sources(yaml);
+    let _ = compose::secrets_of(yaml, &vars, &files);
+    // What a file refers to (read without variables) must cover what parsing looks up:
+    // parsing with only those names gives the same stack.
+    if let Ok(scan) = compose::scan(yaml) {
+        let only: Variables = vars
+            .iter()
+            .filter(|(k, _)| scan.references.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(
+            compose::parse_inputs(yaml, &vars, &files).ok(),
+            compose::parse_inputs(yaml, &only, &files).ok()
+        );
+    }
     for vars in [Variables::new(), vars] {
         if let Ok(stack) = compose::parse_inputs(yaml, &vars, &files) {
             let _ = compose::secret_contents(&stack, &vars, &files);

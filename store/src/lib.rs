@@ -23,6 +23,8 @@
 //! - [`audit`]: the append-only, hash-chained audit log.
 //! - [`identity`]: enrollment tokens (digests) and issued certificates.
 //! - [`mqtt_users`]: the gateway's local MQTT users (password digests).
+//! - [`policies`]: workload policies per site and the fleet default.
+//! - [`variables`]: variables kept per site and per device.
 //! - [`meta`]: persistent counters (the controller session).
 //!
 //! This crate knows SQL and the domain's types, nothing above them.
@@ -37,6 +39,7 @@ pub mod mqtt_users;
 pub mod policies;
 pub mod rollouts;
 pub mod users;
+pub mod variables;
 pub mod vault;
 
 use std::path::{Path, PathBuf};

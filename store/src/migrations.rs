@@ -182,4 +182,16 @@ CREATE TABLE registry_credentials (
 );
 ALTER TABLE certificates ADD COLUMN public_key TEXT;
 "#,
+    // 11: variables kept per site and per device (`scope` 'site:<name>' or 'device:<id>'),
+    // resolved into the Compose files that refer to them.
+    r#"
+CREATE TABLE variables (
+    scope TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    set_at TEXT NOT NULL,
+    set_by TEXT NOT NULL,
+    PRIMARY KEY (scope, name)
+);
+"#,
 ];

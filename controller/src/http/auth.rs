@@ -111,6 +111,8 @@ pub fn action_of(method: &Method, path: &str) -> (String, String) {
         ("POST", ["policies", "check"]) => ("policy.check".into(), ""),
         ("PUT", ["registries", host]) => ("registry.set".into(), host),
         ("DELETE", ["registries", host]) => ("registry.remove".into(), host),
+        ("PUT", ["variables", _, name]) => ("variables.set".into(), name),
+        ("DELETE", ["variables", _, name]) => ("variables.unset".into(), name),
         ("POST", ["rollouts"]) => ("rollout.start".into(), ""),
         ("POST", ["rollouts", id, act]) => (format!("rollout.{act}"), id),
         ("POST", ["users"]) => ("user.create".into(), ""),
@@ -400,6 +402,17 @@ mod tests {
             ),
             (Method::GET, "/api/v1/policies/violations", Access::Any),
             (
+                Method::PUT,
+                "/api/v1/variables/sites/lyon",
+                Access::Roles(WRITERS),
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/variables/devices/press-07",
+                Access::Roles(WRITERS),
+            ),
+            (Method::GET, "/api/v1/variables", Access::Any),
+            (
                 Method::POST,
                 "/api/v1/rollouts/3/pause",
                 Access::Roles(WRITERS),
@@ -418,6 +431,10 @@ mod tests {
         assert_eq!(
             action_of(&Method::DELETE, "/api/v1/deployments/web"),
             ("deployment.delete".into(), "web".into())
+        );
+        assert_eq!(
+            action_of(&Method::PUT, "/api/v1/variables/sites/lyon"),
+            ("variables.set".into(), "lyon".into())
         );
     }
 

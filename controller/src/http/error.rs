@@ -136,6 +136,16 @@ impl From<PolicyError> for ApiError {
     }
 }
 
+impl From<crate::services::variables::VariablesError> for ApiError {
+    fn from(e: crate::services::variables::VariablesError) -> Self {
+        use crate::services::variables::VariablesError;
+        match e {
+            VariablesError::Store(s) => s.into(),
+            VariablesError::Invalid(m) => ApiError::BadRequest(m),
+        }
+    }
+}
+
 impl From<RolloutError> for ApiError {
     fn from(e: RolloutError) -> Self {
         match e {

@@ -31,6 +31,7 @@ pub use self::auth::BASE;
 use self::error::ApiError;
 use self::routes::{
     audit, deployments, devices, health, identity, policies, registries, rollouts, sessions, users,
+    variables,
 };
 use self::state::ApiState;
 
@@ -99,6 +100,19 @@ pub fn router(state: ApiState) -> Router {
             put(registries::set).delete(registries::remove),
         )
         .route("/api/v1/policies/check", post(policies::check))
+        .route("/api/v1/variables", get(variables::list))
+        .route(
+            "/api/v1/variables/sites/{site}",
+            get(variables::site)
+                .put(variables::set_site)
+                .delete(variables::unset_site),
+        )
+        .route(
+            "/api/v1/variables/devices/{id}",
+            get(variables::device)
+                .put(variables::set_device)
+                .delete(variables::unset_device),
+        )
         .route(
             "/api/v1/rollouts",
             get(rollouts::list).post(rollouts::start),

@@ -17,6 +17,7 @@ use crate::services::link::Link;
 use crate::services::policies::Policies;
 use crate::services::rollouts::Rollouts;
 use crate::services::users::Users;
+use crate::services::variables::Variables;
 use crate::services::windows::Windows;
 
 /// The services behind the HTTP API and the dashboard.
@@ -30,6 +31,7 @@ pub struct ApiState {
     pub windows: Arc<Windows>,
     pub policies: Arc<Policies>,
     pub vault: Arc<crate::services::vault::Vault>,
+    pub variables: Arc<Variables>,
     pub users: Arc<Users>,
     pub audit: Arc<AuditLog>,
     pub commands: Arc<Commands>,
@@ -56,6 +58,7 @@ from_ref!(
     windows: Arc<Windows>,
     policies: Arc<Policies>,
     vault: Arc<crate::services::vault::Vault>,
+    variables: Arc<Variables>,
     users: Arc<Users>,
     audit: Arc<AuditLog>,
     commands: Arc<Commands>,

@@ -2,8 +2,13 @@
 //! device's desired document.
 //!
 //! Owns the desired-state book ([`Book`]: deployments in force at their latest revision, and
-//! the pinned revisions' stacks). Invariants kept here:
+//! the pinned revisions' stacks) and the per-device resolutions of templated revisions
+//! ([`Resolutions`]). Invariants kept here:
 //! - a new revision is recorded only if the Compose spec or target changed;
+//! - a revision resolved per device is resolved for every targeted device at apply (the
+//!   first that fails refuses it, naming the device and the variable), and checked against
+//!   each device's policy, platform and document size; a device that cannot be resolved
+//!   later keeps what its document has of the deployment, with an alarm and an event;
 //! - desired documents are **persisted before they are published**, and get a new revision
 //!   only when a device's computed stacks change (recomputing is idempotent);
 //! - apply, delete and pin are serialized (the store and the book change together), and so is
@@ -13,11 +18,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use edgefleet_domain::book::{ActiveDeployment, Book, next_document};
-use edgefleet_domain::compose::{self, ComposeError};
-use edgefleet_domain::deployment::RevisionSpec;
+use edgefleet_domain::compose::ComposeError;
+use edgefleet_domain::deployment::{RevisionSpec, RevisionStack};
 use edgefleet_domain::device::DeviceView;
 use edgefleet_domain::policy::PolicySource;
 use edgefleet_domain::selector::{Selector, SelectorError};
+use edgefleet_domain::template::{Resolutions, ResolveError, ResolvedVariable};
 use edgefleet_protocol::desired::DesiredState;
 use edgefleet_protocol::ids::validate_stack_name;
 use edgefleet_protocol::policy::Violation;
@@ -31,7 +37,11 @@ use thiserror::Error;
 use super::fleet::Fleet;
 use super::outbox::Outbox;
 use super::policies::Policies;
+use super::variables::Variables;
 use super::vault::{Vault, VaultError};
+
+mod per_device;
+use per_device::{Resolved, revision_of};
 
 #[derive(Debug, Error)]
 pub enum ApplyError {
@@ -80,6 +90,8 @@ pub enum ApplyError {
     SecretInterpolated { secret: String, variable: String },
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error("{0}")]
+    Resolve(#[from] ResolveError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -153,8 +165,14 @@ pub struct ApplyOutcome {
     /// Dry run only: what every targeted device would run, resolved (variables
     /// interpolated, networks and volumes as the agent creates them), and the policy each
     /// targeted site runs under (all allow it, or the dry run would have been refused).
+    /// (For a file resolved per device, `would_run` is absent and `would_run_per_device`
+    /// and `variables_per_device` say it per targeted device.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_run: Option<StackSpec>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub would_run_per_device: BTreeMap<String, StackSpec>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables_per_device: BTreeMap<String, Vec<ResolvedVariable>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicySource>,
 }
@@ -165,7 +183,11 @@ pub struct Deployments {
     outbox: Arc<Outbox>,
     policies: Arc<Policies>,
     vault: Arc<Vault>,
+    variables: Arc<Variables>,
     book: RwLock<Book>,
+    /// Resolutions of the templated revisions in force, shared between devices with the
+    /// same values (taken after `book` and `variables` when several are held).
+    resolutions: parking_lot::Mutex<Resolutions>,
     /// Serializes apply/delete/pin: the store and the book must change together.
     change: tokio::sync::Mutex<()>,
     /// Serializes desired-document computation (revision numbers must not race).
@@ -180,13 +202,18 @@ async fn stored_stack(
     store: &Store,
     name: &str,
     revision: u64,
-) -> Result<Option<StackSpec>, StoreError> {
+) -> Result<Option<RevisionStack>, StoreError> {
     let Some(row) = store.revision(name, revision).await? else {
         tracing::error!(deployment = name, revision, "stored revision missing");
         return Ok(None);
     };
-    match RevisionSpec::from_json(&row.spec_json) {
-        Ok(spec) => Ok(Some(spec.into_stack(name, revision))),
+    match RevisionSpec::from_json(&row.spec_json)
+        .map_err(|e| e.to_string())
+        .and_then(|spec| {
+            spec.into_revision_stack(name, revision)
+                .map_err(|e| e.to_string())
+        }) {
+        Ok(stack) => Ok(Some(stack)),
         Err(e) => {
             tracing::error!(
                 deployment = name,
@@ -206,6 +233,7 @@ impl Deployments {
         outbox: Arc<Outbox>,
         policies: Arc<Policies>,
         vault: Arc<Vault>,
+        variables: Arc<Variables>,
     ) -> Result<Self, StoreError> {
         let mut book = Book::default();
         for dep in store.deployments().await? {
@@ -236,17 +264,21 @@ impl Deployments {
                 book.pins.insert((device, deployment), revision);
             }
         }
-        Ok(Deployments {
+        let deployments = Deployments {
             store,
             fleet,
             outbox,
             policies,
             vault,
+            variables,
             book: RwLock::new(book),
+            resolutions: parking_lot::Mutex::new(Resolutions::default()),
             change: tokio::sync::Mutex::new(()),
             refresh: tokio::sync::Mutex::new(()),
             rolling: parking_lot::Mutex::new(BTreeMap::new()),
-        })
+        };
+        deployments.load_unresolved();
+        Ok(deployments)
     }
 
     /// Holds off apply, delete and pins while the caller checks and records something that
@@ -290,7 +322,7 @@ impl Deployments {
         &self,
         name: &str,
         selector: &Selector,
-        stack: &StackSpec,
+        stack: &RevisionStack,
     ) -> Option<(String, usize)> {
         let mut book = self.book.read().clone();
         book.pins.retain(|(_, dep), _| dep != name);
@@ -303,11 +335,16 @@ impl Deployments {
                 stack: stack.clone(),
             },
         );
+        let vars = self.variables.read();
+        let mut memo = self.resolutions.lock();
         for d in self.fleet.devices.iter() {
             if !selector.matches(d.key(), &d.labels) {
                 continue;
             }
-            let stacks = book.stacks_for(d.key(), &d.labels);
+            let stacks = book
+                .stacks_for(d.key(), &d.labels, &vars, &mut memo)
+                .keeping(d.desired.as_ref())
+                .stacks;
             let doc = DesiredState::new(d.key(), u64::MAX, stacks)
                 .with_policy(Some(self.policy_of(&d.labels).1));
             let bytes = edgefleet_protocol::signing::signed_len(
@@ -381,18 +418,20 @@ impl Deployments {
     }
 
     /// `edgefleet policy check`: what a file would break where `target` points, without
-    /// recording anything. Returns the devices targeted and the refusals per policy.
+    /// recording anything. Returns the devices targeted and the refusals per policy. A file
+    /// resolved per device is checked on each device's stack; the first device it cannot be
+    /// resolved for is the error.
     pub fn check_file(
         &self,
         req: &ApplyRequest,
     ) -> Result<(Vec<String>, Vec<Refusals>), ApplyError> {
         validate_stack_name(&req.name).map_err(|e| ApplyError::Name(e.to_string()))?;
         let selector = Selector::parse(&req.target)?;
-        let parsed = compose::parse_inputs(&req.compose, &req.variables, &req.files)?;
-        let stack = RevisionSpec::of(&parsed).into_stack(&req.name, u64::MAX);
+        let (_, stack) = revision_of(req, &BTreeMap::new())?;
+        let resolved = self.resolve_targets(&selector, &stack)?;
         Ok((
             self.fleet.targets(&selector),
-            self.check_policies(&selector, &stack),
+            self.check_resolved(&selector, &resolved),
         ))
     }
 
@@ -441,8 +480,11 @@ impl Deployments {
         }
         let book = self.book.read();
         for dep in book.deployments.values() {
-            let site = dep.selector.labels.get("site").map(String::as_str);
-            note(site, &dep.stack, None);
+            // A revision resolved per device is checked on the devices' documents only.
+            if let RevisionStack::Shared(stack) = &dep.stack {
+                let site = dep.selector.labels.get("site").map(String::as_str);
+                note(site, stack, None);
+            }
         }
         found
             .into_iter()
@@ -478,10 +520,12 @@ impl Deployments {
             ))
             .into());
         }
-        let mut parsed = compose::parse_inputs(&req.compose, &req.variables, &req.files)?;
-        let secrets = self.secrets_of(req, &mut parsed, &selector)?;
+        for k in req.variables.keys() {
+            edgefleet_domain::interpolate::validate_name(k).map_err(ComposeError::Name)?;
+        }
+        let secrets = self.secrets_of(req, &selector)?;
+        let (spec, stack) = revision_of(req, &secrets.1)?;
         let target = selector.to_string();
-        let spec = RevisionSpec::of(&parsed);
         let _change = self.change.lock().await;
         if let Some(rollout) = self.rolling(&req.name)
             && !self.store.is_latest(&req.name, &target, &spec).await?
@@ -491,9 +535,9 @@ impl Deployments {
                 rollout,
             });
         }
-        let stack = spec.clone().into_stack(&req.name, u64::MAX);
+        let resolved = self.resolve_targets(&selector, &stack)?;
         if let Some((policy, violations)) =
-            self.check_policies(&selector, &stack).into_iter().next()
+            self.check_resolved(&selector, &resolved).into_iter().next()
         {
             return Err(ApplyError::Policy { policy, violations });
         }
@@ -504,7 +548,7 @@ impl Deployments {
                 limit: edgefleet_protocol::MAX_PAYLOAD_BYTES,
             });
         }
-        let architecture_unknown = self.check_platforms(&selector, &stack)?;
+        let architecture_unknown = self.check_platforms(&selector, &resolved)?;
         if req.dry_run {
             let changed = !self.store.is_latest(&req.name, &target, &spec).await?;
             let latest = self
@@ -513,7 +557,7 @@ impl Deployments {
                 .await?
                 .last()
                 .map_or(0, |r| r.revision);
-            let held = if changed && parsed.rollout.is_some() {
+            let held = if changed && spec.rollout.is_some() {
                 self.would_hold(&req.name)
                     .into_iter()
                     .map(|(d, _, _)| d)
@@ -521,9 +565,34 @@ impl Deployments {
             } else {
                 Vec::new()
             };
+            let revision = if changed { latest + 1 } else { latest };
+            let (would_run, would_run_per_device) = match resolved {
+                Resolved::Shared(mut s) => {
+                    s.deployment_revision = revision;
+                    (Some(s), BTreeMap::new())
+                }
+                Resolved::PerDevice(mut m) => {
+                    m.values_mut()
+                        .for_each(|s| s.deployment_revision = revision);
+                    (None, m)
+                }
+            };
+            let variables_per_device = match &stack {
+                RevisionStack::PerDevice(t) => {
+                    let vars = self.variables.read();
+                    would_run_per_device
+                        .keys()
+                        .filter_map(|id| {
+                            let labels = self.fleet.devices.get(id)?.labels.clone();
+                            Some((id.clone(), t.variables_for(id, &labels, &vars)))
+                        })
+                        .collect()
+                }
+                RevisionStack::Shared(_) => BTreeMap::new(),
+            };
             return Ok(ApplyOutcome {
                 name: req.name.clone(),
-                revision: if changed { latest + 1 } else { latest },
+                revision,
                 changed,
                 target,
                 devices: self.fleet.targets(&selector),
@@ -531,19 +600,19 @@ impl Deployments {
                 dry_run: true,
                 architecture_unknown,
                 policies: self.policies_reached(&selector),
-                would_run: Some(
-                    spec.clone()
-                        .into_stack(&req.name, if changed { latest + 1 } else { latest }),
-                ),
+                would_run,
+                would_run_per_device,
+                variables_per_device,
             });
         }
+        let staged = spec.rollout.is_some();
         let (revision, changed) = self
             .store
             .record_revision(NewRevision {
                 name: req.name.clone(),
                 target: target.clone(),
                 compose: req.compose.clone(),
-                spec,
+                spec: spec.clone(),
                 by: by.to_owned(),
                 now: edgefleet_protocol::now_rfc3339(),
             })
@@ -557,7 +626,7 @@ impl Deployments {
         let mut held = Vec::new();
         if changed {
             tracing::info!(deployment = %req.name, revision, %target, by, "deployment revision recorded");
-            if parsed.rollout.is_some() {
+            if staged {
                 held = self.hold_current(&req.name).await?;
             } else {
                 // Not staged: every device moves to the new revision now.
@@ -569,7 +638,7 @@ impl Deployments {
                     name: req.name.clone(),
                     selector: selector.clone(),
                     revision,
-                    stack: parsed.into_stack_spec(&req.name, revision),
+                    stack: spec.into_revision_stack(&req.name, revision)?,
                 },
             );
         }
@@ -584,17 +653,18 @@ impl Deployments {
             dry_run: false,
             architecture_unknown,
             would_run: None,
+            would_run_per_device: BTreeMap::new(),
+            variables_per_device: BTreeMap::new(),
             policies: Vec::new(),
         })
     }
 
-    /// Reads the content of the secrets the file's services mount, gives their mounts the
-    /// vault's keyed digests, and checks the secrets can reach every targeted device.
+    /// Reads the content of the secrets the file's services mount, with the vault's keyed
+    /// digest of each, and checks the secrets can reach every targeted device.
     #[allow(clippy::type_complexity)]
     fn secrets_of(
         &self,
         req: &ApplyRequest,
-        parsed: &mut compose::ComposeStack,
         selector: &Selector,
     ) -> Result<
         (
@@ -603,8 +673,10 @@ impl Deployments {
         ),
         ApplyError,
     > {
-        for (secret, source) in &parsed.secret_sources {
-            if let compose::SecretSource::Environment(variable) = source
+        let (sources, contents) =
+            edgefleet_domain::compose::secrets_of(&req.compose, &req.variables, &req.files)?;
+        for (secret, source) in &sources {
+            if let edgefleet_domain::compose::SecretSource::Environment(variable) = source
                 && edgefleet_domain::interpolate::references(&req.compose, variable)
             {
                 return Err(ApplyError::SecretInterpolated {
@@ -613,7 +685,6 @@ impl Deployments {
                 });
             }
         }
-        let contents = compose::secret_contents(parsed, &req.variables, &req.files)?;
         let total: usize = contents.values().map(|c| c.bytes().len()).sum();
         if total > edgefleet_protocol::sealed::MAX_PLAINTEXT {
             return Err(ComposeError::Source(format!(
@@ -635,7 +706,6 @@ impl Deployments {
             .iter()
             .map(|(name, c)| (name.clone(), self.vault.digest(name, c)))
             .collect();
-        parsed.set_secret_digests(&digests);
         Ok((contents, digests))
     }
 
@@ -644,10 +714,14 @@ impl Deployments {
     fn check_platforms(
         &self,
         selector: &Selector,
-        stack: &StackSpec,
+        resolved: &Resolved,
     ) -> Result<Vec<String>, ApplyError> {
         use edgefleet_domain::platform::{self, Platform};
-        if !platform::any_platform(&stack.services) {
+        let any = match resolved {
+            Resolved::Shared(s) => platform::any_platform(&s.services),
+            Resolved::PerDevice(m) => m.values().any(|s| platform::any_platform(&s.services)),
+        };
+        if !any {
             return Ok(Vec::new());
         }
         let mut unknown = Vec::new();
@@ -655,6 +729,12 @@ impl Deployments {
             if !selector.matches(d.key(), &d.labels) {
                 continue;
             }
+            let Some(stack) = resolved
+                .for_device(d.key())
+                .filter(|s| platform::any_platform(&s.services))
+            else {
+                continue;
+            };
             let Some(engine) = d.platform().and_then(Platform::parse) else {
                 unknown.push(d.key().clone());
                 continue;
@@ -732,9 +812,29 @@ impl Deployments {
     /// Called with `change` held, before the book moves to the new revision.
     async fn hold_current(&self, name: &str) -> Result<Vec<String>, StoreError> {
         let mut pins = Vec::new();
-        let mut stacks = Vec::new();
+        let mut stacks: BTreeMap<(String, u64), RevisionStack> = BTreeMap::new();
         for (device, rev, stack) in self.would_hold(name) {
-            stacks.push(((name.to_owned(), rev), stack));
+            if let std::collections::btree_map::Entry::Vacant(slot) =
+                stacks.entry((name.to_owned(), rev))
+            {
+                // The revision as the book holds it (a templated one is each device's own),
+                // else as stored, else as this device runs it.
+                let known = {
+                    let book = self.book.read();
+                    book.deployments
+                        .get(name)
+                        .filter(|d| d.revision == rev)
+                        .map(|d| d.stack.clone())
+                        .or_else(|| book.pinned_stacks.get(slot.key()).cloned())
+                };
+                let held = match known {
+                    Some(s) => s,
+                    None => stored_stack(&self.store, name, rev)
+                        .await?
+                        .unwrap_or(RevisionStack::Shared(stack)),
+                };
+                slot.insert(held);
+            }
             pins.push((device, Some(rev)));
         }
         if pins.is_empty() {
@@ -820,23 +920,42 @@ impl Deployments {
         Ok(self.refresh(&ids).await?)
     }
 
-    /// Recomputes every device's desired document.
+    /// Recomputes every device's desired document (and forgets the resolutions of
+    /// revisions no longer in force).
     pub async fn refresh_all(&self) -> Result<(), StoreError> {
+        let live = self.book.read().templates();
+        self.resolutions.lock().retain(&live);
         self.refresh(&self.fleet.ids()).await
     }
 
     /// Recomputes the desired documents of these devices; changed ones get a new revision,
-    /// are persisted before anything is published, and are queued for publishing.
+    /// are persisted before anything is published, and are queued for publishing. A
+    /// deployment that cannot be resolved for a device keeps what its document has of it;
+    /// that it cannot is recorded on the device ([`Deployments::note_unresolved`]).
     pub async fn refresh(&self, ids: &[String]) -> Result<(), StoreError> {
         let _serial = self.refresh.lock().await;
         let mut changed = Vec::new();
+        let mut notes = Vec::new();
         {
             let book = self.book.read();
+            let vars = self.variables.read();
+            let mut memo = self.resolutions.lock();
             for id in ids {
                 let Some(mut view) = self.fleet.get(id) else {
                     continue;
                 };
-                let mut stacks = book.stacks_for(id, &view.labels);
+                let computed = book
+                    .stacks_for(id, &view.labels, &vars, &mut memo)
+                    .keeping(view.desired.as_ref());
+                let unresolved: BTreeMap<String, String> = computed
+                    .unresolved
+                    .iter()
+                    .map(|(dep, e)| (dep.clone(), e.to_string()))
+                    .collect();
+                if unresolved != view.unresolved {
+                    notes.push((id.clone(), view.unresolved.clone(), unresolved));
+                }
+                let mut stacks = computed.stacks;
                 let current = view.desired.as_ref();
                 self.vault.seal_stacks(id, &mut stacks, current);
                 let registries = self.vault.registries_for(
@@ -853,6 +972,7 @@ impl Deployments {
                 }
             }
         }
+        self.note_unresolved(notes).await;
         self.commit_documents(changed).await
     }
 

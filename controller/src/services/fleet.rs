@@ -277,6 +277,19 @@ impl Fleet {
         .is_some()
     }
 
+    /// Records an event the controller raised about a known device (e.g. a deployment it
+    /// cannot resolve for it); unlike [`Fleet::on_event`], it says nothing of the device
+    /// being alive. False for an unknown id.
+    pub fn controller_event(&self, event: DeviceEvent) -> bool {
+        self.update_known(&event.device.clone(), |d| {
+            d.events.push_back(event);
+            while d.events.len() > RECENT_EVENTS {
+                d.events.pop_front();
+            }
+        })
+        .is_some()
+    }
+
     /// Devices whose last report shows they never received their current desired revision,
     /// although it was published at least `after` ago: the convergence watchdog republishes.
     pub fn lagging(&self, after: Duration) -> Vec<String> {

@@ -31,7 +31,7 @@ use super::fleet::Fleet;
 use super::outbox::Outbox;
 
 /// Device events kept in the store per device.
-const STORED_EVENTS_PER_DEVICE: u64 = 500;
+const STORED_EVENTS_PER_DEVICE: u64 = edgefleet_domain::device::STORED_EVENTS;
 
 /// One message from the bus.
 #[derive(Debug, Clone)]

@@ -10,8 +10,9 @@
 //! - [`windows`]: maintenance windows (→ store).
 //! - [`policies`]: workload policies per site and the fleet default (→ store).
 //! - [`vault`]: secrets and registry credentials, sealed at rest and per device (→ store).
-//! - [`deployments`]: apply, delete, pins, desired documents, policy checks (→ fleet,
-//!   outbox, policies, vault, store).
+//! - [`variables`]: variables kept per site and per device (→ store).
+//! - [`deployments`]: apply, delete, pins, desired documents (each device's resolved and
+//!   sealed for it), policy checks (→ fleet, outbox, policies, vault, variables, store).
 //! - [`inventory`]: a device's labels, set by admins only (→ deployments, fleet, store).
 //! - [`commands`]: signed commands to one agent and their replies (→ fleet, outbox).
 //! - [`rollouts`]: running rollouts (→ deployments, fleet, windows, audit, outbox, store).
@@ -36,5 +37,6 @@ pub mod outbox;
 pub mod policies;
 pub mod rollouts;
 pub mod users;
+pub mod variables;
 pub mod vault;
 pub mod windows;

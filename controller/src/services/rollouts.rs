@@ -70,6 +70,14 @@ pub enum RolloutError {
         revision: u64,
         reason: String,
     },
+    #[error(
+        "revision {revision} of '{deployment}' cannot be resolved for every device it would go to: {reason}"
+    )]
+    Unresolved {
+        deployment: String,
+        revision: u64,
+        reason: String,
+    },
     #[error(transparent)]
     Strategy(#[from] StrategyError),
     #[error(transparent)]
@@ -293,14 +301,18 @@ impl Rollouts {
             .map_err(|_| RolloutError::NoDeployment(req.deployment.clone()))?;
         // The revision was checked against the policies at apply; one may have been
         // tightened since. Refuse here rather than have every agent of the first wave refuse.
+        // A revision resolved per device is checked on each device's stack, and refused
+        // if one of them cannot be resolved (that device would never reach it).
         if let Ok(spec) = RevisionSpec::from_json(&rev.spec_json) {
-            let stack = spec.into_stack(&req.deployment, to);
-            if let Some((policy, violations)) = self
+            let refusals = self
                 .deployments
-                .check_policies(&selector, &stack)
-                .into_iter()
-                .next()
-            {
+                .check_stored(&req.deployment, to, spec, &selector)
+                .map_err(|e| RolloutError::Unresolved {
+                    deployment: req.deployment.clone(),
+                    revision: to,
+                    reason: e.to_string(),
+                })?;
+            if let Some((policy, violations)) = refusals.into_iter().next() {
                 return Err(RolloutError::Policy {
                     deployment: req.deployment.clone(),
                     revision: to,

@@ -226,6 +226,7 @@ pub async fn device(State(state): Ctx, headers: HeaderMap, Path(id): Path<String
     );
     fact("last error", s.last_error.as_deref().unwrap_or("–"));
     b += "</dl></section>";
+    b += &variables_panel(&state.deployments.variables_of(&id), &d.unresolved);
     b += "<section class=\"panel\"><h2>Stacks and services</h2><table class=\"services\"><thead><tr><th>stack</th><th>revision</th><th>service</th><th>image</th><th>image id</th><th>state</th><th>health</th><th>restarts</th><th>last error</th><th>logs</th></tr></thead><tbody>";
     let mut any = false;
     if let Some(st) = &d.status {
@@ -289,6 +290,48 @@ pub async fn device(State(state): Ctx, headers: HeaderMap, Path(id): Path<String
         StatusCode::OK,
         frame(&format!("Device {id}"), Some(&caller), "device", &b),
     )
+}
+
+/// The device page's variables: for each deployment resolved per device, the variables its
+/// file refers to with this device's values and where each comes from (built-ins marked),
+/// and the deployments that cannot be resolved for it. Empty when none targets it.
+fn variables_panel(
+    resolved: &BTreeMap<String, Vec<edgefleet_domain::template::ResolvedVariable>>,
+    unresolved: &BTreeMap<String, String>,
+) -> String {
+    use edgefleet_domain::variables::Source;
+    if resolved.is_empty() && unresolved.is_empty() {
+        return String::new();
+    }
+    let mut b = String::from("<section class=\"panel variables\"><h2>Variables</h2>");
+    for (dep, why) in unresolved {
+        b += &format!(
+            "<p class=\"error\">Deployment {} is not resolved for this device, which keeps what it has of it: {}</p>",
+            esc(dep),
+            esc(why)
+        );
+    }
+    b += "<table class=\"variables\"><thead><tr><th>deployment</th><th>variable</th><th>value</th><th>from</th></tr></thead><tbody>";
+    for (dep, vars) in resolved {
+        for v in vars {
+            let from = match v.source {
+                Source::Builtin => "<span class=\"badge\">built-in</span>",
+                Source::Device => "this device",
+                Source::Site => "its site",
+                Source::Apply => "apply",
+                Source::Unset => "not set (the file's default, if it has one)",
+            };
+            b += &format!(
+                "<tr class=\"src-{}\"><td>{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{from}</td></tr>",
+                state_word(&v.source, ""),
+                esc(dep),
+                esc(&v.name),
+                esc(v.value.as_deref().unwrap_or("–")),
+            );
+        }
+    }
+    b += "</tbody></table><p class=\"note\">Resolved for this device: built-ins (its id and labels) cannot be overridden; then its own variables, its site's, and the values given at apply. Set them with <code>edgefleet vars set --device ID</code> or <code>--site SITE</code>.</p></section>";
+    b
 }
 
 fn apply_form(name: &str, target: &str, compose: &str, locked: bool) -> String {

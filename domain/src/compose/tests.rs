@@ -230,7 +230,75 @@ services:
         err.starts_with("services.app.") && err.contains("is not set"),
         "{err}"
     );
-    assert!(uses_device_builtins(yaml));
+    // Every variable parse_with looked up is a reference (FROM_VARS: a bare key); parsing
+    // with exactly those gives the same stack.
+    let refs = scan(yaml).unwrap().references;
+    let names: Vec<&str> = refs.iter().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["CPUS", "EDGEFLEET_SITE", "FROM_VARS", "PORT", "TAG"]
+    );
+    let only: Variables = vars
+        .iter()
+        .filter(|(k, _)| refs.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(parse_with(yaml, &only).unwrap(), stack);
+}
+
+#[test]
+fn scan_reads_references_and_rollout_without_variables() {
+    let yaml = r#"
+x-edgefleet-rollout: { canary: 1 }
+x-anchors: { ignored: "${NOT_READ}" }
+services:
+  app:
+    image: "app:${TAG:-${DEFAULT_TAG:-1}}"
+    environment: [LINE_IP, "MODE=${MODE?say the mode}", "LIT=$$HOME"]
+    labels: { owner: null, site: "$EDGEFLEET_SITE" }
+"#;
+    let s = scan(yaml).unwrap();
+    let names: Vec<&str> = s.references.iter().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "DEFAULT_TAG",
+            "EDGEFLEET_SITE",
+            "LINE_IP",
+            "MODE",
+            "TAG",
+            "owner"
+        ]
+    );
+    assert_eq!(s.rollout.map(|r| r.canary), Some(1));
+    let required: Vec<(&str, &str)> = s
+        .required
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        required,
+        [
+            ("EDGEFLEET_SITE", "services.app.labels.site"),
+            ("MODE", "services.app.environment[1]")
+        ]
+    );
+    assert!(matches!(
+        scan("services:\n  a:\n    image: \"${A\"\n"),
+        Err(ComposeError::Interpolate { .. })
+    ));
+    assert!(matches!(scan("- a\n"), Err(ComposeError::NotAMapping)));
+    // A config's `environment:` is a reference (a site may keep it); a secret's is not.
+    let s = scan("services: {}\nconfigs:\n  c: { environment: CONF }\nsecrets:\n  s: { environment: TOKEN }\n").unwrap();
+    assert!(s.references.contains("CONF") && !s.references.contains("TOKEN"));
+    assert!(matches!(
+        scan("services:\n  a:\n    image: a\n    environment: [\"${X}\"]\n"),
+        Err(ComposeError::Invalid { .. })
+    ));
+    assert!(matches!(
+        scan("services: {}\ninclude: [a.yml]\n"),
+        Err(ComposeError::Refused { .. })
+    ));
 }
 
 #[test]

@@ -194,13 +194,18 @@ pub struct DiffQuery {
     to: u64,
 }
 
-/// The text a revision's diff compares: its target and Compose file.
+/// The text a revision's diff compares: its target, the apply variables of a file resolved
+/// per device (they are kept with it, not folded into its services), and its Compose file.
 pub fn diff_text(r: &RevisionRow) -> String {
-    format!(
-        "# target: {}\n{}",
-        r.target,
-        r.compose.as_deref().unwrap_or("")
-    )
+    let mut text = format!("# target: {}\n", r.target);
+    if let Ok(spec) = edgefleet_domain::deployment::RevisionSpec::from_json(&r.spec_json)
+        && let Some(t) = spec.template
+    {
+        for (k, v) in &t.variables {
+            text += &format!("# --var {k}={v}\n");
+        }
+    }
+    text + r.compose.as_deref().unwrap_or("")
 }
 
 /// Unified diff between two revisions' texts.

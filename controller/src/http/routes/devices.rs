@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use edgefleet_domain::device::DeviceSummary;
+use edgefleet_domain::template::ResolvedVariable;
 use edgefleet_protocol::event::DeviceEvent;
 use edgefleet_store::Store;
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,12 @@ pub struct DeviceDetail {
     status: Option<edgefleet_protocol::status::DeviceStatus>,
     desired: Option<edgefleet_protocol::desired::DesiredState>,
     events: Vec<DeviceEvent>,
+    /// For each deployment resolved per device that targets it: the variables its file
+    /// refers to, with this device's values and their source (`builtin`, `device`, `site`,
+    /// `apply`, `unset`).
+    variables: std::collections::BTreeMap<String, Vec<ResolvedVariable>>,
+    /// Deployments that cannot be resolved for it (deployment → why): it keeps what it has.
+    unresolved: std::collections::BTreeMap<String, String>,
 }
 
 /// A device's recent events: the ones in memory, else the stored ones.
@@ -66,6 +73,7 @@ fn no_device(id: &str) -> ApiError {
 pub async fn one(
     State(fleet): State<Arc<Fleet>>,
     State(store): State<Store>,
+    State(deployments): State<Arc<Deployments>>,
     auth: Auth,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDetail>, ApiError> {
@@ -78,6 +86,8 @@ pub async fn one(
         status: view.status,
         desired: view.desired,
         events,
+        variables: deployments.variables_of(&id),
+        unresolved: view.unresolved,
     }))
 }
 

@@ -11,3 +11,4 @@ pub mod registries;
 pub mod rollouts;
 pub mod sessions;
 pub mod users;
+pub mod variables;
