@@ -611,3 +611,61 @@ async fn a_private_registry_credential_reaches_only_its_sites_devices() {
     );
     assert!(!audit.stdout.contains(&password));
 }
+
+/// Acceptance: one file, resolved per device on real agents and engines — `${VAR:-x}` takes
+/// a site's variable where the site keeps one and the default elsewhere, the built-ins give
+/// each device its own id and site; a device variable changes only that device's container.
+/// Read from the containers' environment (`docker inspect`), not from our status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_file_resolves_per_device_on_real_agents() {
+    images::ensure();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let lyon = unique_id("pdl");
+    let paris = unique_id("pdp");
+    let _cleanup = Cleanup(vec![lyon.clone(), paris.clone()]);
+    let gw = Gateway::start(dir);
+    let api = gw.api();
+    let _a = gw.agent(dir, &lyon, "site=lyon");
+    let _b = gw.agent(dir, &paris, "site=paris");
+    api.wait_connection(&lyon, "online", T).await;
+    api.wait_connection(&paris, "online", T).await;
+
+    let set = api.cli(&["vars", "set", "--site", "lyon", "GREETING=bonjour"]);
+    assert!(set.success, "{set:?}");
+    let file = format!(
+        "services:\n  app:\n    image: {APP_V1}\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; sleep 3600 & wait\"]\n    environment:\n      MSG: \"${{GREETING:-hello}} from ${{EDGEFLEET_DEVICE}} at ${{EDGEFLEET_SITE}}\"\n"
+    );
+    let target = format!("id={lyon}|{paris}");
+    api.apply(dir, "greet", &target, &file);
+    let msg_of = |device: String| async move {
+        let c = container_of(&device, "app").ok_or("not running")?;
+        let env = docker::docker(&["inspect", "-f", "{{json .Config.Env}}", &c]);
+        env.split('"')
+            .find_map(|e| e.strip_prefix("MSG=").map(str::to_owned))
+            .map(|m| (c, m))
+            .ok_or_else(|| format!("no MSG in {env}"))
+    };
+    let (lyon_c, lyon_msg) = wait::until("lyon's app runs", T, || msg_of(lyon.clone())).await;
+    let (_, paris_msg) = wait::until("paris' app runs", T, || msg_of(paris.clone())).await;
+    assert_eq!(lyon_msg, format!("bonjour from {lyon} at lyon"));
+    assert_eq!(paris_msg, format!("hello from {paris} at paris"));
+
+    // A device variable: only that device's container changes.
+    let set = api.cli(&["vars", "set", "--device", &paris, "GREETING=salut"]);
+    assert!(set.success, "{set:?}");
+    wait::until("paris' container has the device's value", T, || async {
+        let (_, m) = msg_of(paris.clone()).await?;
+        if m == format!("salut from {paris} at paris") {
+            Ok(())
+        } else {
+            Err(m)
+        }
+    })
+    .await;
+    assert_eq!(
+        container_of(&lyon, "app").as_deref(),
+        Some(lyon_c.as_str()),
+        "lyon's container is untouched"
+    );
+}
