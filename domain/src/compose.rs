@@ -754,6 +754,32 @@ fn content_digest(bytes: &[u8]) -> String {
     hex::encode(&sha2::Sha256::digest(bytes)[..8])
 }
 
+/// The entries of a top-level `configs` or `secrets` mapping (`kind` is `config` or
+/// `secret`), each name checked and each body read as Compose's `Resource<T>`.
+fn top_resources<T: serde::de::DeserializeOwned>(
+    v: Option<&Value>,
+    kind: &str,
+) -> Result<Vec<(String, Resource<T>)>, ComposeError> {
+    let m = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(m)) => m,
+        Some(_) => {
+            return Err(ComposeError::Source(format!(
+                "top-level '{kind}s' must be a mapping"
+            )));
+        }
+    };
+    m.iter()
+        .map(|(name, body)| {
+            validate_stack_name(name)
+                .map_err(|e| ComposeError::Source(format!("top-level {kind}: {e}")))?;
+            let parsed = serde_json::from_value(body.clone())
+                .map_err(|e| ComposeError::Source(format!("{kind} '{name}': {e}")))?;
+            Ok((name.clone(), parsed))
+        })
+        .collect()
+}
+
 /// Top-level `configs`: `content`, `environment` (an apply variable) or `file` (sent with
 /// the apply); `external` is refused (there is no swarm to hold it).
 fn top_configs(
@@ -762,21 +788,8 @@ fn top_configs(
     files: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, StackConfig>, ComposeError> {
     let mut out = BTreeMap::new();
-    let m = match v {
-        None | Some(Value::Null) => return Ok(out),
-        Some(Value::Object(m)) => m,
-        Some(_) => {
-            return Err(ComposeError::Source(
-                "top-level 'configs' must be a mapping".into(),
-            ));
-        }
-    };
-    for (name, body) in m {
-        validate_stack_name(name)
-            .map_err(|e| ComposeError::Source(format!("top-level config: {e}")))?;
+    for (name, parsed) in top_resources::<compose_spec::Config>(v, "config")? {
         let bad = |p: String| ComposeError::Source(format!("config '{name}': {p}"));
-        let parsed: Resource<compose_spec::Config> =
-            serde_json::from_value(body.clone()).map_err(|e| bad(e.to_string()))?;
         let content = match parsed {
             Resource::External { .. } => {
                 return Err(bad("'external' configs live in a swarm; edgefleet delivers the content itself: give it as 'content', 'file' or 'environment'".into()));
@@ -791,7 +804,7 @@ fn top_configs(
                     })?
                 }
                 compose_spec::config::Source::File(path) => {
-                    file_content(files, &path.display().to_string(), "config", name)?
+                    file_content(files, &path.display().to_string(), "config", &name)?
                 }
             },
         };
@@ -802,7 +815,7 @@ fn top_configs(
                 edgefleet_protocol::sealed::MAX_PLAINTEXT
             )));
         }
-        out.insert(name.clone(), StackConfig { content });
+        out.insert(name, StackConfig { content });
     }
     Ok(out)
 }
@@ -810,21 +823,8 @@ fn top_configs(
 /// Top-level `secrets`: `file` or `environment`; `external` and drivers are refused.
 fn top_secrets(v: Option<&Value>) -> Result<BTreeMap<String, SecretSource>, ComposeError> {
     let mut out = BTreeMap::new();
-    let m = match v {
-        None | Some(Value::Null) => return Ok(out),
-        Some(Value::Object(m)) => m,
-        Some(_) => {
-            return Err(ComposeError::Source(
-                "top-level 'secrets' must be a mapping".into(),
-            ));
-        }
-    };
-    for (name, body) in m {
-        validate_stack_name(name)
-            .map_err(|e| ComposeError::Source(format!("top-level secret: {e}")))?;
+    for (name, parsed) in top_resources::<compose_spec::Secret>(v, "secret")? {
         let bad = |p: String| ComposeError::Source(format!("secret '{name}': {p}"));
-        let parsed: Resource<compose_spec::Secret> =
-            serde_json::from_value(body.clone()).map_err(|e| bad(e.to_string()))?;
         let source = match parsed {
             Resource::External { .. } => {
                 return Err(bad("'external' secrets live in a swarm; edgefleet delivers the content itself, sealed for each device: give it as 'file' or 'environment'".into()));
@@ -843,7 +843,7 @@ fn top_secrets(v: Option<&Value>) -> Result<BTreeMap<String, SecretSource>, Comp
                 }
             }
         };
-        out.insert(name.clone(), source);
+        out.insert(name, source);
     }
     Ok(out)
 }

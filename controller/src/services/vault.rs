@@ -185,15 +185,7 @@ impl Vault {
         };
         for row in vault.store.revision_secrets().await? {
             let info = at_rest_secret(&row.deployment, row.revision, &row.name);
-            match serde_json::from_str::<Sealed>(&row.sealed_json)
-                .map_err(|e| e.to_string())
-                .and_then(|s| {
-                    vault
-                        .keys
-                        .opening
-                        .open(&info, &s)
-                        .map_err(|e| e.to_string())
-                }) {
+            match vault.open_at_rest(&info, &row.sealed_json) {
                 Ok(plain) => {
                     vault
                         .secrets
@@ -209,15 +201,7 @@ impl Vault {
             }
         }
         for row in vault.store.registry_credentials().await? {
-            match serde_json::from_str::<Sealed>(&row.sealed_json)
-                .map_err(|e| e.to_string())
-                .and_then(|s| {
-                    vault
-                        .keys
-                        .opening
-                        .open(&at_rest_registry(&row.host), &s)
-                        .map_err(|e| e.to_string())
-                }) {
+            match vault.open_at_rest(&at_rest_registry(&row.host), &row.sealed_json) {
                 Ok(plain) => {
                     vault.registries.write().insert(
                         row.host.clone(),
@@ -245,6 +229,15 @@ impl Vault {
             }
         }
         Ok(vault)
+    }
+
+    /// Opens a value the store keeps sealed for the vault's key.
+    fn open_at_rest(&self, info: &str, sealed_json: &str) -> Result<Plain, String> {
+        let sealed: Sealed = serde_json::from_str(sealed_json).map_err(|e| e.to_string())?;
+        self.keys
+            .opening
+            .open(info, &sealed)
+            .map_err(|e| e.to_string())
     }
 
     fn mac(&self, parts: &[&[u8]]) -> String {

@@ -141,15 +141,22 @@ async fn unset(
     query: UnsetQuery,
 ) -> ApiResult {
     admit(auth, fleet, &scope)?;
-    let names: Vec<String> = query
-        .names
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(str::to_owned)
-        .collect();
+    // `names` given: exactly those (each a variable name; `names=` is not "all", which is
+    // the parameter left out).
+    let names: Vec<String> = match query.names.as_deref() {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|n| {
+                edgefleet_domain::interpolate::validate_name(n).map(|()| n.to_owned())
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "names: {e}; give NAME[,NAME…], or leave names out to remove every variable of the scope"
+                ))
+            })?,
+    };
     let removed = variables.unset(&scope, &names).await?;
     let (devices, unresolved) = deployments.variables_changed(&scope).await?;
     auth.detail(json!({
