@@ -832,18 +832,9 @@ pub fn render_registries(v: &Value) -> String {
     }
     let mut t = table(&["REGISTRY", "SITES", "USERNAME", "SET BY", "SET AT"]);
     for r in &list {
-        let sites = items(r, "sites");
         t.add_row(vec![
             s(r, "host").to_owned(),
-            if sites.is_empty() {
-                "every site".into()
-            } else {
-                sites
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
+            registry_scope(r),
             s(r, "username").to_owned(),
             s(r, "set_by").to_owned(),
             s(r, "set_at").to_owned(),
@@ -852,17 +843,21 @@ pub fn render_registries(v: &Value) -> String {
     t.to_string()
 }
 
-pub fn render_registry_set(v: &Value) -> String {
+/// The sites a registry credential reaches (`every site` when it names none).
+fn registry_scope(v: &Value) -> String {
     let sites = items(v, "sites");
-    let scope = if sites.is_empty() {
-        "every site".to_owned()
-    } else {
-        sites
-            .iter()
-            .filter_map(Value::as_str)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    if sites.is_empty() {
+        return "every site".to_owned();
+    }
+    sites
+        .iter()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn render_registry_set(v: &Value) -> String {
+    let scope = registry_scope(v);
     format!(
         "registry {}: credential of '{}' set for {scope}; devices get it with their next desired document",
         s(v, "host"),

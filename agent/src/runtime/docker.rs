@@ -63,6 +63,17 @@ impl DockerRuntime {
         self
     }
 
+    /// The stack root, or the error naming what needs it (`what`) for `target`.
+    fn stack_root(&self, what: &str, target: &str) -> Result<&std::path::Path, RuntimeError> {
+        self.stack_root
+            .as_deref()
+            .ok_or_else(|| RuntimeError::Engine {
+                op: "create container",
+                target: target.to_owned(),
+                message: format!("this agent has no stack directory for {what}"),
+            })
+    }
+
     /// Resolves `stack`-kind mounts to host paths under the stack root, creating the
     /// directories (mode 0755, owned by the agent's user) the first time.
     fn resolve_stack_mounts(&self, spec: &ContainerSpec) -> Result<ContainerSpec, RuntimeError> {
@@ -72,14 +83,7 @@ impl DockerRuntime {
             .iter_mut()
             .filter(|m| m.kind == VolumeKind::Stack)
         {
-            let root = self
-                .stack_root
-                .as_ref()
-                .ok_or_else(|| RuntimeError::Engine {
-                    op: "create container",
-                    target: spec.name.clone(),
-                    message: "this agent has no stack directory for relative bind mounts".into(),
-                })?;
+            let root = self.stack_root("relative bind mounts", &spec.name)?;
             let path = root.join(&m.source);
             std::fs::create_dir_all(&path).map_err(|e| RuntimeError::Engine {
                 op: "create the stack directory",
@@ -90,14 +94,7 @@ impl DockerRuntime {
             m.kind = VolumeKind::Bind;
         }
         if !spec.files.is_empty() {
-            let root = self
-                .stack_root
-                .as_ref()
-                .ok_or_else(|| RuntimeError::Engine {
-                    op: "create container",
-                    target: spec.name.clone(),
-                    message: "this agent has no stack directory for configs and secrets".into(),
-                })?;
+            let root = self.stack_root("configs and secrets", &spec.name)?;
             for f in &mut spec.files {
                 f.path = root.join(&f.path).display().to_string();
             }
@@ -667,13 +664,8 @@ impl ContainerRuntime for DockerRuntime {
         content: &[u8],
     ) -> Result<(), RuntimeError> {
         let root = self
-            .stack_root
-            .clone()
-            .ok_or_else(|| RuntimeError::Engine {
-                op: "write a config or secret",
-                target: file.path.clone(),
-                message: "this agent has no stack directory for configs and secrets".into(),
-            })?;
+            .stack_root("configs and secrets", &file.path)?
+            .to_path_buf();
         let (file, content) = (file.clone(), content.to_vec());
         tokio::task::spawn_blocking(move || write_stack_file(&root, &file, &content))
             .await
