@@ -138,15 +138,27 @@ pub struct FrontConfig {
     /// revoked, so it is refused. `None`: any certificate of the CA (tests, tools).
     pub issued_serials: Option<Vec<String>>,
     /// Most TLS handshakes in progress at once (on the plain listener: connections that have
-    /// not sent CONNECT yet). A socket beyond it is closed at accept, so a flood of idle
-    /// sockets costs a bounded amount of memory; each pending one still waits at most
-    /// `handshake_timeout` (plain: `connect_timeout`).
+    /// not sent CONNECT yet). A connection beyond it waits for a place (see
+    /// `max_waiting_handshakes`), so a flood of idle sockets costs a bounded amount of memory;
+    /// each pending one still waits at most `handshake_timeout` (plain: `connect_timeout`).
     pub max_pending_handshakes: usize,
     /// Of those, most from one source address: one host opening idle sockets (a scanner, a
     /// broken client refreshing them) fills its share and no more, so devices elsewhere
-    /// still get a handshake. A plant behind one NAT address still has this many handshakes
-    /// in flight at once, far more than a reconnect needs.
+    /// still get a handshake.
     pub max_pending_per_address: usize,
+    /// Connections over those caps wait for a place, first come first served, for at most
+    /// `max_handshake_wait`: a plant behind one NAT address reconnecting after a gateway
+    /// restart is served as fast as the handshakes run, instead of being closed at accept
+    /// and sent to its next back-off round. At most this many wait per listener …
+    pub max_waiting_handshakes: usize,
+    /// … and at most this many from one address; a connection beyond these is closed at
+    /// accept (reported). One host holds at most `max_pending_per_address` +
+    /// `max_waiting_per_address` of the front's open files, each for at most
+    /// `max_handshake_wait` + `handshake_timeout`.
+    pub max_waiting_per_address: usize,
+    /// How long a connection waits for a place among the pending handshakes before it is
+    /// closed (reported).
+    pub max_handshake_wait: Duration,
     /// A client may ask for no keepalive (0, legal in MQTT 3.1.1); rumqttd 0.20 closes such a
     /// CONNECT without CONNACK. The front then asks rumqttd for this keepalive instead and
     /// keeps the upstream session alive itself (a PINGREQ every half of it, whose PINGRESP
@@ -209,6 +221,9 @@ impl FrontConfig {
             issued_serials: None,
             max_pending_handshakes: 1024,
             max_pending_per_address: 256,
+            max_waiting_handshakes: 16_384,
+            max_waiting_per_address: 4096,
+            max_handshake_wait: Duration::from_secs(10),
             keepalive_for_silent: Duration::from_secs(60),
             max_open_files: 150_000,
             device_hub: true,
@@ -633,8 +648,7 @@ async fn accept_loop(
     config: Arc<FrontConfig>,
     shared: Arc<Shared>,
 ) -> String {
-    let pending = Arc::new(tokio::sync::Semaphore::new(config.max_pending_handshakes));
-    let per_address: PerAddress = Arc::default();
+    let pending = Arc::new(Pending::new(config.max_pending_handshakes));
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
@@ -642,29 +656,37 @@ async fn accept_loop(
                     drop(tcp);
                     continue;
                 };
-                let permit = match PendingSlot::take(&pending, &per_address, peer, &config) {
-                    Ok(slot) => slot,
+                let ticket = match pending.admit(peer, &config) {
+                    Ok(ticket) => ticket,
                     Err(reason) => {
                         drop(tcp);
                         shared.emit(None, peer, FrontEventKind::HandshakeFailed { reason });
                         continue;
                     }
                 };
-                // Never await anything per connection here: the handshake runs in its task.
-                let (config, shared) = (config.clone(), shared.clone());
-                match &*entry {
-                    Entry::Tls(acceptor) => tokio::spawn(serve(
-                        tcp,
-                        peer,
-                        acceptor.clone(),
-                        config,
-                        shared,
-                        (permit, session),
-                    )),
-                    Entry::Plain => {
-                        tokio::spawn(serve_plain(tcp, peer, config, shared, (permit, session)))
+                // Never await anything per connection here: the wait for a place and the
+                // handshake run in the connection's task.
+                let (config, shared, entry) = (config.clone(), shared.clone(), entry.clone());
+                tokio::spawn(async move {
+                    let slot = match ticket.slot(config.max_handshake_wait).await {
+                        Ok(slot) => slot,
+                        Err(reason) => {
+                            drop(tcp);
+                            shared.emit(None, peer, FrontEventKind::HandshakeFailed { reason });
+                            return;
+                        }
+                    };
+                    match &*entry {
+                        Entry::Tls(acceptor) => {
+                            let acceptor = acceptor.clone();
+                            Box::pin(serve(tcp, peer, acceptor, config, shared, (slot, session)))
+                                .await
+                        }
+                        Entry::Plain => {
+                            Box::pin(serve_plain(tcp, peer, config, shared, (slot, session))).await
+                        }
                     }
-                };
+                });
             }
             // EINVAL: the socket is not listening any more (shut down); nothing will ever be
             // accepted again.
@@ -681,72 +703,120 @@ async fn accept_loop(
     }
 }
 
-/// How clients come in on a listener.
-/// Handshakes pending per source address.
-type PerAddress = Arc<Mutex<HashMap<std::net::IpAddr, usize>>>;
-
-/// A connection's place among the pending handshakes (the listener's and its address's
-/// share), given back when dropped: after the handshake (or CONNECT, on the plain listener),
-/// or when it fails.
-struct PendingSlot {
-    _global: tokio::sync::OwnedSemaphorePermit,
-    per_address: PerAddress,
-    ip: std::net::IpAddr,
+/// The pending handshakes of one listener (on the plain listener: connections that have not
+/// sent CONNECT yet) and the connections waiting for a place among them.
+struct Pending {
+    /// Places among the listener's pending handshakes.
+    slots: Arc<tokio::sync::Semaphore>,
+    queue: Mutex<Queue>,
 }
 
-impl PendingSlot {
-    fn take(
-        global: &Arc<tokio::sync::Semaphore>,
-        per_address: &PerAddress,
-        peer: SocketAddr,
-        config: &FrontConfig,
-    ) -> Result<PendingSlot, String> {
+/// Who holds or waits for a place, per source address.
+#[derive(Default)]
+struct Queue {
+    /// Each address's share of the places, and how many of its connections hold or wait
+    /// for one.
+    by_address: HashMap<std::net::IpAddr, (Arc<tokio::sync::Semaphore>, usize)>,
+    /// Connections holding or waiting for a place, over all addresses.
+    members: usize,
+}
+
+impl Pending {
+    fn new(places: usize) -> Pending {
+        Pending {
+            slots: Arc::new(tokio::sync::Semaphore::new(places)),
+            queue: Mutex::default(),
+        }
+    }
+
+    /// Admits a connection just accepted to the queue for a place, or says why it is closed
+    /// at once: its address, or the listener, already has as many connections pending and
+    /// waiting as it may.
+    fn admit(self: &Arc<Self>, peer: SocketAddr, config: &FrontConfig) -> Result<Ticket, String> {
         let ip = peer.ip();
-        {
-            let mut counts = per_address.lock();
-            let count = counts.entry(ip).or_default();
-            if *count >= config.max_pending_per_address {
-                return Err(format!(
-                    "{} handshakes already pending from {ip}: connection closed at accept",
-                    config.max_pending_per_address
-                ));
-            }
-            *count += 1;
+        let mut queue = self.queue.lock();
+        if queue.members >= config.max_pending_handshakes + config.max_waiting_handshakes {
+            return Err(format!(
+                "{} handshakes already pending and {} waiting: connection closed at accept",
+                config.max_pending_handshakes, config.max_waiting_handshakes
+            ));
         }
-        let slot = |permit| PendingSlot {
-            _global: permit,
-            per_address: per_address.clone(),
+        let (share, members) = queue.by_address.entry(ip).or_insert_with(|| {
+            let share = tokio::sync::Semaphore::new(config.max_pending_per_address);
+            (Arc::new(share), 0)
+        });
+        if *members >= config.max_pending_per_address + config.max_waiting_per_address {
+            return Err(format!(
+                "{} handshakes already pending and {} waiting from {ip}: connection closed at accept",
+                config.max_pending_per_address, config.max_waiting_per_address
+            ));
+        }
+        *members += 1;
+        let share = share.clone();
+        queue.members += 1;
+        Ok(Ticket {
+            pending: self.clone(),
             ip,
+            share,
+        })
+    }
+}
+
+/// A connection's membership of its listener's queue, given back when dropped: after the
+/// handshake (or CONNECT, on the plain listener), or when it fails or gives up waiting.
+struct Ticket {
+    pending: Arc<Pending>,
+    ip: std::net::IpAddr,
+    share: Arc<tokio::sync::Semaphore>,
+}
+
+impl Ticket {
+    /// Waits, first come first served, for a place in the address's share and then in the
+    /// listener's, at most `wait`.
+    async fn slot(self, wait: Duration) -> Result<PendingSlot, String> {
+        let take = async {
+            let address = self.share.clone().acquire_owned().await.ok()?;
+            let listener = self.pending.slots.clone().acquire_owned().await.ok()?;
+            Some((address, listener))
         };
-        match global.clone().try_acquire_owned() {
-            Ok(permit) => Ok(slot(permit)),
-            Err(_) => {
-                release(per_address, ip);
-                Err(format!(
-                    "{} handshakes already pending: connection closed at accept",
-                    config.max_pending_handshakes
-                ))
+        match timeout(wait, take).await {
+            Ok(Some((address, listener))) => Ok(PendingSlot {
+                _places: (address, listener),
+                _ticket: self,
+            }),
+            _ => Err(format!(
+                "no place among the pending handshakes within {} ms (from {}): connection closed",
+                wait.as_millis(),
+                self.ip
+            )),
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut queue = self.pending.queue.lock();
+        queue.members -= 1;
+        if let Some((_, members)) = queue.by_address.get_mut(&self.ip) {
+            *members -= 1;
+            if *members == 0 {
+                queue.by_address.remove(&self.ip);
             }
         }
     }
 }
 
-fn release(per_address: &PerAddress, ip: std::net::IpAddr) {
-    let mut counts = per_address.lock();
-    if let Some(n) = counts.get_mut(&ip) {
-        *n -= 1;
-        if *n == 0 {
-            counts.remove(&ip);
-        }
-    }
+/// A connection's place among the pending handshakes (its address's share and the
+/// listener's), given back when dropped.
+struct PendingSlot {
+    _places: (
+        tokio::sync::OwnedSemaphorePermit,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    _ticket: Ticket,
 }
 
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        release(&self.per_address, self.ip);
-    }
-}
-
+/// How clients come in on a listener.
 enum Entry {
     /// TLS with a client certificate: the identity is the certificate's.
     Tls(TlsAcceptor),

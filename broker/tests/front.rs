@@ -704,10 +704,12 @@ async fn idle_sockets_do_not_delay_a_device() {
     assert!(waited < handshake_timeout + Duration::from_secs(2));
 }
 
+/// With no waiting room, a socket beyond the pending handshakes is closed at accept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sockets_beyond_the_pending_handshake_cap_are_closed_at_once() {
     let gw = Gateway::start_with(|c| {
         c.max_pending_handshakes = 2;
+        c.max_waiting_handshakes = 0;
         c.handshake_timeout = Duration::from_secs(3);
     })
     .await;
@@ -787,23 +789,70 @@ async fn device_connects_from(gw: &Gateway, from: [u8; 4], id: &str) {
     assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
 }
 
-/// One address filling its share of the pending handshakes does not lock out another: with
-/// a share of 2, a third idle socket from 127.0.0.1 is closed at accept (reported with the
-/// address) while a device from 127.0.0.2 connects.
+/// One address filling its share of the pending handshakes and its waiting room does not
+/// lock out another: with a share of 2 and room for 1 waiting, a fourth idle socket from
+/// 127.0.0.1 is closed at accept (reported with the address) while a device from 127.0.0.2
+/// connects at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_takes_only_its_share_of_pending_handshakes() {
     let gw = Gateway::start_with(|c| {
         c.max_pending_handshakes = 8;
         c.max_pending_per_address = 2;
+        c.max_waiting_per_address = 1;
     })
     .await;
     let mut events = gw.front.subscribe_events();
     let _held = [
         TcpStream::connect(gw.front.local_addr()).await.unwrap(),
         TcpStream::connect(gw.front.local_addr()).await.unwrap(),
+        TcpStream::connect(gw.front.local_addr()).await.unwrap(),
     ];
-    wait_until_closed_at_accept(&mut events, gw.front.local_addr(), "pending from 127.0.0.1").await;
+    wait_until_closed_at_accept(&mut events, gw.front.local_addr(), "waiting from 127.0.0.1").await;
+    let started = Instant::now();
     device_connects_from(&gw, [127, 0, 0, 2], "press-share").await;
+    let took = started.elapsed();
+    // The held sockets keep 127.0.0.1's places for their whole 5 s handshake time.
+    assert!(
+        took < Duration::from_secs(4),
+        "a device from another address waited {took:?}"
+    );
+}
+
+/// A device over its address's share (a plant behind one NAT address, reconnecting after a
+/// gateway restart) waits for a place instead of being closed at accept: with a share of 2
+/// held by two idle sockets from 127.0.0.1, a device from 127.0.0.1 connects once they time
+/// out (1 s), and nothing was closed at accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_its_addresss_share_waits_for_a_place() {
+    let handshake_timeout = Duration::from_secs(1);
+    let gw = Gateway::start_with(|c| {
+        c.max_pending_per_address = 2;
+        c.handshake_timeout = handshake_timeout;
+    })
+    .await;
+    let mut events = gw.front.subscribe_events();
+    let held = [
+        TcpStream::connect(gw.front.local_addr()).await.unwrap(),
+        TcpStream::connect(gw.front.local_addr()).await.unwrap(),
+    ];
+    // The kernel hands connections to accept in the order they arrived, and the places are
+    // given first come first served: the device comes after both held sockets.
+    let started = Instant::now();
+    device_connects_from(&gw, [127, 0, 0, 1], "press-wait").await;
+    let took = started.elapsed();
+    eprintln!("a device behind two idle sockets of its address connected after {took:?}");
+    assert!(
+        took >= handshake_timeout - Duration::from_millis(100),
+        "the device connected after {took:?}: it did not wait for the held places"
+    );
+    let mut timed_out = 0;
+    while let Ok(e) = events.try_recv() {
+        if let FrontEventKind::HandshakeFailed { reason } = &e.kind {
+            assert!(!reason.contains("closed at accept"), "{reason}");
+            timed_out += usize::from(reason.contains("no TLS handshake within"));
+        }
+    }
+    assert_eq!(timed_out, held.len(), "both held sockets timed out");
 }
 
 /// 1,100 idle sockets from one address on each listener (TLS and plain), the defaults
