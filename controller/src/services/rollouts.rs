@@ -156,6 +156,9 @@ pub struct Rollouts {
     /// Passes of the loop so far (`GET /api/v1/health` shows it: "the loop has looked at the
     /// rollouts again since …" is a condition a client can wait for).
     passes: std::sync::atomic::AtomicU64,
+    /// Wakes the loop at once for a rollout started or resumed: its first wave goes out now,
+    /// not at the loop's next once-a-second pass (up to 1 s of every rollout, measured).
+    wake: tokio::sync::Notify,
 }
 
 /// See [`Rollouts::set_step_hook`].
@@ -211,6 +214,7 @@ impl Rollouts {
             writer: tokio::sync::Mutex::new(()),
             step_hook: Mutex::new(None),
             passes: std::sync::atomic::AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -375,6 +379,7 @@ impl Rollouts {
         self.active
             .lock()
             .insert(id, (by.to_owned(), rollout.clone()));
+        self.wake.notify_one();
         Ok(id)
     }
 
@@ -386,6 +391,7 @@ impl Rollouts {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
                 _ = self.fleet.wait_changed() => {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -424,8 +430,7 @@ impl Rollouts {
         let started = std::time::Instant::now();
         let now = jiff::Timestamp::now();
         let fleet: BTreeMap<String, DeviceSnapshot> = rollout
-            .devices
-            .keys()
+            .watched()
             .filter_map(|d| {
                 // Borrowed, not cloned: a pass may run many times a second over 10k devices.
                 let v = self.fleet.devices.get(d)?;
@@ -596,6 +601,9 @@ impl Rollouts {
         }
         tracing::info!(rollout = id, action = action.verb(), "rollout control");
         self.save(id, &by, rollout.clone()).await?;
+        if matches!(action, Control::Resume) {
+            self.wake.notify_one();
+        }
         Ok(view(id, &by, rollout))
     }
 

@@ -154,6 +154,19 @@ impl Rollout {
             .count()
     }
 
+    /// The devices a pass looks at: the current wave's that are not done yet. A pass needs
+    /// a [`DeviceSnapshot`] of these only (a done device's phase never changes), so its cost
+    /// follows the devices still moving, not the rollout's size.
+    pub fn watched(&self) -> impl Iterator<Item = &String> {
+        let wave = match self.state {
+            RolloutState::Running => self.waves.get(self.current_wave),
+            _ => None,
+        };
+        wave.into_iter()
+            .flatten()
+            .filter(|d| !self.devices.get(*d).is_some_and(Phase::terminal))
+    }
+
     /// One pass of the loop.
     pub fn step(&mut self, fleet: &BTreeMap<String, DeviceSnapshot>, now_ms: u64) -> Vec<Command> {
         let mut commands = Vec::new();
@@ -406,8 +419,14 @@ mod tests {
             }
         }
 
+        /// A pass as the controller makes it: with snapshots of the watched devices only.
         fn pass(&mut self, r: &mut Rollout) -> Vec<Command> {
-            let cmds = r.step(&self.fleet, self.now);
+            let watched: BTreeMap<String, DeviceSnapshot> = r
+                .watched()
+                .filter_map(|d| Some((d.clone(), self.fleet.get(d)?.clone())))
+                .collect();
+            assert!(watched.len() <= r.waves.get(r.current_wave).map_or(0, Vec::len));
+            let cmds = r.step(&watched, self.now);
             for c in &cmds {
                 if let Command::Pin { device, revision } = c {
                     self.pins.push((device.clone(), *revision));
