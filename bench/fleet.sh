@@ -3,7 +3,7 @@
 # enrolled certificate and MQTT session through the TLS front): rollout fan-out, reconnect
 # storm after a gateway SIGKILL, gateway memory per 1,000 devices, an integrator's retained
 # replay, audit chain. Prints a Markdown table and, as its last line, one JSON object.
-#   bench/fleet.sh [--quick] [--devices N[,N…]] [--repeats R] [--storms S]
+#   bench/fleet.sh [--quick] [--devices N[,N…]] [--repeats R] [--storms S] [--no-mosquitto] [--sim-on-disk] [--keep]
 # Honours CARGO_TARGET_DIR. FLEET_BUILD_LOCK=FILE holds flock(1) on FILE for the build step
 # only (a build machine shared with others); the measurement runs without it.
 # Release build, except --quick (20 devices, one of each, debug build: it checks the

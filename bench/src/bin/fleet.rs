@@ -16,7 +16,11 @@
 //! 6. the audit chain after it all (`edgefleet audit verify`).
 //!
 //! Then, in the same run, the peer: the same fleet and rollouts on Debian's Mosquitto with
-//! `edgefleet controller` (`--no-mosquitto` skips it), ratios under `vs_mosquitto`.
+//! `edgefleet controller`, the devices connecting over TLS with the same certificates to a
+//! listener that requires them (`--no-mosquitto` skips it), ratios under `vs_mosquitto`.
+//!
+//! The simulated devices' data dirs are on tmpfs (/dev/shm) unless `--sim-on-disk`: each
+//! real device writes its state on its own flash, not on one disk shared with thousands.
 //!
 //! Prints a table per device count and, as its last line, one JSON object with every figure.
 
@@ -56,6 +60,11 @@ struct Args {
     /// Keep every run's temp dir (the gateway's log, the stores), not only a failed one's.
     #[arg(long)]
     keep: bool,
+    /// Keep the simulated devices' data dirs on the disk the gateway's store is on, instead
+    /// of on tmpfs (/dev/shm). A real device writes its state on its own flash; thousands of
+    /// simulated ones fsyncing on one shared disk measure that disk, not the rollout.
+    #[arg(long)]
+    sim_on_disk: bool,
 
     /// Status fan-in: statuses offered per second (round-robin over the devices).
     #[arg(long, default_value_t = 20_000)]
@@ -261,11 +270,65 @@ fn warm_password_threads(gw: &Gateway, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One device count, in a temp dir that is kept (with the gateway's log) if it fails.
+/// Where the simulated devices keep their data dirs: tmpfs unless `--sim-on-disk` (or no
+/// /dev/shm); and its name for the JSON.
+fn sim_root(args: &Args, dir: &Path) -> anyhow::Result<(tempfile::TempDir, &'static str)> {
+    let shm = Path::new("/dev/shm");
+    let (base, kind) = if !args.sim_on_disk && shm.is_dir() {
+        (shm, "tmpfs")
+    } else {
+        (dir, "disk")
+    };
+    let root = tempfile::Builder::new()
+        .prefix("edgefleet-fleet-sim")
+        .tempdir_in(base)
+        .with_context(|| format!("cannot make a temp dir in {}", base.display()))?;
+    Ok((root, kind))
+}
+
+/// One device count, in a temp dir that is kept (with the gateway's log) if it fails: the
+/// gateway, then (unless `--no-mosquitto`) the peer with the same devices' identities.
 async fn one_size(args: &Args, n: usize) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir().context("temp dir")?;
-    let result = measure(args, n, &dir).await;
-    kept_on_failure(args, dir, result)
+    let (sim, kind) = sim_root(args, dir.path())?;
+    let result = measure(args, n, &dir, &sim.path().join("gateway"))
+        .await
+        .map(|mut r| {
+            r["sim_data"] = json!(kind);
+            r
+        });
+    let mut result = kept_on_failure(args, dir, result);
+    if let (Ok(r), false) = (&mut result, args.no_mosquitto) {
+        let dir = tempfile::tempdir().context("temp dir")?;
+        let gateway = r["gateway_data"].as_str().map(std::path::PathBuf::from);
+        let peer = match gateway {
+            Some(gw) => measure_peer(args, n, &dir, &gw, &sim.path().join("gateway")).await,
+            None => Err(anyhow::anyhow!("the gateway's data dir is gone")),
+        };
+        r["mosquitto"] = match kept_on_failure(args, dir, peer) {
+            Ok(m) => {
+                let ratio = |k: &str| r[k].as_f64().zip(m[k].as_f64()).map(|(a, b)| a / b);
+                r["vs_mosquitto"] = json!({
+                    "connect": ratio("connect_s"),
+                    "rollout_p99": ratio("rollout_p99_s"),
+                    "storm": ratio("storm_s"),
+                });
+                m
+            }
+            Err(e) => {
+                eprintln!("fleet: {n} devices on Mosquitto: {e:#}");
+                json!({ "error": format!("{e:#}") })
+            }
+        };
+    }
+    if let Some(Value::String(pki)) = result
+        .as_mut()
+        .ok()
+        .and_then(|r| r.as_object_mut()?.remove("gateway_data"))
+    {
+        let _ = std::fs::remove_dir_all(pki);
+    }
+    result
 }
 
 /// `result`, with the temp dir (logs, stores) kept and named in the error if it failed.
@@ -284,7 +347,14 @@ fn kept_on_failure(
     })
 }
 
-async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Result<Value> {
+/// The gateway's figures; the gateway's data dir (its CA and server certificate, for the
+/// peer) is copied next to them under `gateway_data` before the gateway stops.
+async fn measure(
+    args: &Args,
+    n: usize,
+    dir: &tempfile::TempDir,
+    sim_dir: &Path,
+) -> anyhow::Result<Value> {
     eprintln!("[{n}] starting a gateway");
     // FLEET_GATEWAY_LOG: the gateway's RUST_LOG (e.g. `warn,edgefleet_broker::hub=debug`);
     // its log is kept in the run's temp dir.
@@ -304,9 +374,8 @@ async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Resu
     let api = Api::new(&gw.api().url(), Some(token), None)?;
     let devices = Shape::flat(n).devices()?;
     let ours = ids(&devices);
-    let sim_dir = dir.path().join("sim");
     eprintln!("[{n}] enrolling {n} devices");
-    let enroll_s = enroll_all(&api, &devices, &sim_dir, 16, false).await?;
+    let enroll_s = enroll_all(&api, &devices, sim_dir, 16, false).await?;
     let options = AgentOptions {
         pull: Duration::from_millis(10),
         start: Duration::from_millis(10),
@@ -317,7 +386,7 @@ async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Resu
     };
     eprintln!("[{n}] connecting {n} devices");
     let t0 = Instant::now();
-    let agents = Agents::start(&devices, &sim_dir, &options)?;
+    let agents = Agents::start(&devices, sim_dir, &options)?;
     let connect_s = wait_fleet(&api, &ours, &HashMap::new(), t0, args.timeout).await?;
     let rss_idle = rss_kb(pid)?;
 
@@ -353,7 +422,17 @@ async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Resu
         .context("cannot run edgefleet audit verify")?;
     let audit_ok = audit.status.success();
     let per_1k = |kb: u64| (kb.saturating_sub(rss_empty) as f64) * 1000.0 / n as f64 / 1024.0;
+    // The peer needs the gateway's CA and server certificate after this dir is gone.
+    let pki = tempfile::Builder::new()
+        .prefix("edgefleet-fleet-pki")
+        .tempdir()?
+        .keep();
+    for f in ["ca.pem", "server.pem", "server.key"] {
+        std::fs::copy(gw.data_dir.join("pki").join(f), pki.join(f))
+            .with_context(|| format!("cannot copy the gateway's pki/{f}"))?;
+    }
     Ok(json!({
+        "gateway_data": pki.display().to_string(),
         "devices": n,
         "enroll_s": enroll_s,
         "connect_s": connect_s,
@@ -379,25 +458,46 @@ async fn measure(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Resu
 }
 
 /// The peer: the same fleet and the same rollouts on Debian's Mosquitto with `edgefleet
-/// controller` (the external-broker deployment), the simulated agents plain MQTT with the
-/// controller's key (adopted on their first presence); the "gateway" restarted is Mosquitto
-/// and the controller, both SIGKILLed. Memory is the two processes' RSS.
-async fn mosquitto_peer(args: &Args, n: usize) -> anyhow::Result<Value> {
-    let dir = tempfile::tempdir().context("temp dir")?;
-    let result = measure_peer(args, n, &dir).await;
-    kept_on_failure(args, dir, result)
-}
-
-async fn measure_peer(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow::Result<Value> {
+/// controller` (the external-broker deployment), like for like with the gateway's front:
+/// devices connect over TLS with their enrolled certificates (the gateway's identities
+/// copied, without their state) to a Mosquitto listener that requires a certificate of the
+/// gateway's CA and presents the gateway's server certificate; the controller connects to a
+/// plain loopback listener of the same Mosquitto. Devices verify desired state with the
+/// peer controller's key and are adopted on their first presence. The "gateway" restarted
+/// is Mosquitto and the controller, both SIGKILLed. Memory is the two processes' RSS.
+async fn measure_peer(
+    args: &Args,
+    n: usize,
+    dir: &tempfile::TempDir,
+    gateway_pki: &Path,
+    identities: &Path,
+) -> anyhow::Result<Value> {
     use edgefleet_tests::procs;
-    eprintln!("[{n}] the same fleet on Mosquitto and edgefleet controller");
+    eprintln!("[{n}] the same fleet on Mosquitto (TLS, client certificates) and edgefleet controller");
+    let tls = edgefleet_tests::ports::Reservation::loopback();
+    let pki = |f: &str| gateway_pki.join(f).display().to_string();
     // Mosquitto keeps at most 1,000 queued messages per client by default and drops the
     // rest: the controller's subscription overflowed it as 1,000 devices announced
-    // themselves (64 presences lost). Raised, as the gateway's own broker limits are.
-    let (mut mq, port) = procs::mosquitto_with(
-        dir.path(),
-        "allow_anonymous true\nmax_queued_messages 1000000\n",
+    // themselves (64 presences lost). Raised, as the gateway's own broker limits are. `user
+    // root`: started as root, Mosquitto would otherwise drop to its own user, which cannot
+    // read the run's (0700) temp dirs.
+    let conf = format!(
+        "allow_anonymous true\nmax_queued_messages 1000000\nuser root\n\
+         listener {} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+         require_certificate true\nuse_identity_as_username true\n",
+        tls.port(),
+        pki("ca.pem"),
+        pki("server.pem"),
+        pki("server.key"),
     );
+    let (mut mq, port) = procs::mosquitto_with(dir.path(), &conf);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tls.is_listened_on() {
+        if Instant::now() > deadline {
+            bail!("Mosquitto's TLS listener did not come up:\n{}", mq.log(30));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (mut ctl, http) = procs::controller(dir.path(), port);
     let admin = edgefleet_tests::api::Api::admin(http, &procs::controller_data_dir(dir.path()));
     let token = admin
@@ -417,16 +517,39 @@ async fn measure_peer(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow:
     let rss_empty = rss(pids(&mq, &ctl))?;
     let devices = Shape::flat(n).devices()?;
     let ours = ids(&devices);
-    let sim_dir = dir.path().join("sim");
-    std::fs::create_dir_all(&sim_dir)?;
+    let sim_dir = identities
+        .parent()
+        .context("the identities' dir has no parent")?
+        .join("mosquitto");
+    let mut host = None;
+    for d in &devices {
+        let from = identities.join(&d.id).join("identity");
+        let to = sim_dir.join(&d.id).join("identity");
+        std::fs::create_dir_all(&to)?;
+        for f in std::fs::read_dir(&from).with_context(|| format!("{}", from.display()))? {
+            let f = f?;
+            std::fs::copy(f.path(), to.join(f.file_name()))?;
+        }
+        if host.is_none() {
+            let file = to.join("device.json");
+            let enrolled: Value = serde_json::from_slice(&std::fs::read(&file)?)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            // The host the server certificate was issued for (the gateway's), Mosquitto's port.
+            let url = enrolled["broker_url"].as_str().unwrap_or_default();
+            let addr = edgefleet_protocol::broker_url::BrokerAddr::parse(url)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            host = Some(addr.host);
+        }
+    }
+    let host = host.context("no devices")?;
     let options = AgentOptions {
         pull: Duration::from_millis(10),
         start: Duration::from_millis(10),
         start_failure: 0.0,
         unhealthy: 0.0,
         keepalive: Duration::from_secs(30),
-        broker: Broker::Plain {
-            url: format!("mqtt://127.0.0.1:{port}"),
+        broker: Broker::External {
+            url: format!("mqtts://{host}:{}", tls.port()),
             controller_key: procs::controller_key_path(dir.path()),
         },
     };
@@ -455,6 +578,7 @@ async fn measure_peer(args: &Args, n: usize, dir: &tempfile::TempDir) -> anyhow:
     agents.stop().await;
     let per_1k = |kb: u64| (kb.saturating_sub(rss_empty) as f64) * 1000.0 / n as f64 / 1024.0;
     Ok(json!({
+        "transport": "TLS, client certificates (require_certificate)",
         "connect_s": connect_s,
         "rollout_total_p50_s": median(&rollouts),
         "rollout_p50_s": median(&device_times),
@@ -687,30 +811,13 @@ async fn main() -> std::process::ExitCode {
     }
     let mut rows = Vec::new();
     for &n in &args.devices {
-        let mut r = match one_size(&args, n).await {
+        let r = match one_size(&args, n).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("fleet: {n} devices: {e:#}");
                 return std::process::ExitCode::FAILURE;
             }
         };
-        if !args.no_mosquitto {
-            r["mosquitto"] = match mosquitto_peer(&args, n).await {
-                Ok(m) => {
-                    let ratio = |k: &str| r[k].as_f64().zip(m[k].as_f64()).map(|(a, b)| a / b);
-                    r["vs_mosquitto"] = json!({
-                        "connect": ratio("connect_s"),
-                        "rollout_p99": ratio("rollout_p99_s"),
-                        "storm": ratio("storm_s"),
-                    });
-                    m
-                }
-                Err(e) => {
-                    eprintln!("fleet: {n} devices on Mosquitto: {e:#}");
-                    json!({ "error": format!("{e:#}") })
-                }
-            };
-        }
         rows.push(r);
     }
     print_table(&rows);
