@@ -70,6 +70,25 @@ impl DeviceView {
         }
     }
 
+    /// A copy without the recent events: what the store keeps of a device (its events are
+    /// stored apart), at a fraction of a full clone's cost (50 events, each with its own
+    /// strings, were most of what a wave's store writes copied, measured with perf).
+    pub fn without_events(&self) -> DeviceView {
+        DeviceView {
+            id: self.id.clone(),
+            labels: self.labels.clone(),
+            connection: self.connection,
+            presence: self.presence.clone(),
+            status: self.status.clone(),
+            desired: self.desired.clone(),
+            last_seen: self.last_seen.clone(),
+            events: VecDeque::new(),
+            desired_published_at: self.desired_published_at,
+            refused_revision: self.refused_revision,
+            unresolved: self.unresolved.clone(),
+        }
+    }
+
     pub fn desired_revision(&self) -> u64 {
         self.desired.as_ref().map_or(0, |d| d.revision)
     }

@@ -941,7 +941,7 @@ impl Deployments {
             let vars = self.variables.read();
             let mut memo = self.resolutions.lock();
             for id in ids {
-                let Some(mut view) = self.fleet.get(id) else {
+                let Some(mut view) = self.fleet.get_without_events(id) else {
                     continue;
                 };
                 let computed = book

@@ -174,9 +174,15 @@ impl Fleet {
         ids.iter()
             .filter_map(|id| {
                 self.dirty.remove(id);
-                self.get(id)
+                self.get_without_events(id)
             })
             .collect()
+    }
+
+    /// A device's view without its recent events ([`DeviceView::without_events`]): for the
+    /// store and for computing desired documents, which never read them.
+    pub fn get_without_events(&self, id: &str) -> Option<DeviceView> {
+        self.devices.get(id).map(|d| d.value().without_events())
     }
 
     /// Marks devices changed again (their write to the store failed: the next flush retries).
