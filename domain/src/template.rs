@@ -13,6 +13,7 @@
 //! one parse unless the file names something of each device's own.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use edgefleet_protocol::spec::StackSpec;
 use serde::{Deserialize, Serialize};
@@ -257,7 +258,7 @@ impl DeviceTemplate {
         labels: &BTreeMap<String, String>,
         scoped: &ScopedVariables,
         memo: &mut Resolutions,
-    ) -> Result<StackSpec, ResolveError> {
+    ) -> Result<Arc<StackSpec>, ResolveError> {
         let builtins = device_builtins(device, labels);
         let values: Variables = self
             .references
@@ -281,7 +282,7 @@ impl DeviceTemplate {
                 let mut stack = stack.clone();
                 stack.deployment.clone_from(&self.deployment);
                 stack.deployment_revision = self.revision;
-                Ok(stack)
+                Ok(Arc::new(stack))
             }
             Err(error) => Err(ResolveError {
                 device: device.to_owned(),

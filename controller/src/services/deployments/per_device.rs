@@ -23,16 +23,16 @@ pub(super) type Unresolved = BTreeMap<String, String>;
 
 /// A revision's stacks on the devices it targets: one for all, or one each.
 pub(super) enum Resolved {
-    Shared(StackSpec),
+    Shared(Arc<StackSpec>),
     /// Targeted device → its stack.
-    PerDevice(BTreeMap<String, StackSpec>),
+    PerDevice(BTreeMap<String, Arc<StackSpec>>),
 }
 
 impl Resolved {
     pub(super) fn for_device(&self, id: &str) -> Option<&StackSpec> {
         match self {
             Resolved::Shared(s) => Some(s),
-            Resolved::PerDevice(m) => m.get(id),
+            Resolved::PerDevice(m) => m.get(id).map(|s| &**s),
         }
     }
 }
@@ -48,7 +48,8 @@ pub(super) fn revision_of(
             let mut parsed = compose::parse_inputs(&req.compose, &req.variables, &req.files)?;
             parsed.set_secret_digests(secrets);
             let spec = RevisionSpec::of(&parsed);
-            let stack = RevisionStack::Shared(spec.clone().into_stack(&req.name, u64::MAX));
+            let stack =
+                RevisionStack::Shared(Arc::new(spec.clone().into_stack(&req.name, u64::MAX)));
             (spec, stack)
         }
         Some((mut template, rollout)) => {
@@ -91,7 +92,7 @@ impl Deployments {
 
     /// What each device's own stack breaks under its site's policy, per policy (each
     /// violation once). Linear in the devices; the site's policy is looked up once.
-    fn check_per_device(&self, stacks: &BTreeMap<String, StackSpec>) -> Vec<Refusals> {
+    fn check_per_device(&self, stacks: &BTreeMap<String, Arc<StackSpec>>) -> Vec<Refusals> {
         type Policy = (PolicySource, edgefleet_protocol::policy::WorkloadPolicy);
         let mut by_site: BTreeMap<Option<String>, Policy> = BTreeMap::new();
         let mut out: Vec<Refusals> = Vec::new();
@@ -137,7 +138,7 @@ impl Deployments {
         stack: &RevisionStack,
     ) -> Result<Resolved, ApplyError> {
         let t = match stack {
-            RevisionStack::Shared(s) => return Ok(Resolved::Shared(s.clone())),
+            RevisionStack::Shared(s) => return Ok(Resolved::Shared(Arc::clone(s))),
             RevisionStack::PerDevice(t) => t,
         };
         let mut targets: Vec<(String, BTreeMap<String, String>)> = self
