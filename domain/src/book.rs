@@ -343,6 +343,9 @@ mod tests {
         assert!(got.unresolved.is_empty());
         assert_eq!(got.stacks["t"].services["a"].environment["S"], "lyon");
         assert_eq!(got.stacks["t"].deployment_revision, 2);
+        // Another device of the site resolves to the same values: the same stack.
+        let other = b.stacks_for("d9", &lyon, &vars, &mut memo);
+        assert!(Arc::ptr_eq(&got.stacks["t"], &other.stacks["t"]));
         assert_eq!(
             b.variables_for("d1", &lyon, &vars)["t"]
                 .iter()
