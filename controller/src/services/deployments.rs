@@ -277,7 +277,7 @@ impl Deployments {
             refresh: tokio::sync::Mutex::new(()),
             rolling: parking_lot::Mutex::new(BTreeMap::new()),
         };
-        deployments.load_unresolved();
+        deployments.settle_loaded_documents();
         Ok(deployments)
     }
 

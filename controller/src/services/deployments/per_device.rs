@@ -71,22 +71,33 @@ pub(super) fn revision_of(
 
 impl Deployments {
     /// At start: which devices cannot be resolved for which deployment (an alarm; the
-    /// event was raised when it started). Documents are not touched.
-    pub(super) fn load_unresolved(&self) {
+    /// event was raised when it started), and the documents read from the store made to
+    /// share the book's stacks again (each was read as its own copy). A document's content
+    /// is not changed: a stack is swapped only for an equal one.
+    pub(super) fn settle_loaded_documents(&self) {
         let book = self.book.read();
-        if book.templates().is_empty() {
-            return;
-        }
+        let templated = !book.templates().is_empty();
         let vars = self.variables.read();
         let mut memo = self.resolutions.lock();
         for mut d in self.fleet.devices.iter_mut() {
             let (id, labels) = (d.key().clone(), d.labels.clone());
-            d.unresolved = book
-                .stacks_for(&id, &labels, &vars, &mut memo)
-                .unresolved
-                .into_iter()
-                .map(|(dep, e)| (dep, e.to_string()))
-                .collect();
+            let computed = book.stacks_for(&id, &labels, &vars, &mut memo);
+            if let Some(doc) = d.desired.as_mut() {
+                for (name, stack) in doc.stacks.iter_mut() {
+                    if let Some(shared) = computed.stacks.get(name)
+                        && shared == stack
+                    {
+                        *stack = Arc::clone(shared);
+                    }
+                }
+            }
+            if templated {
+                d.unresolved = computed
+                    .unresolved
+                    .into_iter()
+                    .map(|(dep, e)| (dep, e.to_string()))
+                    .collect();
+            }
         }
     }
 
