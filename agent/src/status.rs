@@ -169,7 +169,7 @@ mod tests {
             configs: Default::default(),
             secrets: Default::default(),
         };
-        let d = DesiredState::new("d", 7, [("app".to_string(), stack)].into());
+        let d = DesiredState::new("d", 7, [("app".to_string(), stack.into())].into());
         let observed = Observed::default();
         let mut input = StatusInput {
             device: "d",

@@ -287,3 +287,51 @@ async fn pins_hold_devices_on_a_revision_and_survive_a_restart() {
         "an apply that is not staged moves every device, pinned or not"
     );
 }
+
+#[tokio::test]
+async fn devices_share_one_stack_of_a_revision_also_after_a_restart() {
+    let (c, _rx, dir) = controller().await;
+    for d in ["d1", "d2", "d3"] {
+        c.intake
+            .on_message(
+                &TopicKind::DevicePresence.for_device(d),
+                &presence(d, "lyon"),
+            )
+            .await;
+    }
+    for image in ["a:1", "a:2"] {
+        let req = ApplyRequest {
+            variables: Default::default(),
+            files: Default::default(),
+            dry_run: false,
+            name: "web".into(),
+            target: "*".into(),
+            compose: format!("services:\n  a:\n    image: {image}\n"),
+        };
+        c.deployments.apply(&req, "test").await.unwrap();
+    }
+    c.deployments
+        .pin("web", &[("d1".into(), Some(1)), ("d2".into(), Some(1))])
+        .await
+        .unwrap();
+    let stack = |c: &App, d: &str| c.fleet.get(d).unwrap().desired.unwrap().stacks["web"].clone();
+    let check = |c: &App| {
+        let (d1, d2, d3) = (stack(c, "d1"), stack(c, "d2"), stack(c, "d3"));
+        assert_eq!((d1.deployment_revision, d3.deployment_revision), (1, 2));
+        // One allocation per revision, not one per device.
+        assert!(std::sync::Arc::ptr_eq(&d1, &d2));
+        assert!(!std::sync::Arc::ptr_eq(&d1, &d3));
+    };
+    check(&c);
+    c.intake.flush().await.unwrap();
+    drop(c);
+    // Read back from the store, each document is its own copy until the book's is shared
+    // again.
+    let c = App::open(dir.path()).await.unwrap();
+    check(&c);
+    c.deployments
+        .pin("web", &[("d1".into(), None)])
+        .await
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(&stack(&c, "d1"), &stack(&c, "d3")));
+}

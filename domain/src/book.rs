@@ -10,6 +10,7 @@
 //! otherwise nothing changes, so recomputing is always safe.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use edgefleet_protocol::desired::DesiredState;
 use edgefleet_protocol::spec::{StackSecret, StackSpec};
@@ -38,10 +39,11 @@ pub struct Book {
 }
 
 /// What a device should run: its stacks, and the deployments that target it but could not
-/// be resolved for it (deployment → why).
+/// be resolved for it (deployment → why). A stack is the book's own (a shared revision's) or
+/// the resolution's (a revision resolved per device): devices running the same one share it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceStacks {
-    pub stacks: BTreeMap<String, StackSpec>,
+    pub stacks: BTreeMap<String, Arc<StackSpec>>,
     pub unresolved: BTreeMap<String, ResolveError>,
 }
 
@@ -53,7 +55,7 @@ impl DeviceStacks {
         if let Some(cur) = current {
             for name in self.unresolved.keys() {
                 if let Some(stack) = cur.stacks.get(name) {
-                    self.stacks.insert(name.clone(), stack.clone());
+                    self.stacks.insert(name.clone(), Arc::clone(stack));
                 }
             }
         }
@@ -88,7 +90,7 @@ impl Book {
         {
             match self.revision_for(device, d) {
                 RevisionStack::Shared(stack) => {
-                    out.stacks.insert(d.name.clone(), stack.clone());
+                    out.stacks.insert(d.name.clone(), Arc::clone(stack));
                 }
                 RevisionStack::PerDevice(t) => match t.resolve(device, labels, variables, memo) {
                     Ok(stack) => {
@@ -154,10 +156,12 @@ impl Book {
 pub fn next_document(
     device: &str,
     current: Option<&DesiredState>,
-    stacks: BTreeMap<String, StackSpec>,
+    stacks: BTreeMap<String, Arc<StackSpec>>,
     registries: BTreeMap<String, StackSecret>,
 ) -> Option<DesiredState> {
     let revision = match current {
+        // `Arc<StackSpec>`'s `==` (StackSpec is `Eq`) compares pointers first: a stack the
+        // document already shares with the book costs no walk through its services.
         Some(cur) if cur.stacks == stacks && cur.registries == registries => return None,
         Some(cur) => cur.revision + 1,
         None => 1,
@@ -171,8 +175,8 @@ pub fn next_document(
 mod tests {
     use super::*;
 
-    fn stack(name: &str, rev: u64) -> StackSpec {
-        StackSpec {
+    fn stack(name: &str, rev: u64) -> Arc<StackSpec> {
+        Arc::new(StackSpec {
             deployment: name.into(),
             deployment_revision: rev,
             volumes: vec![],
@@ -181,7 +185,7 @@ mod tests {
             services: BTreeMap::new(),
             configs: Default::default(),
             secrets: Default::default(),
-        }
+        })
     }
 
     fn book(entries: &[(&str, &str, u64)]) -> Book {
@@ -208,7 +212,7 @@ mod tests {
         b: &Book,
         id: &str,
         labels: &BTreeMap<String, String>,
-    ) -> BTreeMap<String, StackSpec> {
+    ) -> BTreeMap<String, Arc<StackSpec>> {
         let out = b.stacks_for(
             id,
             labels,
@@ -256,6 +260,32 @@ mod tests {
     }
 
     #[test]
+    fn devices_running_a_shared_revision_share_its_stack() {
+        let mut b = book(&[("a", "*", 3), ("b", "site=lyon", 1)]);
+        b.pins.insert(("d3".into(), "a".into()), 2);
+        b.pins.insert(("d4".into(), "a".into()), 2);
+        b.pinned_stacks
+            .insert(("a".into(), 2), RevisionStack::Shared(stack("a", 2)));
+        let lyon: BTreeMap<_, _> = [("site".to_string(), "lyon".to_string())].into();
+        let (d1, d2) = (stacks(&b, "d1", &lyon), stacks(&b, "d2", &BTreeMap::new()));
+        let RevisionStack::Shared(latest) = &b.deployments["a"].stack else {
+            unreachable!()
+        };
+        // One allocation: the book's, in both devices' stacks (no copy per device).
+        assert!(Arc::ptr_eq(&d1["a"], &d2["a"]));
+        assert!(Arc::ptr_eq(&d1["a"], latest));
+        // Devices pinned to another revision share that one.
+        let (d3, d4) = (stacks(&b, "d3", &lyon), stacks(&b, "d4", &lyon));
+        assert!(Arc::ptr_eq(&d3["a"], &d4["a"]));
+        assert!(!Arc::ptr_eq(&d3["a"], &d1["a"]));
+        assert!(Arc::ptr_eq(&d3["b"], &d1["b"]));
+        // A document keeps sharing it: issued, then recomputed to the same stacks.
+        let doc = next_document("d1", None, d1.clone(), BTreeMap::new()).unwrap();
+        assert!(Arc::ptr_eq(&doc.stacks["a"], latest));
+        assert!(next_document("d1", Some(&doc), d1, BTreeMap::new()).is_none());
+    }
+
+    #[test]
     fn revisions_only_move_on_change() {
         let s: BTreeMap<_, _> = [("a".to_string(), stack("a", 1))].into();
         let first = next_document("d1", None, s.clone(), BTreeMap::new()).unwrap();
@@ -280,7 +310,7 @@ mod tests {
         let (t, _) = crate::template::Template::of(file, &Default::default())
             .unwrap()
             .unwrap();
-        RevisionStack::PerDevice(std::sync::Arc::new(
+        RevisionStack::PerDevice(Arc::new(
             crate::template::DeviceTemplate::new(name, rev, t).unwrap(),
         ))
     }
@@ -313,6 +343,9 @@ mod tests {
         assert!(got.unresolved.is_empty());
         assert_eq!(got.stacks["t"].services["a"].environment["S"], "lyon");
         assert_eq!(got.stacks["t"].deployment_revision, 2);
+        // Another device of the site resolves to the same values: the same stack.
+        let other = b.stacks_for("d9", &lyon, &vars, &mut memo);
+        assert!(Arc::ptr_eq(&got.stacks["t"], &other.stacks["t"]));
         assert_eq!(
             b.variables_for("d1", &lyon, &vars)["t"]
                 .iter()
@@ -332,6 +365,10 @@ mod tests {
         assert!(failed.stacks.contains_key("plain"), "others are unaffected");
         let kept = failed.keeping(Some(&doc));
         assert_eq!(kept.stacks, got.stacks);
+        assert!(
+            Arc::ptr_eq(&kept.stacks["t"], &doc.stacks["t"]),
+            "kept, not copied"
+        );
         assert!(next_document("d1", Some(&doc), kept.stacks, BTreeMap::new()).is_none());
         // A device without a document gets nothing of `t` (never an empty value).
         let fresh = b.stacks_for("d2", &lyon, &none, &mut memo).keeping(None);

@@ -45,8 +45,9 @@ pub struct RevisionSpec {
 /// A revision's stack as the book holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RevisionStack {
-    /// The same stack on every device (the file refers to apply variables only).
-    Shared(StackSpec),
+    /// The same stack on every device (the file refers to apply variables only): one
+    /// allocation, shared by every device's desired document.
+    Shared(Arc<StackSpec>),
     /// Resolved per device.
     PerDevice(Arc<DeviceTemplate>),
 }
@@ -89,7 +90,7 @@ impl RevisionSpec {
             Some(t) => {
                 RevisionStack::PerDevice(Arc::new(DeviceTemplate::new(deployment, revision, t)?))
             }
-            None => RevisionStack::Shared(self.into_stack(deployment, revision)),
+            None => RevisionStack::Shared(Arc::new(self.into_stack(deployment, revision))),
         })
     }
 

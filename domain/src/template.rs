@@ -10,9 +10,11 @@
 //!
 //! A resolution depends only on the values of the names the file refers to, so
 //! [`Resolutions`] keeps each result by (template, those values): devices of one site share
-//! one parse unless the file names something of each device's own.
+//! one parse unless the file names something of each device's own, and one stack too (the
+//! same [`Arc`] goes into each of their documents).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use edgefleet_protocol::spec::StackSpec;
 use serde::{Deserialize, Serialize};
@@ -250,14 +252,15 @@ impl DeviceTemplate {
             .collect()
     }
 
-    /// The stack `device` runs of this revision.
+    /// The stack `device` runs of this revision: the one every device resolving it with the
+    /// same values gets (while `memo` keeps it).
     pub fn resolve(
         &self,
         device: &str,
         labels: &BTreeMap<String, String>,
         scoped: &ScopedVariables,
         memo: &mut Resolutions,
-    ) -> Result<StackSpec, ResolveError> {
+    ) -> Result<Arc<StackSpec>, ResolveError> {
         let builtins = device_builtins(device, labels);
         let values: Variables = self
             .references
@@ -272,17 +275,14 @@ impl DeviceTemplate {
             compose::parse_inputs(&self.template.compose, values, &self.template.files)
                 .map(|mut s| {
                     s.set_secret_digests(&self.template.secrets);
-                    s.into_stack_spec("", 0)
+                    Stamped(vec![Arc::new(
+                        s.into_stack_spec(&self.deployment, self.revision),
+                    )])
                 })
                 .map_err(Unresolved::from)
         });
         match resolved {
-            Ok(stack) => {
-                let mut stack = stack.clone();
-                stack.deployment.clone_from(&self.deployment);
-                stack.deployment_revision = self.revision;
-                Ok(stack)
-            }
+            Ok(stamped) => Ok(stamped.get(&self.deployment, self.revision)),
             Err(error) => Err(ResolveError {
                 device: device.to_owned(),
                 site: labels.get("site").cloned(),
@@ -292,22 +292,69 @@ impl DeviceTemplate {
     }
 }
 
+/// One resolution's stack, as each (deployment, revision) with this template asked for it.
+///
+/// Revisions of one content share a digest (the apply checks a revision numbered `u64::MAX`
+/// before recording it, a strategy-only change keeps the file), and a stack names its
+/// deployment and revision; so the memo keeps one stack per name and number, handed out as
+/// the same [`Arc`] to every device that asks.
+#[derive(Debug)]
+struct Stamped(Vec<Arc<StackSpec>>);
+
+impl Stamped {
+    /// Names and numbers kept at most per resolution; past it the oldest is forgotten
+    /// (the documents holding it keep it; later devices get a new one).
+    const MAX: usize = 4;
+
+    /// The stack for `deployment` at `revision`: the one kept, else one made from another
+    /// (renamed in place if no document holds it any more, so an apply's check and its
+    /// refresh cost one stack, not two).
+    fn get(&mut self, deployment: &str, revision: u64) -> Arc<StackSpec> {
+        let mut at = self
+            .0
+            .iter()
+            .position(|s| s.deployment == deployment && s.deployment_revision == revision);
+        if at.is_none() {
+            for (i, s) in self.0.iter_mut().enumerate() {
+                if let Some(s) = Arc::get_mut(s) {
+                    s.deployment.clear();
+                    s.deployment.push_str(deployment);
+                    s.deployment_revision = revision;
+                    at = Some(i);
+                    break;
+                }
+            }
+        }
+        let at = at.unwrap_or_else(|| {
+            let mut stack = StackSpec::clone(&self.0[0]);
+            stack.deployment = deployment.to_owned();
+            stack.deployment_revision = revision;
+            if self.0.len() >= Self::MAX {
+                self.0.remove(0);
+            }
+            self.0.push(Arc::new(stack));
+            self.0.len() - 1
+        });
+        Arc::clone(&self.0[at])
+    }
+}
+
 /// Results of resolutions by (template, the values of the names it refers to), shared by
 /// every device with those values. Bounded: emptied when full.
 #[derive(Debug, Default)]
 pub struct Resolutions {
-    entries: HashMap<([u8; 32], Variables), Result<StackSpec, Unresolved>>,
+    entries: HashMap<([u8; 32], Variables), Result<Stamped, Unresolved>>,
 }
 
 impl Resolutions {
-    /// Entries kept at most (each a stack of one device).
+    /// Entries kept at most (each one parse: a stack per deployment and revision asking).
     pub const MAX_ENTRIES: usize = 50_000;
 
     fn get_or_insert(
         &mut self,
         key: ([u8; 32], Variables),
-        resolve: impl FnOnce(&Variables) -> Result<StackSpec, Unresolved>,
-    ) -> &Result<StackSpec, Unresolved> {
+        resolve: impl FnOnce(&Variables) -> Result<Stamped, Unresolved>,
+    ) -> &mut Result<Stamped, Unresolved> {
         if self.entries.len() >= Self::MAX_ENTRIES && !self.entries.contains_key(&key) {
             self.entries.clear();
         }
@@ -511,5 +558,39 @@ mod tests {
         );
         memo.retain(&Default::default());
         assert!(memo.is_empty());
+    }
+
+    #[test]
+    fn devices_with_the_same_values_share_one_stack_of_each_revision() {
+        let file = "services:\n  a:\n    image: \"a:${TAG}\"\n    environment: { S: \"${EDGEFLEET_SITE}\" }\n";
+        let (t, _) = Template::of(file, &vars(&[("TAG", "1")])).unwrap().unwrap();
+        let at = |rev| DeviceTemplate::new("a", rev, t.clone()).unwrap();
+        let (checked, v3, v4) = (at(u64::MAX), at(3), at(4));
+        let scoped = ScopedVariables::default();
+        let mut memo = Resolutions::default();
+        let mut resolve = |t: &DeviceTemplate, id: &str, site: &str| {
+            t.resolve(id, &labels(site), &scoped, &mut memo).unwrap()
+        };
+
+        // An apply's check (numbered u64::MAX), dropped, then the recorded revision: the
+        // checked stack is renamed in place, not copied.
+        let check = resolve(&checked, "d1", "lyon");
+        let was = Arc::as_ptr(&check);
+        drop(check);
+        let a = resolve(&v3, "d1", "lyon");
+        assert_eq!((a.deployment.as_str(), a.deployment_revision), ("a", 3));
+        assert_eq!(Arc::as_ptr(&a), was);
+        let b = resolve(&v3, "d2", "lyon");
+        assert!(Arc::ptr_eq(&a, &b), "one stack for the site's devices");
+        assert!(!Arc::ptr_eq(&a, &resolve(&v3, "d3", "paris")));
+
+        // Two revisions of one file during a rollout: each its own stack, each shared.
+        let c = resolve(&v4, "d2", "lyon");
+        assert_eq!(c.deployment_revision, 4);
+        assert_eq!(a.deployment_revision, 3, "the held one is not renamed");
+        assert!(Arc::ptr_eq(&c, &resolve(&v4, "d5", "lyon")));
+        assert!(Arc::ptr_eq(&a, &resolve(&v3, "d6", "lyon")));
+        assert_eq!(c.services, a.services);
+        assert_eq!(memo.len(), 2, "still one parse per site");
     }
 }

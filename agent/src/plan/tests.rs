@@ -80,11 +80,11 @@ fn stack(services: Vec<(&str, ServiceSpec)>) -> StackSpec {
 }
 
 fn desired(stacks: Vec<(&str, StackSpec)>) -> DesiredState {
-    let stacks: BTreeMap<String, StackSpec> = stacks
+    let stacks: BTreeMap<String, std::sync::Arc<StackSpec>> = stacks
         .into_iter()
         .map(|(n, mut s)| {
             s.deployment = n.to_string();
-            (n.to_string(), s)
+            (n.to_string(), s.into())
         })
         .collect();
     DesiredState::new(DEV, 1, stacks)

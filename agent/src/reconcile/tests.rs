@@ -38,7 +38,7 @@ fn desired(revision: u64, services: Vec<(&str, ServiceSpec)>) -> DesiredState {
         configs: Default::default(),
         secrets: Default::default(),
     };
-    DesiredState::new(DEV, revision, [("app".to_string(), stack)].into())
+    DesiredState::new(DEV, revision, [("app".to_string(), stack.into())].into())
 }
 
 fn two_services(revision: u64, web_image: &str) -> DesiredState {

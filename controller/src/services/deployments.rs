@@ -168,9 +168,9 @@ pub struct ApplyOutcome {
     /// (For a file resolved per device, `would_run` is absent and `would_run_per_device`
     /// and `variables_per_device` say it per targeted device.)
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub would_run: Option<StackSpec>,
+    pub would_run: Option<Arc<StackSpec>>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub would_run_per_device: BTreeMap<String, StackSpec>,
+    pub would_run_per_device: BTreeMap<String, Arc<StackSpec>>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub variables_per_device: BTreeMap<String, Vec<ResolvedVariable>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -277,7 +277,7 @@ impl Deployments {
             refresh: tokio::sync::Mutex::new(()),
             rolling: parking_lot::Mutex::new(BTreeMap::new()),
         };
-        deployments.load_unresolved();
+        deployments.settle_loaded_documents();
         Ok(deployments)
     }
 
@@ -568,12 +568,12 @@ impl Deployments {
             let revision = if changed { latest + 1 } else { latest };
             let (would_run, would_run_per_device) = match resolved {
                 Resolved::Shared(mut s) => {
-                    s.deployment_revision = revision;
+                    Arc::make_mut(&mut s).deployment_revision = revision;
                     (Some(s), BTreeMap::new())
                 }
                 Resolved::PerDevice(mut m) => {
                     m.values_mut()
-                        .for_each(|s| s.deployment_revision = revision);
+                        .for_each(|s| Arc::make_mut(s).deployment_revision = revision);
                     (None, m)
                 }
             };
@@ -754,9 +754,9 @@ impl Deployments {
 
     /// The devices a staged apply of `name` would hold, with the revision and stack each
     /// runs now: those running it and not pinned already (sorted by device).
-    fn would_hold(&self, name: &str) -> Vec<(String, u64, StackSpec)> {
+    fn would_hold(&self, name: &str) -> Vec<(String, u64, Arc<StackSpec>)> {
         let book = self.book.read();
-        let mut out: Vec<(String, u64, StackSpec)> = self
+        let mut out: Vec<(String, u64, Arc<StackSpec>)> = self
             .fleet
             .devices
             .iter()

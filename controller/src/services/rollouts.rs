@@ -327,7 +327,8 @@ impl Rollouts {
         let mut from_counts: BTreeMap<u64, usize> = BTreeMap::new();
         let mut candidates = Vec::new();
         for id in self.fleet.targets(&selector) {
-            let Some(view) = self.fleet.get(&id) else {
+            // Borrowed: a copy of each targeted device's whole view is not needed here.
+            let Some(view) = self.fleet.devices.get(&id) else {
                 continue;
             };
             let current = view

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use dashmap::DashMap;
@@ -314,10 +315,13 @@ impl Vault {
     /// already carries for the same content and key is kept as it is (so recomputing a
     /// document changes nothing); a secret that cannot be sealed (no device key, content
     /// missing) stays unsealed and is logged: the agent reports the stack as failing.
+    ///
+    /// A stack is copied (out of the book's, which every device shares) only if one of its
+    /// values changes: sealed values are each device's own, the rest stays shared.
     pub fn seal_stacks(
         &self,
         device: &str,
-        stacks: &mut BTreeMap<String, StackSpec>,
+        stacks: &mut BTreeMap<String, Arc<StackSpec>>,
         current: Option<&DesiredState>,
     ) {
         if stacks.values().all(|s| s.secrets.is_empty()) {
@@ -326,32 +330,47 @@ impl Vault {
         let key = self.devices.get(device).map(|k| k.clone());
         let secrets = self.secrets.read();
         for (name, stack) in stacks.iter_mut() {
-            for (secret, value) in stack.secrets.iter_mut() {
+            let mut sealed_now = Vec::new();
+            for (secret, value) in &stack.secrets {
                 let kept = current
                     .and_then(|c| c.stacks.get(name))
                     .and_then(|s| s.secrets.get(secret))
                     .filter(|s| s.digest == value.digest)
                     .and_then(|s| s.sealed.clone())
                     .filter(|s| key.as_ref().is_some_and(|k| k.id() == s.key));
-                if let Some(sealed) = kept {
-                    value.sealed = Some(sealed);
-                    continue;
-                }
-                let Some(key) = key.as_ref() else {
-                    tracing::error!(device, stack = %name, secret = %secret, "no enrolled key to seal the secret for: re-enroll the device");
-                    continue;
-                };
-                let Some(content) =
-                    secrets.get(&(name.clone(), stack.deployment_revision, secret.clone()))
-                else {
-                    tracing::error!(device, stack = %name, secret = %secret, revision = stack.deployment_revision, "the secret's content is not in the vault");
-                    continue;
-                };
-                match key.seal(&secret_info(device, name, secret), content.bytes()) {
-                    Ok(sealed) => value.sealed = Some(sealed),
-                    Err(e) => {
-                        tracing::error!(device, stack = %name, secret = %secret, "cannot seal: {e}")
+                let sealed = match kept {
+                    Some(sealed) => sealed,
+                    None => {
+                        let Some(key) = key.as_ref() else {
+                            tracing::error!(device, stack = %name, secret = %secret, "no enrolled key to seal the secret for: re-enroll the device");
+                            continue;
+                        };
+                        let Some(content) =
+                            secrets.get(&(name.clone(), stack.deployment_revision, secret.clone()))
+                        else {
+                            tracing::error!(device, stack = %name, secret = %secret, revision = stack.deployment_revision, "the secret's content is not in the vault");
+                            continue;
+                        };
+                        match key.seal(&secret_info(device, name, secret), content.bytes()) {
+                            Ok(sealed) => sealed,
+                            Err(e) => {
+                                tracing::error!(device, stack = %name, secret = %secret, "cannot seal: {e}");
+                                continue;
+                            }
+                        }
                     }
+                };
+                if value.sealed.as_ref() != Some(&sealed) {
+                    sealed_now.push((secret.clone(), sealed));
+                }
+            }
+            if sealed_now.is_empty() {
+                continue;
+            }
+            let stack = Arc::make_mut(stack);
+            for (secret, sealed) in sealed_now {
+                if let Some(value) = stack.secrets.get_mut(&secret) {
+                    value.sealed = Some(sealed);
                 }
             }
         }
@@ -364,7 +383,7 @@ impl Vault {
         &self,
         device: &str,
         site: Option<&str>,
-        stacks: &BTreeMap<String, StackSpec>,
+        stacks: &BTreeMap<String, Arc<StackSpec>>,
         current: Option<&DesiredState>,
     ) -> BTreeMap<String, StackSecret> {
         let registries = self.registries.read();
@@ -544,26 +563,33 @@ mod tests {
             )
             .await
             .unwrap();
-        let mut stacks: BTreeMap<String, StackSpec> = [(
-            "app".to_string(),
-            StackSpec {
-                deployment: "app".into(),
-                deployment_revision: 1,
-                volumes: vec![],
-                volume_options: Default::default(),
-                networks: Default::default(),
-                services: Default::default(),
-                configs: Default::default(),
-                secrets: [(
-                    "db".to_string(),
-                    StackSecret {
-                        digest,
-                        sealed: None,
-                    },
-                )]
-                .into(),
-            },
-        )]
+        // The book's stack, shared by every device's document until sealed for one.
+        let book = Arc::new(StackSpec {
+            deployment: "app".into(),
+            deployment_revision: 1,
+            volumes: vec![],
+            volume_options: Default::default(),
+            networks: Default::default(),
+            services: Default::default(),
+            configs: Default::default(),
+            secrets: [(
+                "db".to_string(),
+                StackSecret {
+                    digest,
+                    sealed: None,
+                },
+            )]
+            .into(),
+        });
+        let untouched = Arc::new(StackSpec {
+            deployment: "plain".into(),
+            secrets: Default::default(),
+            ..StackSpec::clone(&book)
+        });
+        let mut stacks: BTreeMap<String, Arc<StackSpec>> = [
+            ("app".to_string(), Arc::clone(&book)),
+            ("plain".to_string(), Arc::clone(&untouched)),
+        ]
         .into();
         vault.seal_stacks("d1", &mut stacks, None);
         let sealed = stacks["app"].secrets["db"].sealed.clone().unwrap();
@@ -571,16 +597,20 @@ mod tests {
             .open(&secret_info("d1", "app", "db"), &sealed)
             .unwrap();
         assert_eq!(opened.bytes(), b"hunter2");
+        // Sealed in the device's own copy; the book's stays unsealed, and a stack without
+        // secrets is still the shared one.
+        assert!(book.secrets["db"].sealed.is_none());
+        assert!(!Arc::ptr_eq(&stacks["app"], &book));
+        assert!(Arc::ptr_eq(&stacks["plain"], &untouched));
+        // A device the vault cannot seal for keeps sharing the book's stack (no copy).
+        let mut keyless: BTreeMap<String, Arc<StackSpec>> =
+            [("app".to_string(), Arc::clone(&book))].into();
+        vault.seal_stacks("d2", &mut keyless, None);
+        assert!(Arc::ptr_eq(&keyless["app"], &book));
         // Recomputed against the issued document: the same sealed value, no churn.
         let doc = DesiredState::new("d1", 1, stacks.clone());
         let mut again = stacks.clone();
-        again
-            .get_mut("app")
-            .unwrap()
-            .secrets
-            .get_mut("db")
-            .unwrap()
-            .sealed = None;
+        again.insert("app".to_string(), Arc::clone(&book));
         vault.seal_stacks("d1", &mut again, Some(&doc));
         assert_eq!(again, stacks);
         // The store holds no clear text; a restart opens what it keeps.

@@ -23,16 +23,16 @@ pub(super) type Unresolved = BTreeMap<String, String>;
 
 /// A revision's stacks on the devices it targets: one for all, or one each.
 pub(super) enum Resolved {
-    Shared(StackSpec),
+    Shared(Arc<StackSpec>),
     /// Targeted device → its stack.
-    PerDevice(BTreeMap<String, StackSpec>),
+    PerDevice(BTreeMap<String, Arc<StackSpec>>),
 }
 
 impl Resolved {
     pub(super) fn for_device(&self, id: &str) -> Option<&StackSpec> {
         match self {
             Resolved::Shared(s) => Some(s),
-            Resolved::PerDevice(m) => m.get(id),
+            Resolved::PerDevice(m) => m.get(id).map(|s| &**s),
         }
     }
 }
@@ -48,7 +48,8 @@ pub(super) fn revision_of(
             let mut parsed = compose::parse_inputs(&req.compose, &req.variables, &req.files)?;
             parsed.set_secret_digests(secrets);
             let spec = RevisionSpec::of(&parsed);
-            let stack = RevisionStack::Shared(spec.clone().into_stack(&req.name, u64::MAX));
+            let stack =
+                RevisionStack::Shared(Arc::new(spec.clone().into_stack(&req.name, u64::MAX)));
             (spec, stack)
         }
         Some((mut template, rollout)) => {
@@ -70,28 +71,39 @@ pub(super) fn revision_of(
 
 impl Deployments {
     /// At start: which devices cannot be resolved for which deployment (an alarm; the
-    /// event was raised when it started). Documents are not touched.
-    pub(super) fn load_unresolved(&self) {
+    /// event was raised when it started), and the documents read from the store made to
+    /// share the book's stacks again (each was read as its own copy). A document's content
+    /// is not changed: a stack is swapped only for an equal one.
+    pub(super) fn settle_loaded_documents(&self) {
         let book = self.book.read();
-        if book.templates().is_empty() {
-            return;
-        }
+        let templated = !book.templates().is_empty();
         let vars = self.variables.read();
         let mut memo = self.resolutions.lock();
         for mut d in self.fleet.devices.iter_mut() {
             let (id, labels) = (d.key().clone(), d.labels.clone());
-            d.unresolved = book
-                .stacks_for(&id, &labels, &vars, &mut memo)
-                .unresolved
-                .into_iter()
-                .map(|(dep, e)| (dep, e.to_string()))
-                .collect();
+            let computed = book.stacks_for(&id, &labels, &vars, &mut memo);
+            if let Some(doc) = d.desired.as_mut() {
+                for (name, stack) in doc.stacks.iter_mut() {
+                    if let Some(shared) = computed.stacks.get(name)
+                        && shared == stack
+                    {
+                        *stack = Arc::clone(shared);
+                    }
+                }
+            }
+            if templated {
+                d.unresolved = computed
+                    .unresolved
+                    .into_iter()
+                    .map(|(dep, e)| (dep, e.to_string()))
+                    .collect();
+            }
         }
     }
 
     /// What each device's own stack breaks under its site's policy, per policy (each
     /// violation once). Linear in the devices; the site's policy is looked up once.
-    fn check_per_device(&self, stacks: &BTreeMap<String, StackSpec>) -> Vec<Refusals> {
+    fn check_per_device(&self, stacks: &BTreeMap<String, Arc<StackSpec>>) -> Vec<Refusals> {
         type Policy = (PolicySource, edgefleet_protocol::policy::WorkloadPolicy);
         let mut by_site: BTreeMap<Option<String>, Policy> = BTreeMap::new();
         let mut out: Vec<Refusals> = Vec::new();
@@ -137,7 +149,7 @@ impl Deployments {
         stack: &RevisionStack,
     ) -> Result<Resolved, ApplyError> {
         let t = match stack {
-            RevisionStack::Shared(s) => return Ok(Resolved::Shared(s.clone())),
+            RevisionStack::Shared(s) => return Ok(Resolved::Shared(Arc::clone(s))),
             RevisionStack::PerDevice(t) => t,
         };
         let mut targets: Vec<(String, BTreeMap<String, String>)> = self
