@@ -473,7 +473,9 @@ async fn measure_peer(
     identities: &Path,
 ) -> anyhow::Result<Value> {
     use edgefleet_tests::procs;
-    eprintln!("[{n}] the same fleet on Mosquitto (TLS, client certificates) and edgefleet controller");
+    eprintln!(
+        "[{n}] the same fleet on Mosquitto (TLS, client certificates) and edgefleet controller"
+    );
     let tls = edgefleet_tests::ports::Reservation::loopback();
     let pki = |f: &str| gateway_pki.join(f).display().to_string();
     // Mosquitto keeps at most 1,000 queued messages per client by default and drops the
