@@ -136,15 +136,7 @@ async fn a_device_ahead_of_the_store_gets_a_revision_above_its_own() {
             &presence("d1", "lyon"),
         )
         .await;
-    let req = ApplyRequest {
-        variables: Default::default(),
-        files: Default::default(),
-        dry_run: false,
-        name: "web".into(),
-        target: "*".into(),
-        compose: "services:\n  a:\n    image: a:1\n".into(),
-    };
-    c.deployments.apply(&req, "test").await.unwrap();
+    apply_web(&c, "a:1").await;
     assert_eq!(c.fleet.get("d1").unwrap().desired_revision(), 2);
     // The agent holds revision 7 (the store lost writes or was restored from a backup).
     c.intake
@@ -238,19 +230,8 @@ async fn pins_hold_devices_on_a_revision_and_survive_a_restart() {
             )
             .await;
     }
-    async fn apply(c: &App, image: &str) {
-        let req = ApplyRequest {
-            variables: Default::default(),
-            files: Default::default(),
-            dry_run: false,
-            name: "web".into(),
-            target: "*".into(),
-            compose: format!("services:\n  a:\n    image: {image}\n"),
-        };
-        c.deployments.apply(&req, "test").await.unwrap();
-    }
-    apply(&c, "a:1").await;
-    apply(&c, "a:2").await;
+    apply_web(&c, "a:1").await;
+    apply_web(&c, "a:2").await;
     c.deployments
         .pin("web", &[("d1".into(), Some(1))])
         .await
@@ -280,12 +261,25 @@ async fn pins_hold_devices_on_a_revision_and_survive_a_restart() {
         .pin("web", &[("d2".into(), Some(1))])
         .await
         .unwrap();
-    apply(&c, "a:3").await;
+    apply_web(&c, "a:3").await;
     assert_eq!(
         rev_of(&c, "d2"),
         3,
         "an apply that is not staged moves every device, pinned or not"
     );
+}
+
+/// Applies deployment `web` (one service running `image`) to every device.
+async fn apply_web(c: &App, image: &str) {
+    let req = ApplyRequest {
+        variables: Default::default(),
+        files: Default::default(),
+        dry_run: false,
+        name: "web".into(),
+        target: "*".into(),
+        compose: format!("services:\n  a:\n    image: {image}\n"),
+    };
+    c.deployments.apply(&req, "test").await.unwrap();
 }
 
 #[tokio::test]
@@ -300,15 +294,7 @@ async fn devices_share_one_stack_of_a_revision_also_after_a_restart() {
             .await;
     }
     for image in ["a:1", "a:2"] {
-        let req = ApplyRequest {
-            variables: Default::default(),
-            files: Default::default(),
-            dry_run: false,
-            name: "web".into(),
-            target: "*".into(),
-            compose: format!("services:\n  a:\n    image: {image}\n"),
-        };
-        c.deployments.apply(&req, "test").await.unwrap();
+        apply_web(&c, image).await;
     }
     c.deployments
         .pin("web", &[("d1".into(), Some(1)), ("d2".into(), Some(1))])
