@@ -754,10 +754,18 @@ impl Pending {
         *members += 1;
         let share = share.clone();
         queue.members += 1;
+        // The places free now are taken here, in the order the kernel handed the connections
+        // to accept; only a connection that finds none waits, in its own task.
+        let address = share.clone().try_acquire_owned().ok();
+        let listener = address
+            .as_ref()
+            .and_then(|_| self.slots.clone().try_acquire_owned().ok());
         Ok(Ticket {
             pending: self.clone(),
             ip,
             share,
+            address,
+            listener,
         })
     }
 }
@@ -768,15 +776,26 @@ struct Ticket {
     pending: Arc<Pending>,
     ip: std::net::IpAddr,
     share: Arc<tokio::sync::Semaphore>,
+    /// Places taken at accept, if they were free.
+    address: Option<tokio::sync::OwnedSemaphorePermit>,
+    listener: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Ticket {
-    /// Waits, first come first served, for a place in the address's share and then in the
-    /// listener's, at most `wait`.
-    async fn slot(self, wait: Duration) -> Result<PendingSlot, String> {
-        let take = async {
-            let address = self.share.clone().acquire_owned().await.ok()?;
-            let listener = self.pending.slots.clone().acquire_owned().await.ok()?;
+    /// The places taken at accept, or waits, first come first served, for those missing: a
+    /// place in the address's share and then in the listener's, at most `wait`.
+    async fn slot(mut self, wait: Duration) -> Result<PendingSlot, String> {
+        let (address, listener) = (self.address.take(), self.listener.take());
+        let (share, slots) = (self.share.clone(), self.pending.slots.clone());
+        let take = async move {
+            let address = match address {
+                Some(p) => p,
+                None => share.acquire_owned().await.ok()?,
+            };
+            let listener = match listener {
+                Some(p) => p,
+                None => slots.acquire_owned().await.ok()?,
+            };
             Some((address, listener))
         };
         match timeout(wait, take).await {

@@ -835,8 +835,8 @@ async fn a_connection_over_its_addresss_share_waits_for_a_place() {
         TcpStream::connect(gw.front.local_addr()).await.unwrap(),
         TcpStream::connect(gw.front.local_addr()).await.unwrap(),
     ];
-    // The kernel hands connections to accept in the order they arrived, and the places are
-    // given first come first served: the device comes after both held sockets.
+    // The kernel hands connections to accept in the order they arrived, and the accept loop
+    // gives the free places in that order: the held sockets take both, the device waits.
     let started = Instant::now();
     device_connects_from(&gw, [127, 0, 0, 1], "press-wait").await;
     let took = started.elapsed();
