@@ -36,8 +36,13 @@ pub fn bins() -> &'static Bins {
         // nothing to do (building a subset of packages unifies features differently and
         // rebuilt TLS, the agent and the CLI in every suite run).
         cmd.args(["build", "--workspace", "--bins"]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
+        // The profile the caller runs from (target/<profile>/): `release`, or `profiling`
+        // (release with symbols, for perf) when the benchmark is run from there.
+        match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some(profile) => {
+                cmd.args(["--profile", profile]);
+            }
         }
         let status = cmd
             .status()
