@@ -664,9 +664,12 @@ fn rollout_progress(v: &RolloutView) -> String {
             }
         );
         for d in wave {
-            let (phase, why) = match r.devices.get(d) {
+            let (phase, why) = match r.devices.get(d.as_str()) {
                 Some(Phase::Failed { reason } | Phase::Skipped { reason }) => (
-                    state_word(r.devices.get(d).unwrap_or(&Phase::Pending), "phase"),
+                    state_word(
+                        r.devices.get(d.as_str()).unwrap_or(&Phase::Pending),
+                        "phase",
+                    ),
                     reason.clone(),
                 ),
                 Some(p) => (state_word(p, "phase"), String::new()),

@@ -6,6 +6,7 @@
 //! skipped. (The loop that persists [`Rollout`] and applies the pins comes next.)
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use edgefleet_protocol::status::DeviceStatus;
 use serde::{Deserialize, Serialize};
@@ -13,15 +14,86 @@ use serde::{Deserialize, Serialize};
 use super::gate::{Assignment, Verdict, judge};
 use super::strategy::{OfflinePolicy, OnFailure, Strategy};
 
-/// What the loop knows about one device at the time of a pass.
-#[derive(Debug, Clone)]
-pub struct DeviceSnapshot {
+/// What the loop knows about one device at the time of a pass, borrowed for the time of the
+/// device's judgement (a pass over a 2,500-device wave copies no status).
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
     pub online: bool,
     /// The device's current desired revision as the controller published it.
     pub desired_revision: u64,
-    pub status: Option<DeviceStatus>,
+    pub status: Option<&'a DeviceStatus>,
     /// Whether the maintenance window of the device's site is open (true if it has none).
     pub window_open: bool,
+}
+
+/// Where a pass looks its devices up, one at a time: the controller's fleet view, or a map of
+/// [`DeviceSnapshot`]s.
+pub trait Fleet {
+    /// Calls `judge` with what is known of `device` (`None`: nothing, it is not in the fleet).
+    fn look<R>(&self, device: &str, judge: impl FnOnce(Option<Seen<'_>>) -> R) -> R;
+}
+
+/// An owned [`Seen`]: a fleet kept in a map (tests, the rehearsal).
+#[derive(Debug, Clone)]
+pub struct DeviceSnapshot {
+    pub online: bool,
+    pub desired_revision: u64,
+    pub status: Option<DeviceStatus>,
+    pub window_open: bool,
+}
+
+impl Fleet for BTreeMap<String, DeviceSnapshot> {
+    fn look<R>(&self, device: &str, judge: impl FnOnce(Option<Seen<'_>>) -> R) -> R {
+        judge(self.get(device).map(|s| Seen {
+            online: s.online,
+            desired_revision: s.desired_revision,
+            status: s.status.as_ref(),
+            window_open: s.window_open,
+        }))
+    }
+}
+
+/// Reasons a wave is not moving named in [`Rollout::waiting`]; the rest are counted (a
+/// 2,500-device wave's every device named made a 100 KB line, rebuilt each pass).
+const WAITING_NAMED: usize = 5;
+
+/// A pass's reasons for waiting: the first [`WAITING_NAMED`], then a count.
+#[derive(Debug, Default)]
+struct Waiting {
+    named: Vec<String>,
+    more: usize,
+}
+
+impl Waiting {
+    fn push(&mut self, reason: impl FnOnce() -> String) {
+        if self.named.len() < WAITING_NAMED {
+            self.named.push(reason());
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn text(self) -> Option<String> {
+        if self.named.is_empty() {
+            return None;
+        }
+        let mut text = self.named.join("; ");
+        if self.more > 0 {
+            text.push_str(&format!("; and {} more device(s)", self.more));
+        }
+        Some(text)
+    }
+}
+
+/// What one pass did: the commands for the controller, and whether the rollout changed.
+#[derive(Debug, Default)]
+pub struct Pass {
+    pub commands: Vec<Command>,
+    /// Something of the rollout changed (a device's phase, the wave, the state or why it
+    /// waits): its record is to be written again.
+    pub changed: bool,
+    /// Devices looked up (the current wave's that were not done).
+    pub looked: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,9 +164,12 @@ pub struct Rollout {
     /// Fixed when the rollout starts; shared, so that the controller's copy of a rollout for
     /// each pass and its comparison with the pass's result do not copy or compare every
     /// device id (10,000 strings a pass at 10,000 devices).
-    pub waves: std::sync::Arc<Vec<Vec<String>>>,
+    pub waves: Arc<Vec<Vec<String>>>,
     pub current_wave: usize,
-    pub devices: BTreeMap<String, Phase>,
+    /// Every device of the rollout and its phase. A persistent map: copies of the rollout
+    /// (each pass's, the API's and the recent list's) share its nodes, and a pass that moves
+    /// a few devices copies only their paths.
+    pub devices: imbl::OrdMap<Arc<str>, Phase>,
     pub state: RolloutState,
     /// Why the current wave is not moving, for `rollout status` (maintenance window, offline
     /// devices, soak…).
@@ -127,14 +202,14 @@ impl Rollout {
         let devices = waves
             .iter()
             .flatten()
-            .map(|d| (d.clone(), Phase::Pending))
+            .map(|d| (Arc::from(d.as_str()), Phase::Pending))
             .collect();
         Rollout {
             deployment: deployment.to_owned(),
             from_revision: from,
             to_revision: to,
             strategy,
-            waves: std::sync::Arc::new(waves),
+            waves: Arc::new(waves),
             current_wave: 0,
             devices,
             state: RolloutState::Running,
@@ -157,9 +232,9 @@ impl Rollout {
             .count()
     }
 
-    /// The devices a pass looks at: the current wave's that are not done yet. A pass needs
-    /// a [`DeviceSnapshot`] of these only (a done device's phase never changes), so its cost
-    /// follows the devices still moving, not the rollout's size.
+    /// The devices a pass looks at: the current wave's that are not done yet. A pass looks
+    /// up these only (a done device's phase never changes), so its cost follows the devices
+    /// still moving, not the rollout's size.
     pub fn watched(&self) -> impl Iterator<Item = &String> {
         let wave = match self.state {
             RolloutState::Running => self.waves.get(self.current_wave),
@@ -167,23 +242,43 @@ impl Rollout {
         };
         wave.into_iter()
             .flatten()
-            .filter(|d| !self.devices.get(*d).is_some_and(Phase::terminal))
+            .filter(|d| !self.devices.get(d.as_str()).is_some_and(Phase::terminal))
     }
 
-    /// One pass of the loop.
-    pub fn step(&mut self, fleet: &BTreeMap<String, DeviceSnapshot>, now_ms: u64) -> Vec<Command> {
-        let mut commands = Vec::new();
+    /// One pass of the loop: the current wave's devices that are not done are looked up in
+    /// `fleet` and moved on.
+    pub fn step(&mut self, fleet: &impl Fleet, now_ms: u64) -> Pass {
+        let mut pass = Pass::default();
         if self.state != RolloutState::Running {
-            return commands;
+            return pass;
         }
-        let mut waiting = Vec::new();
+        let (wave_before, waiting_before) = (self.current_wave, self.waiting.take());
+        let mut waiting = Waiting::default();
         let waves = self.waves.clone();
         let wave: &[String] = waves.get(self.current_wave).map_or(&[], Vec::as_slice);
         for id in wave {
-            let snap = fleet.get(id);
-            let phase = self.devices.get(id).cloned().unwrap_or(Phase::Pending);
-            let next = self.advance(id, phase, snap, now_ms, &mut commands, &mut waiting);
-            self.devices.insert(id.clone(), next);
+            let phase = self
+                .devices
+                .get(id.as_str())
+                .cloned()
+                .unwrap_or(Phase::Pending);
+            if phase.terminal() {
+                continue;
+            }
+            pass.looked += 1;
+            let next = fleet.look(id, |snap| {
+                self.advance(id, &phase, snap, now_ms, &mut pass.commands, &mut waiting)
+            });
+            if next != phase {
+                // Only a phase that moved touches the map (and copies its path if shared).
+                match self.devices.get_mut(id.as_str()) {
+                    Some(p) => *p = next,
+                    None => {
+                        self.devices.insert(Arc::from(id.as_str()), next);
+                    }
+                }
+                pass.changed = true;
+            }
         }
         let total = self.devices.len();
         if self.strategy.too_many_failures(self.failures(), total) {
@@ -200,9 +295,9 @@ impl Rollout {
                         .devices
                         .iter()
                         .filter(|(_, p)| p.touched())
-                        .map(|(d, _)| d.clone())
+                        .map(|(d, _)| d.to_string())
                         .collect();
-                    commands.push(Command::Rollback {
+                    pass.commands.push(Command::Rollback {
                         devices,
                         revision: self.from_revision,
                     });
@@ -212,35 +307,37 @@ impl Rollout {
                     };
                 }
             }
-            self.waiting = None;
-            return commands;
+            pass.changed = true;
+            return pass;
         }
         if wave
             .iter()
-            .all(|d| self.devices.get(d).is_some_and(Phase::terminal))
+            .all(|d| self.devices.get(d.as_str()).is_some_and(Phase::terminal))
         {
             self.current_wave += 1;
             if self.current_wave >= self.waves.len() {
                 self.state = RolloutState::Succeeded;
-                self.waiting = None;
-                return commands;
+                pass.changed = true;
+                return pass;
             }
             // The next wave starts on the next pass, so a wave boundary is always visible.
         }
-        self.waiting = (!waiting.is_empty()).then(|| waiting.join("; "));
-        commands
+        self.waiting = waiting.text();
+        pass.changed |= self.current_wave != wave_before || self.waiting != waiting_before;
+        pass
     }
 
     fn advance(
         &self,
         id: &str,
-        phase: Phase,
-        snap: Option<&DeviceSnapshot>,
+        phase: &Phase,
+        snap: Option<Seen<'_>>,
         now: u64,
         commands: &mut Vec<Command>,
-        waiting: &mut Vec<String>,
+        waiting: &mut Waiting,
     ) -> Phase {
         let online = snap.is_some_and(|s| s.online);
+        let phase = phase.clone();
         match phase {
             Phase::Pending | Phase::WaitingOnline { .. } if !online => {
                 match self.strategy.offline {
@@ -265,7 +362,7 @@ impl Rollout {
                                 ),
                             }
                         } else {
-                            waiting.push(format!("{id} offline"));
+                            waiting.push(|| format!("{id} offline"));
                             Phase::WaitingOnline { since_ms }
                         }
                     }
@@ -273,7 +370,7 @@ impl Rollout {
             }
             Phase::Pending | Phase::WaitingOnline { .. } => {
                 if !snap.is_some_and(|s| s.window_open) {
-                    waiting.push(format!("{id} outside its site's maintenance window"));
+                    waiting.push(|| format!("{id} outside its site's maintenance window"));
                     return Phase::Pending;
                 }
                 commands.push(Command::Pin {
@@ -282,10 +379,7 @@ impl Rollout {
                 });
                 Phase::Updating {
                     assigned_at_ms: now,
-                    restarts_at_start: restarts(
-                        snap.and_then(|s| s.status.as_ref()),
-                        &self.deployment,
-                    ),
+                    restarts_at_start: restarts(snap.and_then(|s| s.status), &self.deployment),
                 }
             }
             Phase::Updating {
@@ -310,22 +404,16 @@ impl Rollout {
                     assigned_at_ms,
                     restarts_at_start,
                 };
-                match judge(
-                    &a,
-                    snap.and_then(|s| s.status.as_ref()),
-                    since,
-                    now,
-                    &self.strategy,
-                ) {
+                match judge(&a, snap.and_then(|s| s.status), since, now, &self.strategy) {
                     Verdict::Waiting(why) => {
-                        waiting.push(format!("{id}: {why}"));
+                        waiting.push(|| format!("{id}: {why}"));
                         Phase::Updating {
                             assigned_at_ms,
                             restarts_at_start,
                         }
                     }
                     Verdict::Soaking { healthy_since_ms } => {
-                        waiting.push(format!("{id} soaking"));
+                        waiting.push(|| format!("{id} soaking"));
                         Phase::Soaking {
                             assigned_at_ms,
                             restarts_at_start,
@@ -426,7 +514,7 @@ mod tests {
                 .filter_map(|d| Some((d.clone(), self.fleet.get(d)?.clone())))
                 .collect();
             assert!(watched.len() <= r.waves.get(r.current_wave).map_or(0, Vec::len));
-            let cmds = r.step(&watched, self.now);
+            let cmds = r.step(&watched, self.now).commands;
             for c in &cmds {
                 if let Command::Pin { device, revision } = c {
                     self.pins.push((device.clone(), *revision));
@@ -653,6 +741,29 @@ mod tests {
             sim.pass(&mut r);
         }
         assert_eq!(r.state, RolloutState::Succeeded);
+    }
+
+    #[test]
+    fn a_wide_wave_names_a_few_waiting_devices_and_counts_the_rest() {
+        let mut sim = Sim::new(13, false);
+        for d in sim.fleet.values_mut() {
+            d.window_open = false;
+        }
+        let mut r = rollout(
+            13,
+            Strategy {
+                canary: 12,
+                ..strategy()
+            },
+        );
+        let pass = r.step(&sim.fleet, 0);
+        assert!(pass.commands.is_empty() && pass.changed, "{pass:?}");
+        assert_eq!(pass.looked, 12);
+        let waiting = r.waiting.clone().unwrap_or_default();
+        assert_eq!(waiting.matches("maintenance window").count(), WAITING_NAMED);
+        assert!(waiting.ends_with("; and 7 more device(s)"), "{waiting}");
+        // The same pass again changes nothing: the record is not rewritten.
+        assert!(!r.step(&sim.fleet, 0).changed);
     }
 
     #[test]
