@@ -54,7 +54,7 @@ use crate::desired::Intake;
 use crate::outbox::Outbox;
 use crate::reconcile::{Reconciler, watch_engine};
 use crate::runtime::{ContainerRuntime, DockerRuntime};
-use crate::state_file::StateStore;
+use crate::state_file::{StateStore, Writers};
 
 /// How long the tasks get to finish after shutdown (the link needs ≤ 3 s for its goodbye).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,13 +78,27 @@ pub async fn run_with_runtime<R: ContainerRuntime>(
     runtime: R,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_sharing_writers(config, runtime, None, shutdown).await
+}
+
+/// [`run_with_runtime`], the local state written by `writers` (threads shared by the agents
+/// of one process, the simulator's) instead of a writer thread of its own.
+pub async fn run_sharing_writers<R: ContainerRuntime>(
+    config: Config,
+    runtime: R,
+    writers: Option<Writers>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let span = info_span!("agent", device = %config.device_id);
     async move {
         // Reading (and moving aside a corrupt file) is blocking I/O: off the runtime.
         let (dir, device) = (config.data_dir.clone(), config.device_id.clone());
-        let (store, loaded) = tokio::task::spawn_blocking(move || StateStore::open(&dir, &device))
-            .await
-            .context("the task opening the local state failed")??;
+        let (store, loaded) = tokio::task::spawn_blocking(move || match writers {
+            Some(writers) => StateStore::open_with(&dir, &device, &writers),
+            None => StateStore::open(&dir, &device),
+        })
+        .await
+        .context("the task opening the local state failed")??;
         let store = Arc::new(store);
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
         let (bus, link) = mqtt::link(&config, store.clone(), inbound_tx);
