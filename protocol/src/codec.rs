@@ -27,22 +27,42 @@ pub enum DecodeError {
 }
 
 /// Decodes a payload: size limit, JSON, `schema` == [`SCHEMA_VERSION`], then the type.
+///
+/// The schema is read by a first pass that skips every other field, and the type is then
+/// decoded from the bytes: no JSON value tree of the whole payload is built (at 10,000
+/// devices that tree was a third of the status intake's time). A payload the first pass
+/// cannot read (not JSON, not an object, a repeated field) is judged as a whole, with the
+/// same errors as ever; the type is decoded from an object only.
 pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        schema: Option<serde_json::Value>,
+    }
     if payload.is_empty() {
         return Err(DecodeError::Empty);
     }
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(DecodeError::TooLarge(payload.len()));
     }
-    let value: serde_json::Value = serde_json::from_slice(payload)?;
-    let schema = value
-        .get("schema")
+    // Only an object takes the first pass (a derived struct also reads a JSON array).
+    let object = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let head = object
+        .then(|| serde_json::from_slice::<Head>(payload).ok())
+        .flatten();
+    let schema = match head {
+        Some(head) => head.schema,
+        None => {
+            let value: serde_json::Value = serde_json::from_slice(payload)?;
+            value.get("schema").cloned()
+        }
+    };
+    let schema = schema
         .and_then(|s| s.as_u64())
         .ok_or(DecodeError::NoSchema)?;
     if schema != u64::from(SCHEMA_VERSION) {
         return Err(DecodeError::Schema { found: schema });
     }
-    Ok(serde_json::from_value(value)?)
+    Ok(serde_json::from_slice(payload)?)
 }
 
 /// Checks that a payload's `device` field matches the device of the topic it came on.
@@ -91,6 +111,20 @@ mod tests {
         ));
         assert!(matches!(
             decode::<SyncRequest>(br#"{"schema":1,"device":5}"#),
+            Err(DecodeError::Json(_))
+        ));
+        // Not an object, or a schema that is not a number: judged as a whole, as before.
+        for no_schema in [&b"[1]"[..], b"\"x\"", b"7", br#"{"schema":"1"}"#] {
+            assert!(
+                matches!(decode::<SyncRequest>(no_schema), Err(DecodeError::NoSchema)),
+                "{}",
+                String::from_utf8_lossy(no_schema)
+            );
+        }
+        // A field given twice is refused, whichever value comes last.
+        let twice = br#"{"schema":9,"schema":1,"device":"d","have_revision":1,"reason":"x"}"#;
+        assert!(matches!(
+            decode::<SyncRequest>(twice),
             Err(DecodeError::Json(_))
         ));
     }

@@ -139,19 +139,21 @@ impl Intake {
 
     fn on_event(&self, device: &str, e: DeviceEvent) {
         let json = serde_json::to_string(&e).ok();
-        if !self.fleet.on_event(e.clone()) {
+        let site = self.fleet.site_of(device);
+        let outcome = device_outcome(&e, site.as_deref().unwrap_or(""));
+        let key = (e.device.clone(), e.ts.clone());
+        if !self.fleet.on_event(e) {
             tracing::debug!(
                 device,
                 "event of a device that never announced itself: ignored"
             );
             return;
         }
-        let site = self.fleet.site_of(device);
-        if let Some(entry) = device_outcome(&e, site.as_deref().unwrap_or("")) {
+        if let Some(entry) = outcome {
             self.audit.buffer(entry);
         }
         if let Some(json) = json {
-            self.events.lock().push((e.device, e.ts, json));
+            self.events.lock().push((key.0, key.1, json));
         }
     }
 
