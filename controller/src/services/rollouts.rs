@@ -162,7 +162,24 @@ pub struct Rollouts {
     /// Per active rollout: when its record was last saved, what that save cost, and whether
     /// devices' progress since is only in memory ([`Rollouts::step_one`]).
     saved: Mutex<BTreeMap<u64, Saved>>,
+    /// Per running rollout: what its last pass saw ([`Rollouts::step_one`]).
+    looked: Mutex<BTreeMap<u64, Looked>>,
 }
+
+/// See [`Rollouts::looked`]: the fleet's change number the last pass started at, the wave it
+/// looked at, and when it last looked at every device of that wave.
+#[derive(Debug, Clone, Copy)]
+struct Looked {
+    seq: u64,
+    wave: usize,
+    whole_at: std::time::Instant,
+}
+
+/// A pass looks at the devices that changed since the last one; every device of the wave
+/// is looked at by the first pass of a wave and at least this often (what only time moves:
+/// soak, timeouts, maintenance windows). At 10,000 devices, looking at the whole 2,500-device
+/// wave on every pass was 13 % of the gateway's CPU (perf).
+const WHOLE_PASS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// See [`Rollouts::saved`].
 #[derive(Debug, Clone, Copy)]
@@ -260,6 +277,7 @@ impl Rollouts {
             passes: std::sync::atomic::AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
             saved: Mutex::new(BTreeMap::new()),
+            looked: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -490,7 +508,34 @@ impl Rollouts {
             windows: &self.windows,
             now: jiff::Timestamp::now(),
         };
-        let pass = rollout.step(&fleet, now_ms());
+        // The devices changed since the last pass, numbered before any is read: a change
+        // made while this pass reads is numbered after and seen by the next.
+        let last = self.looked.lock().get(&id).copied();
+        let last = last.filter(|l| {
+            rollout.state == RolloutState::Running
+                && l.wave == wave_before
+                && l.whole_at.elapsed() < WHOLE_PASS_EVERY
+        });
+        let (seq, only) = match last {
+            Some(l) => {
+                let (seq, ids) = self.fleet.changed_since(l.seq);
+                (seq, Some(ids))
+            }
+            None => (self.fleet.change_seq(), None),
+        };
+        let pass = rollout.step_some(&fleet, only.as_deref(), now_ms());
+        // Paused or ended: the first pass after a resume looks at every device again.
+        if rollout.state == RolloutState::Running {
+            let whole_at = last.map_or(started, |l| l.whole_at);
+            let looked = Looked {
+                seq,
+                wave: wave_before,
+                whole_at,
+            };
+            self.looked.lock().insert(id, looked);
+        } else {
+            self.looked.lock().remove(&id);
+        }
         let stepped = started.elapsed();
         let hook = self.step_hook.lock().clone();
         if let Some(hook) = hook {
@@ -568,6 +613,7 @@ impl Rollouts {
         tracing::debug!(
             rollout = id,
             devices = pass.looked,
+            whole = only.is_none(),
             pinned,
             changed,
             step_us = stepped.as_micros() as u64,
@@ -624,6 +670,9 @@ impl Rollouts {
         if finished {
             tracing::info!(rollout = id, state = %state_name(&rollout.state), "rollout finished");
             self.active.lock().remove(&id);
+            // Finished by a pass or by an operator's abort: its save times go too.
+            self.saved.lock().remove(&id);
+            self.looked.lock().remove(&id);
             self.deployments.unmark_rolling(&rollout.deployment, id);
             if rollout.state == RolloutState::Succeeded {
                 // Devices now on the latest revision need no pin: later applies move them.

@@ -174,6 +174,28 @@ pub struct Rollout {
     /// Why the current wave is not moving, for `rollout status` (maintenance window, offline
     /// devices, soak…).
     pub waiting: Option<String>,
+    /// Which wave each device is in, built from `waves` when a pass first needs it.
+    #[serde(skip)]
+    wave_of: WaveIndex,
+}
+
+/// Device → wave number, built once per rollout (shared by its copies; not part of its
+/// record or of its equality).
+#[derive(Clone, Default)]
+struct WaveIndex(Arc<std::sync::OnceLock<std::collections::HashMap<Arc<str>, usize>>>);
+
+impl PartialEq for WaveIndex {
+    fn eq(&self, _: &WaveIndex) -> bool {
+        true
+    }
+}
+
+impl Eq for WaveIndex {}
+
+impl std::fmt::Debug for WaveIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WaveIndex")
+    }
 }
 
 /// What a pass asks the controller to do.
@@ -214,7 +236,22 @@ impl Rollout {
             devices,
             state: RolloutState::Running,
             waiting: None,
+            wave_of: WaveIndex::default(),
         }
+    }
+
+    /// The wave `device` is in.
+    fn wave_of(&self, device: &str) -> Option<usize> {
+        let index = self.wave_of.0.get_or_init(|| {
+            let mut index = std::collections::HashMap::new();
+            for (n, wave) in self.waves.iter().enumerate() {
+                for d in wave {
+                    index.insert(Arc::from(d.as_str()), n);
+                }
+            }
+            index
+        });
+        index.get(device).copied()
     }
 
     pub fn failures(&self) -> usize {
@@ -248,15 +285,32 @@ impl Rollout {
     /// One pass of the loop: the current wave's devices that are not done are looked up in
     /// `fleet` and moved on.
     pub fn step(&mut self, fleet: &impl Fleet, now_ms: u64) -> Pass {
+        self.step_some(fleet, None, now_ms)
+    }
+
+    /// A pass over some devices only: of `only`, those of the current wave not done (the
+    /// devices that changed since the last pass; a device that did not change and whose
+    /// time-bound judgement — soak, timeouts, windows — may move is judged by the next whole
+    /// pass, [`Rollout::step`], which the loop makes at least once a second and for every new
+    /// wave). `waiting` is rewritten by whole passes only.
+    pub fn step_some(&mut self, fleet: &impl Fleet, only: Option<&[String]>, now_ms: u64) -> Pass {
         let mut pass = Pass::default();
         if self.state != RolloutState::Running {
             return pass;
         }
-        let (wave_before, waiting_before) = (self.current_wave, self.waiting.take());
+        let whole = only.is_none();
+        let (wave_before, waiting_before) = (self.current_wave, self.waiting.clone());
         let mut waiting = Waiting::default();
         let waves = self.waves.clone();
         let wave: &[String] = waves.get(self.current_wave).map_or(&[], Vec::as_slice);
-        for id in wave {
+        let ids: &[String] = only.unwrap_or(wave);
+        // Whether a device became done (the wave may be complete) or failed (the failure
+        // budget may be spent) in this pass.
+        let (mut finished, mut failed) = (whole, whole);
+        for id in ids {
+            if !whole && self.wave_of(id) != Some(self.current_wave) {
+                continue;
+            }
             let phase = self
                 .devices
                 .get(id.as_str())
@@ -270,6 +324,8 @@ impl Rollout {
                 self.advance(id, &phase, snap, now_ms, &mut pass.commands, &mut waiting)
             });
             if next != phase {
+                finished |= next.terminal();
+                failed |= matches!(next, Phase::Failed { .. });
                 // Only a phase that moved touches the map (and copies its path if shared).
                 match self.devices.get_mut(id.as_str()) {
                     Some(p) => *p = next,
@@ -281,7 +337,7 @@ impl Rollout {
             }
         }
         let total = self.devices.len();
-        if self.strategy.too_many_failures(self.failures(), total) {
+        if failed && self.strategy.too_many_failures(self.failures(), total) {
             let reason = format!(
                 "{} of {total} device(s) failed (max_failures {}): {}",
                 self.failures(),
@@ -307,22 +363,27 @@ impl Rollout {
                     };
                 }
             }
+            self.waiting = None;
             pass.changed = true;
             return pass;
         }
-        if wave
-            .iter()
-            .all(|d| self.devices.get(d.as_str()).is_some_and(Phase::terminal))
+        if finished
+            && wave
+                .iter()
+                .all(|d| self.devices.get(d.as_str()).is_some_and(Phase::terminal))
         {
             self.current_wave += 1;
             if self.current_wave >= self.waves.len() {
                 self.state = RolloutState::Succeeded;
+                self.waiting = None;
                 pass.changed = true;
                 return pass;
             }
             // The next wave starts on the next pass, so a wave boundary is always visible.
+            self.waiting = None;
+        } else if whole {
+            self.waiting = waiting.text();
         }
-        self.waiting = waiting.text();
         pass.changed |= self.current_wave != wave_before || self.waiting != waiting_before;
         pass
     }
@@ -764,6 +825,32 @@ mod tests {
         assert!(waiting.ends_with("; and 7 more device(s)"), "{waiting}");
         // The same pass again changes nothing: the record is not rewritten.
         assert!(!r.step(&sim.fleet, 0).changed);
+    }
+
+    #[test]
+    fn a_pass_over_the_changed_devices_moves_only_those_of_the_current_wave() {
+        let mut sim = Sim::new(5, false);
+        let mut r = rollout(5, strategy());
+        sim.pass(&mut r); // the canary d0 pinned (a whole pass)
+        assert_eq!(r.current_wave, 0);
+        // d0 converged and soaked, but only d3 (a later wave's) is said to have changed.
+        sim.now += 20_000;
+        let d3 = vec!["d3".to_string()];
+        let pass = r.step_some(&sim.fleet, Some(&d3), sim.now);
+        assert_eq!(pass.looked, 0, "{pass:?}");
+        assert!(!pass.changed && pass.commands.is_empty());
+        assert!(matches!(r.devices["d0"], Phase::Updating { .. }));
+        // Told that d0 changed, a pass judges it, then closes the wave.
+        let d0 = vec!["d0".to_string(), "nobody".to_string()];
+        let first = r.step_some(&sim.fleet, Some(&d0), sim.now);
+        assert_eq!(first.looked, 1);
+        let second = r.step_some(&sim.fleet, Some(&d0), sim.now + 10_000);
+        assert!(first.changed && second.changed);
+        assert_eq!(r.devices["d0"], Phase::Succeeded);
+        assert_eq!(r.current_wave, 1, "{:?}", r.devices);
+        // The next wave's devices are pinned by a whole pass.
+        let pass = r.step(&sim.fleet, sim.now + 10_000);
+        assert_eq!(pass.commands.len(), 2, "{pass:?}");
     }
 
     #[test]
