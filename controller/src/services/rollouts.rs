@@ -177,8 +177,8 @@ struct Looked {
 
 /// A pass looks at the devices that changed since the last one; every device of the wave
 /// is looked at by the first pass of a wave and at least this often (what only time moves:
-/// soak, timeouts, maintenance windows). At 10,000 devices, looking at the whole 2,500-device
-/// wave on every pass was 13 % of the gateway's CPU (perf).
+/// soak, timeouts, maintenance windows). At 10,000 devices, stepping over the whole
+/// 2,500-device wave on every pass was 9 % of the gateway's CPU samples (perf).
 const WHOLE_PASS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// See [`Rollouts::saved`].
